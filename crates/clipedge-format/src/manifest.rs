@@ -1,0 +1,180 @@
+use serde::{Deserialize, Serialize};
+
+use crate::FormatError;
+
+/// Version of the on-storage layout this crate writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Similarity used everywhere in the index. CLIP embeddings are unit-normalized,
+/// so inner product equals cosine similarity; higher is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    InnerProduct,
+}
+
+/// How the exact-rerank copy of each vector is stored next to its PQ code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RerankKind {
+    /// IEEE half precision, 2 bytes a dimension.
+    Fp16,
+    /// Symmetric int8 with one f32 scale per vector, 1 byte a dimension + 4.
+    Int8,
+    /// No rerank copy: scores come from PQ alone.
+    None,
+}
+
+impl RerankKind {
+    /// Bytes one vector's rerank copy takes in a list blob.
+    pub fn bytes_per_vector(self, dim: usize) -> usize {
+        match self {
+            RerankKind::Fp16 => 2 * dim,
+            RerankKind::Int8 => dim + 4,
+            RerankKind::None => 0,
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RerankKind> {
+        match text {
+            "fp16" => Some(RerankKind::Fp16),
+            "int8" => Some(RerankKind::Int8),
+            "none" => Some(RerankKind::None),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RerankKind::Fp16 => "fp16",
+            RerankKind::Int8 => "int8",
+            RerankKind::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Human-readable model name, e.g. `clip-vit-b32`.
+    pub id: String,
+    /// Fingerprint of the embedding model; a query encoded by another model must not meet this index.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PqParams {
+    /// Number of sub-quantizers.
+    pub m: u32,
+    /// Bits per sub-quantizer code: 8 (byte codes) or 4 (fast-scan blocks of 32).
+    pub bits: u8,
+    /// Dimensions per sub-quantizer (`dim / m`).
+    pub dsub: u32,
+    /// Codes encode `x - fine_centroid(x)` rather than `x`.
+    pub by_residual: bool,
+}
+
+impl PqParams {
+    pub fn ksub(&self) -> usize {
+        1usize << self.bits
+    }
+}
+
+/// A whole-object file of the generation with its size and checksum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub path: String,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// A shard object holding list blobs back to back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRef {
+    pub path: String,
+    pub bytes: u64,
+    pub lists: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildInfo {
+    pub seed: u64,
+    pub train_size: u64,
+    pub kmeans_iters: u32,
+    pub builder: String,
+}
+
+/// `manifest.json` of one generation: everything needed to open it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub generation: String,
+    pub created_unix_ms: u64,
+    pub model: ModelInfo,
+    pub dim: u32,
+    pub metric: Metric,
+    /// Number of vectors in the generation.
+    pub count: u64,
+    /// Number of fine inverted lists.
+    pub nlist: u32,
+    /// Number of top-level routing groups; equals `nlist` for a flat IVF.
+    pub ngroups: u32,
+    pub pq: PqParams,
+    pub rerank: RerankKind,
+    pub routing: FileRef,
+    pub groups: FileRef,
+    pub codebooks: FileRef,
+    pub shards: Vec<ShardRef>,
+    pub build: BuildInfo,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, FormatError> {
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|source| FormatError::Json {
+                what: "manifest.json".to_string(),
+                source,
+            })?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Checks the invariants readers rely on, so a hand-edited or foreign manifest fails early.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        let what = "manifest.json";
+        if self.format_version != FORMAT_VERSION {
+            return Err(FormatError::Version {
+                what: what.to_string(),
+                found: self.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if self.dim == 0 || self.nlist == 0 || self.ngroups == 0 {
+            return Err(FormatError::invalid(
+                what,
+                "dim, nlist and ngroups must be positive",
+            ));
+        }
+        if self.ngroups > self.nlist {
+            return Err(FormatError::invalid(what, "more groups than lists"));
+        }
+        if self.pq.bits != 8 && self.pq.bits != 4 {
+            return Err(FormatError::invalid(
+                what,
+                format!("pq bits {} not in {{4, 8}}", self.pq.bits),
+            ));
+        }
+        if self.pq.m == 0 || self.pq.m * self.pq.dsub != self.dim {
+            return Err(FormatError::invalid(what, "pq.m * pq.dsub must equal dim"));
+        }
+        if self.pq.bits == 4 && self.pq.m % 2 != 0 {
+            return Err(FormatError::invalid(what, "4-bit codes need an even pq.m"));
+        }
+        Ok(())
+    }
+}

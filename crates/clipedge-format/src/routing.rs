@@ -1,0 +1,110 @@
+use crate::le::{check_magic, check_version, push_trailer, put_f32s, verify_trailer, Reader};
+use crate::FormatError;
+
+const MAGIC: &[u8; 8] = b"CEROUTE\0";
+const HEADER_BYTES: usize = 32;
+/// Bytes of one [`GroupEntry`] in `routing.bin`.
+pub const GROUP_ENTRY_BYTES: usize = 24;
+
+/// Where a routing group's lists and its blob in `groups.bin` are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupEntry {
+    /// First fine list id of the group; a group's lists are contiguous.
+    pub first_list: u32,
+    pub list_count: u32,
+    /// Byte offset of the group blob in `groups.bin`.
+    pub offset: u64,
+    pub length: u32,
+    pub crc32: u32,
+}
+
+/// `routing.bin`: the small table the edge keeps in memory. One top-level
+/// centroid per group plus the byte range of the group's blob.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingTable {
+    pub dim: usize,
+    pub nlist: u32,
+    /// `ngroups * dim` floats, row-major.
+    pub centroids: Vec<f32>,
+    pub groups: Vec<GroupEntry>,
+}
+
+impl RoutingTable {
+    pub fn ngroups(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn centroid(&self, group: usize) -> &[f32] {
+        &self.centroids[group * self.dim..(group + 1) * self.dim]
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            HEADER_BYTES + self.centroids.len() * 4 + self.groups.len() * GROUP_ENTRY_BYTES + 4,
+        );
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&crate::FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.dim as u32).to_le_bytes());
+        out.extend_from_slice(&(self.groups.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.nlist.to_le_bytes());
+        out.extend_from_slice(&[0u8; 8]);
+        put_f32s(&mut out, &self.centroids);
+        for group in &self.groups {
+            out.extend_from_slice(&group.first_list.to_le_bytes());
+            out.extend_from_slice(&group.list_count.to_le_bytes());
+            out.extend_from_slice(&group.offset.to_le_bytes());
+            out.extend_from_slice(&group.length.to_le_bytes());
+            out.extend_from_slice(&group.crc32.to_le_bytes());
+        }
+        push_trailer(&mut out);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RoutingTable, FormatError> {
+        let what = "routing.bin";
+        let body = verify_trailer(what, bytes)?;
+        let mut reader = Reader::new(what, body);
+        check_magic(what, reader.take(8)?, MAGIC)?;
+        check_version(what, reader.u32()?)?;
+        let dim = reader.u32()? as usize;
+        let ngroups = reader.u32()? as usize;
+        let nlist = reader.u32()?;
+        reader.take(8)?;
+        let centroids = reader.f32s(ngroups * dim)?;
+        let mut groups = Vec::with_capacity(ngroups);
+        let mut next_list = 0u32;
+        for _ in 0..ngroups {
+            let entry = GroupEntry {
+                first_list: reader.u32()?,
+                list_count: reader.u32()?,
+                offset: reader.u64()?,
+                length: reader.u32()?,
+                crc32: reader.u32()?,
+            };
+            // Lists are numbered group by group; anything else is a corrupt table.
+            if entry.first_list != next_list || entry.list_count == 0 {
+                return Err(FormatError::invalid(
+                    what,
+                    "groups must cover lists contiguously",
+                ));
+            }
+            next_list += entry.list_count;
+            groups.push(entry);
+        }
+        if next_list != nlist {
+            return Err(FormatError::invalid(
+                what,
+                format!("groups cover {next_list} lists, header says {nlist}"),
+            ));
+        }
+        if reader.position() != body.len() {
+            return Err(FormatError::invalid(what, "trailing bytes"));
+        }
+        Ok(RoutingTable {
+            dim,
+            nlist,
+            centroids,
+            groups,
+        })
+    }
+}

@@ -1,0 +1,235 @@
+//! 4-bit PQ fast-scan: codes packed in blocks of 32 vectors and scored with in-register
+//! table lookups (`pshufb` on AVX2, `i8x16.swizzle` on wasm `simd128`) over an 8-bit
+//! quantized lookup table, accumulated in u16. Integer arithmetic makes every path exact.
+//!
+//! Block layout (`16 * m` bytes): for sub-quantizer `j`, 16 bytes; byte `b` holds the code
+//! of vector `b` in its low nibble and of vector `b + 16` in its high nibble.
+
+use crate::TopK;
+
+pub const BLOCK_VECTORS: usize = 32;
+
+/// Packs `n * m` one-code-per-byte codes (values < 16) into fast-scan blocks. The last
+/// block is padded with code 0; callers ignore rows past `n`.
+pub fn pack_block_codes(codes: &[u8], m: usize) -> Vec<u8> {
+    let n = if m == 0 { 0 } else { codes.len() / m };
+    let blocks = n.div_ceil(BLOCK_VECTORS);
+    let mut packed = vec![0u8; blocks * 16 * m];
+    for row in 0..n {
+        let block = row / BLOCK_VECTORS;
+        let slot = row % BLOCK_VECTORS;
+        let (byte_in_group, shift) = if slot < 16 { (slot, 0) } else { (slot - 16, 4) };
+        for sub in 0..m {
+            let code = codes[row * m + sub] & 0x0f;
+            packed[block * 16 * m + sub * 16 + byte_in_group] |= code << shift;
+        }
+    }
+    packed
+}
+
+/// Inverse of [`pack_block_codes`] for one row.
+pub fn unpack_row(packed: &[u8], m: usize, row: usize) -> Vec<u8> {
+    let block = &packed[(row / BLOCK_VECTORS) * 16 * m..];
+    let slot = row % BLOCK_VECTORS;
+    (0..m)
+        .map(|sub| {
+            let byte = block[sub * 16 + (slot % 16)];
+            if slot < 16 {
+                byte & 0x0f
+            } else {
+                byte >> 4
+            }
+        })
+        .collect()
+}
+
+/// An inner-product table quantized to u8: `score ≈ offset + scale * Σ table[sub][code]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedLut {
+    pub m: usize,
+    /// `m * 16` entries.
+    pub table: Vec<u8>,
+    pub offset: f32,
+    pub scale: f32,
+}
+
+impl QuantizedLut {
+    /// Quantizes an `m * 16` float table with one scale for all sub-quantizers, so sums stay comparable.
+    pub fn from_float(lut: &[f32]) -> QuantizedLut {
+        let m = lut.len() / 16;
+        let mut mins = Vec::with_capacity(m);
+        let mut widest = 0f32;
+        for row in lut.chunks_exact(16) {
+            let min = row.iter().copied().fold(f32::INFINITY, f32::min);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            mins.push(min);
+            widest = widest.max(max - min);
+        }
+        let scale = if widest > 0.0 { widest / 255.0 } else { 1.0 };
+        let mut table = Vec::with_capacity(lut.len());
+        for (row, min) in lut.chunks_exact(16).zip(&mins) {
+            for value in row {
+                table.push(((value - min) / scale).round().clamp(0.0, 255.0) as u8);
+            }
+        }
+        QuantizedLut {
+            m,
+            table,
+            offset: mins.iter().sum(),
+            scale,
+        }
+    }
+
+    #[inline(always)]
+    pub fn to_score(&self, sum: u16) -> f32 {
+        self.offset + self.scale * sum as f32
+    }
+}
+
+/// Quantized sums of the 32 vectors of one block. Dispatches to the fastest exact path.
+#[inline]
+pub fn block_sums(table: &[u8], m: usize, block: &[u8], out: &mut [u16; 32]) {
+    assert!(table.len() >= 16 * m && block.len() >= 16 * m && m % 2 == 0);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2() {
+            // SAFETY: AVX2 presence checked at run time; the assert above bounds every load.
+            unsafe { block_sums_avx2(table, m, block, out) };
+            return;
+        }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        // SAFETY: the assert above bounds every 16-byte load.
+        unsafe { block_sums_simd128(table, m, block, out) };
+        return;
+    }
+    #[allow(unreachable_code)]
+    block_sums_scalar(table, m, block, out)
+}
+
+/// The reference path every SIMD path must match exactly.
+pub fn block_sums_scalar(table: &[u8], m: usize, block: &[u8], out: &mut [u16; 32]) {
+    for (slot, sum_out) in out.iter_mut().enumerate() {
+        let mut sum = 0u32;
+        for sub in 0..m {
+            let byte = block[sub * 16 + (slot % 16)];
+            let code = if slot < 16 { byte & 0x0f } else { byte >> 4 };
+            sum += table[sub * 16 + code as usize] as u32;
+        }
+        *sum_out = sum as u16;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_sums_avx2(table: &[u8], m: usize, block: &[u8], out: &mut [u16; 32]) {
+    use std::arch::x86_64::*;
+    let nibble = _mm256_set1_epi8(0x0f);
+    let low_byte = _mm256_set1_epi16(0x00ff);
+    let mut low_even = _mm256_setzero_si256();
+    let mut low_odd = _mm256_setzero_si256();
+    let mut high_even = _mm256_setzero_si256();
+    let mut high_odd = _mm256_setzero_si256();
+    // Two sub-quantizers per 256-bit register: pshufb looks up within each 128-bit lane.
+    for pair in 0..m / 2 {
+        let codes = _mm256_loadu_si256(block.as_ptr().add(pair * 32) as *const __m256i);
+        let lut = _mm256_loadu_si256(table.as_ptr().add(pair * 32) as *const __m256i);
+        let low_codes = _mm256_and_si256(codes, nibble);
+        let high_codes = _mm256_and_si256(_mm256_srli_epi16(codes, 4), nibble);
+        let low_values = _mm256_shuffle_epi8(lut, low_codes);
+        let high_values = _mm256_shuffle_epi8(lut, high_codes);
+        low_even = _mm256_add_epi16(low_even, _mm256_and_si256(low_values, low_byte));
+        low_odd = _mm256_add_epi16(low_odd, _mm256_srli_epi16(low_values, 8));
+        high_even = _mm256_add_epi16(high_even, _mm256_and_si256(high_values, low_byte));
+        high_odd = _mm256_add_epi16(high_odd, _mm256_srli_epi16(high_values, 8));
+    }
+    let fold =
+        |v: __m256i| _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let (low_even, low_odd) = (fold(low_even), fold(low_odd));
+    let (high_even, high_odd) = (fold(high_even), fold(high_odd));
+    let ptr = out.as_mut_ptr() as *mut __m128i;
+    _mm_storeu_si128(ptr, _mm_unpacklo_epi16(low_even, low_odd));
+    _mm_storeu_si128(ptr.add(1), _mm_unpackhi_epi16(low_even, low_odd));
+    _mm_storeu_si128(ptr.add(2), _mm_unpacklo_epi16(high_even, high_odd));
+    _mm_storeu_si128(ptr.add(3), _mm_unpackhi_epi16(high_even, high_odd));
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+unsafe fn block_sums_simd128(table: &[u8], m: usize, block: &[u8], out: &mut [u16; 32]) {
+    use core::arch::wasm32::*;
+    let nibble = u8x16_splat(0x0f);
+    let low_byte = u16x8_splat(0x00ff);
+    let mut low_even = u16x8_splat(0);
+    let mut low_odd = u16x8_splat(0);
+    let mut high_even = u16x8_splat(0);
+    let mut high_odd = u16x8_splat(0);
+    for sub in 0..m {
+        let codes = v128_load(block.as_ptr().add(sub * 16) as *const v128);
+        let lut = v128_load(table.as_ptr().add(sub * 16) as *const v128);
+        let low_values = i8x16_swizzle(lut, v128_and(codes, nibble));
+        let high_values = i8x16_swizzle(lut, u8x16_shr(codes, 4));
+        low_even = i16x8_add(low_even, v128_and(low_values, low_byte));
+        low_odd = i16x8_add(low_odd, u16x8_shr(low_values, 8));
+        high_even = i16x8_add(high_even, v128_and(high_values, low_byte));
+        high_odd = i16x8_add(high_odd, u16x8_shr(high_values, 8));
+    }
+    let ptr = out.as_mut_ptr() as *mut v128;
+    v128_store(
+        ptr,
+        i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(low_even, low_odd),
+    );
+    v128_store(
+        ptr.add(1),
+        i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(low_even, low_odd),
+    );
+    v128_store(
+        ptr.add(2),
+        i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(high_even, high_odd),
+    );
+    v128_store(
+        ptr.add(3),
+        i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(high_even, high_odd),
+    );
+}
+
+/// Scores the first `count` vectors of a packed list as `bias + lut.to_score(sum)` and offers
+/// each to `top` under key `key_base + row`.
+pub fn scan_list(
+    lut: &QuantizedLut,
+    packed: &[u8],
+    count: usize,
+    bias: f32,
+    key_base: u64,
+    top: &mut TopK,
+) {
+    let m = lut.m;
+    let block_bytes = 16 * m;
+    let mut sums = [0u16; 32];
+    for (block_index, block) in packed.chunks_exact(block_bytes).enumerate() {
+        let first_row = block_index * BLOCK_VECTORS;
+        if first_row >= count {
+            break;
+        }
+        block_sums(&lut.table, m, block, &mut sums);
+        let rows_in_block = (count - first_row).min(BLOCK_VECTORS);
+        let base = bias + lut.offset;
+        let threshold = top.threshold();
+        // Most blocks hold nothing above the threshold: test the block's best first.
+        let best_sum = *sums[..rows_in_block].iter().max().unwrap_or(&0);
+        if base + lut.scale * (best_sum as f32) < threshold {
+            continue;
+        }
+        for (slot, &sum) in sums[..rows_in_block].iter().enumerate() {
+            let score = base + lut.scale * sum as f32;
+            if score >= top.threshold() {
+                top.push(score, key_base + (first_row + slot) as u64);
+            }
+        }
+    }
+}

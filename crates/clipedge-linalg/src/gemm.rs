@@ -1,0 +1,83 @@
+//! Blocked inner products against a set of centroids, the heavy part of k-means and list assignment.
+
+use crate::par;
+
+const ROWS_PER_BLOCK: usize = 256;
+
+/// For each row of `data` (`n x dim`), the index of the nearest centroid (squared L2) and that distance.
+/// Ties go to the lower centroid index. Runs on all rayon threads when the `parallel` feature is on.
+pub fn nearest_centroids(data: &[f32], dim: usize, centroids: &[f32]) -> (Vec<u32>, Vec<f32>) {
+    let k = centroids.len() / dim;
+    let centroid_norms: Vec<f32> = centroids
+        .chunks_exact(dim)
+        .map(|c| crate::dot::dot(c, c))
+        .collect();
+    let blocks = par::map_chunks(data, ROWS_PER_BLOCK * dim, |_, block| {
+        let rows = block.len() / dim;
+        let mut products = vec![0f32; rows * k];
+        inner_products(block, rows, dim, centroids, k, &mut products);
+        let mut labels = Vec::with_capacity(rows);
+        let mut distances = Vec::with_capacity(rows);
+        for (row, row_products) in products.chunks_exact(k).enumerate() {
+            let row_norm = crate::dot::dot(
+                &block[row * dim..(row + 1) * dim],
+                &block[row * dim..(row + 1) * dim],
+            );
+            let mut best = (0u32, f32::INFINITY);
+            for (index, (&product, &norm)) in row_products.iter().zip(&centroid_norms).enumerate() {
+                let distance = norm - 2.0 * product;
+                if distance < best.1 {
+                    best = (index as u32, distance);
+                }
+            }
+            labels.push(best.0);
+            distances.push((best.1 + row_norm).max(0.0));
+        }
+        (labels, distances)
+    });
+    let mut labels = Vec::with_capacity(data.len() / dim);
+    let mut distances = Vec::with_capacity(data.len() / dim);
+    for (block_labels, block_distances) in blocks {
+        labels.extend(block_labels);
+        distances.extend(block_distances);
+    }
+    (labels, distances)
+}
+
+/// `out[i * k + j] = <data_i, centroid_j>` with one single-threaded SGEMM call.
+pub fn inner_products(
+    data: &[f32],
+    rows: usize,
+    dim: usize,
+    centroids: &[f32],
+    k: usize,
+    out: &mut [f32],
+) {
+    assert_eq!(data.len(), rows * dim);
+    assert_eq!(centroids.len(), k * dim);
+    assert_eq!(out.len(), rows * k);
+    if rows == 0 || k == 0 {
+        return;
+    }
+    // SAFETY: the asserts above bound every access matrixmultiply makes through these
+    // pointers and strides: A is rows x dim row-major, B is the transpose of the
+    // k x dim centroid matrix (so its row stride is 1 and column stride dim), C is rows x k.
+    unsafe {
+        matrixmultiply::sgemm(
+            rows,
+            dim,
+            k,
+            1.0,
+            data.as_ptr(),
+            dim as isize,
+            1,
+            centroids.as_ptr(),
+            1,
+            dim as isize,
+            0.0,
+            out.as_mut_ptr(),
+            k as isize,
+            1,
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! Seeded Lloyd k-means with k-means++ initialisation and empty-cluster splitting.
+//!
+//! Deterministic for a given seed and input: sampling uses ChaCha8, partial sums are
+//! formed over fixed chunks and added in chunk order, so the thread count never
+//! changes the result.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{dot, gemm, par, LinalgError};
+
+const SUM_CHUNK_ROWS: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct KMeansConfig {
+    pub k: usize,
+    pub iterations: u32,
+    pub seed: u64,
+    /// Training uses at most `k * max_points_per_centroid` points (a seeded sample), as faiss does.
+    pub max_points_per_centroid: usize,
+}
+
+impl KMeansConfig {
+    pub fn new(k: usize) -> Self {
+        KMeansConfig {
+            k,
+            iterations: 20,
+            seed: 1234,
+            max_points_per_centroid: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeans {
+    pub dim: usize,
+    pub k: usize,
+    /// `k * dim` floats, row-major.
+    pub centroids: Vec<f32>,
+    /// Mean squared distance of training points to their centroid after the last iteration.
+    pub inertia: f64,
+}
+
+impl KMeans {
+    pub fn train(data: &[f32], dim: usize, config: &KMeansConfig) -> Result<KMeans, LinalgError> {
+        if dim == 0 || data.len() % dim != 0 {
+            return Err(LinalgError::KMeans(format!(
+                "data length {} is not a multiple of dim {dim}",
+                data.len()
+            )));
+        }
+        let n = data.len() / dim;
+        if config.k == 0 || config.k > n {
+            return Err(LinalgError::KMeans(format!(
+                "k = {} needs 1..={n} training points",
+                config.k
+            )));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let sample_cap = config
+            .k
+            .saturating_mul(config.max_points_per_centroid.max(1));
+        let sample_storage;
+        let train: &[f32] = if n > sample_cap {
+            sample_storage = sample_rows(data, dim, sample_cap, &mut rng);
+            &sample_storage
+        } else {
+            data
+        };
+        let mut centroids = kmeans_plus_plus(train, dim, config.k, &mut rng);
+        let mut inertia = 0.0;
+        for _ in 0..config.iterations {
+            let (labels, distances) = gemm::nearest_centroids(train, dim, &centroids);
+            inertia = distances.iter().map(|d| *d as f64).sum::<f64>() / distances.len() as f64;
+            let (sums, counts) = cluster_sums(train, dim, config.k, &labels);
+            for cluster in 0..config.k {
+                if counts[cluster] == 0 {
+                    continue;
+                }
+                let inv = 1.0 / counts[cluster] as f64;
+                for (c, s) in centroids[cluster * dim..(cluster + 1) * dim]
+                    .iter_mut()
+                    .zip(&sums[cluster * dim..(cluster + 1) * dim])
+                {
+                    *c = (*s * inv) as f32;
+                }
+            }
+            split_empty_clusters(&mut centroids, dim, counts, &mut rng);
+        }
+        Ok(KMeans {
+            dim,
+            k: config.k,
+            centroids,
+            inertia,
+        })
+    }
+
+    pub fn centroid(&self, index: usize) -> &[f32] {
+        &self.centroids[index * self.dim..(index + 1) * self.dim]
+    }
+
+    /// Nearest centroid of every row of `data`.
+    pub fn assign(&self, data: &[f32]) -> Vec<u32> {
+        gemm::nearest_centroids(data, self.dim, &self.centroids).0
+    }
+}
+
+/// A seeded sample of `count` distinct rows (partial Fisher-Yates).
+pub fn sample_rows(data: &[f32], dim: usize, count: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let n = data.len() / dim;
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    for i in 0..count.min(n) {
+        let j = rng.random_range(i..n);
+        order.swap(i, j);
+    }
+    let mut picked: Vec<u32> = order[..count.min(n)].to_vec();
+    // Keep the input's order among picked rows: cache-friendly and independent of swap history.
+    picked.sort_unstable();
+    let mut out = Vec::with_capacity(picked.len() * dim);
+    for row in picked {
+        out.extend_from_slice(&data[row as usize * dim..(row as usize + 1) * dim]);
+    }
+    out
+}
+
+/// k-means++: each next centroid is drawn with probability proportional to the squared
+/// distance to the nearest centroid chosen so far.
+fn kmeans_plus_plus(data: &[f32], dim: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let n = data.len() / dim;
+    let mut centroids = Vec::with_capacity(k * dim);
+    let first = rng.random_range(0..n);
+    centroids.extend_from_slice(&data[first * dim..(first + 1) * dim]);
+    let mut nearest = vec![f32::INFINITY; n];
+    for _ in 1..k {
+        let newest = centroids[centroids.len() - dim..].to_vec();
+        let chunk_count = n.div_ceil(SUM_CHUNK_ROWS);
+        let updated_chunks = par::map_range(chunk_count, |chunk_index| {
+            let start = chunk_index * SUM_CHUNK_ROWS;
+            let end = (start + SUM_CHUNK_ROWS).min(n);
+            (start..end)
+                .map(|row| {
+                    dot::l2_squared(&data[row * dim..(row + 1) * dim], &newest).min(nearest[row])
+                })
+                .collect::<Vec<f32>>()
+        });
+        let mut total = 0f64;
+        for (chunk_index, distances) in updated_chunks.into_iter().enumerate() {
+            let start = chunk_index * SUM_CHUNK_ROWS;
+            for (offset, distance) in distances.into_iter().enumerate() {
+                nearest[start + offset] = distance;
+                total += distance as f64;
+            }
+        }
+        let chosen = if total <= 0.0 {
+            // All points coincide with chosen centroids: any point is as good as another.
+            rng.random_range(0..n)
+        } else {
+            let mut target = rng.random::<f64>() * total;
+            let mut chosen = n - 1;
+            for (row, distance) in nearest.iter().enumerate() {
+                target -= *distance as f64;
+                if target <= 0.0 {
+                    chosen = row;
+                    break;
+                }
+            }
+            chosen
+        };
+        centroids.extend_from_slice(&data[chosen * dim..(chosen + 1) * dim]);
+    }
+    centroids
+}
+
+fn cluster_sums(data: &[f32], dim: usize, k: usize, labels: &[u32]) -> (Vec<f64>, Vec<u64>) {
+    let partials = par::map_chunks(labels, SUM_CHUNK_ROWS, |chunk_index, chunk_labels| {
+        let start = chunk_index * SUM_CHUNK_ROWS;
+        let mut sums = vec![0f64; k * dim];
+        let mut counts = vec![0u64; k];
+        for (offset, &label) in chunk_labels.iter().enumerate() {
+            let row = start + offset;
+            let label = label as usize;
+            counts[label] += 1;
+            for (s, x) in sums[label * dim..(label + 1) * dim]
+                .iter_mut()
+                .zip(&data[row * dim..(row + 1) * dim])
+            {
+                *s += *x as f64;
+            }
+        }
+        (sums, counts)
+    });
+    let mut sums = vec![0f64; k * dim];
+    let mut counts = vec![0u64; k];
+    for (partial_sums, partial_counts) in partials {
+        for (s, p) in sums.iter_mut().zip(partial_sums) {
+            *s += p;
+        }
+        for (c, p) in counts.iter_mut().zip(partial_counts) {
+            *c += p;
+        }
+    }
+    (sums, counts)
+}
+
+/// Gives each empty cluster half of a large cluster: the donor's centroid is copied and
+/// both copies are nudged apart, so the next assignment splits the donor's points.
+fn split_empty_clusters(
+    centroids: &mut [f32],
+    dim: usize,
+    mut counts: Vec<u64>,
+    rng: &mut ChaCha8Rng,
+) {
+    const NUDGE: f32 = 1.0 / 1024.0;
+    let total: u64 = counts.iter().sum();
+    for empty in 0..counts.len() {
+        if counts[empty] != 0 {
+            continue;
+        }
+        // Pick a donor with probability proportional to (size - 1), like faiss.
+        let mut donor = 0;
+        loop {
+            let target = rng.random::<f64>() * (total as f64 - counts.len() as f64).max(1.0);
+            let mut acc = 0f64;
+            for (cluster, count) in counts.iter().enumerate() {
+                acc += count.saturating_sub(1) as f64;
+                if acc >= target && *count > 1 {
+                    donor = cluster;
+                    break;
+                }
+            }
+            if counts[donor] > 1 {
+                break;
+            }
+            if counts.iter().all(|c| *c <= 1) {
+                return;
+            }
+        }
+        let donor_centroid: Vec<f32> = centroids[donor * dim..(donor + 1) * dim].to_vec();
+        for d in 0..dim {
+            let sign = if d % 2 == 0 { 1.0 } else { -1.0 };
+            centroids[empty * dim + d] = donor_centroid[d] * (1.0 + sign * NUDGE);
+            centroids[donor * dim + d] = donor_centroid[d] * (1.0 - sign * NUDGE);
+        }
+        counts[empty] = counts[donor] / 2;
+        counts[donor] -= counts[empty];
+    }
+}

@@ -1,0 +1,61 @@
+//! 8-bit PQ scan: one f32 table lookup per sub-quantizer and code.
+//!
+//! On x86_64 this scalar form is the fast one: AVX2 gathers cost more than the
+//! m independent loads they replace (measured in `benches/`), so the kernel keeps
+//! eight independent accumulators for instruction-level parallelism instead.
+
+use crate::dot::reduce_lanes;
+use crate::TopK;
+
+/// Approximate inner product of one code: `Σ lut[sub][code[sub]]`, in eight-lane order.
+#[inline(always)]
+pub fn score_code(tables: &[[f32; 256]], code: &[u8]) -> f32 {
+    debug_assert_eq!(tables.len(), code.len());
+    let mut acc = [0f32; 8];
+    let table_chunks = tables.chunks_exact(8);
+    let code_chunks = code.chunks_exact(8);
+    let tail = table_chunks.remainder().iter().zip(code_chunks.remainder());
+    for (tables8, codes8) in table_chunks.zip(code_chunks) {
+        for lane in 0..8 {
+            acc[lane] += tables8[lane][codes8[lane] as usize];
+        }
+    }
+    for (lane, (table, code)) in tail.enumerate() {
+        acc[lane] += table[*code as usize];
+    }
+    reduce_lanes(acc)
+}
+
+/// Views a flat `m * 256` lookup table as `m` rows.
+pub fn as_tables(lut: &[f32]) -> &[[f32; 256]] {
+    let (tables, rest) = lut.as_chunks::<256>();
+    assert!(rest.is_empty(), "an 8-bit lookup table has m * 256 entries");
+    tables
+}
+
+/// Scores every code of a list (`count * m` bytes) as `bias + score_code` and offers
+/// each to `top` under key `key_base + row`.
+pub fn scan_list(lut: &[f32], codes: &[u8], bias: f32, key_base: u64, top: &mut TopK) {
+    let tables = as_tables(lut);
+    let m = tables.len();
+    if m == 0 {
+        return;
+    }
+    let mut threshold = top.threshold();
+    for (row, code) in codes.chunks_exact(m).enumerate() {
+        let score = bias + score_code(tables, code);
+        if score >= threshold {
+            top.push(score, key_base + row as u64);
+            threshold = top.threshold();
+        }
+    }
+}
+
+/// Scores of every code, for tests and for callers that need them all.
+pub fn score_all(lut: &[f32], codes: &[u8]) -> Vec<f32> {
+    let tables = as_tables(lut);
+    codes
+        .chunks_exact(tables.len())
+        .map(|code| score_code(tables, code))
+        .collect()
+}
