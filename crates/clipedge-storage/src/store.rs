@@ -1,0 +1,459 @@
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    ClientOptions, GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
+};
+use tracing::{debug, warn};
+
+use crate::{IoStats, StorageError};
+
+/// Tuning of [`Storage`]; the defaults suit S3 (about 60 ms to first byte).
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Attempts after the first for transient failures.
+    pub retries: u32,
+    /// First backoff; doubles each attempt.
+    pub backoff: Duration,
+    /// Two ranges of one object closer than this are fetched with one GET: a wasted
+    /// gap is cheaper than a round trip.
+    pub coalesce_gap_bytes: u64,
+    /// A coalesced GET never grows past this.
+    pub max_coalesced_bytes: u64,
+    /// GETs in flight at once per call.
+    pub max_concurrency: usize,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            retries: 3,
+            backoff: Duration::from_millis(50),
+            coalesce_gap_bytes: 256 * 1024,
+            max_coalesced_bytes: 64 * 1024 * 1024,
+            max_concurrency: 16,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Object bytes with the version tag a conditional write must name.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub bytes: Bytes,
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// Result of [`Storage::get_ranges`]: one buffer per requested range, in request order.
+#[derive(Debug, Clone)]
+pub struct RangeRead {
+    pub parts: Vec<Bytes>,
+    /// GETs actually sent after coalescing.
+    pub requests: usize,
+    /// Bytes actually transferred, gaps included.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Local,
+    S3,
+    Memory,
+}
+
+/// A root location (local directory, `s3://bucket/prefix`, or `memory://`) and the I/O policy around it.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    location: String,
+    backend: Backend,
+    config: StorageConfig,
+    stats: Arc<IoStats>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("location", &self.location).finish()
+    }
+}
+
+impl Storage {
+    /// Opens `location`: a plain path or `file://` URL (created if missing), `s3://bucket/prefix`
+    /// (credentials, region and endpoint from the usual `AWS_*` variables; `AWS_ENDPOINT_URL` and
+    /// `AWS_ALLOW_HTTP=true` for a local S3-compatible server), or `memory://` for tests.
+    pub fn open(location: &str) -> Result<Storage, StorageError> {
+        Storage::open_with(location, StorageConfig::default())
+    }
+
+    pub fn open_with(location: &str, config: StorageConfig) -> Result<Storage, StorageError> {
+        let invalid = |reason: String| StorageError::InvalidLocation {
+            location: location.to_string(),
+            reason,
+        };
+        if location.trim().is_empty() {
+            return Err(invalid("empty location".to_string()));
+        }
+        if location == "memory://" {
+            return Ok(Storage::from_store(
+                Arc::new(InMemory::new()),
+                Path::default(),
+                location,
+                Backend::Memory,
+                config,
+            ));
+        }
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid("s3 url has no bucket".to_string()));
+            }
+            let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|value| value.eq_ignore_ascii_case("true"));
+            let client_options = ClientOptions::new()
+                .with_allow_http(allow_http)
+                .with_timeout(config.request_timeout)
+                .with_connect_timeout(config.connect_timeout);
+            // Retries are ours (counted, same policy for every backend), so the client's are off.
+            let retry = RetryConfig {
+                max_retries: 0,
+                ..RetryConfig::default()
+            };
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_client_options(client_options)
+                .with_retry(retry);
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+                builder = builder.with_region("us-east-1");
+            }
+            let store = builder.build().map_err(|error| invalid(error.to_string()))?;
+            let root = Path::parse(prefix.trim_end_matches('/')).map_err(|error| invalid(error.to_string()))?;
+            return Ok(Storage::from_store(Arc::new(store), root, location, Backend::S3, config));
+        }
+        let local_path = match location.strip_prefix("file://") {
+            Some(path) => path,
+            None if location.contains("://") => {
+                return Err(invalid("supported schemes are s3://, file:// and memory://, or a plain path".to_string()))
+            }
+            None => location,
+        };
+        std::fs::create_dir_all(local_path).map_err(|error| invalid(format!("cannot create directory: {error}")))?;
+        let store = LocalFileSystem::new_with_prefix(local_path)
+            .map_err(|error| invalid(error.to_string()))?
+            .with_automatic_cleanup(true);
+        Ok(Storage::from_store(Arc::new(store), Path::default(), location, Backend::Local, config))
+    }
+
+    fn from_store(
+        store: Arc<dyn ObjectStore>,
+        root: Path,
+        location: &str,
+        backend: Backend,
+        config: StorageConfig,
+    ) -> Storage {
+        Storage {
+            store,
+            root,
+            location: location.to_string(),
+            backend,
+            config,
+            stats: Arc::new(IoStats::default()),
+        }
+    }
+
+    /// The location this storage was opened with.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+
+    fn path(&self, name: &str) -> Path {
+        self.root.parts().chain(Path::from(name).parts()).collect()
+    }
+
+    /// Runs `attempt` until it succeeds, fails permanently, or the retries run out.
+    async fn with_retries<T, F, Fut>(&self, name: &str, mut attempt: F) -> Result<T, StorageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) if StorageError::is_permanent(&error) || attempts > self.config.retries => {
+                    return Err(StorageError::from_backend(name, attempts, error));
+                }
+                Err(error) => {
+                    let delay = self.config.backoff * 2u32.pow(attempts - 1);
+                    warn!(object = name, attempt = attempts, ?delay, %error, "retrying storage request");
+                    self.stats.record_retry();
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Whole object.
+    pub async fn get(&self, name: &str) -> Result<Bytes, StorageError> {
+        Ok(self.get_versioned(name).await?.bytes)
+    }
+
+    /// Whole object with its version tag, for a later conditional write.
+    pub async fn get_versioned(&self, name: &str) -> Result<Versioned, StorageError> {
+        let path = self.path(name);
+        let versioned = self
+            .with_retries(name, || async {
+                let result = self.store.get(&path).await?;
+                let e_tag = result.meta.e_tag.clone();
+                let version = result.meta.version.clone();
+                let bytes = result.bytes().await?;
+                Ok(Versioned { bytes, e_tag, version })
+            })
+            .await?;
+        self.stats.record_get(versioned.bytes.len() as u64);
+        Ok(versioned)
+    }
+
+    /// Whole object, or `None` if it does not exist.
+    pub async fn get_if_exists(&self, name: &str) -> Result<Option<Versioned>, StorageError> {
+        match self.get_versioned(name).await {
+            Ok(versioned) => Ok(Some(versioned)),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// One range GET.
+    pub async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let path = self.path(name);
+        let (start, end) = (range.start, range.end);
+        let bytes = self
+            .with_retries(name, || {
+                let options = GetOptions {
+                    range: Some(object_store::GetRange::Bounded(start..end)),
+                    ..GetOptions::default()
+                };
+                let path = &path;
+                async move { self.store.get_opts(path, options).await?.bytes().await }
+            })
+            .await?;
+        if bytes.len() as u64 != end - start {
+            return Err(StorageError::Range {
+                path: name.to_string(),
+                start,
+                end,
+            });
+        }
+        self.stats.record_get(bytes.len() as u64);
+        Ok(bytes)
+    }
+
+    /// Many ranges of one object: nearby ranges are merged into one GET, merged GETs run
+    /// concurrently, and the result has one buffer per requested range, in request order.
+    pub async fn get_ranges(&self, name: &str, ranges: &[Range<u64>]) -> Result<RangeRead, StorageError> {
+        let merged = coalesce_ranges(ranges, self.config.coalesce_gap_bytes, self.config.max_coalesced_bytes);
+        let fetched: Vec<Bytes> = stream::iter(merged.iter().cloned())
+            .map(|range| self.get_range(name, range))
+            .buffered(self.config.max_concurrency.max(1))
+            .try_collect()
+            .await?;
+        let bytes = merged.iter().map(|range| range.end - range.start).sum();
+        let mut parts = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            if range.start >= range.end {
+                parts.push(Bytes::new());
+                continue;
+            }
+            // The merged range holding this one: merged ranges are sorted and disjoint.
+            let index = merged.partition_point(|merged_range| merged_range.end < range.end);
+            let container = &merged[index];
+            debug_assert!(container.start <= range.start && range.end <= container.end);
+            let offset = (range.start - container.start) as usize;
+            parts.push(fetched[index].slice(offset..offset + (range.end - range.start) as usize));
+        }
+        debug!(object = name, ranges = ranges.len(), requests = merged.len(), bytes, "range read");
+        Ok(RangeRead {
+            parts,
+            requests: merged.len(),
+            bytes,
+        })
+    }
+
+    /// Writes a new object; fails with [`StorageError::AlreadyExists`] rather than overwrite one.
+    pub async fn put_new(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
+        let path = self.path(name);
+        let length = bytes.len() as u64;
+        let payload = PutPayload::from_bytes(bytes);
+        self.with_retries(name, || {
+            let options = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            self.store.put_opts(&path, payload.clone(), options)
+        })
+        .await?;
+        self.stats.record_put(length);
+        Ok(())
+    }
+
+    /// Replaces a small pointer object only if it is still the version the caller read
+    /// (`expected = None`: only if it does not exist yet).
+    ///
+    /// On S3 this is an atomic conditional PUT (`If-Match` / `If-None-Match`). A local
+    /// directory has no conditional overwrite, so there the version is compared first and the
+    /// object then replaced by an atomic rename: safe against readers, not against two
+    /// concurrent writers.
+    pub async fn swap_pointer(&self, name: &str, expected: Option<&Versioned>, bytes: Bytes) -> Result<(), StorageError> {
+        let Some(expected) = expected else {
+            return self.put_new(name, bytes).await;
+        };
+        let path = self.path(name);
+        let length = bytes.len() as u64;
+        let payload = PutPayload::from_bytes(bytes);
+        let mode = match self.backend {
+            Backend::S3 => PutMode::Update(UpdateVersion {
+                e_tag: expected.e_tag.clone(),
+                version: expected.version.clone(),
+            }),
+            Backend::Local | Backend::Memory => {
+                let current = self.get_if_exists(name).await?;
+                let unchanged = current.as_ref().is_some_and(|current| current.bytes == expected.bytes);
+                if !unchanged {
+                    return Err(StorageError::Precondition { path: name.to_string() });
+                }
+                PutMode::Overwrite
+            }
+        };
+        self.with_retries(name, || {
+            let options = PutOptions {
+                mode: mode.clone(),
+                ..PutOptions::default()
+            };
+            self.store.put_opts(&path, payload.clone(), options)
+        })
+        .await?;
+        self.stats.record_put(length);
+        Ok(())
+    }
+
+    /// Names (relative to the root) of the objects under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let path = self.path(prefix);
+        let root_parts = self.root.parts().count();
+        let objects: Vec<_> = self
+            .with_retries(prefix, || self.store.list(Some(&path)).try_collect::<Vec<_>>())
+            .await?;
+        let mut names: Vec<String> = objects
+            .into_iter()
+            .map(|meta| {
+                meta.location
+                    .parts()
+                    .skip(root_parts)
+                    .map(|part| part.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// Sorts and merges ranges whose gap is at most `max_gap`, never growing a merged range past
+/// `max_merged` (a single range larger than that stays whole).
+pub fn coalesce_ranges(ranges: &[Range<u64>], max_gap: u64, max_merged: u64) -> Vec<Range<u64>> {
+    let mut sorted: Vec<Range<u64>> = ranges.iter().filter(|range| range.start < range.end).cloned().collect();
+    sorted.sort_by_key(|range| (range.start, range.end));
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(sorted.len());
+    for range in sorted {
+        if let Some(last) = merged.last_mut() {
+            let close_enough = range.start <= last.end.saturating_add(max_gap);
+            let merged_len = range.end.max(last.end) - last.start;
+            if close_enough && merged_len <= max_merged {
+                last.end = last.end.max(range.end);
+                continue;
+            }
+            if range.end <= last.end {
+                // Fully inside the previous range even though merging was refused.
+                continue;
+            }
+        }
+        merged.push(range);
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesces_close_ranges_and_keeps_far_ones_apart() {
+        let merged = coalesce_ranges(&[100..200, 0..50, 60..90, 10_000..10_100], 5, 1 << 20);
+        assert_eq!(merged, vec![0..50, 60..90, 100..200, 10_000..10_100]);
+        let wide = coalesce_ranges(&[100..200, 0..50, 60..90, 10_000..10_100], 16, 1 << 20);
+        assert_eq!(wide, vec![0..200, 10_000..10_100]);
+    }
+
+    #[test]
+    fn coalescing_respects_the_size_cap() {
+        let merged = coalesce_ranges(&[0..600, 600..1200], 0, 1000);
+        assert_eq!(merged, vec![0..600, 600..1200]);
+    }
+
+    #[tokio::test]
+    async fn local_directory_round_trip_with_ranges_and_conditional_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            coalesce_gap_bytes: 100,
+            ..StorageConfig::default()
+        };
+        let storage = Storage::open_with(dir.path().to_str().unwrap(), config).unwrap();
+        let payload: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        storage.put_new("a/b.bin", Bytes::from(payload.clone())).await.unwrap();
+        let again = storage.put_new("a/b.bin", Bytes::from_static(b"x")).await;
+        assert!(matches!(again, Err(StorageError::AlreadyExists { .. })), "{again:?}");
+
+        let read = storage.get_ranges("a/b.bin", &[5000..5010, 0..4, 4..8, 9..9]).await.unwrap();
+        assert_eq!(read.requests, 2, "0..4 and 4..8 merge, 5000..5010 is past the gap");
+        assert_eq!(&read.parts[0][..], &payload[5000..5010]);
+        assert_eq!(&read.parts[1][..], &payload[0..4]);
+        assert_eq!(&read.parts[2][..], &payload[4..8]);
+        assert!(read.parts[3].is_empty());
+
+        let missing = storage.get("nope").await;
+        assert!(matches!(missing, Err(StorageError::NotFound { .. })), "{missing:?}");
+        let out_of_range = storage.get_range("a/b.bin", 9_990..10_010).await;
+        assert!(out_of_range.is_err());
+
+        storage.swap_pointer("CURRENT", None, Bytes::from_static(b"one")).await.unwrap();
+        let first = storage.get_versioned("CURRENT").await.unwrap();
+        storage.swap_pointer("CURRENT", Some(&first), Bytes::from_static(b"two")).await.unwrap();
+        let stale = storage.swap_pointer("CURRENT", Some(&first), Bytes::from_static(b"three")).await;
+        assert!(matches!(stale, Err(StorageError::Precondition { .. })), "{stale:?}");
+        assert_eq!(&storage.get("CURRENT").await.unwrap()[..], b"two");
+
+        assert_eq!(storage.list("a").await.unwrap(), vec!["a/b.bin".to_string()]);
+        let counters = storage.stats().snapshot();
+        assert!(counters.gets >= 4 && counters.puts == 3, "{counters:?}");
+    }
+}
