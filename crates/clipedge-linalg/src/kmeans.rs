@@ -105,6 +105,11 @@ impl KMeans {
     }
 }
 
+/// The RNG every seeded sampling step of the pipeline uses.
+pub fn seeded_rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
 /// A seeded sample of `count` distinct rows (partial Fisher-Yates).
 pub fn sample_rows(data: &[f32], dim: usize, count: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let n = data.len() / dim;

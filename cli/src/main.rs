@@ -1,0 +1,52 @@
+//! `clipedge`: build and search clipedge indexes from the command line.
+//!
+//! The interface of `build` and `search` is stable: external benchmark harnesses drive it.
+//! Each prints exactly one JSON object as its last stdout line.
+
+mod build;
+mod datagen;
+mod progress;
+mod search;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "clipedge", version, about = "Serverless text-to-image search: build and search IVF-PQ indexes on object storage")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a new index generation from a vector file and publish it.
+    Build(build::BuildArgs),
+    /// Search an index with a file of query vectors; prints latency and recall.
+    Search(search::SearchArgs),
+    /// Write seeded synthetic CLIP-like base vectors, out-of-distribution queries and ground truth.
+    Datagen(datagen::DatagenArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLIPEDGE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Build(args) => build::run(args),
+        Command::Search(args) => search::run(args),
+        Command::Datagen(args) => datagen::run(args),
+    };
+    if let Err(error) = outcome {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+/// A rayon pool of `threads` threads (0: one per core).
+pub(crate) fn thread_pool(threads: usize) -> anyhow::Result<rayon::ThreadPool> {
+    Ok(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?)
+}

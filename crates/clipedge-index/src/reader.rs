@@ -1,0 +1,362 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use clipedge_format::{
+    decode_codebooks, generation_path, CurrentPointer, GroupBlob, ListExpectation, ListView, Manifest,
+    RerankKind, RoutingTable, CURRENT_OBJECT,
+};
+use clipedge_linalg::ProductQuantizer;
+use clipedge_storage::{ByteLru, Storage, StorageError};
+use tracing::debug;
+
+use crate::route::{self, ProbedList};
+use crate::scan::{self, Hit, QueryTables};
+use crate::IndexError;
+
+/// How an [`IndexReader`] holds the index in memory.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Bytes of verified lists kept across searches.
+    pub list_cache_bytes: u64,
+    /// `groups.bin` up to this size is read whole at open (one GET); larger ones are read
+    /// group by group on demand and cached.
+    pub preload_groups_max_bytes: u64,
+    /// Bytes of group blobs kept when they are read on demand.
+    pub group_cache_bytes: u64,
+    /// Open this generation instead of the one `CURRENT` names.
+    pub generation: Option<String>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            list_cache_bytes: 1 << 30,
+            preload_groups_max_bytes: 64 << 20,
+            group_cache_bytes: 256 << 20,
+            generation: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchParams {
+    pub k: usize,
+    /// Fine lists to scan.
+    pub nprobe: usize,
+    /// Candidates reranked exactly = `k * rerank`; 0 returns PQ scores.
+    pub rerank: usize,
+    /// Routing groups to open; `None` picks enough for `nprobe` (see [`route::auto_group_probe`]).
+    pub group_probe: Option<usize>,
+    /// Scan lists on the rayon pool.
+    pub parallel: bool,
+}
+
+impl SearchParams {
+    pub fn new(k: usize, nprobe: usize, rerank: usize) -> Self {
+        SearchParams {
+            k,
+            nprobe,
+            rerank,
+            group_probe: None,
+            parallel: false,
+        }
+    }
+}
+
+/// Where the time and the bytes of one search went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SearchStats {
+    pub groups_probed: usize,
+    pub lists_scanned: usize,
+    pub codes_scanned: u64,
+    pub candidates: usize,
+    pub gets: u64,
+    pub bytes_read: u64,
+    pub list_cache_hits: usize,
+    pub route_us: u64,
+    pub fetch_us: u64,
+    pub scan_us: u64,
+    pub rerank_us: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchResult {
+    pub hits: Vec<Hit>,
+    pub stats: SearchStats,
+}
+
+enum Groups {
+    Preloaded(Vec<Arc<GroupBlob>>),
+    OnDemand(Mutex<ByteLru<u32, Arc<GroupBlob>>>),
+}
+
+/// One opened generation of an index, ready to search. Cheap to share (`&self` searches).
+pub struct IndexReader {
+    storage: Storage,
+    manifest: Manifest,
+    routing: RoutingTable,
+    pq: ProductQuantizer,
+    groups: Groups,
+    lists: Mutex<ByteLru<u32, Bytes>>,
+}
+
+fn missing_index(storage: &Storage, error: StorageError, object: &str) -> IndexError {
+    match error {
+        StorageError::NotFound { .. } => IndexError::NoIndex {
+            location: storage.location().to_string(),
+            object: object.to_string(),
+        },
+        other => IndexError::Storage(other),
+    }
+}
+
+impl IndexReader {
+    /// Resolves `CURRENT` (unless a generation is given), then reads the manifest, the routing
+    /// table and the codebooks, each verified against its checksum.
+    pub async fn open(storage: Storage, options: OpenOptions) -> Result<IndexReader, IndexError> {
+        let generation = match &options.generation {
+            Some(generation) => generation.clone(),
+            None => {
+                let pointer_bytes = storage
+                    .get(CURRENT_OBJECT)
+                    .await
+                    .map_err(|error| missing_index(&storage, error, CURRENT_OBJECT))?;
+                CurrentPointer::from_json(&pointer_bytes)?.generation
+            }
+        };
+        let manifest_name = generation_path(&generation, "manifest.json");
+        let manifest_bytes = storage
+            .get(&manifest_name)
+            .await
+            .map_err(|error| missing_index(&storage, error, &manifest_name))?;
+        let manifest = Manifest::from_json(&manifest_bytes)?;
+        let routing_name = generation_path(&generation, &manifest.routing.path);
+        let codebooks_name = generation_path(&generation, &manifest.codebooks.path);
+        let (routing_bytes, codebook_bytes) = futures::try_join!(storage.get(&routing_name), storage.get(&codebooks_name))?;
+        let routing = RoutingTable::decode(&routing_bytes)?;
+        if routing.dim != manifest.dim as usize || routing.nlist != manifest.nlist || routing.ngroups() != manifest.ngroups as usize {
+            return Err(IndexError::Format(clipedge_format::FormatError::Invalid {
+                what: "routing.bin".to_string(),
+                reason: "shape disagrees with the manifest".to_string(),
+            }));
+        }
+        let codebooks = decode_codebooks(&codebook_bytes)?;
+        let pq = ProductQuantizer::from_centroids(
+            manifest.dim as usize,
+            manifest.pq.m as usize,
+            manifest.pq.bits,
+            codebooks.centroids,
+        )
+        .map_err(|error| IndexError::Codebooks { reason: error.to_string() })?;
+        let groups = if manifest.groups.bytes <= options.preload_groups_max_bytes {
+            let groups_name = generation_path(&generation, &manifest.groups.path);
+            let groups_bytes = storage.get(&groups_name).await?;
+            clipedge_format::FormatError::verify("groups.bin", &groups_bytes, manifest.groups.crc32)?;
+            let mut blobs = Vec::with_capacity(routing.ngroups());
+            for entry in &routing.groups {
+                let start = entry.offset as usize;
+                let end = start + entry.length as usize;
+                let Some(blob_bytes) = groups_bytes.get(start..end) else {
+                    return Err(IndexError::Format(clipedge_format::FormatError::Invalid {
+                        what: "routing.bin".to_string(),
+                        reason: format!("group range {start}..{end} outside groups.bin"),
+                    }));
+                };
+                let blob = GroupBlob::decode(blob_bytes, entry.first_list, entry.list_count as usize, routing.dim, entry.crc32)?;
+                blobs.push(Arc::new(blob));
+            }
+            Groups::Preloaded(blobs)
+        } else {
+            Groups::OnDemand(Mutex::new(ByteLru::new(options.group_cache_bytes)))
+        };
+        debug!(generation, count = manifest.count, nlist = manifest.nlist, "opened index generation");
+        Ok(IndexReader {
+            storage,
+            manifest,
+            routing,
+            pq,
+            groups,
+            lists: Mutex::new(ByteLru::new(options.list_cache_bytes)),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn routing(&self) -> &RoutingTable {
+        &self.routing
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    fn object(&self, file: &str) -> String {
+        generation_path(&self.manifest.generation, file)
+    }
+
+    fn validate(&self, query: &[f32], params: &SearchParams) -> Result<(), IndexError> {
+        let dim = self.manifest.dim as usize;
+        if query.len() != dim {
+            return Err(IndexError::InvalidQuery {
+                reason: format!("query has dimension {}, index has {dim}", query.len()),
+            });
+        }
+        if query.iter().any(|x| !x.is_finite()) {
+            return Err(IndexError::InvalidQuery {
+                reason: "query has a non-finite value".to_string(),
+            });
+        }
+        if params.k == 0 || params.nprobe == 0 {
+            return Err(IndexError::InvalidParams {
+                reason: format!("k ({}) and nprobe ({}) must be at least 1", params.k, params.nprobe),
+            });
+        }
+        if params.group_probe == Some(0) {
+            return Err(IndexError::InvalidParams {
+                reason: "group probe must be at least 1".to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The `k` nearest vectors to `query` by inner product.
+    pub async fn search(&self, query: &[f32], params: &SearchParams) -> Result<SearchResult, IndexError> {
+        self.validate(query, params)?;
+        let mut stats = SearchStats::default();
+        let started = Instant::now();
+        let group_ids = match params.group_probe {
+            Some(count) => route::rank_groups(&self.routing, query, count),
+            None => route::auto_group_probe(&self.routing, query, params.nprobe),
+        };
+        let groups = self.load_groups(&group_ids, &mut stats).await?;
+        let probed = route::rank_lists(query, &groups, params.nprobe);
+        stats.groups_probed = group_ids.len();
+        let routed = Instant::now();
+
+        let list_bytes = self.load_lists(&probed, &mut stats).await?;
+        let fetched = Instant::now();
+
+        let mut lists = Vec::with_capacity(probed.len());
+        for (probe, bytes) in probed.iter().zip(&list_bytes) {
+            let view = ListView::parse_verified(bytes, &self.expectation(probe))?;
+            stats.codes_scanned += view.count as u64;
+            lists.push((view, probe.bias));
+        }
+        stats.lists_scanned = lists.len();
+        let tables = QueryTables::new(&self.pq, query);
+        let rerank = params.rerank > 0 && self.manifest.rerank != RerankKind::None;
+        let candidate_count = if rerank { params.k.saturating_mul(params.rerank) } else { params.k };
+        let candidates = scan::scan_lists(&tables, &lists, candidate_count, params.parallel);
+        stats.candidates = candidates.len();
+        let scanned = Instant::now();
+
+        let hits = scan::finish(query, &lists, &candidates, params.k, rerank);
+        let finished = Instant::now();
+        stats.route_us = (routed - started).as_micros() as u64;
+        stats.fetch_us = (fetched - routed).as_micros() as u64;
+        stats.scan_us = (scanned - fetched).as_micros() as u64;
+        stats.rerank_us = (finished - scanned).as_micros() as u64;
+        Ok(SearchResult { hits, stats })
+    }
+
+    fn expectation(&self, probe: &ProbedList) -> ListExpectation {
+        ListExpectation {
+            list_id: probe.list_id,
+            count: probe.location.count,
+            crc32: probe.location.crc32,
+            dim: self.manifest.dim as usize,
+            m: self.manifest.pq.m as usize,
+            bits: self.manifest.pq.bits,
+            rerank: self.manifest.rerank,
+        }
+    }
+
+    async fn load_groups(&self, group_ids: &[u32], stats: &mut SearchStats) -> Result<Vec<Arc<GroupBlob>>, IndexError> {
+        let cache = match &self.groups {
+            Groups::Preloaded(blobs) => return Ok(group_ids.iter().map(|g| blobs[*g as usize].clone()).collect()),
+            Groups::OnDemand(cache) => cache,
+        };
+        let mut found: Vec<Option<Arc<GroupBlob>>> = {
+            let mut cache = cache.lock().expect("group cache lock");
+            group_ids.iter().map(|group| cache.get(group)).collect()
+        };
+        let missing: Vec<usize> = (0..group_ids.len()).filter(|i| found[*i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(found.into_iter().map(Option::unwrap).collect());
+        }
+        let ranges: Vec<_> = missing
+            .iter()
+            .map(|i| {
+                let entry = &self.routing.groups[group_ids[*i] as usize];
+                entry.offset..entry.offset + entry.length as u64
+            })
+            .collect();
+        let read = self.storage.get_ranges(&self.object(&self.manifest.groups.path), &ranges).await?;
+        stats.gets += read.requests as u64;
+        stats.bytes_read += read.bytes;
+        let mut cache = cache.lock().expect("group cache lock");
+        for (slot, bytes) in missing.into_iter().zip(read.parts) {
+            let group = group_ids[slot];
+            let entry = &self.routing.groups[group as usize];
+            let blob = Arc::new(GroupBlob::decode(&bytes, entry.first_list, entry.list_count as usize, self.routing.dim, entry.crc32)?);
+            cache.insert(group, blob.clone(), bytes.len() as u64);
+            found[slot] = Some(blob);
+        }
+        Ok(found.into_iter().map(Option::unwrap).collect())
+    }
+
+    /// Verified bytes of each probed list, from the cache or with one range GET per list
+    /// (coalesced per shard, shards in parallel).
+    async fn load_lists(&self, probed: &[ProbedList], stats: &mut SearchStats) -> Result<Vec<Bytes>, IndexError> {
+        let mut found: Vec<Option<Bytes>> = {
+            let mut cache = self.lists.lock().expect("list cache lock");
+            probed.iter().map(|probe| cache.get(&probe.list_id)).collect()
+        };
+        stats.list_cache_hits = found.iter().filter(|bytes| bytes.is_some()).count();
+        let mut by_shard: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (slot, probe) in probed.iter().enumerate() {
+            if found[slot].is_none() {
+                by_shard.entry(probe.location.shard).or_default().push(slot);
+            }
+        }
+        if by_shard.is_empty() {
+            return Ok(found.into_iter().map(Option::unwrap).collect());
+        }
+        let mut shard_reads = Vec::with_capacity(by_shard.len());
+        for (shard, slots) in &by_shard {
+            let Some(shard_ref) = self.manifest.shards.get(*shard as usize) else {
+                return Err(IndexError::Format(clipedge_format::FormatError::Invalid {
+                    what: "group blob".to_string(),
+                    reason: format!("list names shard {shard}, manifest has {}", self.manifest.shards.len()),
+                }));
+            };
+            let object = self.object(&shard_ref.path);
+            let ranges: Vec<_> = slots
+                .iter()
+                .map(|slot| {
+                    let location = probed[*slot].location;
+                    location.offset..location.offset + location.length as u64
+                })
+                .collect();
+            shard_reads.push(async move { self.storage.get_ranges(&object, &ranges).await.map(|read| (slots, read)) });
+        }
+        let reads = futures::future::try_join_all(shard_reads).await?;
+        let mut cache = self.lists.lock().expect("list cache lock");
+        for (slots, read) in reads {
+            stats.gets += read.requests as u64;
+            stats.bytes_read += read.bytes;
+            for (slot, bytes) in slots.iter().zip(read.parts) {
+                let probe = &probed[*slot];
+                // Full check once, on arrival; the cache then holds only verified lists.
+                ListView::parse(&bytes, &self.expectation(probe))?;
+                cache.insert(probe.list_id, bytes.clone(), bytes.len() as u64);
+                found[*slot] = Some(bytes);
+            }
+        }
+        Ok(found.into_iter().map(Option::unwrap).collect())
+    }
+}

@@ -1,0 +1,73 @@
+//! Routing: from a query to the fine lists worth scanning. No I/O.
+
+use std::sync::Arc;
+
+use clipedge_format::{GroupBlob, ListLocation, RoutingTable};
+use clipedge_linalg::dot::{dot, top_rows_by_dot};
+use clipedge_linalg::TopK;
+
+/// How many lists' worth of groups the automatic group probe gathers per list scanned:
+/// a group's best lists are not always the globally best, so look a little wider.
+pub const GROUP_OVERFETCH: usize = 4;
+
+/// The groups to open for `nprobe` lists when the caller did not say: enough groups, best
+/// first, to hold `GROUP_OVERFETCH * nprobe` lists. For a flat index (one list per group)
+/// this is exactly `nprobe` groups.
+pub fn auto_group_probe(routing: &RoutingTable, query: &[f32], nprobe: usize) -> Vec<u32> {
+    if routing.ngroups() as u32 == routing.nlist {
+        return rank_groups(routing, query, nprobe);
+    }
+    let wanted_lists = nprobe.saturating_mul(GROUP_OVERFETCH);
+    let ranked = rank_groups(routing, query, routing.ngroups());
+    let mut chosen = Vec::new();
+    let mut gathered_lists = 0usize;
+    for group in ranked {
+        chosen.push(group);
+        gathered_lists += routing.groups[group as usize].list_count as usize;
+        if gathered_lists >= wanted_lists {
+            break;
+        }
+    }
+    chosen
+}
+
+/// The `count` groups whose top-level centroid has the highest inner product with `query`, best first.
+pub fn rank_groups(routing: &RoutingTable, query: &[f32], count: usize) -> Vec<u32> {
+    top_rows_by_dot(query, &routing.centroids, routing.dim, count.min(routing.ngroups()))
+        .into_iter()
+        .map(|(group, _)| group)
+        .collect()
+}
+
+/// A fine list chosen for scanning, with the query's inner product with its centroid
+/// (the by-residual bias added to every PQ score of the list).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbedList {
+    pub list_id: u32,
+    pub location: ListLocation,
+    pub bias: f32,
+}
+
+/// The `nprobe` best fine lists among the lists of `groups`, best first.
+pub fn rank_lists(query: &[f32], groups: &[Arc<GroupBlob>], nprobe: usize) -> Vec<ProbedList> {
+    let mut top = TopK::new(nprobe);
+    let mut flat: Vec<(u32, ListLocation)> = Vec::new();
+    for group in groups {
+        for (local, location) in group.lists.iter().enumerate() {
+            let bias = dot(query, group.centroid(local));
+            top.push(bias, flat.len() as u64);
+            flat.push((group.first_list + local as u32, *location));
+        }
+    }
+    top.into_sorted()
+        .into_iter()
+        .map(|scored| {
+            let (list_id, location) = flat[scored.key as usize];
+            ProbedList {
+                list_id,
+                location,
+                bias: scored.score,
+            }
+        })
+        .collect()
+}

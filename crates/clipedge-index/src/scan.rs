@@ -1,0 +1,126 @@
+//! Scanning lists and reranking candidates. No I/O: works on verified [`ListView`]s.
+
+use clipedge_format::{ListView, RerankKind};
+use clipedge_linalg::fastscan::{self, QuantizedLut};
+use clipedge_linalg::{rerank, scan8, ProductQuantizer, Scored, TopK};
+
+/// A search result: the vector's id and what the caller needs to show and de-duplicate it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub id: u64,
+    pub score: f32,
+    pub content_hash: u64,
+    pub metadata_ref: u64,
+    pub list_id: u32,
+}
+
+/// The query's lookup tables, built once and shared by every list (by-residual inner-product
+/// tables do not depend on the list: the list's part is the bias `<query, centroid>`).
+pub enum QueryTables {
+    Byte(Vec<f32>),
+    Nibble(QuantizedLut),
+}
+
+impl QueryTables {
+    pub fn new(pq: &ProductQuantizer, query: &[f32]) -> QueryTables {
+        let lut = pq.inner_product_table(query);
+        if pq.bits == 4 {
+            QueryTables::Nibble(QuantizedLut::from_float(&lut))
+        } else {
+            QueryTables::Byte(lut)
+        }
+    }
+}
+
+/// Candidate keys pack the list's slot in the probe order and the row inside the list.
+pub fn candidate_key(slot: usize, row: usize) -> u64 {
+    ((slot as u64) << 32) | row as u64
+}
+
+pub fn split_key(key: u64) -> (usize, usize) {
+    ((key >> 32) as usize, (key & 0xffff_ffff) as usize)
+}
+
+/// Scans one list into `top` with approximate (PQ) scores.
+pub fn scan_list(tables: &QueryTables, list: &ListView<'_>, bias: f32, slot: usize, top: &mut TopK) {
+    let key_base = candidate_key(slot, 0);
+    match tables {
+        QueryTables::Byte(lut) => scan8::scan_list(lut, list.codes(), bias, key_base, top),
+        QueryTables::Nibble(lut) => fastscan::scan_list(lut, list.codes(), list.count, bias, key_base, top),
+    }
+}
+
+/// Scans `lists` (with their biases) and keeps the `candidates` best by PQ score. With
+/// `parallel`, lists are spread over the rayon pool and the per-thread selections merged;
+/// ties resolve by key either way, so the result does not depend on the thread count.
+pub fn scan_lists(
+    tables: &QueryTables,
+    lists: &[(ListView<'_>, f32)],
+    candidates: usize,
+    parallel: bool,
+) -> Vec<Scored> {
+    if !parallel || lists.len() < 2 {
+        let mut top = TopK::new(candidates);
+        for (slot, (list, bias)) in lists.iter().enumerate() {
+            scan_list(tables, list, *bias, slot, &mut top);
+        }
+        return top.into_sorted();
+    }
+    use rayon::prelude::*;
+    let partial: Vec<Vec<Scored>> = lists
+        .par_iter()
+        .enumerate()
+        .map(|(slot, (list, bias))| {
+            let mut top = TopK::new(candidates);
+            scan_list(tables, list, *bias, slot, &mut top);
+            top.into_sorted()
+        })
+        .collect();
+    let mut merged = TopK::new(candidates);
+    for scored in partial {
+        merged.extend(scored);
+    }
+    merged.into_sorted()
+}
+
+/// Exact score of one candidate from the rerank copy stored in its list.
+pub fn exact_score(query: &[f32], list: &ListView<'_>, row: usize) -> Option<f32> {
+    match list.rerank {
+        RerankKind::Fp16 => Some(rerank::dot_fp16_le(query, list.rerank_fp16(row))),
+        RerankKind::Int8 => {
+            let (scale, values) = list.rerank_int8(row);
+            Some(rerank::dot_int8(query, scale, values))
+        }
+        RerankKind::None => None,
+    }
+}
+
+/// Turns candidates into the final `k` hits: rescored exactly when `rerank` is set and the
+/// lists carry rerank copies, else in PQ order.
+pub fn finish(query: &[f32], lists: &[(ListView<'_>, f32)], candidates: &[Scored], k: usize, rerank: bool) -> Vec<Hit> {
+    let mut top = TopK::new(k);
+    for candidate in candidates {
+        let (slot, row) = split_key(candidate.key);
+        let list = &lists[slot].0;
+        let score = if rerank {
+            exact_score(query, list, row).unwrap_or(candidate.score)
+        } else {
+            candidate.score
+        };
+        top.push(score, candidate.key);
+    }
+    top.into_sorted()
+        .into_iter()
+        .map(|scored| {
+            let (slot, row) = split_key(scored.key);
+            let list = &lists[slot].0;
+            Hit {
+                id: list.id(row),
+                score: scored.score,
+                content_hash: list.content_hash(row),
+                metadata_ref: list.metadata_ref(row),
+                list_id: list.list_id,
+            }
+        })
+        .collect()
+}

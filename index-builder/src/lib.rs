@@ -1,0 +1,20 @@
+//! The clipedge index build pipeline, run nightly on a rented box (and by `clipedge build`).
+//!
+//! 1. [`train`]: coarse k-means into `nlist` fine lists, hierarchical k-means of the fine
+//!    centroids into routing groups (lists renumbered so each group's lists are contiguous),
+//!    PQ codebooks trained on residuals.
+//! 2. [`write_generation`]: assign every vector to its list, encode residual PQ codes and rerank
+//!    copies list by list in parallel, stream list blobs into shard objects, then write the group
+//!    blobs, routing table, codebooks and manifest of a new generation.
+//! 3. Publish: move `CURRENT` to the new generation with a conditional write. Nothing of a
+//!    published generation is ever overwritten (every object is written with create-only puts).
+//!
+//! The CPU path here is the reference; a GPU box runs the same stages with GPU k-means.
+
+mod build;
+mod progress;
+
+pub use build::{
+    build_index, content_hash, train, write_generation, BuildConfig, BuildError, BuildReport, TrainedIndex, VectorSet,
+};
+pub use progress::{NoProgress, Progress};
