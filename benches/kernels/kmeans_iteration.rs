@@ -28,6 +28,7 @@ fn kmeans_iteration(c: &mut Criterion) {
         iterations: 10,
         seed: 1,
         max_points_per_centroid: 256,
+        init: clipedge_linalg::KMeansInit::PlusPlus,
     };
     let mut group = c.benchmark_group("kmeans_train");
     group.throughput(Throughput::Elements(4096));

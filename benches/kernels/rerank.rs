@@ -11,6 +11,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const CANDIDATES: usize = 1000;
 
+/// `(query, little-endian fp16 bytes) -> inner product`.
+type Fp16Kernel = fn(&[f32], &[u8]) -> f32;
+
 fn rerank(c: &mut Criterion) {
     let query = unit_vectors(1, CLIP_DIM, 50);
     let stored = unit_vectors(CANDIDATES, CLIP_DIM, 51);
@@ -29,7 +32,7 @@ fn rerank(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("rerank");
     group.throughput(Throughput::Elements(CANDIDATES as u64));
-    let fp16_kernels: [(&str, fn(&[f32], &[u8]) -> f32); 2] = [
+    let fp16_kernels: [(&str, Fp16Kernel); 2] = [
         ("dot_fp16_le/d512_1000_dispatch", dot_fp16_le),
         ("dot_fp16_le/d512_1000_scalar", dot_fp16_le_scalar),
     ];

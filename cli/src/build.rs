@@ -55,7 +55,10 @@ pub struct BuildArgs {
 
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     let Some(rerank) = RerankKind::parse(&args.rerank_vectors) else {
-        bail!("--rerank-vectors must be fp16, int8 or none, got {:?}", args.rerank_vectors);
+        bail!(
+            "--rerank-vectors must be fp16, int8 or none, got {:?}",
+            args.rerank_vectors
+        );
     };
     if args.pq_bits != 4 && args.pq_bits != 8 {
         bail!("--pq-bits must be 4 or 8, got {}", args.pq_bits);
@@ -79,7 +82,10 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         ..BuildConfig::new(args.nlist, args.pq_m, args.pq_bits)
     };
     let pool = crate::thread_pool(args.threads)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let progress = BarProgress::new();
     let vectors = VectorSet::new(&matrix.data, matrix.dim);
     let report = pool

@@ -2,7 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use clipedge_datagen::{ground_truth, write_fvecs, write_ivecs, write_npy, ClipLikeConfig, ClipLikeGenerator, QueryKind};
+use clipedge_datagen::{
+    ground_truth, write_fvecs, write_ivecs, write_npy, ClipLikeConfig, ClipLikeGenerator, QueryKind,
+};
 use serde::Serialize;
 
 #[derive(Args)]
@@ -45,14 +47,19 @@ pub fn run(args: DatagenArgs) -> anyhow::Result<()> {
         bail!("--n, --dim and --queries must be at least 1");
     }
     if args.k == 0 || args.k > args.n {
-        bail!("--k must be in 1..={} (the number of base vectors), got {}", args.n, args.k);
+        bail!(
+            "--k must be in 1..={} (the number of base vectors), got {}",
+            args.n,
+            args.k
+        );
     }
     let base_name = match args.format.as_str() {
         "fvecs" => "base.fvecs",
         "npy" => "base.npy",
         other => bail!("--format must be fvecs or npy, got {other:?}"),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let started = std::time::Instant::now();
     let generator = ClipLikeGenerator::new(ClipLikeConfig::new(args.dim, args.seed));
     let base = generator.base(args.n);

@@ -11,7 +11,11 @@ mod search;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "clipedge", version, about = "Serverless text-to-image search: build and search IVF-PQ indexes on object storage")]
+#[command(
+    name = "clipedge",
+    version,
+    about = "Serverless text-to-image search: build and search IVF-PQ indexes on object storage"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +35,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLIPEDGE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("CLIPEDGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
     let cli = Cli::parse();
@@ -48,5 +53,7 @@ fn main() {
 
 /// A rayon pool of `threads` threads (0: one per core).
 pub(crate) fn thread_pool(threads: usize) -> anyhow::Result<rayon::ThreadPool> {
-    Ok(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?)
+    Ok(rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?)
 }

@@ -10,7 +10,9 @@ pub struct BarProgress {
 
 impl BarProgress {
     pub fn new() -> Self {
-        BarProgress { current: Mutex::new(None) }
+        BarProgress {
+            current: Mutex::new(None),
+        }
     }
 
     pub fn finish(&self) {
@@ -27,8 +29,9 @@ impl Progress for BarProgress {
             bar.finish();
         }
         let bar = ProgressBar::new(total);
-        let style = ProgressStyle::with_template("{msg:28} [{elapsed_precise}] {wide_bar} {pos}/{len}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style =
+            ProgressStyle::with_template("{msg:28} [{elapsed_precise}] {wide_bar} {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_message(name.to_string());
         *current = Some(bar);

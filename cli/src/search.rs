@@ -112,16 +112,29 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
         Some(path) => {
             let truth = clipedge_datagen::read_ivecs(path)?;
             if truth.rows != queries.rows {
-                bail!("{} has {} rows for {} queries", path.display(), truth.rows, queries.rows);
+                bail!(
+                    "{} has {} rows for {} queries",
+                    path.display(),
+                    truth.rows,
+                    queries.rows
+                );
             }
             if truth.dim < args.k {
-                bail!("{} has {} neighbours per query, recall@{} needs at least {}", path.display(), truth.dim, args.k, args.k);
+                bail!(
+                    "{} has {} neighbours per query, recall@{} needs at least {}",
+                    path.display(),
+                    truth.dim,
+                    args.k,
+                    args.k
+                );
             }
             Some(truth)
         }
         None => None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let pool = crate::thread_pool(args.threads)?;
     let storage = Storage::open(&args.index)?;
     let options = OpenOptions {
@@ -136,7 +149,12 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     let open_s = open_started.elapsed().as_secs_f64();
     let manifest = reader.manifest().clone();
     if queries.dim != manifest.dim as usize {
-        bail!("queries have dimension {}, index {} has {}", queries.dim, args.index, manifest.dim);
+        bail!(
+            "queries have dimension {}, index {} has {}",
+            queries.dim,
+            args.index,
+            manifest.dim
+        );
     }
     let params = SearchParams {
         group_probe: args.group_probe,
@@ -174,14 +192,23 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     let ids: Vec<i32> = last_results
         .iter()
         .flat_map(|result| {
-            (0..args.k).map(|rank| result.hits.get(rank).map_or(-1, |hit| i32::try_from(hit.id).unwrap_or(-1)))
+            (0..args.k).map(|rank| {
+                result
+                    .hits
+                    .get(rank)
+                    .map_or(-1, |hit| i32::try_from(hit.id).unwrap_or(-1))
+            })
         })
         .collect();
     if let Some(path) = &args.out {
         clipedge_datagen::write_ivecs(path, &ids, args.k)?;
     }
     if let Some(path) = &args.jsonl {
-        write_jsonl(path, &last_results, &latencies_ms[latencies_ms.len() - queries.rows..])?;
+        write_jsonl(
+            path,
+            &last_results,
+            &latencies_ms[latencies_ms.len() - queries.rows..],
+        )?;
     }
     let recall_at_k = truth.as_ref().map(|truth| {
         let truth_u32: Vec<u32> = truth.data.iter().map(|id| *id as u32).collect();
@@ -228,8 +255,13 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_jsonl(path: &PathBuf, results: &[SearchResult], latencies_ms: &[f64]) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+fn write_jsonl(
+    path: &PathBuf,
+    results: &[SearchResult],
+    latencies_ms: &[f64],
+) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut writer = std::io::BufWriter::new(file);
     for (query, (result, latency_ms)) in results.iter().zip(latencies_ms).enumerate() {
         let line = serde_json::json!({

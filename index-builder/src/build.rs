@@ -2,13 +2,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clipedge_format::{
-    code_bytes, encode_codebooks, generation_path, BuildInfo, Codebooks, CurrentPointer, FileRef, GroupBlob, GroupEntry,
-    ListBlobBuilder, ListLocation, Manifest, Metric, ModelInfo, PqParams, RerankData, RerankKind, RoutingTable,
-    ShardRef, CURRENT_OBJECT, FORMAT_VERSION,
+    code_bytes, encode_codebooks, generation_path, BuildInfo, Codebooks, CurrentPointer, FileRef,
+    GroupBlob, GroupEntry, ListBlobBuilder, ListLocation, Manifest, Metric, ModelInfo, PqParams,
+    RerankData, RerankKind, RoutingTable, ShardRef, CURRENT_OBJECT, FORMAT_VERSION,
 };
 use clipedge_linalg::fastscan::pack_block_codes;
 use clipedge_linalg::kmeans::sample_rows;
-use clipedge_linalg::{rerank, KMeans, KMeansConfig, LinalgError, ProductQuantizer};
+use clipedge_linalg::{rerank, KMeans, KMeansConfig, KMeansInit, LinalgError, ProductQuantizer};
 use clipedge_storage::{Storage, StorageError};
 use rand_free_seed::derive_seed;
 use rayon::prelude::*;
@@ -93,7 +93,9 @@ impl BuildConfig {
     }
 
     fn resolved_train_size(&self, n: usize) -> usize {
-        self.train_size.unwrap_or((64 * self.nlist).max(100_000)).min(n)
+        self.train_size
+            .unwrap_or((64 * self.nlist).max(100_000))
+            .min(n)
     }
 }
 
@@ -169,31 +171,52 @@ impl TrainedIndex {
 fn validate(vectors: &VectorSet<'_>, config: &BuildConfig) -> Result<(), BuildError> {
     let n = vectors.len();
     let dim = vectors.dim;
-    if dim == 0 || vectors.data.len() % dim != 0 {
-        return Err(BuildError::Input(format!("{} floats do not form rows of dimension {dim}", vectors.data.len())));
+    if dim == 0 || !vectors.data.len().is_multiple_of(dim) {
+        return Err(BuildError::Input(format!(
+            "{} floats do not form rows of dimension {dim}",
+            vectors.data.len()
+        )));
     }
     if n == 0 {
         return Err(BuildError::Input("no vectors".to_string()));
     }
     if n > u32::MAX as usize {
-        return Err(BuildError::Input(format!("{n} vectors exceed one build's limit of 2^32")));
+        return Err(BuildError::Input(format!(
+            "{n} vectors exceed one build's limit of 2^32"
+        )));
     }
     if let Some(row) = vectors.data.iter().position(|x| !x.is_finite()) {
-        return Err(BuildError::Input(format!("row {} has a non-finite value", row / dim)));
+        return Err(BuildError::Input(format!(
+            "row {} has a non-finite value",
+            row / dim
+        )));
     }
-    for (name, column) in [("ids", vectors.ids), ("content hashes", vectors.content_hashes), ("metadata refs", vectors.metadata_refs)] {
+    for (name, column) in [
+        ("ids", vectors.ids),
+        ("content hashes", vectors.content_hashes),
+        ("metadata refs", vectors.metadata_refs),
+    ] {
         if let Some(column) = column {
             if column.len() != n {
-                return Err(BuildError::Input(format!("{} {name} for {n} vectors", column.len())));
+                return Err(BuildError::Input(format!(
+                    "{} {name} for {n} vectors",
+                    column.len()
+                )));
             }
         }
     }
     if config.nlist == 0 || config.nlist > n {
-        return Err(BuildError::Config(format!("nlist must be in 1..={n} (one list needs at least one vector), got {}", config.nlist)));
+        return Err(BuildError::Config(format!(
+            "nlist must be in 1..={n} (one list needs at least one vector), got {}",
+            config.nlist
+        )));
     }
     let groups = config.resolved_groups();
     if groups == 0 || groups > config.nlist {
-        return Err(BuildError::Config(format!("groups must be in 1..={}, got {groups}", config.nlist)));
+        return Err(BuildError::Config(format!(
+            "groups must be in 1..={}, got {groups}",
+            config.nlist
+        )));
     }
     ProductQuantizer::validate_shape(dim, config.pq_m, config.pq_bits)?;
     let ksub = 1usize << config.pq_bits;
@@ -205,13 +228,19 @@ fn validate(vectors: &VectorSet<'_>, config: &BuildConfig) -> Result<(), BuildEr
         )));
     }
     if config.kmeans_iterations == 0 || config.pq_iterations == 0 {
-        return Err(BuildError::Config("k-means iterations must be at least 1".to_string()));
+        return Err(BuildError::Config(
+            "k-means iterations must be at least 1".to_string(),
+        ));
     }
     Ok(())
 }
 
 /// Coarse quantizer, routing groups and PQ codebooks from a seeded sample.
-pub fn train(vectors: &VectorSet<'_>, config: &BuildConfig, progress: &dyn Progress) -> Result<TrainedIndex, BuildError> {
+pub fn train(
+    vectors: &VectorSet<'_>,
+    config: &BuildConfig,
+    progress: &dyn Progress,
+) -> Result<TrainedIndex, BuildError> {
     validate(vectors, config)?;
     let started = Instant::now();
     let dim = vectors.dim;
@@ -233,9 +262,14 @@ pub fn train(vectors: &VectorSet<'_>, config: &BuildConfig, progress: &dyn Progr
             iterations: config.kmeans_iterations,
             seed: derive_seed(config.seed, 2),
             max_points_per_centroid: usize::MAX,
+            init: KMeansInit::PlusPlus,
         },
     )?;
     progress.advance(u64::from(config.kmeans_iterations));
+    info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "trained coarse quantizer"
+    );
 
     let ngroups = config.resolved_groups();
     progress.stage("train routing groups", 1);
@@ -251,6 +285,7 @@ pub fn train(vectors: &VectorSet<'_>, config: &BuildConfig, progress: &dyn Progr
                 iterations: config.kmeans_iterations,
                 seed: derive_seed(config.seed, 3),
                 max_points_per_centroid: usize::MAX,
+                init: KMeansInit::PlusPlus,
             },
         )?;
         let labels = groups.assign(&coarse.centroids);
@@ -278,6 +313,10 @@ pub fn train(vectors: &VectorSet<'_>, config: &BuildConfig, progress: &dyn Progr
         (fine, kept_centroids, kept_first)
     };
     progress.advance(1);
+    info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "trained routing groups"
+    );
 
     progress.stage("train product quantizer", 1);
     let pq_sample_rows = (256usize * (1 << config.pq_bits)).min(sample.len() / dim);
@@ -291,7 +330,14 @@ pub fn train(vectors: &VectorSet<'_>, config: &BuildConfig, progress: &dyn Progr
             *x -= c;
         }
     }
-    let pq = ProductQuantizer::train(&residuals, dim, config.pq_m, config.pq_bits, config.pq_iterations, derive_seed(config.seed, 5))?;
+    let pq = ProductQuantizer::train(
+        &residuals,
+        dim,
+        config.pq_m,
+        config.pq_bits,
+        config.pq_iterations,
+        derive_seed(config.seed, 5),
+    )?;
     progress.advance(1);
 
     Ok(TrainedIndex {
@@ -341,7 +387,8 @@ fn file_ref(path: &str, bytes: &[u8]) -> FileRef {
 
 fn list_blob_len(count: usize, dim: usize, config: &BuildConfig) -> u64 {
     let codes = code_bytes(count, config.pq_m, config.pq_bits);
-    (32 + 24 * count + codes.next_multiple_of(8) + config.rerank.bytes_per_vector(dim) * count) as u64
+    (32 + 24 * count + codes.next_multiple_of(8) + config.rerank.bytes_per_vector(dim) * count)
+        as u64
 }
 
 fn encode_list(
@@ -366,12 +413,18 @@ fn encode_list(
         let row = row as usize;
         let vector = vectors.row(row);
         ids.push(vectors.ids.map_or(row as u64, |ids| ids[row]));
-        hashes.push(vectors.content_hashes.map_or_else(|| content_hash(vector), |hashes| hashes[row]));
+        hashes.push(
+            vectors
+                .content_hashes
+                .map_or_else(|| content_hash(vector), |hashes| hashes[row]),
+        );
         metas.push(vectors.metadata_refs.map_or(row as u64, |metas| metas[row]));
         for ((r, x), c) in residual.iter_mut().zip(vector).zip(centroid) {
             *r = x - c;
         }
-        trained.pq.encode_one(&residual, &mut codes[index * m..(index + 1) * m]);
+        trained
+            .pq
+            .encode_one(&residual, &mut codes[index * m..(index + 1) * m]);
         match config.rerank {
             RerankKind::Fp16 => fp16.extend(rerank::encode_fp16(vector)),
             RerankKind::Int8 => {
@@ -382,7 +435,11 @@ fn encode_list(
             RerankKind::None => {}
         }
     }
-    let stored_codes = if config.pq_bits == 4 { pack_block_codes(&codes, m) } else { codes };
+    let stored_codes = if config.pq_bits == 4 {
+        pack_block_codes(&codes, m)
+    } else {
+        codes
+    };
     let rerank_data = match config.rerank {
         RerankKind::Fp16 => RerankData::Fp16(fp16),
         RerankKind::Int8 => RerankData::Int8 {
@@ -425,13 +482,19 @@ pub async fn write_generation(
     let dim = vectors.dim;
     let n = vectors.len();
     let nlist = trained.nlist();
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let generation = new_generation_name(now_ms);
 
     progress.stage("assign vectors to lists", n as u64);
     let assign_started = Instant::now();
-    let labels = clipedge_linalg::gemm::nearest_centroids(vectors.data, dim, &trained.fine_centroids).0;
-    let mut lists: Vec<ListColumns> = (0..nlist).map(|_| ListColumns { rows: Vec::new() }).collect();
+    let labels =
+        clipedge_linalg::gemm::nearest_centroids(vectors.data, dim, &trained.fine_centroids).0;
+    let mut lists: Vec<ListColumns> = (0..nlist)
+        .map(|_| ListColumns { rows: Vec::new() })
+        .collect();
     for (row, label) in labels.iter().enumerate() {
         lists[*label as usize].rows.push(row as u32);
     }
@@ -448,13 +511,23 @@ pub async fn write_generation(
         // Take lists until the shard reaches its target size, then encode them in parallel.
         let first = next_list;
         let mut planned_bytes = 0u64;
-        while next_list < nlist && (next_list == first || planned_bytes < config.shard_target_bytes) {
-            planned_bytes += list_blob_len(lists[next_list].rows.len(), dim, config).next_multiple_of(LIST_ALIGN);
+        while next_list < nlist && (next_list == first || planned_bytes < config.shard_target_bytes)
+        {
+            planned_bytes += list_blob_len(lists[next_list].rows.len(), dim, config)
+                .next_multiple_of(LIST_ALIGN);
             next_list += 1;
         }
         let blobs: Vec<Vec<u8>> = (first..next_list)
             .into_par_iter()
-            .map(|list_id| encode_list(list_id as u32, &lists[list_id].rows, vectors, trained, config))
+            .map(|list_id| {
+                encode_list(
+                    list_id as u32,
+                    &lists[list_id].rows,
+                    vectors,
+                    trained,
+                    config,
+                )
+            })
             .collect();
         let shard_index = shards.len() as u32;
         let mut shard = Vec::with_capacity(planned_bytes as usize);
@@ -470,11 +543,19 @@ pub async fn write_generation(
             });
             encoded_rows += lists[list_id].rows.len() as u64;
             shard.extend_from_slice(&blob);
-            shard.resize((shard.len() as u64).next_multiple_of(LIST_ALIGN) as usize, 0);
+            shard.resize(
+                (shard.len() as u64).next_multiple_of(LIST_ALIGN) as usize,
+                0,
+            );
         }
         let shard_path = format!("shard-{shard_index:05}.bin");
         let shard_bytes = shard.len() as u64;
-        storage.put_new(&generation_path(&generation, &shard_path), Bytes::from(shard)).await?;
+        storage
+            .put_new(
+                &generation_path(&generation, &shard_path),
+                Bytes::from(shard),
+            )
+            .await?;
         shards.push(ShardRef {
             path: shard_path,
             bytes: shard_bytes,
@@ -493,7 +574,8 @@ pub async fn write_generation(
         let blob = GroupBlob {
             first_list,
             dim,
-            centroids: trained.fine_centroids[first_list as usize * dim..end_list as usize * dim].to_vec(),
+            centroids: trained.fine_centroids[first_list as usize * dim..end_list as usize * dim]
+                .to_vec(),
             lists: locations[first_list as usize..end_list as usize].to_vec(),
         }
         .encode();
@@ -547,11 +629,22 @@ pub async fn write_generation(
             builder: format!("clipedge-index-builder {}", env!("CARGO_PKG_VERSION")),
         },
     };
-    for (name, bytes) in [("groups.bin", groups_file), ("routing.bin", routing_file), ("codebooks.bin", codebooks_file)] {
-        storage.put_new(&generation_path(&generation, name), Bytes::from(bytes)).await?;
+    for (name, bytes) in [
+        ("groups.bin", groups_file),
+        ("routing.bin", routing_file),
+        ("codebooks.bin", codebooks_file),
+    ] {
+        storage
+            .put_new(&generation_path(&generation, name), Bytes::from(bytes))
+            .await?;
     }
     // The manifest goes last: a generation without one is an unfinished build, never read.
-    storage.put_new(&generation_path(&generation, "manifest.json"), Bytes::from(manifest.to_json())).await?;
+    storage
+        .put_new(
+            &generation_path(&generation, "manifest.json"),
+            Bytes::from(manifest.to_json()),
+        )
+        .await?;
     Ok((manifest, assign_seconds, encode_seconds))
 }
 
@@ -563,7 +656,13 @@ pub async fn publish(storage: &Storage, generation: &str) -> Result<(), BuildErr
         CurrentPointer::from_json(&current.bytes)?;
     }
     let pointer = CurrentPointer::new(generation);
-    storage.swap_pointer(CURRENT_OBJECT, current.as_ref(), Bytes::from(pointer.to_json())).await?;
+    storage
+        .swap_pointer(
+            CURRENT_OBJECT,
+            current.as_ref(),
+            Bytes::from(pointer.to_json()),
+        )
+        .await?;
     Ok(())
 }
 
@@ -576,7 +675,8 @@ pub async fn build_index(
 ) -> Result<BuildReport, BuildError> {
     let started = Instant::now();
     let trained = train(vectors, config, progress)?;
-    let (manifest, assign_seconds, encode_seconds) = write_generation(storage, vectors, &trained, config, progress).await?;
+    let (manifest, assign_seconds, encode_seconds) =
+        write_generation(storage, vectors, &trained, config, progress).await?;
     publish(storage, &manifest.generation).await?;
     let index_bytes = manifest.routing.bytes
         + manifest.groups.bytes

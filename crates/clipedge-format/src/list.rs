@@ -157,7 +157,10 @@ impl<'a> ListView<'a> {
 
     /// Like [`ListView::parse`] without the checksum pass, for bytes that already passed
     /// `parse` once (a cache of verified lists). Structure is still checked.
-    pub fn parse_verified(bytes: &'a [u8], expected: &ListExpectation) -> Result<ListView<'a>, FormatError> {
+    pub fn parse_verified(
+        bytes: &'a [u8],
+        expected: &ListExpectation,
+    ) -> Result<ListView<'a>, FormatError> {
         let what = format!("list {}", expected.list_id);
         let mut reader = Reader::new(&what, bytes);
         check_magic(&what, reader.take(4)?, LIST_MAGIC)?;

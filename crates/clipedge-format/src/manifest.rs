@@ -172,7 +172,7 @@ impl Manifest {
         if self.pq.m == 0 || self.pq.m * self.pq.dsub != self.dim {
             return Err(FormatError::invalid(what, "pq.m * pq.dsub must equal dim"));
         }
-        if self.pq.bits == 4 && self.pq.m % 2 != 0 {
+        if self.pq.bits == 4 && !self.pq.m.is_multiple_of(2) {
             return Err(FormatError::invalid(what, "4-bit codes need an even pq.m"));
         }
         Ok(())

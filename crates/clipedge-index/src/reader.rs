@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use clipedge_format::{
-    decode_codebooks, generation_path, CurrentPointer, GroupBlob, ListExpectation, ListView, Manifest,
-    RerankKind, RoutingTable, CURRENT_OBJECT,
+    decode_codebooks, generation_path, CurrentPointer, GroupBlob, ListExpectation, ListView,
+    Manifest, RerankKind, RoutingTable, CURRENT_OBJECT,
 };
 use clipedge_linalg::ProductQuantizer;
 use clipedge_storage::{ByteLru, Storage, StorageError};
@@ -134,9 +134,13 @@ impl IndexReader {
         let manifest = Manifest::from_json(&manifest_bytes)?;
         let routing_name = generation_path(&generation, &manifest.routing.path);
         let codebooks_name = generation_path(&generation, &manifest.codebooks.path);
-        let (routing_bytes, codebook_bytes) = futures::try_join!(storage.get(&routing_name), storage.get(&codebooks_name))?;
+        let (routing_bytes, codebook_bytes) =
+            futures::try_join!(storage.get(&routing_name), storage.get(&codebooks_name))?;
         let routing = RoutingTable::decode(&routing_bytes)?;
-        if routing.dim != manifest.dim as usize || routing.nlist != manifest.nlist || routing.ngroups() != manifest.ngroups as usize {
+        if routing.dim != manifest.dim as usize
+            || routing.nlist != manifest.nlist
+            || routing.ngroups() != manifest.ngroups as usize
+        {
             return Err(IndexError::Format(clipedge_format::FormatError::Invalid {
                 what: "routing.bin".to_string(),
                 reason: "shape disagrees with the manifest".to_string(),
@@ -149,11 +153,17 @@ impl IndexReader {
             manifest.pq.bits,
             codebooks.centroids,
         )
-        .map_err(|error| IndexError::Codebooks { reason: error.to_string() })?;
+        .map_err(|error| IndexError::Codebooks {
+            reason: error.to_string(),
+        })?;
         let groups = if manifest.groups.bytes <= options.preload_groups_max_bytes {
             let groups_name = generation_path(&generation, &manifest.groups.path);
             let groups_bytes = storage.get(&groups_name).await?;
-            clipedge_format::FormatError::verify("groups.bin", &groups_bytes, manifest.groups.crc32)?;
+            clipedge_format::FormatError::verify(
+                "groups.bin",
+                &groups_bytes,
+                manifest.groups.crc32,
+            )?;
             let mut blobs = Vec::with_capacity(routing.ngroups());
             for entry in &routing.groups {
                 let start = entry.offset as usize;
@@ -164,14 +174,25 @@ impl IndexReader {
                         reason: format!("group range {start}..{end} outside groups.bin"),
                     }));
                 };
-                let blob = GroupBlob::decode(blob_bytes, entry.first_list, entry.list_count as usize, routing.dim, entry.crc32)?;
+                let blob = GroupBlob::decode(
+                    blob_bytes,
+                    entry.first_list,
+                    entry.list_count as usize,
+                    routing.dim,
+                    entry.crc32,
+                )?;
                 blobs.push(Arc::new(blob));
             }
             Groups::Preloaded(blobs)
         } else {
             Groups::OnDemand(Mutex::new(ByteLru::new(options.group_cache_bytes)))
         };
-        debug!(generation, count = manifest.count, nlist = manifest.nlist, "opened index generation");
+        debug!(
+            generation,
+            count = manifest.count,
+            nlist = manifest.nlist,
+            "opened index generation"
+        );
         Ok(IndexReader {
             storage,
             manifest,
@@ -212,7 +233,10 @@ impl IndexReader {
         }
         if params.k == 0 || params.nprobe == 0 {
             return Err(IndexError::InvalidParams {
-                reason: format!("k ({}) and nprobe ({}) must be at least 1", params.k, params.nprobe),
+                reason: format!(
+                    "k ({}) and nprobe ({}) must be at least 1",
+                    params.k, params.nprobe
+                ),
             });
         }
         if params.group_probe == Some(0) {
@@ -224,7 +248,11 @@ impl IndexReader {
     }
 
     /// The `k` nearest vectors to `query` by inner product.
-    pub async fn search(&self, query: &[f32], params: &SearchParams) -> Result<SearchResult, IndexError> {
+    pub async fn search(
+        &self,
+        query: &[f32],
+        params: &SearchParams,
+    ) -> Result<SearchResult, IndexError> {
         self.validate(query, params)?;
         let mut stats = SearchStats::default();
         let started = Instant::now();
@@ -249,7 +277,11 @@ impl IndexReader {
         stats.lists_scanned = lists.len();
         let tables = QueryTables::new(&self.pq, query);
         let rerank = params.rerank > 0 && self.manifest.rerank != RerankKind::None;
-        let candidate_count = if rerank { params.k.saturating_mul(params.rerank) } else { params.k };
+        let candidate_count = if rerank {
+            params.k.saturating_mul(params.rerank)
+        } else {
+            params.k
+        };
         let candidates = scan::scan_lists(&tables, &lists, candidate_count, params.parallel);
         stats.candidates = candidates.len();
         let scanned = Instant::now();
@@ -275,16 +307,27 @@ impl IndexReader {
         }
     }
 
-    async fn load_groups(&self, group_ids: &[u32], stats: &mut SearchStats) -> Result<Vec<Arc<GroupBlob>>, IndexError> {
+    async fn load_groups(
+        &self,
+        group_ids: &[u32],
+        stats: &mut SearchStats,
+    ) -> Result<Vec<Arc<GroupBlob>>, IndexError> {
         let cache = match &self.groups {
-            Groups::Preloaded(blobs) => return Ok(group_ids.iter().map(|g| blobs[*g as usize].clone()).collect()),
+            Groups::Preloaded(blobs) => {
+                return Ok(group_ids
+                    .iter()
+                    .map(|g| blobs[*g as usize].clone())
+                    .collect())
+            }
             Groups::OnDemand(cache) => cache,
         };
         let mut found: Vec<Option<Arc<GroupBlob>>> = {
             let mut cache = cache.lock().expect("group cache lock");
             group_ids.iter().map(|group| cache.get(group)).collect()
         };
-        let missing: Vec<usize> = (0..group_ids.len()).filter(|i| found[*i].is_none()).collect();
+        let missing: Vec<usize> = (0..group_ids.len())
+            .filter(|i| found[*i].is_none())
+            .collect();
         if missing.is_empty() {
             return Ok(found.into_iter().map(Option::unwrap).collect());
         }
@@ -295,14 +338,23 @@ impl IndexReader {
                 entry.offset..entry.offset + entry.length as u64
             })
             .collect();
-        let read = self.storage.get_ranges(&self.object(&self.manifest.groups.path), &ranges).await?;
+        let read = self
+            .storage
+            .get_ranges(&self.object(&self.manifest.groups.path), &ranges)
+            .await?;
         stats.gets += read.requests as u64;
         stats.bytes_read += read.bytes;
         let mut cache = cache.lock().expect("group cache lock");
         for (slot, bytes) in missing.into_iter().zip(read.parts) {
             let group = group_ids[slot];
             let entry = &self.routing.groups[group as usize];
-            let blob = Arc::new(GroupBlob::decode(&bytes, entry.first_list, entry.list_count as usize, self.routing.dim, entry.crc32)?);
+            let blob = Arc::new(GroupBlob::decode(
+                &bytes,
+                entry.first_list,
+                entry.list_count as usize,
+                self.routing.dim,
+                entry.crc32,
+            )?);
             cache.insert(group, blob.clone(), bytes.len() as u64);
             found[slot] = Some(blob);
         }
@@ -311,10 +363,17 @@ impl IndexReader {
 
     /// Verified bytes of each probed list, from the cache or with one range GET per list
     /// (coalesced per shard, shards in parallel).
-    async fn load_lists(&self, probed: &[ProbedList], stats: &mut SearchStats) -> Result<Vec<Bytes>, IndexError> {
+    async fn load_lists(
+        &self,
+        probed: &[ProbedList],
+        stats: &mut SearchStats,
+    ) -> Result<Vec<Bytes>, IndexError> {
         let mut found: Vec<Option<Bytes>> = {
             let mut cache = self.lists.lock().expect("list cache lock");
-            probed.iter().map(|probe| cache.get(&probe.list_id)).collect()
+            probed
+                .iter()
+                .map(|probe| cache.get(&probe.list_id))
+                .collect()
         };
         stats.list_cache_hits = found.iter().filter(|bytes| bytes.is_some()).count();
         let mut by_shard: HashMap<u32, Vec<usize>> = HashMap::new();
@@ -331,7 +390,10 @@ impl IndexReader {
             let Some(shard_ref) = self.manifest.shards.get(*shard as usize) else {
                 return Err(IndexError::Format(clipedge_format::FormatError::Invalid {
                     what: "group blob".to_string(),
-                    reason: format!("list names shard {shard}, manifest has {}", self.manifest.shards.len()),
+                    reason: format!(
+                        "list names shard {shard}, manifest has {}",
+                        self.manifest.shards.len()
+                    ),
                 }));
             };
             let object = self.object(&shard_ref.path);
@@ -342,7 +404,12 @@ impl IndexReader {
                     location.offset..location.offset + location.length as u64
                 })
                 .collect();
-            shard_reads.push(async move { self.storage.get_ranges(&object, &ranges).await.map(|read| (slots, read)) });
+            shard_reads.push(async move {
+                self.storage
+                    .get_ranges(&object, &ranges)
+                    .await
+                    .map(|read| (slots, read))
+            });
         }
         let reads = futures::future::try_join_all(shard_reads).await?;
         let mut cache = self.lists.lock().expect("list cache lock");

@@ -33,10 +33,15 @@ pub fn auto_group_probe(routing: &RoutingTable, query: &[f32], nprobe: usize) ->
 
 /// The `count` groups whose top-level centroid has the highest inner product with `query`, best first.
 pub fn rank_groups(routing: &RoutingTable, query: &[f32], count: usize) -> Vec<u32> {
-    top_rows_by_dot(query, &routing.centroids, routing.dim, count.min(routing.ngroups()))
-        .into_iter()
-        .map(|(group, _)| group)
-        .collect()
+    top_rows_by_dot(
+        query,
+        &routing.centroids,
+        routing.dim,
+        count.min(routing.ngroups()),
+    )
+    .into_iter()
+    .map(|(group, _)| group)
+    .collect()
 }
 
 /// A fine list chosen for scanning, with the query's inner product with its centroid

@@ -42,11 +42,19 @@ pub fn split_key(key: u64) -> (usize, usize) {
 }
 
 /// Scans one list into `top` with approximate (PQ) scores.
-pub fn scan_list(tables: &QueryTables, list: &ListView<'_>, bias: f32, slot: usize, top: &mut TopK) {
+pub fn scan_list(
+    tables: &QueryTables,
+    list: &ListView<'_>,
+    bias: f32,
+    slot: usize,
+    top: &mut TopK,
+) {
     let key_base = candidate_key(slot, 0);
     match tables {
         QueryTables::Byte(lut) => scan8::scan_list(lut, list.codes(), bias, key_base, top),
-        QueryTables::Nibble(lut) => fastscan::scan_list(lut, list.codes(), list.count, bias, key_base, top),
+        QueryTables::Nibble(lut) => {
+            fastscan::scan_list(lut, list.codes(), list.count, bias, key_base, top)
+        }
     }
 }
 
@@ -97,7 +105,13 @@ pub fn exact_score(query: &[f32], list: &ListView<'_>, row: usize) -> Option<f32
 
 /// Turns candidates into the final `k` hits: rescored exactly when `rerank` is set and the
 /// lists carry rerank copies, else in PQ order.
-pub fn finish(query: &[f32], lists: &[(ListView<'_>, f32)], candidates: &[Scored], k: usize, rerank: bool) -> Vec<Hit> {
+pub fn finish(
+    query: &[f32],
+    lists: &[(ListView<'_>, f32)],
+    candidates: &[Scored],
+    k: usize,
+    rerank: bool,
+) -> Vec<Hit> {
     let mut top = TopK::new(k);
     for candidate in candidates {
         let (slot, row) = split_key(candidate.key);

@@ -72,3 +72,31 @@ pub fn top_rows_by_dot(query: &[f32], matrix: &[f32], dim: usize, count: usize) 
         .map(|scored| (scored.key as u32, scored.score))
         .collect()
 }
+
+/// Index and value of the smallest entry; ties go to the first. Eight-lane minimum first
+/// (vectorizes), then one scan for the position: a plain running argmin is a serial
+/// dependency chain and dominated small-dimension k-means.
+#[inline]
+pub fn argmin(values: &[f32]) -> (usize, f32) {
+    let mut lanes = [f32::INFINITY; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for lane in 0..8 {
+            if chunk[lane] < lanes[lane] {
+                lanes[lane] = chunk[lane];
+            }
+        }
+    }
+    for (lane, value) in tail.iter().enumerate() {
+        if *value < lanes[lane] {
+            lanes[lane] = *value;
+        }
+    }
+    let min = lanes.iter().copied().fold(
+        f32::INFINITY,
+        |best, value| if value < best { value } else { best },
+    );
+    let index = values.iter().position(|value| *value == min).unwrap_or(0);
+    (index, min)
+}

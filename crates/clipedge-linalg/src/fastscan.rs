@@ -12,7 +12,7 @@ pub const BLOCK_VECTORS: usize = 32;
 /// Packs `n * m` one-code-per-byte codes (values < 16) into fast-scan blocks. The last
 /// block is padded with code 0; callers ignore rows past `n`.
 pub fn pack_block_codes(codes: &[u8], m: usize) -> Vec<u8> {
-    let n = if m == 0 { 0 } else { codes.len() / m };
+    let n = codes.len().checked_div(m).unwrap_or(0);
     let blocks = n.div_ceil(BLOCK_VECTORS);
     let mut packed = vec![0u8; blocks * 16 * m];
     for row in 0..n {
@@ -89,7 +89,7 @@ impl QuantizedLut {
 /// Quantized sums of the 32 vectors of one block. Dispatches to the fastest exact path.
 #[inline]
 pub fn block_sums(table: &[u8], m: usize, block: &[u8], out: &mut [u16; 32]) {
-    assert!(table.len() >= 16 * m && block.len() >= 16 * m && m % 2 == 0);
+    assert!(table.len() >= 16 * m && block.len() >= 16 * m && m.is_multiple_of(2));
     #[cfg(target_arch = "x86_64")]
     {
         if has_avx2() {

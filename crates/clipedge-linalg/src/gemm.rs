@@ -3,10 +3,64 @@
 use crate::par;
 
 const ROWS_PER_BLOCK: usize = 256;
+/// Up to this dimension (PQ sub-spaces) a GEMM's inner loop is too short to pay; a loop over
+/// transposed centroids vectorizes across centroids instead.
+const SMALL_DIM: usize = 16;
+
+fn nearest_centroids_small_dim(
+    data: &[f32],
+    dim: usize,
+    centroids: &[f32],
+) -> (Vec<u32>, Vec<f32>) {
+    let k = centroids.len() / dim;
+    let mut transposed = vec![0f32; k * dim];
+    for (index, centroid) in centroids.chunks_exact(dim).enumerate() {
+        for (d, value) in centroid.iter().enumerate() {
+            transposed[d * k + index] = *value;
+        }
+    }
+    let centroid_norms: Vec<f32> = centroids
+        .chunks_exact(dim)
+        .map(|c| crate::dot::dot(c, c))
+        .collect();
+    let blocks = par::map_chunks(data, ROWS_PER_BLOCK * dim, |_, block| {
+        let mut products = vec![0f32; k];
+        let mut labels = Vec::with_capacity(block.len() / dim);
+        let mut distances = Vec::with_capacity(block.len() / dim);
+        for row in block.chunks_exact(dim) {
+            products.fill(0.0);
+            for (d, &value) in row.iter().enumerate() {
+                for (product, c) in products.iter_mut().zip(&transposed[d * k..(d + 1) * k]) {
+                    *product += value * c;
+                }
+            }
+            let mut best = (0u32, f32::INFINITY);
+            for (index, (&product, &norm)) in products.iter().zip(&centroid_norms).enumerate() {
+                let distance = norm - 2.0 * product;
+                if distance < best.1 {
+                    best = (index as u32, distance);
+                }
+            }
+            labels.push(best.0);
+            distances.push((best.1 + crate::dot::dot(row, row)).max(0.0));
+        }
+        (labels, distances)
+    });
+    let mut labels = Vec::with_capacity(data.len() / dim);
+    let mut distances = Vec::with_capacity(data.len() / dim);
+    for (block_labels, block_distances) in blocks {
+        labels.extend(block_labels);
+        distances.extend(block_distances);
+    }
+    (labels, distances)
+}
 
 /// For each row of `data` (`n x dim`), the index of the nearest centroid (squared L2) and that distance.
 /// Ties go to the lower centroid index. Runs on all rayon threads when the `parallel` feature is on.
 pub fn nearest_centroids(data: &[f32], dim: usize, centroids: &[f32]) -> (Vec<u32>, Vec<f32>) {
+    if dim <= SMALL_DIM {
+        return nearest_centroids_small_dim(data, dim, centroids);
+    }
     let k = centroids.len() / dim;
     let centroid_norms: Vec<f32> = centroids
         .chunks_exact(dim)

@@ -11,6 +11,16 @@ use crate::{dot, gemm, par, LinalgError};
 
 const SUM_CHUNK_ROWS: usize = 4096;
 
+/// How the first centroids are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KMeansInit {
+    /// k-means++ (D² sampling): better starts, but `k` sequential passes over the data,
+    /// which costs more than Lloyd itself when points are short (PQ sub-spaces).
+    PlusPlus,
+    /// `k` distinct random training points, as faiss does.
+    Random,
+}
+
 #[derive(Debug, Clone)]
 pub struct KMeansConfig {
     pub k: usize,
@@ -18,6 +28,7 @@ pub struct KMeansConfig {
     pub seed: u64,
     /// Training uses at most `k * max_points_per_centroid` points (a seeded sample), as faiss does.
     pub max_points_per_centroid: usize,
+    pub init: KMeansInit,
 }
 
 impl KMeansConfig {
@@ -27,6 +38,7 @@ impl KMeansConfig {
             iterations: 20,
             seed: 1234,
             max_points_per_centroid: 256,
+            init: KMeansInit::PlusPlus,
         }
     }
 }
@@ -43,7 +55,7 @@ pub struct KMeans {
 
 impl KMeans {
     pub fn train(data: &[f32], dim: usize, config: &KMeansConfig) -> Result<KMeans, LinalgError> {
-        if dim == 0 || data.len() % dim != 0 {
+        if dim == 0 || !data.len().is_multiple_of(dim) {
             return Err(LinalgError::KMeans(format!(
                 "data length {} is not a multiple of dim {dim}",
                 data.len()
@@ -67,7 +79,10 @@ impl KMeans {
         } else {
             data
         };
-        let mut centroids = kmeans_plus_plus(train, dim, config.k, &mut rng);
+        let mut centroids = match config.init {
+            KMeansInit::PlusPlus => kmeans_plus_plus(train, dim, config.k, &mut rng),
+            KMeansInit::Random => sample_rows(train, dim, config.k, &mut rng),
+        };
         let mut inertia = 0.0;
         for _ in 0..config.iterations {
             let (labels, distances) = gemm::nearest_centroids(train, dim, &centroids);

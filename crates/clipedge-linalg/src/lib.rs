@@ -15,7 +15,7 @@ pub mod rerank;
 pub mod scan8;
 pub mod topk;
 
-pub use kmeans::{KMeans, KMeansConfig};
+pub use kmeans::{KMeans, KMeansConfig, KMeansInit};
 pub use pq::ProductQuantizer;
 pub use topk::{Scored, TopK};
 

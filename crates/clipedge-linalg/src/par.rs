@@ -1,14 +1,11 @@
 //! Thin switch between rayon and sequential iteration, so kernels compile for wasm32 without threads.
 
 #[cfg(feature = "parallel")]
-pub(crate) fn map_chunks<T: Send, R: Send>(
+pub(crate) fn map_chunks<T: Send + Sync, R: Send>(
     items: &[T],
     chunk_len: usize,
     f: impl Fn(usize, &[T]) -> R + Send + Sync,
-) -> Vec<R>
-where
-    T: Sync,
-{
+) -> Vec<R> {
     use rayon::prelude::*;
     items
         .par_chunks(chunk_len.max(1))

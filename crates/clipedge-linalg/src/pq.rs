@@ -1,5 +1,6 @@
 //! Product quantization: training, encoding and inner-product lookup tables.
 
+use crate::kmeans::KMeansInit;
 use crate::{dot, kmeans, par, KMeans, KMeansConfig, LinalgError};
 
 /// `m` sub-quantizers of `ksub = 2^bits` centroids over `dsub = dim / m` dimensions.
@@ -23,10 +24,10 @@ impl ProductQuantizer {
         if bits != 4 && bits != 8 {
             return Err(LinalgError::Pq(format!("bits must be 4 or 8, got {bits}")));
         }
-        if m == 0 || dim % m != 0 {
+        if m == 0 || !dim.is_multiple_of(m) {
             return Err(LinalgError::Pq(format!("m = {m} must divide dim = {dim}")));
         }
-        if bits == 4 && (m % 2 != 0 || m > 256) {
+        if bits == 4 && (!m.is_multiple_of(2) || m > 256) {
             return Err(LinalgError::Pq(format!(
                 "4-bit codes need an even m <= 256, got {m}"
             )));
@@ -102,6 +103,7 @@ impl ProductQuantizer {
                 iterations,
                 seed: seed.wrapping_add(sub as u64 * 0x9E37_79B9),
                 max_points_per_centroid: 256,
+                init: KMeansInit::Random,
             };
             KMeans::train(&slice, dsub, &config)
         });
@@ -120,14 +122,10 @@ impl ProductQuantizer {
             let x = &vector[sub * self.dsub..(sub + 1) * self.dsub];
             self.sub_products(sub, x, &mut products);
             let norms = &self.norms[sub * self.ksub..(sub + 1) * self.ksub];
-            let mut best = (0usize, f32::INFINITY);
-            for (code, (&product, &norm)) in products.iter().zip(norms).enumerate() {
-                let distance = norm - 2.0 * product;
-                if distance < best.1 {
-                    best = (code, distance);
-                }
+            for (product, norm) in products.iter_mut().zip(norms) {
+                *product = norm - 2.0 * *product;
             }
-            out[sub] = best.0 as u8;
+            out[sub] = dot::argmin(&products).0 as u8;
         }
     }
 

@@ -46,6 +46,9 @@ impl TopK {
     /// Scores strictly below this can never enter; `-inf` until the heap is full.
     #[inline(always)]
     pub fn threshold(&self) -> f32 {
+        if self.k == 0 {
+            return f32::INFINITY;
+        }
         if self.heap.len() < self.k {
             f32::NEG_INFINITY
         } else {

@@ -24,9 +24,15 @@ pub enum StorageError {
 impl StorageError {
     pub(crate) fn from_backend(path: &str, attempts: u32, source: object_store::Error) -> Self {
         match source {
-            object_store::Error::NotFound { .. } => StorageError::NotFound { path: path.to_string() },
-            object_store::Error::AlreadyExists { .. } => StorageError::AlreadyExists { path: path.to_string() },
-            object_store::Error::Precondition { .. } => StorageError::Precondition { path: path.to_string() },
+            object_store::Error::NotFound { .. } => StorageError::NotFound {
+                path: path.to_string(),
+            },
+            object_store::Error::AlreadyExists { .. } => StorageError::AlreadyExists {
+                path: path.to_string(),
+            },
+            object_store::Error::Precondition { .. } => StorageError::Precondition {
+                path: path.to_string(),
+            },
             source => StorageError::Backend {
                 path: path.to_string(),
                 attempts,

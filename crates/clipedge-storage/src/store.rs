@@ -9,7 +9,8 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
-    ClientOptions, GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
+    ClientOptions, GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig,
+    UpdateVersion,
 };
 use tracing::{debug, warn};
 
@@ -85,7 +86,9 @@ pub struct Storage {
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage").field("location", &self.location).finish()
+        f.debug_struct("Storage")
+            .field("location", &self.location)
+            .finish()
     }
 }
 
@@ -119,7 +122,8 @@ impl Storage {
             if bucket.is_empty() {
                 return Err(invalid("s3 url has no bucket".to_string()));
             }
-            let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|value| value.eq_ignore_ascii_case("true"));
+            let allow_http = std::env::var("AWS_ALLOW_HTTP")
+                .is_ok_and(|value| value.eq_ignore_ascii_case("true"));
             let client_options = ClientOptions::new()
                 .with_allow_http(allow_http)
                 .with_timeout(config.request_timeout)
@@ -133,25 +137,45 @@ impl Storage {
                 .with_bucket_name(bucket)
                 .with_client_options(client_options)
                 .with_retry(retry);
-            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
+            {
                 builder = builder.with_region("us-east-1");
             }
-            let store = builder.build().map_err(|error| invalid(error.to_string()))?;
-            let root = Path::parse(prefix.trim_end_matches('/')).map_err(|error| invalid(error.to_string()))?;
-            return Ok(Storage::from_store(Arc::new(store), root, location, Backend::S3, config));
+            let store = builder
+                .build()
+                .map_err(|error| invalid(error.to_string()))?;
+            let root = Path::parse(prefix.trim_end_matches('/'))
+                .map_err(|error| invalid(error.to_string()))?;
+            return Ok(Storage::from_store(
+                Arc::new(store),
+                root,
+                location,
+                Backend::S3,
+                config,
+            ));
         }
         let local_path = match location.strip_prefix("file://") {
             Some(path) => path,
             None if location.contains("://") => {
-                return Err(invalid("supported schemes are s3://, file:// and memory://, or a plain path".to_string()))
+                return Err(invalid(
+                    "supported schemes are s3://, file:// and memory://, or a plain path"
+                        .to_string(),
+                ))
             }
             None => location,
         };
-        std::fs::create_dir_all(local_path).map_err(|error| invalid(format!("cannot create directory: {error}")))?;
+        std::fs::create_dir_all(local_path)
+            .map_err(|error| invalid(format!("cannot create directory: {error}")))?;
         let store = LocalFileSystem::new_with_prefix(local_path)
             .map_err(|error| invalid(error.to_string()))?
             .with_automatic_cleanup(true);
-        Ok(Storage::from_store(Arc::new(store), Path::default(), location, Backend::Local, config))
+        Ok(Storage::from_store(
+            Arc::new(store),
+            Path::default(),
+            location,
+            Backend::Local,
+            config,
+        ))
     }
 
     fn from_store(
@@ -199,7 +223,9 @@ impl Storage {
             attempts += 1;
             match attempt().await {
                 Ok(value) => return Ok(value),
-                Err(error) if StorageError::is_permanent(&error) || attempts > self.config.retries => {
+                Err(error)
+                    if StorageError::is_permanent(&error) || attempts > self.config.retries =>
+                {
                     return Err(StorageError::from_backend(name, attempts, error));
                 }
                 Err(error) => {
@@ -226,7 +252,11 @@ impl Storage {
                 let e_tag = result.meta.e_tag.clone();
                 let version = result.meta.version.clone();
                 let bytes = result.bytes().await?;
-                Ok(Versioned { bytes, e_tag, version })
+                Ok(Versioned {
+                    bytes,
+                    e_tag,
+                    version,
+                })
             })
             .await?;
         self.stats.record_get(versioned.bytes.len() as u64);
@@ -269,8 +299,16 @@ impl Storage {
 
     /// Many ranges of one object: nearby ranges are merged into one GET, merged GETs run
     /// concurrently, and the result has one buffer per requested range, in request order.
-    pub async fn get_ranges(&self, name: &str, ranges: &[Range<u64>]) -> Result<RangeRead, StorageError> {
-        let merged = coalesce_ranges(ranges, self.config.coalesce_gap_bytes, self.config.max_coalesced_bytes);
+    pub async fn get_ranges(
+        &self,
+        name: &str,
+        ranges: &[Range<u64>],
+    ) -> Result<RangeRead, StorageError> {
+        let merged = coalesce_ranges(
+            ranges,
+            self.config.coalesce_gap_bytes,
+            self.config.max_coalesced_bytes,
+        );
         let fetched: Vec<Bytes> = stream::iter(merged.iter().cloned())
             .map(|range| self.get_range(name, range))
             .buffered(self.config.max_concurrency.max(1))
@@ -290,7 +328,13 @@ impl Storage {
             let offset = (range.start - container.start) as usize;
             parts.push(fetched[index].slice(offset..offset + (range.end - range.start) as usize));
         }
-        debug!(object = name, ranges = ranges.len(), requests = merged.len(), bytes, "range read");
+        debug!(
+            object = name,
+            ranges = ranges.len(),
+            requests = merged.len(),
+            bytes,
+            "range read"
+        );
         Ok(RangeRead {
             parts,
             requests: merged.len(),
@@ -322,7 +366,12 @@ impl Storage {
     /// directory has no conditional overwrite, so there the version is compared first and the
     /// object then replaced by an atomic rename: safe against readers, not against two
     /// concurrent writers.
-    pub async fn swap_pointer(&self, name: &str, expected: Option<&Versioned>, bytes: Bytes) -> Result<(), StorageError> {
+    pub async fn swap_pointer(
+        &self,
+        name: &str,
+        expected: Option<&Versioned>,
+        bytes: Bytes,
+    ) -> Result<(), StorageError> {
         let Some(expected) = expected else {
             return self.put_new(name, bytes).await;
         };
@@ -336,9 +385,13 @@ impl Storage {
             }),
             Backend::Local | Backend::Memory => {
                 let current = self.get_if_exists(name).await?;
-                let unchanged = current.as_ref().is_some_and(|current| current.bytes == expected.bytes);
+                let unchanged = current
+                    .as_ref()
+                    .is_some_and(|current| current.bytes == expected.bytes);
                 if !unchanged {
-                    return Err(StorageError::Precondition { path: name.to_string() });
+                    return Err(StorageError::Precondition {
+                        path: name.to_string(),
+                    });
                 }
                 PutMode::Overwrite
             }
@@ -360,7 +413,9 @@ impl Storage {
         let path = self.path(prefix);
         let root_parts = self.root.parts().count();
         let objects: Vec<_> = self
-            .with_retries(prefix, || self.store.list(Some(&path)).try_collect::<Vec<_>>())
+            .with_retries(prefix, || {
+                self.store.list(Some(&path)).try_collect::<Vec<_>>()
+            })
             .await?;
         let mut names: Vec<String> = objects
             .into_iter()
@@ -381,7 +436,11 @@ impl Storage {
 /// Sorts and merges ranges whose gap is at most `max_gap`, never growing a merged range past
 /// `max_merged` (a single range larger than that stays whole).
 pub fn coalesce_ranges(ranges: &[Range<u64>], max_gap: u64, max_merged: u64) -> Vec<Range<u64>> {
-    let mut sorted: Vec<Range<u64>> = ranges.iter().filter(|range| range.start < range.end).cloned().collect();
+    let mut sorted: Vec<Range<u64>> = ranges
+        .iter()
+        .filter(|range| range.start < range.end)
+        .cloned()
+        .collect();
     sorted.sort_by_key(|range| (range.start, range.end));
     let mut merged: Vec<Range<u64>> = Vec::with_capacity(sorted.len());
     for range in sorted {
@@ -429,30 +488,59 @@ mod tests {
         };
         let storage = Storage::open_with(dir.path().to_str().unwrap(), config).unwrap();
         let payload: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
-        storage.put_new("a/b.bin", Bytes::from(payload.clone())).await.unwrap();
+        storage
+            .put_new("a/b.bin", Bytes::from(payload.clone()))
+            .await
+            .unwrap();
         let again = storage.put_new("a/b.bin", Bytes::from_static(b"x")).await;
-        assert!(matches!(again, Err(StorageError::AlreadyExists { .. })), "{again:?}");
+        assert!(
+            matches!(again, Err(StorageError::AlreadyExists { .. })),
+            "{again:?}"
+        );
 
-        let read = storage.get_ranges("a/b.bin", &[5000..5010, 0..4, 4..8, 9..9]).await.unwrap();
-        assert_eq!(read.requests, 2, "0..4 and 4..8 merge, 5000..5010 is past the gap");
+        let read = storage
+            .get_ranges("a/b.bin", &[5000..5010, 0..4, 4..8, 9..9])
+            .await
+            .unwrap();
+        assert_eq!(
+            read.requests, 2,
+            "0..4 and 4..8 merge, 5000..5010 is past the gap"
+        );
         assert_eq!(&read.parts[0][..], &payload[5000..5010]);
         assert_eq!(&read.parts[1][..], &payload[0..4]);
         assert_eq!(&read.parts[2][..], &payload[4..8]);
         assert!(read.parts[3].is_empty());
 
         let missing = storage.get("nope").await;
-        assert!(matches!(missing, Err(StorageError::NotFound { .. })), "{missing:?}");
+        assert!(
+            matches!(missing, Err(StorageError::NotFound { .. })),
+            "{missing:?}"
+        );
         let out_of_range = storage.get_range("a/b.bin", 9_990..10_010).await;
         assert!(out_of_range.is_err());
 
-        storage.swap_pointer("CURRENT", None, Bytes::from_static(b"one")).await.unwrap();
+        storage
+            .swap_pointer("CURRENT", None, Bytes::from_static(b"one"))
+            .await
+            .unwrap();
         let first = storage.get_versioned("CURRENT").await.unwrap();
-        storage.swap_pointer("CURRENT", Some(&first), Bytes::from_static(b"two")).await.unwrap();
-        let stale = storage.swap_pointer("CURRENT", Some(&first), Bytes::from_static(b"three")).await;
-        assert!(matches!(stale, Err(StorageError::Precondition { .. })), "{stale:?}");
+        storage
+            .swap_pointer("CURRENT", Some(&first), Bytes::from_static(b"two"))
+            .await
+            .unwrap();
+        let stale = storage
+            .swap_pointer("CURRENT", Some(&first), Bytes::from_static(b"three"))
+            .await;
+        assert!(
+            matches!(stale, Err(StorageError::Precondition { .. })),
+            "{stale:?}"
+        );
         assert_eq!(&storage.get("CURRENT").await.unwrap()[..], b"two");
 
-        assert_eq!(storage.list("a").await.unwrap(), vec!["a/b.bin".to_string()]);
+        assert_eq!(
+            storage.list("a").await.unwrap(),
+            vec!["a/b.bin".to_string()]
+        );
         let counters = storage.stats().snapshot();
         assert!(counters.gets >= 4 && counters.puts == 3, "{counters:?}");
     }

@@ -74,13 +74,17 @@ fn nearest_centroids_is_exact_for_points_near_centroids() {
 
 #[test]
 fn nearest_centroids_breaks_ties_by_lower_index() {
-    let dim = 4;
-    let centroid = [1.0f32, -2.0, 0.5, 3.0];
-    let far = [100.0f32; 4];
-    let centroids: Vec<f32> = [far, centroid, centroid, centroid].concat();
-    let data: Vec<f32> = [[1.0f32, -2.0, 0.5, 3.0], [0.0, 0.0, 0.0, 0.0]].concat();
-    let (labels, _) = nearest_centroids(&data, dim, &centroids);
-    assert_eq!(labels, vec![1, 1]);
+    let mut rng = seeded(74);
+    // Below and above the small-dimension cut-over, so both assignment paths are covered.
+    for dim in [4, 24] {
+        let centroid = gaussian_vec(&mut rng, dim);
+        let far = vec![100.0f32; dim];
+        let centroids: Vec<f32> =
+            [far, centroid.clone(), centroid.clone(), centroid.clone()].concat();
+        let data: Vec<f32> = [centroid, vec![0.0; dim]].concat();
+        let (labels, _) = nearest_centroids(&data, dim, &centroids);
+        assert_eq!(labels, vec![1, 1], "dim {dim}");
+    }
 }
 
 #[test]

@@ -36,6 +36,7 @@ fn training_is_bit_identical_across_runs() {
         iterations: 8,
         seed: 99,
         max_points_per_centroid: 256,
+        init: clipedge_linalg::KMeansInit::PlusPlus,
     };
     let first = KMeans::train(&data, dim, &config).unwrap();
     let second = KMeans::train(&data, dim, &config).unwrap();
@@ -56,6 +57,7 @@ fn training_is_bit_identical_across_thread_counts() {
             iterations: 6,
             seed: 7,
             max_points_per_centroid,
+            init: clipedge_linalg::KMeansInit::PlusPlus,
         };
         let single = in_pool(1, || KMeans::train(&data, dim, &config).unwrap());
         let double = in_pool(2, || KMeans::train(&data, dim, &config).unwrap());
@@ -110,6 +112,7 @@ fn recovers_well_separated_gaussian_clusters() {
             iterations: 20,
             seed,
             max_points_per_centroid: 256,
+            init: clipedge_linalg::KMeansInit::PlusPlus,
         };
         let model = KMeans::train(&data, dim, &config).unwrap();
         assert_eq!(model.centroids.len(), clusters * dim);
@@ -169,6 +172,7 @@ fn no_empty_clusters_when_k_is_close_to_n_with_duplicates() {
                 iterations: 15,
                 seed,
                 max_points_per_centroid: 256,
+                init: clipedge_linalg::KMeansInit::PlusPlus,
             };
             let model = KMeans::train(&data, dim, &config).unwrap();
             let sizes = cluster_sizes(&model, &data);
@@ -197,6 +201,7 @@ fn empty_clusters_created_by_lloyd_are_refilled() {
             iterations: 10,
             seed,
             max_points_per_centroid: 256,
+            init: clipedge_linalg::KMeansInit::PlusPlus,
         };
         let model = KMeans::train(&data, 1, &config).unwrap();
         let sizes = cluster_sizes(&model, &data);
