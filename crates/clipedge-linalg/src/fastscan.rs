@@ -233,3 +233,32 @@ pub fn scan_list(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Also runs under wasm32-wasip1 with `+simd128` (see `scripts/test.sh`), where the
+    /// dispatching path is the `i8x16.swizzle` kernel.
+    #[test]
+    fn dispatching_block_sums_equal_the_scalar_reference() {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        assert_eq!(crate::simd_level(), "simd128");
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next_byte = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        };
+        for m in [2usize, 8, 64, 128, 256] {
+            let table: Vec<u8> = (0..16 * m).map(|_| next_byte()).collect();
+            let block: Vec<u8> = (0..16 * m).map(|_| next_byte()).collect();
+            let mut fast = [0u16; 32];
+            let mut reference = [0u16; 32];
+            block_sums(&table, m, &block, &mut fast);
+            block_sums_scalar(&table, m, &block, &mut reference);
+            assert_eq!(fast, reference, "m = {m}, simd level {}", crate::simd_level());
+        }
+    }
+}

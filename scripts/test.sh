@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's test command (README "Tests"): installs what the tests need, idempotently and
+# offline-friendly, then runs formatting, lints, the wasm checks and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Costly build output lives outside the clone so a warm machine re-runs fast; safe to start empty.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clipedge/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "toolchain"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target add wasm32-unknown-unknown wasm32-wasip1 >/dev/null
+if ! command -v node >/dev/null 2>&1; then
+  # Node runs the wasm32-wasip1 kernel tests (its built-in WASI); Debian's package is enough.
+  apt-get update -qq && apt-get install -y -qq nodejs >/dev/null
+fi
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "wasm32: format and kernels build for the Worker target"
+cargo build --locked -p clipedge-format -p clipedge-linalg --no-default-features --target wasm32-unknown-unknown
+
+step "wasm32 + simd128: kernel tests under node WASI"
+RUSTFLAGS="-C target-feature=+simd128" \
+CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $PWD/scripts/wasi-run.mjs" \
+  cargo test --locked -p clipedge-linalg --no-default-features --lib --target wasm32-wasip1 \
+  --target-dir "$CARGO_TARGET_DIR/wasm-simd"
+
+step "tests"
+cargo test --workspace --locked
