@@ -19,6 +19,14 @@ if ! command -v node >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq nodejs >/dev/null
 fi
 
+step "s3-compatible server (s3s-fs) for the storage tests"
+TOOLS_DIR="${CLIPEDGE_TOOLS:-$HOME/.cache/clipedge/tools}"
+if [ ! -x "$TOOLS_DIR/bin/s3s-fs" ]; then
+  # 0.14.1 is the newest release that builds with Rust 1.95; about 7 CPU-minutes, once.
+  cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$TOOLS_DIR"
+fi
+export CLIPEDGE_S3S_FS="$TOOLS_DIR/bin/s3s-fs"
+
 step "format"
 cargo fmt --all -- --check
 
