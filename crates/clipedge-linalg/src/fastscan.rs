@@ -258,7 +258,12 @@ mod tests {
             let mut reference = [0u16; 32];
             block_sums(&table, m, &block, &mut fast);
             block_sums_scalar(&table, m, &block, &mut reference);
-            assert_eq!(fast, reference, "m = {m}, simd level {}", crate::simd_level());
+            assert_eq!(
+                fast,
+                reference,
+                "m = {m}, simd level {}",
+                crate::simd_level()
+            );
         }
     }
 }
