@@ -67,7 +67,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         bail!("--shard-mb must be at least 1");
     }
     let matrix = clipedge_datagen::read_vectors(&args.vectors)?;
-    let storage = Storage::open(&args.out)?;
+    let storage = Storage::open_or_create(&args.out)?;
     let config = BuildConfig {
         ngroups: args.groups,
         rerank,

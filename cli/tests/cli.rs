@@ -391,7 +391,6 @@ fn build_input_errors_name_the_problem() {
 }
 
 #[test]
-#[ignore = "bug: VectorIoError::Io prints its source in its message and also returns it from source(), so `{:#}` shows the OS error twice"]
 fn a_missing_file_is_reported_once_per_cause() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.fvecs");

@@ -15,7 +15,7 @@ mod build;
 mod progress;
 
 pub use build::{
-    build_index, content_hash, train, write_generation, BuildConfig, BuildError, BuildReport,
-    TrainedIndex, VectorSet,
+    build_index, content_hash, publish, train, write_generation, BuildConfig, BuildError,
+    BuildReport, TrainedIndex, VectorSet,
 };
 pub use progress::{NoProgress, Progress};

@@ -289,7 +289,7 @@ async fn a_pinned_generation_cannot_escape_the_root() {
     // Another root next to an index: a generation name with `..` must not reach the index.
     let fixture = Fixture::new().await;
     let neighbour = fixture.dir.path().join("neighbour");
-    let storage = Storage::open(neighbour.to_str().unwrap()).unwrap();
+    let storage = Storage::open_or_create(neighbour.to_str().unwrap()).unwrap();
     let root_name = fixture.dir.path().file_name().unwrap().to_str().unwrap();
     for generation in [
         format!("../../generations/{}", fixture.generation),

@@ -138,12 +138,12 @@ async fn automatic_group_probe_prunes_groups_and_keeps_reasonable_recall() {
     let ngroups = grouped.manifest().ngroups as f64;
     for kind in [QueryKind::InDistribution, QueryKind::OutOfDistribution] {
         let truth = data().truth(kind, K);
-        // Measured on this fixture (flat / grouped): nprobe 4: 0.84/0.60 and 0.76/0.64 with
-        // ~2-3 of 8 groups opened; nprobe 8: 0.92/0.84 and 0.89/0.81; nprobe 16: equal.
-        let (_, groups_at_4) = recall_and_groups(&grouped, kind, &truth, &params(4, None)).await;
+        // The automatic probe opens at least one group per probed list (route::auto_group_probe),
+        // so pruning shows at small nprobe: nprobe 2 must leave at least half the groups shut.
+        let (_, groups_at_2) = recall_and_groups(&grouped, kind, &truth, &params(2, None)).await;
         assert!(
-            groups_at_4 <= ngroups / 2.0,
-            "{kind:?}: {groups_at_4} of {ngroups} groups opened for nprobe 4"
+            (2.0..=ngroups / 2.0).contains(&groups_at_2),
+            "{kind:?}: {groups_at_2} of {ngroups} groups opened for nprobe 2"
         );
         for (nprobe, slack) in [(8, 0.15), (16, 0.02)] {
             let (flat_recall, _) =

@@ -197,7 +197,6 @@ async fn statistics_report_io_and_the_list_cache_serves_repeated_searches() {
 }
 
 #[tokio::test]
-#[ignore = "bug: TopK::new preallocates k; huge k or nprobe panics (capacity overflow) or aborts on allocation"]
 async fn absurd_k_and_nprobe_are_clamped_rather_than_fatal() {
     // A serving process takes k and nprobe from requests: one absurd request must not take it
     // down. usize::MAX overflows the capacity computation (a panic); values like 2^40 would

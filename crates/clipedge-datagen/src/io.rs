@@ -36,7 +36,7 @@ impl<T> Matrix<T> {
 
 #[derive(Debug, Error)]
 pub enum VectorIoError {
-    #[error("failed to {action} {path}: {source}")]
+    #[error("failed to {action} {path}")]
     Io {
         action: &'static str,
         path: PathBuf,

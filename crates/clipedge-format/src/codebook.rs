@@ -40,7 +40,11 @@ pub fn decode_codebooks(bytes: &[u8]) -> Result<Codebooks, FormatError> {
             format!("ksub {ksub} not in {{16, 256}}"),
         ));
     }
-    let centroids = reader.f32s(m * ksub * dsub)?;
+    let floats = m
+        .checked_mul(ksub)
+        .and_then(|count| count.checked_mul(dsub))
+        .ok_or_else(|| FormatError::invalid(what, "codebook shape overflows"))?;
+    let centroids = reader.f32s(floats)?;
     if reader.position() != body.len() {
         return Err(FormatError::invalid(what, "trailing bytes"));
     }

@@ -25,7 +25,7 @@ pub enum FormatError {
     },
     #[error("invalid {what}: {reason}")]
     Invalid { what: String, reason: String },
-    #[error("invalid json in {what}: {source}")]
+    #[error("invalid json in {what}")]
     Json {
         what: String,
         #[source]

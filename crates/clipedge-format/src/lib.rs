@@ -21,7 +21,7 @@ pub use list::{ListBlobBuilder, ListExpectation, ListView, RerankData, LIST_MAGI
 pub use manifest::{
     BuildInfo, FileRef, Manifest, Metric, ModelInfo, PqParams, RerankKind, ShardRef, FORMAT_VERSION,
 };
-pub use pointer::{CurrentPointer, CURRENT_OBJECT};
+pub use pointer::{validate_generation_name, CurrentPointer, CURRENT_OBJECT};
 pub use routing::{GroupEntry, RoutingTable, GROUP_ENTRY_BYTES};
 
 /// CRC-32 (IEEE) of a byte slice: the checksum every region of the format carries.

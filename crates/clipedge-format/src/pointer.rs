@@ -34,17 +34,23 @@ impl CurrentPointer {
                 source,
             })?;
         crate::le::check_version(CURRENT_OBJECT, pointer.format_version)?;
-        let is_safe_name = !pointer.generation.is_empty()
-            && pointer
-                .generation
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !is_safe_name {
-            return Err(FormatError::invalid(
-                CURRENT_OBJECT,
-                "generation name must be [A-Za-z0-9_-]+",
-            ));
-        }
+        validate_generation_name(&pointer.generation)?;
         Ok(pointer)
     }
+}
+
+/// Generation names are `[A-Za-z0-9_-]+`: they become object path segments, so nothing else
+/// (no `/`, no `..`) may reach storage.
+pub fn validate_generation_name(name: &str) -> Result<(), FormatError> {
+    let is_safe_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !is_safe_name {
+        return Err(FormatError::invalid(
+            "generation name",
+            format!("{name:?} is not [A-Za-z0-9_-]+"),
+        ));
+    }
+    Ok(())
 }

@@ -88,7 +88,9 @@ impl RoutingTable {
                     "groups must cover lists contiguously",
                 ));
             }
-            next_list += entry.list_count;
+            next_list = next_list
+                .checked_add(entry.list_count)
+                .ok_or_else(|| FormatError::invalid(what, "list counts overflow u32"))?;
             groups.push(entry);
         }
         if next_list != nlist {

@@ -870,7 +870,6 @@ fn routing_header(dim: u32, ngroups: u32, nlist: u32) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "bug: RoutingTable::decode sums list counts with unchecked u32 `+=` (routing.rs:91): panics in debug, wraps in release"]
 fn crafted_routing_table_with_overflowing_list_counts_is_an_error() {
     // Two groups whose list counts sum past u32::MAX.
     let mut body = routing_header(1, 2, 0);
@@ -898,7 +897,6 @@ fn crafted_routing_table_with_huge_shape_is_an_error() {
 }
 
 #[test]
-#[ignore = "bug: decode_codebooks computes m * ksub * dsub unchecked (codebook.rs:43): overflow panics in debug"]
 fn crafted_codebooks_with_overflowing_shape_are_an_error() {
     let mut body = encode_codebooks(&sample_codebooks(1, 256, 1));
     body.truncate(24);

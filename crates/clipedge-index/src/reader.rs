@@ -117,7 +117,10 @@ impl IndexReader {
     /// table and the codebooks, each verified against its checksum.
     pub async fn open(storage: Storage, options: OpenOptions) -> Result<IndexReader, IndexError> {
         let generation = match &options.generation {
-            Some(generation) => generation.clone(),
+            Some(generation) => {
+                clipedge_format::validate_generation_name(generation)?;
+                generation.clone()
+            }
             None => {
                 let pointer_bytes = storage
                     .get(CURRENT_OBJECT)
@@ -254,6 +257,19 @@ impl IndexReader {
         params: &SearchParams,
     ) -> Result<SearchResult, IndexError> {
         self.validate(query, params)?;
+        // k and nprobe may come straight from a request: nothing is gained past the index's size.
+        let vector_count = usize::try_from(self.manifest.count)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let params = &SearchParams {
+            k: params.k.min(vector_count),
+            nprobe: params.nprobe.min(self.manifest.nlist as usize),
+            rerank: params.rerank.min(vector_count),
+            group_probe: params
+                .group_probe
+                .map(|groups| groups.min(self.routing.ngroups())),
+            parallel: params.parallel,
+        };
         let mut stats = SearchStats::default();
         let started = Instant::now();
         let group_ids = match params.group_probe {
@@ -278,7 +294,7 @@ impl IndexReader {
         let tables = QueryTables::new(&self.pq, query);
         let rerank = params.rerank > 0 && self.manifest.rerank != RerankKind::None;
         let candidate_count = if rerank {
-            params.k.saturating_mul(params.rerank)
+            params.k.saturating_mul(params.rerank).min(vector_count)
         } else {
             params.k
         };

@@ -27,7 +27,8 @@ impl TopK {
     pub fn new(k: usize) -> Self {
         TopK {
             k,
-            heap: Vec::with_capacity(k),
+            // k may come from a request: reserve a bounded amount and let the heap grow.
+            heap: Vec::with_capacity(k.min(4096)),
         }
     }
 

@@ -12,7 +12,7 @@ pub enum StorageError {
     Precondition { path: String },
     #[error("range {start}..{end} is outside object {path}")]
     Range { path: String, start: u64, end: u64 },
-    #[error("storage error on {path} after {attempts} attempt(s): {source}")]
+    #[error("storage error on {path} after {attempts} attempt(s)")]
     Backend {
         path: String,
         attempts: u32,

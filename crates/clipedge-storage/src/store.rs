@@ -96,11 +96,25 @@ impl Storage {
     /// Opens `location`: a plain path or `file://` URL (created if missing), `s3://bucket/prefix`
     /// (credentials, region and endpoint from the usual `AWS_*` variables; `AWS_ENDPOINT_URL` and
     /// `AWS_ALLOW_HTTP=true` for a local S3-compatible server), or `memory://` for tests.
+    /// A local directory must exist: readers should not leave directories behind.
     pub fn open(location: &str) -> Result<Storage, StorageError> {
         Storage::open_with(location, StorageConfig::default())
     }
 
+    /// Like [`Storage::open`], but creates a missing local directory (for writers).
+    pub fn open_or_create(location: &str) -> Result<Storage, StorageError> {
+        Storage::open_inner(location, StorageConfig::default(), true)
+    }
+
     pub fn open_with(location: &str, config: StorageConfig) -> Result<Storage, StorageError> {
+        Storage::open_inner(location, config, false)
+    }
+
+    fn open_inner(
+        location: &str,
+        config: StorageConfig,
+        create_missing: bool,
+    ) -> Result<Storage, StorageError> {
         let invalid = |reason: String| StorageError::InvalidLocation {
             location: location.to_string(),
             reason,
@@ -164,8 +178,12 @@ impl Storage {
             }
             None => location,
         };
-        std::fs::create_dir_all(local_path)
-            .map_err(|error| invalid(format!("cannot create directory: {error}")))?;
+        if create_missing {
+            std::fs::create_dir_all(local_path)
+                .map_err(|error| invalid(format!("cannot create directory: {error}")))?;
+        } else if !std::path::Path::new(local_path).is_dir() {
+            return Err(invalid("no such directory".to_string()));
+        }
         let store = LocalFileSystem::new_with_prefix(local_path)
             .map_err(|error| invalid(error.to_string()))?
             .with_automatic_cleanup(true);
