@@ -10,6 +10,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::{dot, gemm, par, LinalgError};
 
 const SUM_CHUNK_ROWS: usize = 4096;
+/// k-means++ seeds from at most this many sampled points per centroid.
+const PLUS_PLUS_POINTS_PER_CENTROID: usize = 16;
 
 /// How the first centroids are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +82,17 @@ impl KMeans {
             data
         };
         let mut centroids = match config.init {
-            KMeansInit::PlusPlus => kmeans_plus_plus(train, dim, config.k, &mut rng),
+            KMeansInit::PlusPlus => {
+                // D² sampling makes k sequential passes; over more than a few dozen points
+                // per centroid it costs more than it improves the start.
+                let seeding_rows = config.k.saturating_mul(PLUS_PLUS_POINTS_PER_CENTROID);
+                if train.len() / dim > seeding_rows {
+                    let seeding = sample_rows(train, dim, seeding_rows, &mut rng);
+                    kmeans_plus_plus(&seeding, dim, config.k, &mut rng)
+                } else {
+                    kmeans_plus_plus(train, dim, config.k, &mut rng)
+                }
+            }
             KMeansInit::Random => sample_rows(train, dim, config.k, &mut rng),
         };
         let mut inertia = 0.0;
