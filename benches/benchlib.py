@@ -254,3 +254,32 @@ def cheapest_reaching(points: list[dict], target: float, cost_key: str = "p50_ms
     if not eligible:
         return None
     return min(eligible, key=lambda p: p[cost_key])
+
+
+def pareto_frontier(points: list[dict], cost_key: str = "p50_ms") -> list[dict]:
+    """Points not dominated in (lower cost, higher recall), cheapest first."""
+    frontier = []
+    for point in sorted(points, key=lambda p: (p[cost_key], -p["recall"])):
+        if point.get("recall") is None:
+            continue
+        if not frontier or point["recall"] > frontier[-1]["recall"]:
+            frontier.append(point)
+    return frontier
+
+
+def interpolated_cost(points: list[dict], target: float, cost_key: str = "p50_ms") -> float | None:
+    """Cost at recall `target` on the Pareto frontier, interpolating log(cost) linearly in
+    recall between the two frontier points around the target. Damps the grid artifacts of
+    "cheapest configuration reaching the target". None if no point reaches the target."""
+    import math
+
+    frontier = pareto_frontier(points, cost_key)
+    if not frontier or frontier[-1]["recall"] < target:
+        return None
+    if frontier[0]["recall"] >= target:
+        return frontier[0][cost_key]
+    for low, high in zip(frontier, frontier[1:]):
+        if low["recall"] < target <= high["recall"]:
+            weight = (target - low["recall"]) / (high["recall"] - low["recall"])
+            return math.exp((1 - weight) * math.log(low[cost_key]) + weight * math.log(high[cost_key]))
+    return None

@@ -75,9 +75,9 @@ def parse_args(argv=None):
                "--json-out /tmp/bench-out/faiss_compare.json",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data", required=True,
+    parser.add_argument("--data",
                         help="directory written by `clipedge datagen` (base.fvecs, queries.fvecs, gt.ivecs)")
-    parser.add_argument("--nlist", type=int, required=True, help="inverted lists (both systems)")
+    parser.add_argument("--nlist", type=int, help="inverted lists (both systems); required")
     parser.add_argument("--k", type=int, default=10, help="results per query; recall@k")
     parser.add_argument("--nprobe", type=benchlib.int_list, default=[4, 8, 16, 32, 64, 128],
                         help="comma-separated nprobe values to sweep")
@@ -97,8 +97,8 @@ def parse_args(argv=None):
     parser.add_argument("--train-size", type=int, default=None,
                         help="training sample; default min(n, max(100000, 64*nlist)) like clipedge")
     parser.add_argument("--clipedge", default=benchlib.default_clipedge(), help="clipedge binary")
-    parser.add_argument("--work", required=True,
-                        help="scratch dir for indexes and logs (a fresh clipedge index dir per config)")
+    parser.add_argument("--work",
+                        help="scratch dir for indexes and logs (a fresh clipedge index dir per config); required")
     parser.add_argument("--json-out", default=None, help="write all raw results here (default WORK/faiss_compare.json)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed passes over the queries before timing (clipedge: also fills its list cache)")
@@ -115,7 +115,15 @@ def parse_args(argv=None):
                         help="reuse indexes already built in WORK by a previous run (same parameters!)")
     parser.add_argument("--keep-faiss-index", action="store_true",
                         help="keep faiss index files in WORK (needed for --reuse; they are large)")
+    parser.add_argument("--summarize", metavar="JSON", default=None,
+                        help="only re-print the report (tables, equal-recall, throughput) of an earlier run's "
+                             "JSON; --recall-targets may be changed, other options are taken from the file")
     args = parser.parse_args(argv)
+    if args.summarize:
+        return args
+    missing = [flag for flag in ("data", "nlist", "work") if getattr(args, flag) is None]
+    if missing:
+        parser.error("the following arguments are required: " + ", ".join("--" + m for m in missing))
     problems = []
     if args.nlist < 1:
         problems.append("--nlist must be >= 1")
@@ -364,6 +372,8 @@ def list_balance(sizes: np.ndarray) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.summarize:
+            return resummarize(args)
         return run(args)
     except BenchError as err:
         benchlib.die(str(err))
@@ -474,6 +484,23 @@ def run(args) -> int:
     return 0
 
 
+def resummarize(cli_args) -> int:
+    try:
+        with open(cli_args.summarize) as handle:
+            results = json.load(handle)
+    except (OSError, json.JSONDecodeError) as err:
+        raise BenchError(f"cannot read {cli_args.summarize}: {err}") from err
+    saved = argparse.Namespace(**results["args"])
+    saved.recall_targets = cli_args.recall_targets
+    for entry in results["codes"].values():  # JSON turned the int nprobe keys into strings
+        st = entry.get("scan_throughput")
+        if st:
+            for system in ("clipedge", "faiss"):
+                st[system]["points"] = {int(key): value for key, value in st[system]["points"].items()}
+    summarize(saved, results)
+    return 0
+
+
 def results_so_far(args, results) -> None:
     """Checkpoint: a crash or kill late in a long run keeps what was measured."""
     benchlib.write_json(args.json_out + ".partial", results)
@@ -544,23 +571,29 @@ def summarize(args, results) -> dict:
              f"faiss R@{k}", "faiss p50 ms", "faiss p99 ms", "p50 ours/theirs", "codes/query (ours)"],
             rows))
 
-        print(f"\nLatency at equal recall ({entry['label']}): cheapest configuration (by p50) reaching each target\n")
+        print(f"\nLatency at equal recall ({entry['label']}): cheapest configuration (by p50) reaching each "
+              f"target; 'interp' = p50 interpolated on each system's recall/latency Pareto frontier\n")
         eq_rows, eq = [], []
         for target in args.recall_targets:
             ours = benchlib.cheapest_reaching(ours_points, target)
             theirs = benchlib.cheapest_reaching(theirs_points, target)
             ratio = ours["p50_ms"] / theirs["p50_ms"] if ours and theirs else None
-            eq.append({"target": target, "clipedge": ours, "faiss": theirs, "p50_ratio_ours_over_theirs": ratio})
+            ours_i = benchlib.interpolated_cost(ours_points, target)
+            theirs_i = benchlib.interpolated_cost(theirs_points, target)
+            ratio_i = ours_i / theirs_i if ours_i and theirs_i else None
+            eq.append({"target": target, "clipedge": ours, "faiss": theirs, "p50_ratio_ours_over_theirs": ratio,
+                       "clipedge_p50_interp_ms": ours_i, "faiss_p50_interp_ms": theirs_i,
+                       "p50_interp_ratio_ours_over_theirs": ratio_i})
             eq_rows.append([
                 target,
                 f"np{ours['nprobe']}/r{ours['rerank']}" if ours else "not reached",
                 ours["recall"] if ours else None, ours["p50_ms"] if ours else None,
                 f"np{theirs['nprobe']}/r{theirs['rerank']}" if theirs else "not reached",
                 theirs["recall"] if theirs else None, theirs["p50_ms"] if theirs else None,
-                ratio])
+                ratio, ours_i, theirs_i, ratio_i])
         summary["equal_recall"][name] = eq
         print(markdown_table(["target", "clipedge cfg", "recall", "p50 ms", "faiss cfg", "recall", "p50 ms",
-                              "ours/theirs"], eq_rows))
+                              "ours/theirs", "interp ours ms", "interp faiss ms", "interp ours/theirs"], eq_rows))
 
         cb, fb = entry["clipedge"]["build"], entry["faiss"]["build"]
         summary["builds"].append({
