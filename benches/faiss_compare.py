@@ -60,7 +60,9 @@ def code_specs(args) -> dict:
         "pq4": {
             "label": f"4-bit fast-scan PQ, m={args.m4}",
             "clipedge_args": ["--pq-m", str(args.m4), "--pq-bits", "4"],
-            "faiss_factory": f"IVF{args.nlist},PQ{args.m4}x4fs",
+            # "fsr": fast-scan *by residual*, like clipedge (and like the 8-bit IVFPQ). Plain "fs"
+            # (--faiss-pq4-plain) makes index_factory encode the raw vectors (by_residual=False).
+            "faiss_factory": f"IVF{args.nlist},PQ{args.m4}x4{'fs' if args.faiss_pq4_plain else 'fsr'}",
             "m": args.m4,
             "bits": 4,
         },
@@ -91,6 +93,9 @@ def parse_args(argv=None):
                         help="which code types to compare: pq8 (8-bit), pq4 (4-bit fast scan)")
     parser.add_argument("--m8", type=int, default=64, help="PQ sub-quantizers for the 8-bit config")
     parser.add_argument("--m4", type=int, default=128, help="PQ sub-quantizers for the 4-bit config")
+    parser.add_argument("--faiss-pq4-plain", action="store_true",
+                        help="faiss 4-bit index as 'PQ{m}x4fs' (encodes raw vectors: index_factory sets "
+                             "by_residual=False) instead of the default 'PQ{m}x4fsr' (by residual, like clipedge)")
     parser.add_argument("--seed", type=int, default=1234, help="build seed (clipedge --seed, faiss sampling/k-means seed)")
     parser.add_argument("--iterations", type=int, default=20,
                         help="coarse k-means iterations for faiss (clipedge's default is 20)")
@@ -237,7 +242,8 @@ def clipedge_build(args, spec: dict, name: str, base_path: str, log_path: str) -
 def faiss_build(args, spec: dict, name: str, xb: np.ndarray, train_size: int):
     """Build IVF-PQ (+ IndexRefineFlat). Returns (refine_index, ivf_index, report)."""
     n, d = xb.shape
-    path = os.path.join(args.work, f"faiss-{name}.index")
+    tag = spec["faiss_factory"].split(",", 1)[1]
+    path = os.path.join(args.work, f"faiss-{name}-{tag}.index")
     marker = path + ".json"
     faiss.omp_set_num_threads(args.build_threads or os.cpu_count() or 1)
     if args.reuse and os.path.isfile(path) and os.path.isfile(marker):
@@ -285,6 +291,7 @@ def faiss_build(args, spec: dict, name: str, xb: np.ndarray, train_size: int):
 
     report = {
         "factory": factory,
+        "by_residual": bool(faiss.extract_index_ivf(ivf).by_residual),
         "refine": "IndexRefineFlat (float32 originals)",
         "n": n,
         "d": d,

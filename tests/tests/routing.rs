@@ -138,7 +138,7 @@ async fn automatic_group_probe_prunes_groups_and_keeps_reasonable_recall() {
     let ngroups = grouped.manifest().ngroups as f64;
     for kind in [QueryKind::InDistribution, QueryKind::OutOfDistribution] {
         let truth = data().truth(kind, K);
-        // The automatic probe opens at least one group per probed list (route::auto_group_probe),
+        // The automatic probe opens two groups per probed list (route::auto_group_probe),
         // so pruning shows at small nprobe: nprobe 2 must leave at least half the groups shut.
         let (_, groups_at_2) = recall_and_groups(&grouped, kind, &truth, &params(2, None)).await;
         assert!(
