@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use clipedge_benches::{quick_criterion, random_codes, random_quantizer, unit_vectors, CLIP_DIM};
 use clipedge_linalg::fastscan::{
-    block_sums, block_sums_scalar, pack_block_codes, scan_list, QuantizedLut,
+    block_pair_sums, block_sums, block_sums_scalar, pack_block_codes, scan_list, QuantizedLut,
 };
 use clipedge_linalg::TopK;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -47,6 +47,22 @@ fn fastscan4(c: &mut Criterion) {
     group.bench_function(
         format!("block_sums/m128_10k_{}", clipedge_linalg::simd_level()),
         |b| b.iter(|| sum_all_blocks(block_sums, black_box(&lut.table), black_box(&packed))),
+    );
+    group.bench_function(
+        format!("block_pair_sums/m128_10k_{}", clipedge_linalg::simd_level()),
+        |b| {
+            b.iter(|| {
+                let table = black_box(&lut.table);
+                let mut sums = [[0u16; 32]; 2];
+                let mut total = 0u32;
+                for pair in black_box(&packed).chunks_exact(2 * 16 * M) {
+                    let (first, second) = pair.split_at(16 * M);
+                    let maxima = block_pair_sums(table, M, first, second, &mut sums);
+                    total += u32::from(maxima[0]) + u32::from(maxima[1]);
+                }
+                total
+            })
+        },
     );
     group.bench_function("block_sums/m128_10k_scalar", |b| {
         b.iter(|| sum_all_blocks(block_sums_scalar, black_box(&lut.table), black_box(&packed)))

@@ -322,7 +322,8 @@ pub fn train(
     let pq_sample_rows = (256usize * (1 << config.pq_bits)).min(sample.len() / dim);
     let mut pq_rng = clipedge_linalg::kmeans::seeded_rng(derive_seed(config.seed, 4));
     let pq_sample = sample_rows(&sample, dim, pq_sample_rows, &mut pq_rng);
-    let labels = clipedge_linalg::gemm::nearest_centroids(&pq_sample, dim, &fine_centroids).0;
+    let labels =
+        clipedge_linalg::gemm::best_inner_product_centroids(&pq_sample, dim, &fine_centroids);
     let mut residuals = pq_sample;
     for (row, label) in residuals.chunks_exact_mut(dim).zip(&labels) {
         let centroid = &fine_centroids[*label as usize * dim..(*label as usize + 1) * dim];
@@ -490,8 +491,11 @@ pub async fn write_generation(
 
     progress.stage("assign vectors to lists", n as u64);
     let assign_started = Instant::now();
-    let labels =
-        clipedge_linalg::gemm::nearest_centroids(vectors.data, dim, &trained.fine_centroids).0;
+    let labels = clipedge_linalg::gemm::best_inner_product_centroids(
+        vectors.data,
+        dim,
+        &trained.fine_centroids,
+    );
     let mut lists: Vec<ListColumns> = (0..nlist)
         .map(|_| ListColumns { rows: Vec::new() })
         .collect();

@@ -135,3 +135,24 @@ pub fn inner_products(
         );
     }
 }
+
+/// For each row of `data`, the centroid with the highest inner product (ties to the lower
+/// index). Used to file vectors into lists under the same criterion queries probe them by.
+pub fn best_inner_product_centroids(data: &[f32], dim: usize, centroids: &[f32]) -> Vec<u32> {
+    let k = centroids.len() / dim;
+    let blocks = par::map_chunks(data, ROWS_PER_BLOCK * dim, |_, block| {
+        let rows = block.len() / dim;
+        let mut products = vec![0f32; rows * k];
+        inner_products(block, rows, dim, centroids, k, &mut products);
+        products
+            .chunks_exact_mut(k)
+            .map(|row_products| {
+                for product in row_products.iter_mut() {
+                    *product = -*product;
+                }
+                crate::dot::argmin(row_products).0 as u32
+            })
+            .collect::<Vec<u32>>()
+    });
+    blocks.concat()
+}
