@@ -10,7 +10,6 @@ use clipedge_linalg::fastscan::pack_block_codes;
 use clipedge_linalg::kmeans::sample_rows;
 use clipedge_linalg::{rerank, KMeans, KMeansConfig, KMeansInit, LinalgError, ProductQuantizer};
 use clipedge_storage::{Storage, StorageError};
-use rand_free_seed::derive_seed;
 use rayon::prelude::*;
 use serde::Serialize;
 use thiserror::Error;
@@ -18,11 +17,9 @@ use tracing::info;
 
 use crate::Progress;
 
-/// Deterministic seed derivation without pulling a RNG into this crate.
-mod rand_free_seed {
-    pub fn derive_seed(seed: u64, stream: u64) -> u64 {
-        xxhash_rust::xxh3::xxh3_64_with_seed(&stream.to_le_bytes(), seed)
-    }
+/// Independent, reproducible seeds for each seeded stage of one build.
+fn derive_seed(seed: u64, stage: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(&stage.to_le_bytes(), seed)
 }
 
 /// List blobs start at multiples of this inside a shard, so columns stay aligned in memory.
@@ -374,10 +371,6 @@ pub struct BuildReport {
     pub files: u64,
 }
 
-struct ListColumns {
-    rows: Vec<u32>,
-}
-
 fn file_ref(path: &str, bytes: &[u8]) -> FileRef {
     FileRef {
         path: path.to_string(),
@@ -496,11 +489,10 @@ pub async fn write_generation(
         dim,
         &trained.fine_centroids,
     );
-    let mut lists: Vec<ListColumns> = (0..nlist)
-        .map(|_| ListColumns { rows: Vec::new() })
-        .collect();
+    // Rows of each list, in input order.
+    let mut lists: Vec<Vec<u32>> = vec![Vec::new(); nlist];
     for (row, label) in labels.iter().enumerate() {
-        lists[*label as usize].rows.push(row as u32);
+        lists[*label as usize].push(row as u32);
     }
     drop(labels);
     progress.advance(n as u64);
@@ -517,21 +509,13 @@ pub async fn write_generation(
         let mut planned_bytes = 0u64;
         while next_list < nlist && (next_list == first || planned_bytes < config.shard_target_bytes)
         {
-            planned_bytes += list_blob_len(lists[next_list].rows.len(), dim, config)
-                .next_multiple_of(LIST_ALIGN);
+            planned_bytes +=
+                list_blob_len(lists[next_list].len(), dim, config).next_multiple_of(LIST_ALIGN);
             next_list += 1;
         }
         let blobs: Vec<Vec<u8>> = (first..next_list)
             .into_par_iter()
-            .map(|list_id| {
-                encode_list(
-                    list_id as u32,
-                    &lists[list_id].rows,
-                    vectors,
-                    trained,
-                    config,
-                )
-            })
+            .map(|list_id| encode_list(list_id as u32, &lists[list_id], vectors, trained, config))
             .collect();
         let shard_index = shards.len() as u32;
         let mut shard = Vec::with_capacity(planned_bytes as usize);
@@ -540,12 +524,12 @@ pub async fn write_generation(
             let offset = shard.len() as u64;
             locations.push(ListLocation {
                 shard: shard_index,
-                count: lists[list_id].rows.len() as u32,
+                count: lists[list_id].len() as u32,
                 offset,
                 length: blob.len() as u32,
                 crc32: clipedge_format::checksum(&blob),
             });
-            encoded_rows += lists[list_id].rows.len() as u64;
+            encoded_rows += lists[list_id].len() as u64;
             shard.extend_from_slice(&blob);
             shard.resize(
                 (shard.len() as u64).next_multiple_of(LIST_ALIGN) as usize,
