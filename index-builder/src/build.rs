@@ -567,12 +567,18 @@ pub async fn write_generation(
             lists: locations[first_list as usize..end_list as usize].to_vec(),
         }
         .encode();
+        let group_centroid = &trained.group_centroids[group * dim..(group + 1) * dim];
+        let radius = trained.fine_centroids[first_list as usize * dim..end_list as usize * dim]
+            .chunks_exact(dim)
+            .map(|fine| clipedge_linalg::dot::l2_squared(fine, group_centroid).sqrt())
+            .fold(0f32, f32::max);
         group_entries.push(GroupEntry {
             first_list,
             list_count: end_list - first_list,
             offset: groups_file.len() as u64,
             length: blob.len() as u32,
             crc32: clipedge_format::checksum(&blob),
+            radius,
         });
         groups_file.extend_from_slice(&blob);
     }

@@ -138,12 +138,12 @@ async fn automatic_group_probe_prunes_groups_and_keeps_reasonable_recall() {
     let ngroups = grouped.manifest().ngroups as f64;
     for kind in [QueryKind::InDistribution, QueryKind::OutOfDistribution] {
         let truth = data().truth(kind, K);
-        // The automatic probe opens four groups per probed list (route::auto_group_probe),
-        // so pruning shows at small nprobe: nprobe 1 must leave at least half the groups shut.
-        let (_, groups_at_1) = recall_and_groups(&grouped, kind, &truth, &params(1, None)).await;
+        // The automatic probe opens at least one group per probed list (route::auto_group_probe),
+        // and at nprobe 2 must still leave at least half the groups shut.
+        let (_, groups_at_2) = recall_and_groups(&grouped, kind, &truth, &params(2, None)).await;
         assert!(
-            (4.0..=ngroups / 2.0).contains(&groups_at_1),
-            "{kind:?}: {groups_at_1} of {ngroups} groups opened for nprobe 1"
+            (2.0..=ngroups / 2.0).contains(&groups_at_2),
+            "{kind:?}: {groups_at_2} of {ngroups} groups opened for nprobe 2"
         );
         for (nprobe, slack) in [(8, 0.15), (16, 0.02)] {
             let (flat_recall, _) =

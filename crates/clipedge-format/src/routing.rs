@@ -4,10 +4,10 @@ use crate::FormatError;
 const MAGIC: &[u8; 8] = b"CEROUTE\0";
 const HEADER_BYTES: usize = 32;
 /// Bytes of one [`GroupEntry`] in `routing.bin`.
-pub const GROUP_ENTRY_BYTES: usize = 24;
+pub const GROUP_ENTRY_BYTES: usize = 28;
 
 /// Where a routing group's lists and its blob in `groups.bin` are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GroupEntry {
     /// First fine list id of the group; a group's lists are contiguous.
     pub first_list: u32,
@@ -16,6 +16,9 @@ pub struct GroupEntry {
     pub offset: u64,
     pub length: u32,
     pub crc32: u32,
+    /// Largest distance from the group's centroid to one of its fine centroids; 0 for a
+    /// one-list group. `<q, centroid> + |q| * radius` bounds the best list score in the group.
+    pub radius: f32,
 }
 
 /// `routing.bin`: the small table the edge keeps in memory. One top-level
@@ -55,6 +58,7 @@ impl RoutingTable {
             out.extend_from_slice(&group.offset.to_le_bytes());
             out.extend_from_slice(&group.length.to_le_bytes());
             out.extend_from_slice(&group.crc32.to_le_bytes());
+            out.extend_from_slice(&group.radius.to_le_bytes());
         }
         push_trailer(&mut out);
         out
@@ -80,7 +84,14 @@ impl RoutingTable {
                 offset: reader.u64()?,
                 length: reader.u32()?,
                 crc32: reader.u32()?,
+                radius: f32::from_le_bytes(reader.take(4)?.try_into().unwrap()),
             };
+            if !(entry.radius.is_finite() && entry.radius >= 0.0) {
+                return Err(FormatError::invalid(
+                    what,
+                    "group radius must be finite and >= 0",
+                ));
+            }
             // Lists are numbered group by group; anything else is a corrupt table.
             if entry.first_list != next_list || entry.list_count == 0 {
                 return Err(FormatError::invalid(

@@ -102,6 +102,7 @@ fn sample_routing() -> RoutingTable {
             offset,
             length,
             crc32: 0x1000 + index as u32,
+            radius: index as f32 * 0.25,
         });
         first_list += count;
         offset += u64::from(length);

@@ -6,8 +6,10 @@ use thiserror::Error;
 pub enum IndexError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    // Not `#[from]`: that would make the format error both the message and the source, and
+    // error chains would print it twice.
     #[error("corrupt index: {0}")]
-    Format(#[from] FormatError),
+    Format(FormatError),
     #[error("no index at {location}: the {object} object is missing")]
     NoIndex { location: String, object: String },
     #[error("invalid query: {reason}")]
@@ -16,4 +18,10 @@ pub enum IndexError {
     InvalidParams { reason: String },
     #[error("index codebooks do not match the manifest: {reason}")]
     Codebooks { reason: String },
+}
+
+impl From<FormatError> for IndexError {
+    fn from(error: FormatError) -> Self {
+        IndexError::Format(error)
+    }
 }
