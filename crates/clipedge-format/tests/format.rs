@@ -927,3 +927,24 @@ fn crafted_list_header_with_huge_count_is_an_error() {
         Err(FormatError::Truncated { .. })
     ));
 }
+
+#[test]
+fn a_negative_or_non_finite_group_radius_is_an_error() {
+    for radius in [-1.0f32, f32::NAN, f32::INFINITY] {
+        let table = clipedge_format::RoutingTable {
+            dim: 2,
+            nlist: 1,
+            centroids: vec![1.0, 0.0],
+            groups: vec![clipedge_format::GroupEntry {
+                first_list: 0,
+                list_count: 1,
+                offset: 0,
+                length: 0,
+                crc32: 0,
+                radius,
+            }],
+        };
+        let decoded = clipedge_format::RoutingTable::decode(&table.encode());
+        assert!(decoded.is_err(), "radius {radius} was accepted");
+    }
+}

@@ -98,3 +98,47 @@ pub fn rank_lists(query: &[f32], groups: &[Arc<GroupBlob>], nprobe: usize) -> Ve
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clipedge_format::GroupEntry;
+
+    fn entry(first_list: u32, list_count: u32, radius: f32) -> GroupEntry {
+        GroupEntry {
+            first_list,
+            list_count,
+            offset: 0,
+            length: 0,
+            crc32: 0,
+            radius,
+        }
+    }
+
+    #[test]
+    fn a_wide_group_outranks_a_tight_group_whose_centroid_scores_higher() {
+        // Group 0: one tight list right next to the query direction's neighbour. Group 1: a
+        // wide group whose mean scores lower but whose radius allows a much better list.
+        let routing = RoutingTable {
+            dim: 2,
+            nlist: 5,
+            centroids: vec![0.6, 0.0, 0.3, 0.0],
+            groups: vec![entry(0, 1, 0.0), entry(1, 4, 0.7)],
+        };
+        let query = [1.0, 0.0];
+        assert_eq!(rank_groups(&routing, &query, 2), vec![1, 0]);
+        assert_eq!(auto_group_probe(&routing, &query, 1), vec![1]);
+    }
+
+    #[test]
+    fn zero_radii_rank_by_inner_product() {
+        let routing = RoutingTable {
+            dim: 2,
+            nlist: 3,
+            centroids: vec![0.1, 0.0, 0.9, 0.0, 0.5, 0.0],
+            groups: vec![entry(0, 1, 0.0), entry(1, 1, 0.0), entry(2, 1, 0.0)],
+        };
+        assert_eq!(rank_groups(&routing, &[1.0, 0.0], 3), vec![1, 2, 0]);
+        assert_eq!(auto_group_probe(&routing, &[1.0, 0.0], 2), vec![1, 2]);
+    }
+}
