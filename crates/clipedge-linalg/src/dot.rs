@@ -73,30 +73,42 @@ pub fn top_rows_by_dot(query: &[f32], matrix: &[f32], dim: usize, count: usize) 
         .collect()
 }
 
-/// Index and value of the smallest entry; ties go to the first. Eight-lane minimum first
-/// (vectorizes), then one scan for the position: a plain running argmin is a serial
-/// dependency chain and dominated small-dimension k-means.
+/// Index and value of the smallest entry; ties go to the first. Eight lanes each track their
+/// own minimum and where it was (vectorizes into compares and blends); a plain running argmin is
+/// a serial dependency chain and dominated small-dimension k-means.
 #[inline]
 pub fn argmin(values: &[f32]) -> (usize, f32) {
-    let mut lanes = [f32::INFINITY; 8];
+    let mut lane_min = [f32::INFINITY; 8];
+    let mut lane_index = [usize::MAX; 8];
     let chunks = values.chunks_exact(8);
     let tail = chunks.remainder();
-    for chunk in chunks {
+    for (chunk_index, chunk) in chunks.enumerate() {
         for lane in 0..8 {
-            if chunk[lane] < lanes[lane] {
-                lanes[lane] = chunk[lane];
+            if chunk[lane] < lane_min[lane] {
+                lane_min[lane] = chunk[lane];
+                lane_index[lane] = chunk_index * 8 + lane;
             }
         }
     }
+    let tail_start = values.len() - tail.len();
     for (lane, value) in tail.iter().enumerate() {
-        if *value < lanes[lane] {
-            lanes[lane] = *value;
+        if *value < lane_min[lane] {
+            lane_min[lane] = *value;
+            lane_index[lane] = tail_start + lane;
         }
     }
-    let min = lanes.iter().copied().fold(
-        f32::INFINITY,
-        |best, value| if value < best { value } else { best },
-    );
-    let index = values.iter().position(|value| *value == min).unwrap_or(0);
-    (index, min)
+    // Smallest value; among equal values the first position, which is the smallest index.
+    let mut best = (usize::MAX, f32::INFINITY);
+    for lane in 0..8 {
+        let better =
+            lane_min[lane] < best.1 || (lane_min[lane] == best.1 && lane_index[lane] < best.0);
+        if better {
+            best = (lane_index[lane], lane_min[lane]);
+        }
+    }
+    if best.0 == usize::MAX {
+        // Empty, or nothing below infinity (all NaN or +inf): the first entry, like a running argmin.
+        return (0, values.first().copied().unwrap_or(f32::INFINITY));
+    }
+    best
 }

@@ -24,27 +24,7 @@ fn nearest_centroids_small_dim(
         .map(|c| crate::dot::dot(c, c))
         .collect();
     let blocks = par::map_chunks(data, ROWS_PER_BLOCK * dim, |_, block| {
-        let mut products = vec![0f32; k];
-        let mut labels = Vec::with_capacity(block.len() / dim);
-        let mut distances = Vec::with_capacity(block.len() / dim);
-        for row in block.chunks_exact(dim) {
-            products.fill(0.0);
-            for (d, &value) in row.iter().enumerate() {
-                for (product, c) in products.iter_mut().zip(&transposed[d * k..(d + 1) * k]) {
-                    *product += value * c;
-                }
-            }
-            let mut best = (0u32, f32::INFINITY);
-            for (index, (&product, &norm)) in products.iter().zip(&centroid_norms).enumerate() {
-                let distance = norm - 2.0 * product;
-                if distance < best.1 {
-                    best = (index as u32, distance);
-                }
-            }
-            labels.push(best.0);
-            distances.push((best.1 + crate::dot::dot(row, row)).max(0.0));
-        }
-        (labels, distances)
+        assign_small_dim_block(block, dim, &transposed, &centroid_norms)
     });
     let mut labels = Vec::with_capacity(data.len() / dim);
     let mut distances = Vec::with_capacity(data.len() / dim);
@@ -155,4 +135,61 @@ pub fn best_inner_product_centroids(data: &[f32], dim: usize, centroids: &[f32])
             .collect::<Vec<u32>>()
     });
     blocks.concat()
+}
+
+/// Nearest centroids of one block of short rows. On x86_64 with AVX2 the same code is compiled
+/// for 256-bit registers (no FMA, so results equal the baseline build's).
+fn assign_small_dim_block(
+    block: &[f32],
+    dim: usize,
+    transposed: &[f32],
+    centroid_norms: &[f32],
+) -> (Vec<u32>, Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 presence checked at run time.
+            return unsafe { assign_small_dim_block_avx2(block, dim, transposed, centroid_norms) };
+        }
+    }
+    assign_small_dim_block_portable(block, dim, transposed, centroid_norms)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn assign_small_dim_block_avx2(
+    block: &[f32],
+    dim: usize,
+    transposed: &[f32],
+    centroid_norms: &[f32],
+) -> (Vec<u32>, Vec<f32>) {
+    assign_small_dim_block_portable(block, dim, transposed, centroid_norms)
+}
+
+#[inline(always)]
+fn assign_small_dim_block_portable(
+    block: &[f32],
+    dim: usize,
+    transposed: &[f32],
+    centroid_norms: &[f32],
+) -> (Vec<u32>, Vec<f32>) {
+    let k = centroid_norms.len();
+    let mut products = vec![0f32; k];
+    let mut labels = Vec::with_capacity(block.len() / dim);
+    let mut distances = Vec::with_capacity(block.len() / dim);
+    for row in block.chunks_exact(dim) {
+        products.fill(0.0);
+        for (d, &value) in row.iter().enumerate() {
+            for (product, c) in products.iter_mut().zip(&transposed[d * k..(d + 1) * k]) {
+                *product += value * c;
+            }
+        }
+        for (product, norm) in products.iter_mut().zip(centroid_norms) {
+            *product = norm - 2.0 * *product;
+        }
+        let (label, distance) = crate::dot::argmin(&products);
+        labels.push(label as u32);
+        distances.push((distance + crate::dot::dot(row, row)).max(0.0));
+    }
+    (labels, distances)
 }
