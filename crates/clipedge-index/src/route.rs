@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clipedge_format::{GroupBlob, ListLocation, RoutingTable};
-use clipedge_linalg::dot::{dot, top_rows_by_dot};
+use clipedge_linalg::dot::{dot, dots_with_rows, top_rows_by_dot};
 use clipedge_linalg::TopK;
 
 /// How many lists' worth of groups the automatic group probe gathers per list scanned:
@@ -55,10 +55,11 @@ pub fn rank_groups(routing: &RoutingTable, query: &[f32], count: usize) -> Vec<u
             .collect();
     }
     let query_norm = dot(query, query).sqrt();
+    let mut centroid_scores = Vec::with_capacity(routing.ngroups());
+    dots_with_rows(query, &routing.centroids, routing.dim, &mut centroid_scores);
     let mut top = TopK::new(count);
-    for (group, entry) in routing.groups.iter().enumerate() {
-        let bound = dot(query, routing.centroid(group)) + query_norm * entry.radius;
-        top.push(bound, group as u64);
+    for (group, (entry, score)) in routing.groups.iter().zip(centroid_scores).enumerate() {
+        top.push(score + query_norm * entry.radius, group as u64);
     }
     top.into_sorted()
         .into_iter()
@@ -79,10 +80,12 @@ pub struct ProbedList {
 pub fn rank_lists(query: &[f32], groups: &[Arc<GroupBlob>], nprobe: usize) -> Vec<ProbedList> {
     let mut top = TopK::new(nprobe);
     let mut flat: Vec<(u32, ListLocation)> = Vec::new();
+    let mut biases = Vec::new();
     for group in groups {
-        for (local, location) in group.lists.iter().enumerate() {
-            let bias = dot(query, group.centroid(local));
-            top.push(bias, flat.len() as u64);
+        biases.clear();
+        dots_with_rows(query, &group.centroids, group.dim, &mut biases);
+        for (local, (location, bias)) in group.lists.iter().zip(&biases).enumerate() {
+            top.push(*bias, flat.len() as u64);
             flat.push((group.first_list + local as u32, *location));
         }
     }
