@@ -183,15 +183,30 @@ unsafe fn block_sums_avx2(table: &[u8], m: usize, block: &[u8], out: &mut [u16; 
         high_even = _mm256_add_epi16(high_even, _mm256_and_si256(high_values, low_byte));
         high_odd = _mm256_add_epi16(high_odd, _mm256_srli_epi16(high_values, 8));
     }
+    store_block_sums([low_even, low_odd, high_even, high_odd], out);
+}
+
+/// Folds the two sub-quantizer lanes of the four accumulators (even/odd slots of the low and
+/// high nibble halves), stores the 32 sums in slot order and returns their maximum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn store_block_sums(
+    accumulators: [std::arch::x86_64::__m256i; 4],
+    out: &mut [u16; 32],
+) -> u16 {
+    use std::arch::x86_64::*;
     let fold =
         |v: __m256i| _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    let (low_even, low_odd) = (fold(low_even), fold(low_odd));
-    let (high_even, high_odd) = (fold(high_even), fold(high_odd));
+    let [low_even, low_odd, high_even, high_odd] = accumulators.map(fold);
     let ptr = out.as_mut_ptr() as *mut __m128i;
     _mm_storeu_si128(ptr, _mm_unpacklo_epi16(low_even, low_odd));
     _mm_storeu_si128(ptr.add(1), _mm_unpackhi_epi16(low_even, low_odd));
     _mm_storeu_si128(ptr.add(2), _mm_unpacklo_epi16(high_even, high_odd));
     _mm_storeu_si128(ptr.add(3), _mm_unpackhi_epi16(high_even, high_odd));
+    horizontal_max_u16(_mm_max_epu16(
+        _mm_max_epu16(low_even, low_odd),
+        _mm_max_epu16(high_even, high_odd),
+    ))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -225,22 +240,10 @@ unsafe fn block_pair_sums_avx2(
             acc[3] = _mm256_add_epi16(acc[3], _mm256_srli_epi16(high_values, 8));
         }
     }
-    let fold =
-        |v: __m256i| _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     let mut maxima = [0u16; 2];
     for (block_index, block_out) in out.iter_mut().enumerate() {
         let acc = &accumulators[block_index * 4..block_index * 4 + 4];
-        let (low_even, low_odd) = (fold(acc[0]), fold(acc[1]));
-        let (high_even, high_odd) = (fold(acc[2]), fold(acc[3]));
-        let ptr = block_out.as_mut_ptr() as *mut __m128i;
-        _mm_storeu_si128(ptr, _mm_unpacklo_epi16(low_even, low_odd));
-        _mm_storeu_si128(ptr.add(1), _mm_unpackhi_epi16(low_even, low_odd));
-        _mm_storeu_si128(ptr.add(2), _mm_unpacklo_epi16(high_even, high_odd));
-        _mm_storeu_si128(ptr.add(3), _mm_unpackhi_epi16(high_even, high_odd));
-        maxima[block_index] = horizontal_max_u16(_mm_max_epu16(
-            _mm_max_epu16(low_even, low_odd),
-            _mm_max_epu16(high_even, high_odd),
-        ));
+        maxima[block_index] = store_block_sums([acc[0], acc[1], acc[2], acc[3]], block_out);
     }
     maxima
 }

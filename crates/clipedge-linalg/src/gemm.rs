@@ -26,13 +26,7 @@ fn nearest_centroids_small_dim(
     let blocks = par::map_chunks(data, ROWS_PER_BLOCK * dim, |_, block| {
         assign_small_dim_block(block, dim, &transposed, &centroid_norms)
     });
-    let mut labels = Vec::with_capacity(data.len() / dim);
-    let mut distances = Vec::with_capacity(data.len() / dim);
-    for (block_labels, block_distances) in blocks {
-        labels.extend(block_labels);
-        distances.extend(block_distances);
-    }
-    (labels, distances)
+    concat_blocks(blocks)
 }
 
 /// For each row of `data` (`n x dim`), the index of the nearest centroid (squared L2) and that distance.
@@ -52,30 +46,18 @@ pub fn nearest_centroids(data: &[f32], dim: usize, centroids: &[f32]) -> (Vec<u3
         inner_products(block, rows, dim, centroids, k, &mut products);
         let mut labels = Vec::with_capacity(rows);
         let mut distances = Vec::with_capacity(rows);
-        for (row, row_products) in products.chunks_exact(k).enumerate() {
-            let row_norm = crate::dot::dot(
-                &block[row * dim..(row + 1) * dim],
-                &block[row * dim..(row + 1) * dim],
-            );
-            let mut best = (0u32, f32::INFINITY);
-            for (index, (&product, &norm)) in row_products.iter().zip(&centroid_norms).enumerate() {
-                let distance = norm - 2.0 * product;
-                if distance < best.1 {
-                    best = (index as u32, distance);
-                }
+        for (row_vector, row_products) in block.chunks_exact(dim).zip(products.chunks_exact_mut(k))
+        {
+            for (product, norm) in row_products.iter_mut().zip(&centroid_norms) {
+                *product = norm - 2.0 * *product;
             }
-            labels.push(best.0);
-            distances.push((best.1 + row_norm).max(0.0));
+            let (label, distance) = crate::dot::argmin(row_products);
+            labels.push(label as u32);
+            distances.push((distance + crate::dot::dot(row_vector, row_vector)).max(0.0));
         }
         (labels, distances)
     });
-    let mut labels = Vec::with_capacity(data.len() / dim);
-    let mut distances = Vec::with_capacity(data.len() / dim);
-    for (block_labels, block_distances) in blocks {
-        labels.extend(block_labels);
-        distances.extend(block_distances);
-    }
-    (labels, distances)
+    concat_blocks(blocks)
 }
 
 /// `out[i * k + j] = <data_i, centroid_j>` with one single-threaded SGEMM call.
@@ -190,6 +172,18 @@ fn assign_small_dim_block_portable(
         let (label, distance) = crate::dot::argmin(&products);
         labels.push(label as u32);
         distances.push((distance + crate::dot::dot(row, row)).max(0.0));
+    }
+    (labels, distances)
+}
+
+/// Joins per-block (labels, distances) in block order.
+fn concat_blocks(blocks: Vec<(Vec<u32>, Vec<f32>)>) -> (Vec<u32>, Vec<f32>) {
+    let rows = blocks.iter().map(|(labels, _)| labels.len()).sum();
+    let mut labels = Vec::with_capacity(rows);
+    let mut distances = Vec::with_capacity(rows);
+    for (block_labels, block_distances) in blocks {
+        labels.extend(block_labels);
+        distances.extend(block_distances);
     }
     (labels, distances)
 }
