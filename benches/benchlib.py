@@ -26,24 +26,22 @@ def die(message: str) -> None:
     raise SystemExit(2)
 
 
-def int_list(text: str) -> list[int]:
+def _number_list(text: str, convert, noun: str) -> list:
     try:
-        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+        values = [convert(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError as err:
-        raise ValueError(f"expected a comma-separated list of integers, got {text!r}") from err
+        raise ValueError(f"expected a comma-separated list of {noun}s, got {text!r}") from err
     if not values:
-        raise ValueError("expected at least one integer")
+        raise ValueError(f"expected at least one {noun}")
     return values
+
+
+def int_list(text: str) -> list[int]:
+    return _number_list(text, int, "integer")
 
 
 def float_list(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError as err:
-        raise ValueError(f"expected a comma-separated list of numbers, got {text!r}") from err
-    if not values:
-        raise ValueError("expected at least one number")
-    return values
+    return _number_list(text, float, "number")
 
 
 def default_clipedge() -> str:
@@ -178,6 +176,17 @@ def run_clipedge(binary: str, args: list[str], log_path: str | None, what: str,
         summary["_wall_s"] = wall
         return summary
     raise AssertionError("unreachable")
+
+
+def clipedge_build(binary: str, command: list[str], out_dir: str, log_path: str, marker: str,
+                   what: str) -> dict:
+    """Run a `clipedge build`, add where the index went and its size, and save the report at
+    `marker` (its presence lets --reuse skip the build next time)."""
+    report = run_clipedge(binary, command, log_path, what)
+    report["dir"] = out_dir
+    report["dir_bytes"] = dir_bytes(out_dir)
+    write_json(marker, report)
+    return report
 
 
 def dir_bytes(path: str) -> int:

@@ -232,11 +232,7 @@ def clipedge_build(args, spec: dict, name: str, base_path: str, log_path: str) -
     if args.train_size:
         command += ["--train-size", str(args.train_size)]
     print(f"  clipedge build {name}: {' '.join(command)}", flush=True)
-    report = benchlib.run_clipedge(args.clipedge, command, log_path, f"clipedge build {name}")
-    report["dir"] = out_dir
-    report["dir_bytes"] = benchlib.dir_bytes(out_dir)
-    benchlib.write_json(marker, report)
-    return report
+    return benchlib.clipedge_build(args.clipedge, command, out_dir, log_path, marker, f"clipedge build {name}")
 
 
 def faiss_build(args, spec: dict, name: str, xb: np.ndarray, train_size: int):

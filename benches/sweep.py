@@ -125,11 +125,7 @@ def build(args, name: str, base: str, groups: int | None, log_path: str) -> dict
     if args.train_size:
         command += ["--train-size", str(args.train_size)]
     print(f"  clipedge {' '.join(command)}", flush=True)
-    report = benchlib.run_clipedge(args.clipedge, command, log_path, f"build {name}")
-    report["dir"] = out_dir
-    report["dir_bytes"] = benchlib.dir_bytes(out_dir)
-    benchlib.write_json(marker, report)
-    return report
+    return benchlib.clipedge_build(args.clipedge, command, out_dir, log_path, marker, f"build {name}")
 
 
 def search(args, index_dir: str, queries: str, truth: str, nprobe: int, rerank: int, log_path: str,
