@@ -1,0 +1,1 @@
+//! The embedded query server: the whole query path in one process (axum).

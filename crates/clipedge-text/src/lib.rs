@@ -1,0 +1,1 @@
+//! Text encoding: tokenizer + ONNX text tower (tract), native and wasm32.
