@@ -2,9 +2,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clipedge_format::{
-    code_bytes, encode_codebooks, generation_path, BuildInfo, Codebooks, CurrentPointer, FileRef,
-    GroupBlob, GroupEntry, ListBlobBuilder, ListLocation, Manifest, Metric, ModelInfo, PqParams,
-    RerankData, RerankKind, RoutingTable, ShardRef, CURRENT_OBJECT, FORMAT_VERSION,
+    code_bytes, encode_codebooks, generation_path, BuildInfo, CatalogBuilder, Codebooks,
+    CurrentPointer, FileRef, GroupBlob, GroupEntry, ItemRecord, ListBlobBuilder, ListLocation,
+    Manifest, Metric, ModelInfo, PqParams, RerankData, RerankKind, RoutingTable, ShardRef,
+    CURRENT_OBJECT, FORMAT_VERSION,
 };
 use clipedge_linalg::fastscan::pack_block_codes;
 use clipedge_linalg::kmeans::sample_rows;
@@ -105,6 +106,9 @@ pub struct VectorSet<'a> {
     pub ids: Option<&'a [u64]>,
     pub content_hashes: Option<&'a [u64]>,
     pub metadata_refs: Option<&'a [u64]>,
+    /// Caption and image URL of each row: written to the generation's `catalog.bin`, whose
+    /// references then replace `metadata_refs`. Needs ids = rows (`ids: None`).
+    pub records: Option<&'a [ItemRecord]>,
 }
 
 impl<'a> VectorSet<'a> {
@@ -115,6 +119,7 @@ impl<'a> VectorSet<'a> {
             ids: None,
             content_hashes: None,
             metadata_refs: None,
+            records: None,
         }
     }
 
@@ -200,6 +205,19 @@ fn validate(vectors: &VectorSet<'_>, config: &BuildConfig) -> Result<(), BuildEr
                     column.len()
                 )));
             }
+        }
+    }
+    if let Some(records) = vectors.records {
+        if records.len() != n {
+            return Err(BuildError::Input(format!(
+                "{} records for {n} vectors",
+                records.len()
+            )));
+        }
+        if vectors.ids.is_some() || vectors.metadata_refs.is_some() {
+            return Err(BuildError::Input(
+                "records need ids = rows and no explicit metadata refs".to_string(),
+            ));
         }
     }
     if config.nlist == 0 || config.nlist > n {
@@ -481,6 +499,23 @@ pub async fn write_generation(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let generation = new_generation_name(now_ms);
+    // Records are laid out first: their references go into the list entries.
+    let catalog = vectors
+        .records
+        .map(CatalogBuilder::new)
+        .transpose()
+        .map_err(|error| BuildError::Input(error.to_string()))?;
+    let with_refs;
+    let vectors = match &catalog {
+        Some(catalog) => {
+            with_refs = VectorSet {
+                metadata_refs: Some(catalog.metadata_refs()),
+                ..*vectors
+            };
+            &with_refs
+        }
+        None => vectors,
+    };
 
     progress.stage("assign vectors to lists", n as u64);
     let assign_started = Instant::now();
@@ -553,6 +588,28 @@ pub async fn write_generation(
     }
     let encode_seconds = encode_started.elapsed().as_secs_f64();
 
+    let catalog = match catalog {
+        Some(catalog) => {
+            let mut row_lists = vec![0u32; n];
+            for (list_id, rows) in lists.iter().enumerate() {
+                for row in rows {
+                    row_lists[*row as usize] = list_id as u32;
+                }
+            }
+            let (bytes, catalog_ref) = catalog
+                .finish(&row_lists, "catalog.bin")
+                .map_err(|error| BuildError::Input(error.to_string()))?;
+            storage
+                .put_new(
+                    &generation_path(&generation, "catalog.bin"),
+                    Bytes::from(bytes),
+                )
+                .await?;
+            Some(catalog_ref)
+        }
+        None => None,
+    };
+
     let ngroups = trained.ngroups();
     let mut groups_file = Vec::new();
     let mut group_entries = Vec::with_capacity(ngroups);
@@ -622,6 +679,7 @@ pub async fn write_generation(
             kmeans_iters: config.kmeans_iterations,
             builder: format!("clipedge-index-builder {}", env!("CARGO_PKG_VERSION")),
         },
+        catalog,
     };
     for (name, bytes) in [
         ("groups.bin", groups_file),
@@ -676,6 +734,7 @@ pub async fn build_index(
         + manifest.groups.bytes
         + manifest.codebooks.bytes
         + manifest.shards.iter().map(|shard| shard.bytes).sum::<u64>()
+        + manifest.catalog.as_ref().map_or(0, |catalog| catalog.bytes)
         + manifest.to_json().len() as u64;
     let n = vectors.len() as u64;
     let report = BuildReport {
@@ -695,7 +754,7 @@ pub async fn build_index(
         train_vectors_per_s: trained.train_size as f64 / trained.train_seconds.max(1e-9),
         encode_vectors_per_s: n as f64 / (assign_seconds + encode_seconds).max(1e-9),
         index_bytes,
-        files: 4 + manifest.shards.len() as u64,
+        files: 4 + manifest.shards.len() as u64 + u64::from(manifest.catalog.is_some()),
     };
     info!(generation = %report.generation, n, build_s = report.build_s, "published index generation");
     Ok(report)

@@ -1,1 +1,598 @@
-//! The public /v1 HTTP API: request/response types, validation, merge and de-duplication (no I/O).
+//! The public `/v1` HTTP API: request/response types, validation, merge and de-duplication.
+//!
+//! No I/O, builds for `wasm32-unknown-unknown`: the embedded server (`clipedge serve`) and the
+//! edge Worker share this crate, so both answer the same requests with the same errors.
+//!
+//! `POST /v1/search` takes exactly one of `text`, `vector` or `id` plus optional `k`, `nprobe`,
+//! `rerank` and `dedup`; the limits are the constants below. A bad request gets a 4xx with
+//! `{"error": {"code", "message"}}`, the code one of [`ErrorCode`].
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted `text`, in Unicode scalar values (the tower truncates to its token limit).
+pub const MAX_TEXT_CHARS: usize = 1000;
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const DEFAULT_K: usize = 20;
+pub const MAX_K: usize = 100;
+pub const DEFAULT_NPROBE: usize = 16;
+pub const MAX_NPROBE: usize = 4096;
+/// Candidates reranked exactly = `k * rerank`.
+pub const DEFAULT_RERANK: usize = 10;
+pub const MAX_RERANK: usize = 50;
+
+/// The body of `POST /v1/search`, as sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nprobe: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<bool>,
+}
+
+/// What to search with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// Encode this text with the text tower.
+    Text(String),
+    /// Search with this embedding as is.
+    Vector(Vec<f32>),
+    /// "More like this": search with the stored vector of this id.
+    Id(u64),
+}
+
+/// A request that passed validation, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSearch {
+    pub query: Query,
+    pub k: usize,
+    pub nprobe: usize,
+    pub rerank: usize,
+    pub dedup: bool,
+}
+
+impl ValidSearch {
+    /// Candidates to ask the index for: de-duplication drops some, so ask for more than `k`.
+    pub fn candidates(&self) -> usize {
+        if self.dedup {
+            (2 * self.k).max(self.k + 10)
+        } else {
+            self.k
+        }
+    }
+}
+
+/// Machine-readable error codes of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not JSON of the expected shape.
+    InvalidJson,
+    /// None, or more than one, of `text`, `vector`, `id`.
+    InvalidQuery,
+    EmptyText,
+    TextTooLong,
+    KOutOfRange,
+    NprobeOutOfRange,
+    RerankOutOfRange,
+    /// `vector` has the wrong number of values for the index.
+    VectorDimension,
+    VectorNotFinite,
+    /// `id` names no item of the index.
+    UnknownId,
+    /// The index cannot search by id (no catalog or no stored vectors).
+    IdSearchUnsupported,
+    PayloadTooLarge,
+    NotFound,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    /// The index, the model or the scanners failed; the message says which.
+    Internal,
+    /// Every scanner call failed.
+    ScannersFailed,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::EmptyText => "empty_text",
+            ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::KOutOfRange => "k_out_of_range",
+            ErrorCode::NprobeOutOfRange => "nprobe_out_of_range",
+            ErrorCode::RerankOutOfRange => "rerank_out_of_range",
+            ErrorCode::VectorDimension => "vector_dimension",
+            ErrorCode::VectorNotFinite => "vector_not_finite",
+            ErrorCode::UnknownId => "unknown_id",
+            ErrorCode::IdSearchUnsupported => "id_search_unsupported",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Internal => "internal",
+            ErrorCode::ScannersFailed => "scanners_failed",
+        }
+    }
+
+    /// The HTTP status the code is answered with.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::UnknownId | ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::IdSearchUnsupported => 422,
+            ErrorCode::Internal => 500,
+            ErrorCode::ScannersFailed => 502,
+            _ => 400,
+        }
+    }
+}
+
+/// An error answer: status from the code, message naming the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code.status()
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+            },
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.body()).unwrap_or_else(|_| {
+            r#"{"error":{"code":"internal","message":"error not serializable"}}"#.to_string()
+        })
+    }
+}
+
+/// `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Parses a request body (size-checked first).
+pub fn parse_search_request(body: &[u8]) -> Result<SearchRequest, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "request body has {} bytes, the limit is {MAX_BODY_BYTES}",
+                body.len()
+            ),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("request body is not a valid search request: {error}"),
+        )
+    })
+}
+
+fn check_range(
+    value: Option<usize>,
+    default: usize,
+    min: usize,
+    max: usize,
+    name: &str,
+    code: ErrorCode,
+) -> Result<usize, ApiError> {
+    let value = value.unwrap_or(default);
+    if value < min || value > max {
+        return Err(ApiError::new(
+            code,
+            format!("{name} must be in {min}..={max}, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+impl SearchRequest {
+    /// Checks the request against the documented limits and the index's dimension.
+    pub fn validate(self, dim: usize) -> Result<ValidSearch, ApiError> {
+        let k = check_range(self.k, DEFAULT_K, 1, MAX_K, "k", ErrorCode::KOutOfRange)?;
+        let nprobe = check_range(
+            self.nprobe,
+            DEFAULT_NPROBE,
+            1,
+            MAX_NPROBE,
+            "nprobe",
+            ErrorCode::NprobeOutOfRange,
+        )?;
+        let rerank = check_range(
+            self.rerank,
+            DEFAULT_RERANK,
+            0,
+            MAX_RERANK,
+            "rerank",
+            ErrorCode::RerankOutOfRange,
+        )?;
+        let given = [
+            self.text.is_some(),
+            self.vector.is_some(),
+            self.id.is_some(),
+        ]
+        .iter()
+        .filter(|given| **given)
+        .count();
+        if given != 1 {
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!("give exactly one of text, vector or id (got {given})"),
+            ));
+        }
+        let query = if let Some(text) = self.text {
+            if text.trim().is_empty() {
+                return Err(ApiError::new(ErrorCode::EmptyText, "text is empty"));
+            }
+            let chars = text.chars().count();
+            if chars > MAX_TEXT_CHARS {
+                return Err(ApiError::new(
+                    ErrorCode::TextTooLong,
+                    format!("text has {chars} characters, the limit is {MAX_TEXT_CHARS}"),
+                ));
+            }
+            Query::Text(text)
+        } else if let Some(vector) = self.vector {
+            if vector.len() != dim {
+                return Err(ApiError::new(
+                    ErrorCode::VectorDimension,
+                    format!(
+                        "vector has {} values, the index has dimension {dim}",
+                        vector.len()
+                    ),
+                ));
+            }
+            if let Some(position) = vector.iter().position(|x| !x.is_finite()) {
+                return Err(ApiError::new(
+                    ErrorCode::VectorNotFinite,
+                    format!("vector value {position} is not finite"),
+                ));
+            }
+            Query::Vector(vector)
+        } else {
+            Query::Id(self.id.unwrap_or_default())
+        };
+        Ok(ValidSearch {
+            query,
+            k,
+            nprobe,
+            rerank,
+            dedup: self.dedup.unwrap_or(true),
+        })
+    }
+}
+
+/// One candidate from a scan, before merge: what ranking and de-duplication need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    pub id: u64,
+    pub score: f32,
+    pub content_hash: u64,
+    pub metadata_ref: u64,
+}
+
+/// Merges candidate lists (one per scanner call, or one in-process scan) into the best `k`:
+/// by score, ties by id; the same id from two lists counts once; with `dedup`, only the best
+/// candidate of each content hash is kept (the same image indexed twice shows once).
+pub fn merge(candidate_lists: &[Vec<Candidate>], k: usize, dedup: bool) -> Vec<Candidate> {
+    let mut all: Vec<Candidate> = candidate_lists.iter().flatten().copied().collect();
+    all.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+    let mut seen_ids = HashSet::new();
+    let mut seen_hashes = HashSet::new();
+    let mut merged = Vec::with_capacity(k.min(all.len()));
+    for candidate in all {
+        if merged.len() == k {
+            break;
+        }
+        if !seen_ids.insert(candidate.id) {
+            continue;
+        }
+        if dedup && !seen_hashes.insert(candidate.content_hash) {
+            continue;
+        }
+        merged.push(candidate);
+    }
+    merged
+}
+
+/// One result as the client sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchResult {
+    pub id: u64,
+    pub score: f32,
+    pub url: String,
+    pub caption: String,
+}
+
+/// Milliseconds per stage of one query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Tokenize + text tower (or the stored-vector lookup of an `id` query).
+    pub encode: f64,
+    /// Routing: groups and lists chosen.
+    pub probe: f64,
+    /// List reads, scans and exact rerank.
+    pub scan: f64,
+    /// Merge, de-duplication and the caption/URL lookup.
+    pub merge: f64,
+}
+
+/// Object-storage traffic of one query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryStats {
+    pub gets: u64,
+    pub bytes: u64,
+}
+
+/// The body of a successful `POST /v1/search`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchResponse {
+    pub results: Vec<SearchResult>,
+    /// Some lists could not be scanned (named in `failed_lists`); the results are the rest.
+    pub partial: bool,
+    pub failed_lists: Vec<u32>,
+    pub timings: Timings,
+    pub stats: QueryStats,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub status: String,
+    pub generation: String,
+    pub count: u64,
+    pub dim: u32,
+    pub model: String,
+    /// Shown on the demo page (e.g. what the demo model embeds).
+    pub label: String,
+    /// Items searchable by id ("more like this").
+    pub id_search: bool,
+}
+
+/// The `Server-Timing` header value for the stages, e.g.
+/// `encode;dur=3.10, probe;dur=0.05, scan;dur=0.41, merge;dur=0.02`.
+pub fn server_timing(timings: &Timings) -> String {
+    let mut header = String::new();
+    for (name, ms) in [
+        ("encode", timings.encode),
+        ("probe", timings.probe),
+        ("scan", timings.scan),
+        ("merge", timings.merge),
+    ] {
+        if !header.is_empty() {
+            header.push_str(", ");
+        }
+        let ms = if ms.is_finite() { ms.max(0.0) } else { 0.0 };
+        let _ = write!(header, "{name};dur={ms:.2}");
+    }
+    header
+}
+
+/// A record's URL as the client should load it: absolute URLs and root-relative paths pass
+/// through; paths relative to the index root (`media/…`) are put under `root_base`, the URL
+/// the index root's public objects are served from (`/` for `clipedge serve`).
+pub fn resolve_url(root_base: &str, url: &str) -> String {
+    if url.starts_with("http://")
+        || url.starts_with("https://")
+        || url.starts_with("data:")
+        || url.starts_with('/')
+    {
+        return url.to_string();
+    }
+    if root_base.ends_with('/') {
+        format!("{root_base}{url}")
+    } else {
+        format!("{root_base}/{url}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> Result<ValidSearch, ApiError> {
+        parse_search_request(json.as_bytes())?.validate(4)
+    }
+
+    fn code(json: &str) -> ErrorCode {
+        request(json).unwrap_err().code
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let search = request(r#"{"text":"a dog"}"#).unwrap();
+        assert_eq!(search.query, Query::Text("a dog".to_string()));
+        assert_eq!(
+            (search.k, search.nprobe, search.rerank, search.dedup),
+            (DEFAULT_K, DEFAULT_NPROBE, DEFAULT_RERANK, true)
+        );
+        let search = request(r#"{"id":7,"k":5,"dedup":false,"rerank":0}"#).unwrap();
+        assert_eq!(search.query, Query::Id(7));
+        assert_eq!((search.k, search.rerank, search.dedup), (5, 0, false));
+        assert_eq!(search.candidates(), 5);
+        let search = request(r#"{"vector":[0,1,0.5,-1],"k":100,"nprobe":4096}"#).unwrap();
+        assert_eq!(search.query, Query::Vector(vec![0.0, 1.0, 0.5, -1.0]));
+        assert!(search.candidates() >= 100);
+    }
+
+    #[test]
+    fn bad_requests_name_their_problem() {
+        assert_eq!(code(r#"{"text":""}"#), ErrorCode::EmptyText);
+        assert_eq!(code(r#"{"text":"  \n "}"#), ErrorCode::EmptyText);
+        let long = format!(r#"{{"text":"{}"}}"#, "é".repeat(MAX_TEXT_CHARS + 1));
+        assert_eq!(code(&long), ErrorCode::TextTooLong);
+        let limit = format!(r#"{{"text":"{}"}}"#, "é".repeat(MAX_TEXT_CHARS));
+        assert!(request(&limit).is_ok());
+        assert_eq!(code(r#"{"text":"x","k":0}"#), ErrorCode::KOutOfRange);
+        assert_eq!(code(r#"{"text":"x","k":101}"#), ErrorCode::KOutOfRange);
+        assert_eq!(
+            code(r#"{"text":"x","nprobe":0}"#),
+            ErrorCode::NprobeOutOfRange
+        );
+        assert_eq!(
+            code(r#"{"text":"x","rerank":51}"#),
+            ErrorCode::RerankOutOfRange
+        );
+        assert_eq!(code(r#"{"vector":[1,2]}"#), ErrorCode::VectorDimension);
+        assert_eq!(code(r#"{}"#), ErrorCode::InvalidQuery);
+        assert_eq!(code(r#"{"text":"x","id":3}"#), ErrorCode::InvalidQuery);
+        assert_eq!(code(r#"{"text":"x","kk":3}"#), ErrorCode::InvalidJson);
+        assert_eq!(code(r#"{"text":"x","k":-1}"#), ErrorCode::InvalidJson);
+        assert_eq!(code(r#"{"id":"seven"}"#), ErrorCode::InvalidJson);
+        assert_eq!(code("not json"), ErrorCode::InvalidJson);
+        let huge = vec![b' '; MAX_BODY_BYTES + 1];
+        assert_eq!(
+            parse_search_request(&huge).unwrap_err().code,
+            ErrorCode::PayloadTooLarge
+        );
+        let error = request(r#"{"text":"x","k":0}"#).unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert_eq!(
+            error.to_json(),
+            r#"{"error":{"code":"k_out_of_range","message":"k must be in 1..=100, got 0"}}"#
+        );
+        assert_eq!(ErrorCode::UnknownId.status(), 404);
+    }
+
+    #[test]
+    fn any_unicode_text_is_accepted() {
+        let search = request(r#"{"text":"해변을 달리는 개 🐕"}"#).unwrap();
+        assert_eq!(search.query, Query::Text("해변을 달리는 개 🐕".to_string()));
+    }
+
+    fn candidate(id: u64, score: f32, content_hash: u64) -> Candidate {
+        Candidate {
+            id,
+            score,
+            content_hash,
+            metadata_ref: id * 10,
+        }
+    }
+
+    #[test]
+    fn merge_orders_dedups_and_truncates() {
+        let lists = vec![
+            vec![candidate(1, 0.9, 100), candidate(2, 0.5, 200)],
+            vec![
+                candidate(3, 0.8, 100),
+                candidate(4, 0.7, 400),
+                candidate(1, 0.9, 100),
+            ],
+            vec![],
+        ];
+        let ids = |merged: Vec<Candidate>| merged.iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids(merge(&lists, 10, true)), vec![1, 4, 2]);
+        assert_eq!(ids(merge(&lists, 10, false)), vec![1, 3, 4, 2]);
+        assert_eq!(ids(merge(&lists, 2, false)), vec![1, 3]);
+        assert!(merge(&[], 3, true).is_empty());
+        // Equal scores: lower id first, whatever the input order.
+        let ties = vec![vec![candidate(9, 0.5, 1)], vec![candidate(3, 0.5, 2)]];
+        assert_eq!(ids(merge(&ties, 2, true)), vec![3, 9]);
+    }
+
+    #[test]
+    fn server_timing_lists_every_stage() {
+        let timings = Timings {
+            encode: 3.14159,
+            probe: 0.05,
+            scan: f64::NAN,
+            merge: -1.0,
+        };
+        assert_eq!(
+            server_timing(&timings),
+            "encode;dur=3.14, probe;dur=0.05, scan;dur=0.00, merge;dur=0.00"
+        );
+    }
+
+    #[test]
+    fn urls_resolve_against_the_media_base() {
+        assert_eq!(resolve_url("/", "media/ab.webp"), "/media/ab.webp");
+        assert_eq!(
+            resolve_url("https://cdn.example/idx", "media/ab.webp"),
+            "https://cdn.example/idx/media/ab.webp"
+        );
+        assert_eq!(
+            resolve_url("/", "https://x.example/a.png"),
+            "https://x.example/a.png"
+        );
+        assert_eq!(resolve_url("/", "/static/a.png"), "/static/a.png");
+    }
+
+    #[test]
+    fn responses_serialize_with_the_documented_fields() {
+        let response = SearchResponse {
+            results: vec![SearchResult {
+                id: 1,
+                score: 0.5,
+                url: "/media/a.webp".to_string(),
+                caption: "a cat".to_string(),
+            }],
+            partial: false,
+            failed_lists: vec![],
+            timings: Timings::default(),
+            stats: QueryStats {
+                gets: 2,
+                bytes: 100,
+            },
+        };
+        let json: serde_json::Value = serde_json::to_value(&response).unwrap();
+        for field in ["results", "partial", "failed_lists", "timings", "stats"] {
+            assert!(json.get(field).is_some(), "{field}");
+        }
+        for field in ["encode", "probe", "scan", "merge"] {
+            assert!(json["timings"].get(field).is_some(), "{field}");
+        }
+        assert_eq!(json["results"][0]["caption"], "a cat");
+        assert_eq!(json["stats"]["gets"], 2);
+    }
+}

@@ -5,6 +5,7 @@
 //! (builder, scanner Lambda, edge Worker, embedded server) goes through it, so the
 //! layout lives in exactly one place.
 
+mod catalog;
 mod codebook;
 mod error;
 mod group;
@@ -14,6 +15,10 @@ mod manifest;
 mod pointer;
 mod routing;
 
+pub use catalog::{
+    decode_record, pack_metadata_ref, record_range, CatalogBuilder, CatalogEntry, CatalogRef,
+    ItemRecord, CATALOG_BLOCK_ITEMS, CATALOG_MAGIC,
+};
 pub use codebook::{decode_codebooks, encode_codebooks, Codebooks};
 pub use error::FormatError;
 pub use group::{GroupBlob, ListLocation, LIST_LOCATION_BYTES};

@@ -125,6 +125,9 @@ pub struct Manifest {
     pub codebooks: FileRef,
     pub shards: Vec<ShardRef>,
     pub build: BuildInfo,
+    /// Captions, image URLs and the id table (optional; added within version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<crate::CatalogRef>,
 }
 
 impl Manifest {
@@ -174,6 +177,11 @@ impl Manifest {
         }
         if self.pq.bits == 4 && !self.pq.m.is_multiple_of(2) {
             return Err(FormatError::invalid(what, "4-bit codes need an even pq.m"));
+        }
+        if let Some(catalog) = &self.catalog {
+            if catalog.block_items == 0 || catalog.records_offset > catalog.bytes {
+                return Err(FormatError::invalid(what, "catalog entry is inconsistent"));
+            }
         }
         Ok(())
     }

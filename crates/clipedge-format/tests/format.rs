@@ -84,6 +84,7 @@ fn sample_manifest() -> Manifest {
             kmeans_iters: 20,
             builder: "test".to_string(),
         },
+        catalog: None,
     }
 }
 

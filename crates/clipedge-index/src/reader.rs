@@ -311,6 +311,67 @@ impl IndexReader {
         Ok(SearchResult { hits, stats })
     }
 
+    /// The stored (rerank) copy of vector `id` in list `list_id`, decoded to f32: what "more
+    /// like this" searches with. Reads the list through the list cache; `None` when the list
+    /// does not hold the id.
+    pub async fn stored_vector(
+        &self,
+        list_id: u32,
+        id: u64,
+    ) -> Result<Option<Vec<f32>>, IndexError> {
+        if self.manifest.rerank == RerankKind::None {
+            return Err(IndexError::InvalidQuery {
+                reason: "the index stores no vector copies (rerank none)".to_string(),
+            });
+        }
+        if list_id >= self.manifest.nlist {
+            return Err(IndexError::Format(clipedge_format::FormatError::Invalid {
+                what: "catalog".to_string(),
+                reason: format!(
+                    "list {list_id} out of range (nlist {})",
+                    self.manifest.nlist
+                ),
+            }));
+        }
+        // Groups cover the lists in order, so the owner is the last group starting at or before.
+        let group = self
+            .routing
+            .groups
+            .partition_point(|entry| entry.first_list <= list_id)
+            .saturating_sub(1);
+        let mut stats = SearchStats::default();
+        let blobs = self.load_groups(&[group as u32], &mut stats).await?;
+        let blob = &blobs[0];
+        let Some(location) = blob.lists.get((list_id - blob.first_list) as usize) else {
+            return Ok(None);
+        };
+        let probe = ProbedList {
+            list_id,
+            location: *location,
+            bias: 0.0,
+        };
+        let bytes = self
+            .load_lists(std::slice::from_ref(&probe), &mut stats)
+            .await?;
+        let view = ListView::parse_verified(&bytes[0], &self.expectation(&probe))?;
+        let Some(row) = (0..view.count).find(|row| view.id(*row) == id) else {
+            return Ok(None);
+        };
+        let vector = match self.manifest.rerank {
+            RerankKind::Fp16 => view
+                .rerank_fp16(row)
+                .chunks_exact(2)
+                .map(|pair| half::f16::from_le_bytes([pair[0], pair[1]]).to_f32())
+                .collect(),
+            RerankKind::Int8 => {
+                let (scale, values) = view.rerank_int8(row);
+                values.iter().map(|v| scale * (*v as i8) as f32).collect()
+            }
+            RerankKind::None => return Ok(None),
+        };
+        Ok(Some(vector))
+    }
+
     fn expectation(&self, probe: &ProbedList) -> ListExpectation {
         ListExpectation {
             list_id: probe.list_id,
