@@ -124,21 +124,23 @@ def ort_session(path: Path, threads: int = 1):
 
 
 def tidy_onnx(path: Path, batch_one: bool = False) -> None:
-    """Run ONNX shape inference and the checker; store the result in place.
+    """Check the graph and drop intermediate shape annotations; store in place.
 
-    Shape annotations on intermediate values help tract's analysis of the
-    graph with a symbolic sequence length. With batch_one, output axes 0 that
-    the exporter left symbolic are pinned to 1 (the contract: batch 1).
+    ONNX shape inference is run as a check only: its value_info entries tie
+    intermediate shapes to the symbol "sequence", and tract then refuses to
+    load the graph with a fixed input shape (`with_input_fact`: "Impossible to
+    unify Sym(sequence) with Val(3)"). With batch_one, an output axis 0 that
+    the exporter left symbolic is pinned to 1 (the contract: batch 1).
     """
     model = onnx.load(str(path))
+    onnx.checker.check_model(onnx.shape_inference.infer_shapes(model))
+    del model.graph.value_info[:]
     if batch_one:
         for out in model.graph.output:
             dims = out.type.tensor_type.shape.dim
             if dims and not dims[0].HasField("dim_value"):
                 dims[0].Clear()
                 dims[0].dim_value = 1
-    model = onnx.shape_inference.infer_shapes(model)
-    onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
 
@@ -155,7 +157,7 @@ def quantize_int8_dynamic(src: Path, dst: Path) -> None:
     quantize_dynamic(
         str(src), str(dst),
         weight_type=QuantType.QInt8,
-        per_channel=False,
+        per_channel=True,
         op_types_to_quantize=["MatMul", "Gather"],
         extra_options={"MatMulConstBOnly": True},
     )

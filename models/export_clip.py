@@ -69,29 +69,62 @@ class TextTower:
         import torch
 
         class Wrap(torch.nn.Module):
+            """CLIP's text forward written out with a causal mask sliced from a constant
+            [ctx, ctx] buffer (as open_clip does). transformers' own mask builder exports a
+            Range/Expand/Where chain whose shapes tract mis-infers for a symbolic sequence
+            length ("Can not broadcast 8 against 2"); a Slice of a constant is exact everywhere.
+            Checked against the transformers forward in `clip_forward_matches_hf`."""
+
             def __init__(self, m):
                 super().__init__()
                 self.text_model, self.proj = m.text_model, m.text_projection
+                context = self.text_model.embeddings.position_embedding.weight.shape[0]
+                causal = torch.full((context, context), float("-inf")).triu(1)
+                self.register_buffer("causal_mask", causal, persistent=False)
+                self.eos_token_id = self.text_model.eos_token_id
 
             def forward(self, input_ids):
-                pooled = self.text_model(input_ids=input_ids).pooler_output
-                return self.proj(pooled)
+                tm = self.text_model
+                n = input_ids.shape[1]
+                x = tm.embeddings.token_embedding(input_ids) + tm.embeddings.position_embedding.weight[:n]
+                mask = self.causal_mask[:n, :n]
+                for layer in tm.encoder.layers:
+                    attn = layer.self_attn
+                    h = layer.layer_norm1(x)
+                    heads, head_dim = attn.num_heads, attn.head_dim
+                    q = (attn.q_proj(h) * attn.scale).view(1, n, heads, head_dim).transpose(1, 2)
+                    k = attn.k_proj(h).view(1, n, heads, head_dim).transpose(1, 2)
+                    v = attn.v_proj(h).view(1, n, heads, head_dim).transpose(1, 2)
+                    weights = torch.softmax(q @ k.transpose(-1, -2) + mask, dim=-1)
+                    o = (weights @ v).transpose(1, 2).reshape(1, n, heads * head_dim)
+                    x = x + attn.out_proj(o)
+                    x = x + layer.mlp(layer.layer_norm2(x))
+                x = tm.final_layer_norm(x)
+                if self.eos_token_id == 2:
+                    # Legacy OpenAI configs: EOT (49407) is the largest id.
+                    eot = input_ids[0].argmax()
+                else:
+                    eot = (input_ids[0] == self.eos_token_id).to(torch.int32).argmax()
+                return self.proj(x[0, eot].unsqueeze(0))
 
         return Wrap(model)
 
-    @staticmethod
-    def open_clip(model):
-        import torch
 
-        class Wrap(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
+def clip_forward_matches_hf(model, lengths=(2, 9, 40, 77)) -> float:
+    """Max abs difference between the exported forward and transformers' own, over lengths."""
+    import torch
 
-            def forward(self, input_ids):
-                return self.m.encode_text(input_ids)
-
-        return Wrap(model)
+    wrapped = TextTower.hf_clip(model).eval()
+    worst = 0.0
+    eos = model.text_model.eos_token_id
+    for n in lengths:
+        ids = torch.tensor([[BOS_ID] + [320 + (i * 37) % 40000 for i in range(n - 2)] + [EOS_ID]])
+        with torch.no_grad():
+            ours = wrapped(ids)
+            hf = model.text_projection(model.text_model(input_ids=ids).pooler_output)
+        worst = max(worst, float((ours - hf).abs().max()))
+    assert eos in (2, EOS_ID), eos
+    return worst
 
     @staticmethod
     def siglip(model):
@@ -123,6 +156,63 @@ def random_clip(config: str, seed: int):
     model = CLIPModel(cfg).eval()
     common.seeded_reinit(model, seed)
     return model
+
+
+def open_clip_to_hf(oc):
+    """Copy an open_clip text tower into a transformers CLIPModel (same architecture).
+
+    Why not export open_clip directly: its nn.MultiheadAttention, traced by the
+    TorchScript exporter, freezes the sequence length into Reshape nodes, and
+    its positional table forces 77 ids. The transformers CLIP text model
+    exports with a clean dynamic "sequence" axis. The copy is checked against
+    open_clip's own encode_text on padded 77-token input.
+    """
+    import torch
+    from open_clip.transformer import QuickGELU
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
+
+    blocks = oc.transformer.resblocks
+    b0 = blocks[0]
+    for name in ("ls_1", "ls_2", "ln_attn"):
+        if not isinstance(getattr(b0, name, torch.nn.Identity()), torch.nn.Identity):
+            raise SystemExit(f"open_clip text block uses {name}: not a plain CLIP text tower")
+    proj = oc.text_projection
+    proj_w = proj.weight if isinstance(proj, torch.nn.Linear) else proj.T
+    text = CLIPTextConfig(
+        vocab_size=oc.token_embedding.num_embeddings, hidden_size=oc.positional_embedding.shape[1],
+        intermediate_size=b0.mlp.c_fc.out_features, num_hidden_layers=len(blocks),
+        num_attention_heads=b0.attn.num_heads, max_position_embeddings=oc.positional_embedding.shape[0],
+        hidden_act="quick_gelu" if isinstance(b0.mlp.gelu, QuickGELU) else "gelu",
+        projection_dim=proj_w.shape[0], bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=0)
+    cfg = CLIPConfig(text_config=text.to_dict(), projection_dim=proj_w.shape[0])
+    cfg._attn_implementation = "eager"
+    hf = CLIPModel(cfg).eval()
+    t = hf.text_model
+    with torch.no_grad():
+        t.embeddings.token_embedding.weight.copy_(oc.token_embedding.weight)
+        t.embeddings.position_embedding.weight.copy_(oc.positional_embedding)
+        for blk, layer in zip(blocks, t.encoder.layers):
+            a = layer.self_attn
+            for dst, w, b in zip((a.q_proj, a.k_proj, a.v_proj), blk.attn.in_proj_weight.chunk(3),
+                                 blk.attn.in_proj_bias.chunk(3)):
+                dst.weight.copy_(w)
+                dst.bias.copy_(b)
+            pairs = ((a.out_proj, blk.attn.out_proj), (layer.layer_norm1, blk.ln_1),
+                     (layer.layer_norm2, blk.ln_2), (layer.mlp.fc1, blk.mlp.c_fc), (layer.mlp.fc2, blk.mlp.c_proj))
+            for dst, src in pairs:
+                dst.weight.copy_(src.weight)
+                dst.bias.copy_(src.bias)
+        t.final_layer_norm.weight.copy_(oc.ln_final.weight)
+        t.final_layer_norm.bias.copy_(oc.ln_final.bias)
+        hf.text_projection.weight.copy_(proj_w)
+        ids = torch.zeros(1, text.max_position_embeddings, dtype=torch.long)
+        ids[0, :6] = torch.tensor([BOS_ID, 320, 1929, 2761, 525, EOS_ID])
+        want = oc.encode_text(ids)
+        got = hf.text_projection(t(input_ids=ids[:, :6]).pooler_output)
+        cos = torch.nn.functional.cosine_similarity(want, got).item()
+    if cos < 0.99999:
+        raise SystemExit(f"open_clip -> transformers copy differs (cosine {cos})")
+    return hf
 
 
 def load_hf(arch: str, model_id: str):
@@ -287,13 +377,15 @@ def build(args):
         return TextTower.hf_clip(model), model, src, "clip", 0, image
     if args.open_clip:
         import open_clip
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            args.open_clip, pretrained=None if args.random_weights else args.pretrained)
-        model.eval()
+        oc = open_clip.create_model(args.open_clip, pretrained=None if args.random_weights else args.pretrained)
+        oc.eval()
         if args.random_weights:
-            common.seeded_reinit(model, args.seed)
+            common.seeded_reinit(oc, args.seed)
+        pre = getattr(oc.visual, "preprocess_cfg", {}) or {}
+        image = dict(image_size=int(pre.get("size", 224)) if isinstance(pre.get("size", 224), int) else 224,
+                     mean=list(pre.get("mean", CLIP_MEAN)), std=list(pre.get("std", CLIP_STD)))
         src = f"open_clip {args.open_clip} pretrained={args.pretrained} (see the open_clip model card for its licence)"
-        return TextTower.open_clip(model), None, src, "clip", 0, image
+        return TextTower.hf_clip(open_clip_to_hf(oc)), None, src, "clip", 0, image
     if args.arch == "mclip":
         return load_mclip(args.model), None, f"HF {args.model} (M-CLIP; check its licence)", "xlmr", 1, image
     model = load_hf(args.arch, args.model)
