@@ -1,0 +1,219 @@
+//! The text tower on tract: one optimized plan with a symbolic sequence length, so a query runs
+//! exactly as many positions as it has tokens.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use crate::card::{ModelCard, Pooling};
+use crate::tokenize::{TextTokenizer, Tokens};
+use crate::TextError;
+
+/// One encoded text.
+#[derive(Debug, Clone)]
+pub struct Encoding {
+    /// The embedding, L2-normalized when the card says so.
+    pub embedding: Vec<f32>,
+    /// Positions the model ran, special tokens included.
+    pub tokens: usize,
+    /// The text was longer than `max_tokens` and was cut.
+    pub truncated: bool,
+}
+
+/// Which token-derived tensor feeds each graph input, in the graph's input order.
+#[derive(Debug, Clone, Copy)]
+enum InputKind {
+    Ids,
+    Mask,
+    TypeIds,
+    Positions,
+}
+
+pub struct TextEncoder {
+    card: ModelCard,
+    tokenizer: TextTokenizer,
+    plan: Arc<TypedRunnableModel>,
+    inputs: Vec<InputKind>,
+}
+
+impl TextEncoder {
+    /// Loads a model package directory: `model.toml`, the ONNX graph and `tokenizer.json`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(dir: impl AsRef<std::path::Path>) -> Result<TextEncoder, TextError> {
+        let dir = dir.as_ref();
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|source| TextError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let card_bytes = read("model.toml")?;
+        let card_text = String::from_utf8(card_bytes).map_err(|_| TextError::Card {
+            reason: "model.toml is not UTF-8".to_string(),
+        })?;
+        let card = ModelCard::from_toml(&card_text)?;
+        let tokenizer_json = read(&card.tokenizer_file)?;
+        let onnx_path = dir.join(&card.onnx_file);
+        // From a path tract memory-maps the file and resolves external weight files beside it.
+        let model = tract_onnx::onnx()
+            .model_for_path(&onnx_path)
+            .map_err(|error| TextError::ModelLoad {
+                reason: format!("{}: {error:#}", onnx_path.display()),
+            })?;
+        TextEncoder::from_parts(card, &tokenizer_json, model)
+    }
+
+    /// Builds an encoder from bytes already in memory (the Worker fetches them).
+    pub fn from_bytes(
+        card_toml: &str,
+        tokenizer_json: &[u8],
+        onnx: &[u8],
+    ) -> Result<TextEncoder, TextError> {
+        let card = ModelCard::from_toml(card_toml)?;
+        let mut reader = onnx;
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut reader)
+            .map_err(|error| TextError::ModelLoad {
+                reason: format!("{error:#}"),
+            })?;
+        TextEncoder::from_parts(card, tokenizer_json, model)
+    }
+
+    fn from_parts(
+        card: ModelCard,
+        tokenizer_json: &[u8],
+        model: InferenceModel,
+    ) -> Result<TextEncoder, TextError> {
+        let tokenizer = TextTokenizer::from_bytes(tokenizer_json, card.max_tokens)?;
+        let (plan, inputs) = optimize(&card, model).map_err(|error| TextError::ModelLoad {
+            reason: format!("{error:#}"),
+        })?;
+        Ok(TextEncoder {
+            card,
+            tokenizer,
+            plan,
+            inputs,
+        })
+    }
+
+    pub fn card(&self) -> &ModelCard {
+        &self.card
+    }
+
+    pub fn tokenize(&self, text: &str) -> Result<Tokens, TextError> {
+        self.tokenizer.tokenize(text)
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Encoding, TextError> {
+        let tokens = self.tokenizer.tokenize(text)?;
+        self.encode_tokens(&tokens)
+    }
+
+    /// Runs the graph on token ids as given (tests feed padded ids through here too).
+    pub fn encode_tokens(&self, tokens: &Tokens) -> Result<Encoding, TextError> {
+        let inference = |error: TractError| TextError::Inference {
+            reason: format!("{error:#}"),
+        };
+        let positions = tokens.ids.len();
+        let inputs: TVec<TValue> = self
+            .inputs
+            .iter()
+            .map(|kind| {
+                let values: Vec<i64> = match kind {
+                    InputKind::Ids => tokens.ids.clone(),
+                    InputKind::Mask => vec![1; positions],
+                    InputKind::TypeIds => tokens.type_ids.clone(),
+                    InputKind::Positions => (0..positions as i64).collect(),
+                };
+                tract_ndarray::Array2::from_shape_vec((1, positions), values)
+                    .map(|array| Tensor::from(array).into())
+                    .map_err(|error| TextError::Inference {
+                        reason: error.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let outputs = self.plan.run(inputs).map_err(inference)?;
+        let output = outputs[0].to_plain_array_view::<f32>().map_err(inference)?;
+        let mut embedding = pool(&self.card, output.as_slice().unwrap_or(&[]), output.shape())?;
+        if self.card.normalize {
+            normalize(&mut embedding);
+        }
+        Ok(Encoding {
+            embedding,
+            tokens: positions,
+            truncated: tokens.truncated,
+        })
+    }
+}
+
+fn optimize(
+    card: &ModelCard,
+    mut model: InferenceModel,
+) -> TractResult<(Arc<TypedRunnableModel>, Vec<InputKind>)> {
+    let sequence = model.symbols.sym("sequence");
+    let mut kinds = Vec::new();
+    for input_index in 0..model.inputs.len() {
+        let name = model.node(model.inputs[input_index].node).name.clone();
+        let kind = match name.as_str() {
+            "input_ids" => InputKind::Ids,
+            "attention_mask" => InputKind::Mask,
+            "token_type_ids" => InputKind::TypeIds,
+            "position_ids" => InputKind::Positions,
+            other => {
+                return Err(TractError::msg(format!(
+                    "graph input {other:?} is not one the encoder can fill"
+                )))
+            }
+        };
+        if !card.inputs.iter().any(|declared| declared == &name) {
+            return Err(TractError::msg(format!(
+                "graph input {name:?} is not listed in the model card's inputs {:?}",
+                card.inputs
+            )));
+        }
+        kinds.push(kind);
+        let fact = InferenceFact::dt_shape(i64::datum_type(), tvec!(1.to_dim(), sequence.to_dim()));
+        model = model.with_input_fact(input_index, fact)?;
+    }
+    model.select_outputs_by_name([card.output.as_str()])?;
+    let plan = model.into_optimized()?.into_runnable()?;
+    Ok((plan, kinds))
+}
+
+fn pool(card: &ModelCard, values: &[f32], shape: &[usize]) -> Result<Vec<f32>, TextError> {
+    let dim = card.dim;
+    let bad_shape = || TextError::Inference {
+        reason: format!(
+            "output {:?} has shape {shape:?}, expected a last axis of {dim}",
+            card.output
+        ),
+    };
+    if shape.last() != Some(&dim) || values.len() % dim != 0 || values.is_empty() {
+        return Err(bad_shape());
+    }
+    let rows = values.len() / dim;
+    match card.pooling {
+        Pooling::Pooled if rows == 1 => Ok(values.to_vec()),
+        Pooling::Pooled => Err(bad_shape()),
+        Pooling::Cls => Ok(values[..dim].to_vec()),
+        Pooling::Mean => {
+            let mut sum = vec![0f32; dim];
+            for row in values.chunks_exact(dim) {
+                for (total, value) in sum.iter_mut().zip(row) {
+                    *total += value;
+                }
+            }
+            let scale = 1.0 / rows as f32;
+            sum.iter_mut().for_each(|total| *total *= scale);
+            Ok(sum)
+        }
+    }
+}
+
+fn normalize(vector: &mut [f32]) {
+    let norm = vector.iter().map(|value| value * value).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|value| *value /= norm);
+    }
+}

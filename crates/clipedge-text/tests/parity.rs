@@ -1,0 +1,221 @@
+//! Parity of the Rust encoder with reference outputs that onnxruntime produced once from the
+//! fp32 models (`models/<name>/reference.json`, padded inputs), and of the tokenizer with the
+//! reference CLIP tokenizer.
+
+use std::path::PathBuf;
+
+use clipedge_text::{fingerprint, ModelCard, TextEncoder, TextError, Tokens};
+use serde_json::Value;
+
+fn package(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name)
+}
+
+fn read_json(path: PathBuf) -> Value {
+    let bytes = std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn ids_of(value: &Value) -> Vec<i64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_i64().unwrap())
+        .collect()
+}
+
+fn floats_of(value: &Value) -> Vec<f32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// Loads a package and checks every reference text: same ids, embedding within `min_cosine`.
+fn check_reference(name: &str, min_cosine: f32) -> TextEncoder {
+    let encoder = TextEncoder::load(package(name)).unwrap();
+    let reference = read_json(package(name).join("reference.json"));
+    let entries = reference.as_array().unwrap();
+    assert!(entries.len() >= 8, "{name}: too few reference texts");
+    for entry in entries {
+        let text = entry["text"].as_str().unwrap();
+        let encoding = encoder.encode(text).unwrap();
+        let tokens = encoder.tokenize(text).unwrap();
+        assert_eq!(tokens.ids, ids_of(&entry["ids"]), "{name}: ids of {text:?}");
+        assert_eq!(encoding.tokens, tokens.ids.len());
+        let similarity = cosine(&encoding.embedding, &floats_of(&entry["embedding"]));
+        assert!(
+            similarity >= min_cosine,
+            "{name}: cosine {similarity} < {min_cosine} for {text:?}"
+        );
+        let norm: f32 = encoding.embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(
+            (norm - 1.0).abs() < 1e-4,
+            "{name}: embedding not normalized ({norm})"
+        );
+    }
+    encoder
+}
+
+#[test]
+fn tiny_clip_matches_onnxruntime_reference() {
+    check_reference("tiny-clip", 0.9999);
+}
+
+#[test]
+fn fingerprints_match_package_files() {
+    for name in ["tiny-clip", "minilm-l6-v2"] {
+        let dir = package(name);
+        let card = ModelCard::from_toml(&std::fs::read_to_string(dir.join("model.toml")).unwrap())
+            .unwrap();
+        let onnx = std::fs::read(dir.join(&card.onnx_file)).unwrap();
+        let tokenizer = std::fs::read(dir.join(&card.tokenizer_file)).unwrap();
+        assert_eq!(card.fingerprint, fingerprint(&onnx, &tokenizer), "{name}");
+    }
+}
+
+#[test]
+fn clip_tokenizer_matches_open_clip_ids() {
+    let encoder = TextEncoder::load(package("tiny-clip")).unwrap();
+    let reference = read_json(package("tiny-clip").join("tokenizer_reference.json"));
+    let entries = reference["entries"].as_array().unwrap();
+    assert!(entries.len() >= 30);
+    let mut mismatches = Vec::new();
+    for entry in entries {
+        let text = entry["text"].as_str().unwrap();
+        let expected = ids_of(&entry["ids"]);
+        match encoder.tokenize(text) {
+            Ok(tokens) if tokens.ids == expected => {
+                let untruncated = ids_of(&entry["ids_untruncated"]);
+                assert_eq!(
+                    tokens.truncated,
+                    untruncated.len() > expected.len(),
+                    "{text:?}"
+                );
+            }
+            Ok(tokens) => {
+                mismatches.push(format!("{text:?}: got {:?} want {expected:?}", tokens.ids))
+            }
+            Err(error) => mismatches.push(format!("{text:?}: {error}")),
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+/// CLIP's causal mask and EOT pooling make the padded 77-position run equal the unpadded one;
+/// the reference proves it against onnxruntime, this proves it inside tract too.
+#[test]
+fn unpadded_clip_run_equals_padded_run() {
+    let encoder = TextEncoder::load(package("tiny-clip")).unwrap();
+    for text in ["a dog running on the beach", "서울의 밤거리 풍경", "red"] {
+        let tokens = encoder.tokenize(text).unwrap();
+        let unpadded = encoder.encode_tokens(&tokens).unwrap();
+        let mut padded_ids = tokens.ids.clone();
+        padded_ids.resize(77, 0);
+        let padded = Tokens {
+            type_ids: vec![0; 77],
+            ids: padded_ids,
+            truncated: false,
+        };
+        let padded = encoder.encode_tokens(&padded).unwrap();
+        let similarity = cosine(&unpadded.embedding, &padded.embedding);
+        assert!(similarity > 0.99999, "{text:?}: {similarity}");
+    }
+}
+
+#[test]
+fn over_long_text_is_truncated_with_eot_last() {
+    let encoder = TextEncoder::load(package("tiny-clip")).unwrap();
+    let long_text = "a dog running on the beach ".repeat(200);
+    let tokens = encoder.tokenize(&long_text).unwrap();
+    assert_eq!(tokens.ids.len(), 77);
+    assert_eq!(tokens.ids[0], 49406);
+    assert_eq!(tokens.ids[76], 49407);
+    assert!(tokens.truncated);
+    let encoding = encoder.encode(&long_text).unwrap();
+    assert_eq!(encoding.tokens, 77);
+    assert!(encoding.truncated);
+    assert!(!encoder.encode("a dog").unwrap().truncated);
+}
+
+#[test]
+fn empty_and_token_free_text_are_clear_errors() {
+    let encoder = TextEncoder::load(package("tiny-clip")).unwrap();
+    for text in ["", "   ", "\n\t "] {
+        assert!(
+            matches!(encoder.encode(text), Err(TextError::EmptyInput)),
+            "{text:?}"
+        );
+    }
+    assert_eq!(TextError::EmptyInput.to_string(), "text is empty");
+}
+
+#[test]
+fn bad_packages_are_load_errors_not_panics() {
+    let scratch = tempdir();
+    let card = std::fs::read_to_string(package("tiny-clip").join("model.toml")).unwrap();
+    let tokenizer = std::fs::read(package("tiny-clip").join("tokenizer.json")).unwrap();
+    let onnx = std::fs::read(package("tiny-clip").join("text.onnx")).unwrap();
+
+    let missing = TextEncoder::load(scratch.join("nothing-here"))
+        .err()
+        .unwrap();
+    assert!(matches!(missing, TextError::Io { .. }), "{missing}");
+
+    let truncated_model = TextEncoder::from_bytes(&card, &tokenizer, &onnx[..onnx.len() / 2])
+        .err()
+        .unwrap();
+    assert!(
+        matches!(truncated_model, TextError::ModelLoad { .. }),
+        "{truncated_model}"
+    );
+
+    let bad_tokenizer = TextEncoder::from_bytes(&card, b"{not json", &onnx)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(bad_tokenizer, TextError::Tokenizer { .. }),
+        "{bad_tokenizer}"
+    );
+
+    let wrong_output = card.replace("output = \"text_embeds\"", "output = \"no_such_output\"");
+    let error = TextEncoder::from_bytes(&wrong_output, &tokenizer, &onnx)
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("no_such_output"), "{error}");
+
+    let wrong_dim = card.replace("dim = 16", "dim = 17");
+    let encoder = TextEncoder::from_bytes(&wrong_dim, &tokenizer, &onnx).unwrap();
+    assert!(matches!(
+        encoder.encode("a dog"),
+        Err(TextError::Inference { .. })
+    ));
+
+    let bad_card = card.replace("pooling = \"pooled\"", "pooling = \"max\"");
+    assert!(matches!(
+        TextEncoder::from_bytes(&bad_card, &tokenizer, &onnx),
+        Err(TextError::Card { .. })
+    ));
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("clipedge-text-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
