@@ -44,11 +44,36 @@ REFERENCE_TEXTS = [
 
 
 def fingerprint(onnx_path: Path, tokenizer_path: Path) -> str:
-    """First 16 hex chars of sha256(text.onnx || tokenizer.json): the id an index records."""
+    """First 16 hex chars of sha256(text.onnx || [text.onnx.data] || tokenizer.json).
+
+    The id an index records. The external-data file (only with
+    --external-data) is hashed between the two so the weights always count.
+    """
     h = hashlib.sha256()
     h.update(onnx_path.read_bytes())
+    data = onnx_path.with_name(onnx_path.name + ".data")
+    if data.exists():
+        h.update(data.read_bytes())
     h.update(tokenizer_path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def to_external_data(onnx_path: Path) -> str:
+    """Move the weights of text.onnx into text.onnx.data (ONNX external data, one file).
+
+    Why: a Worker can fetch the graph and the weights separately and hand
+    tensors to tract one by one instead of holding a second copy of one big
+    protobuf (see TOOLCHAIN.md, the B/32 tower inside workerd). Returns the
+    data file name recorded in the card.
+    """
+    model = onnx.load(str(onnx_path))
+    name = onnx_path.name + ".data"
+    data = onnx_path.with_name(name)
+    if data.exists():
+        data.unlink()
+    onnx.save_model(model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=name, size_threshold=1024)
+    return name
 
 
 def _toml_value(v) -> str:

@@ -362,6 +362,8 @@ def parse_args(argv=None):
     ap.add_argument("--quantize", choices=["fp32", *common.QUANTIZERS], default="fp32",
                     help="what text.onnx holds; the reference always comes from fp32")
     ap.add_argument("--keep-fp32", action="store_true", help="keep text.fp32.onnx next to a quantized text.onnx")
+    ap.add_argument("--external-data", action="store_true",
+                    help="store the weights in text.onnx.data (ONNX external data) next to text.onnx")
     ap.add_argument("--image", action="store_true", help="also export image.onnx (fp32)")
     ap.add_argument("--max-tokens", type=int, default=CONTEXT)
     return ap.parse_args(argv)
@@ -409,6 +411,7 @@ def main(argv=None) -> int:
     tower, model, source, family, pad_id, image = build(args)
     tower.eval()
 
+    (out / "text.onnx.data").unlink(missing_ok=True)  # a stale one would enter the fingerprint
     tok = tokenizer_for(args)
     tok_path = out / "tokenizer.json"
     save_tokenizer(tok, tok_path)
@@ -433,6 +436,8 @@ def main(argv=None) -> int:
         if not args.keep_fp32:
             fp32_path.unlink()
 
+    if args.external_data:
+        card_extra["external_data"] = common.to_external_data(text_path)
     note = (f"onnxruntime on the fp32 text tower, ids padded to {args.max_tokens} with id {pad_id} "
             f"(CLIP convention), embedding L2-normalised; produced by models/export_clip.py")
     common.write_reference(out / "reference.json", entries)

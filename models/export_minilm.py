@@ -147,6 +147,8 @@ def main(argv=None) -> int:
                     help="graph inputs, comma-separated, from input_ids,attention_mask,token_type_ids")
     ap.add_argument("--max-tokens", type=int, default=None,
                     help="default: max_seq_length of sentence_bert_config.json (256)")
+    ap.add_argument("--external-data", action="store_true",
+                    help="store the weights in text.onnx.data (ONNX external data) next to text.onnx")
     ap.add_argument("--keep-fp32", action="store_true", help="keep text.fp32.onnx next to a quantized text.onnx")
     args = ap.parse_args(argv)
     inputs = args.inputs.split(",")
@@ -157,6 +159,7 @@ def main(argv=None) -> int:
     max_tokens = args.max_tokens or json.loads((src / "sentence_bert_config.json").read_text())["max_seq_length"]
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    (out / "text.onnx.data").unlink(missing_ok=True)  # a stale one would enter the fingerprint
     tok_path = out / "tokenizer.json"
     write_tokenizer(src, tok_path)
     tok = Tokenizer.from_file(str(tok_path))
@@ -181,6 +184,8 @@ def main(argv=None) -> int:
             fp32_path.unlink()
     semantic_smoke(text_path, inputs, tok)
 
+    if args.external_data:
+        extra["external_data"] = common.to_external_data(text_path)
     common.write_reference(out / "reference.json", entries)
     fields = {
         "name": args.name, "family": "bert", "dim": 384, "max_tokens": max_tokens,
