@@ -342,7 +342,12 @@ def tokenizer_for(args):
     if args.arch == "clip":
         return build_clip_tokenizer()
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(args.model).backend_tokenizer
+    hf_tok = AutoTokenizer.from_pretrained(args.model)
+    if hasattr(hf_tok, "backend_tokenizer"):
+        tok = hf_tok.backend_tokenizer
+    else:  # slow-only tokenizers (SigLIP v1's SentencePiece): convert to the tokenizers format
+        from transformers.convert_slow_tokenizer import convert_slow_tokenizer
+        tok = convert_slow_tokenizer(hf_tok)
     tok.no_truncation()
     tok.no_padding()
     return tok
