@@ -37,7 +37,8 @@ pub struct ModelCard {
     pub output: String,
     #[serde(default)]
     pub quantization: Option<String>,
-    /// First 16 hex digits of SHA-256 over `text.onnx` then `tokenizer.json`.
+    /// First 16 hex digits of SHA-256 over `text.onnx`, `text.onnx.data` (if present), then
+    /// `tokenizer.json`; see [`fingerprint`].
     pub fingerprint: String,
     #[serde(default)]
     pub source: Option<String>,
@@ -46,6 +47,9 @@ pub struct ModelCard {
     pub onnx_file: String,
     #[serde(default = "default_tokenizer_file")]
     pub tokenizer_file: String,
+    /// Lowest cosine this (quantized) graph must reach against the fp32 `reference.json`.
+    #[serde(default)]
+    pub reference_tolerance: Option<f32>,
 }
 
 fn default_true() -> bool {
@@ -112,10 +116,18 @@ impl ModelCard {
     }
 }
 
-/// The fingerprint a model card records: it changes whenever weights or vocabulary change.
-pub fn fingerprint(onnx_bytes: &[u8], tokenizer_bytes: &[u8]) -> String {
+/// The fingerprint a model card records: SHA-256 over the graph, its external weight file if it
+/// has one, and the tokenizer, so it changes whenever weights or vocabulary change.
+pub fn fingerprint(
+    onnx_bytes: &[u8],
+    external_data: Option<&[u8]>,
+    tokenizer_bytes: &[u8],
+) -> String {
     let mut hasher = Sha256::new();
     hasher.update(onnx_bytes);
+    if let Some(data) = external_data {
+        hasher.update(data);
+    }
     hasher.update(tokenizer_bytes);
     let digest = hasher.finalize();
     digest[..8]

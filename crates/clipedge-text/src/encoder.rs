@@ -29,6 +29,43 @@ enum InputKind {
     Positions,
 }
 
+/// A model package's files as bytes.
+pub struct PackageBytes<'a> {
+    pub card_toml: &'a str,
+    pub tokenizer_json: &'a [u8],
+    pub onnx: &'a [u8],
+    /// `text.onnx.data` for graphs exported with external weights.
+    pub external_data: Option<Arc<Vec<u8>>>,
+}
+
+/// Serves every external-data read from the one weight file held in memory.
+struct InMemoryData(Arc<Vec<u8>>);
+
+impl tract_onnx::data_resolver::ModelDataResolver for InMemoryData {
+    fn read_bytes_from_path(
+        &self,
+        buf: &mut Vec<u8>,
+        path: &std::path::Path,
+        offset: usize,
+        length: Option<usize>,
+    ) -> TractResult<()> {
+        let data = &self.0[..];
+        let end = match length {
+            Some(length) => offset.checked_add(length),
+            None => Some(data.len()),
+        };
+        let Some(bytes) = end.and_then(|end| data.get(offset..end)) else {
+            return Err(TractError::msg(format!(
+                "external data {} [{offset}, +{length:?}) is outside the {}-byte weight file",
+                path.display(),
+                data.len()
+            )));
+        };
+        buf.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 pub struct TextEncoder {
     card: ModelCard,
     tokenizer: TextTokenizer,
@@ -37,7 +74,8 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
-    /// Loads a model package directory: `model.toml`, the ONNX graph and `tokenizer.json`.
+    /// Loads a model package directory: `model.toml`, the ONNX graph (with its external weight
+    /// file, if any) and `tokenizer.json`.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(dir: impl AsRef<std::path::Path>) -> Result<TextEncoder, TextError> {
         let dir = dir.as_ref();
@@ -55,7 +93,7 @@ impl TextEncoder {
         let card = ModelCard::from_toml(&card_text)?;
         let tokenizer_json = read(&card.tokenizer_file)?;
         let onnx_path = dir.join(&card.onnx_file);
-        // From a path tract memory-maps the file and resolves external weight files beside it.
+        // From a path tract memory-maps the graph and resolves external weight files beside it.
         let model = tract_onnx::onnx()
             .model_for_path(&onnx_path)
             .map_err(|error| TextError::ModelLoad {
@@ -64,20 +102,30 @@ impl TextEncoder {
         TextEncoder::from_parts(card, &tokenizer_json, model)
     }
 
-    /// Builds an encoder from bytes already in memory (the Worker fetches them).
-    pub fn from_bytes(
-        card_toml: &str,
-        tokenizer_json: &[u8],
-        onnx: &[u8],
-    ) -> Result<TextEncoder, TextError> {
-        let card = ModelCard::from_toml(card_toml)?;
-        let mut reader = onnx;
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut reader)
-            .map_err(|error| TextError::ModelLoad {
-                reason: format!("{error:#}"),
-            })?;
-        TextEncoder::from_parts(card, tokenizer_json, model)
+    /// Builds an encoder from a package already in memory (the Worker fetches its objects).
+    pub fn from_package(package: PackageBytes<'_>) -> Result<TextEncoder, TextError> {
+        let card = ModelCard::from_toml(package.card_toml)?;
+        let model_load = |error: TractError| TextError::ModelLoad {
+            reason: format!("{error:#}"),
+        };
+        let mut framework = tract_onnx::onnx();
+        if let Some(data) = package.external_data {
+            framework.provider = Arc::new(InMemoryData(data));
+        }
+        let mut reader = package.onnx;
+        let proto = framework
+            .proto_model_for_read(&mut reader)
+            .map_err(model_load)?;
+        // A model directory must be named for tract to resolve external data; the in-memory
+        // resolver ignores it.
+        let parsed = framework.parse(&proto, Some(".")).map_err(model_load)?;
+        drop(proto);
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(TextError::ModelLoad {
+                reason: format!("graph has unresolved inputs {:?}", parsed.unresolved_inputs),
+            });
+        }
+        TextEncoder::from_parts(card, package.tokenizer_json, parsed.model)
     }
 
     fn from_parts(
@@ -189,7 +237,7 @@ fn pool(card: &ModelCard, values: &[f32], shape: &[usize]) -> Result<Vec<f32>, T
             card.output
         ),
     };
-    if shape.last() != Some(&dim) || values.len() % dim != 0 || values.is_empty() {
+    if shape.last() != Some(&dim) || !values.len().is_multiple_of(dim) || values.is_empty() {
         return Err(bad_shape());
     }
     let rows = values.len() / dim;

@@ -12,6 +12,6 @@ mod error;
 mod tokenize;
 
 pub use card::{fingerprint, ModelCard, Pooling};
-pub use encoder::{Encoding, TextEncoder};
+pub use encoder::{Encoding, PackageBytes, TextEncoder};
 pub use error::TextError;
 pub use tokenize::{TextTokenizer, Tokens};

@@ -52,10 +52,7 @@ impl TextTokenizer {
             .map_err(|error| TextError::Tokenize {
                 reason: error.to_string(),
             })?;
-        let has_content_token = encoding
-            .get_special_tokens_mask()
-            .iter()
-            .any(|&special| special == 0);
+        let has_content_token = encoding.get_special_tokens_mask().contains(&0);
         if !has_content_token {
             return Err(TextError::NoTokens);
         }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clipedge_text::{fingerprint, ModelCard, TextEncoder, TextError, Tokens};
+use clipedge_text::{fingerprint, ModelCard, PackageBytes, TextEncoder, TextError, Tokens};
 use serde_json::Value;
 
 fn package(name: &str) -> PathBuf {
@@ -80,8 +80,13 @@ fn fingerprints_match_package_files() {
         let card = ModelCard::from_toml(&std::fs::read_to_string(dir.join("model.toml")).unwrap())
             .unwrap();
         let onnx = std::fs::read(dir.join(&card.onnx_file)).unwrap();
+        let data = std::fs::read(dir.join(format!("{}.data", card.onnx_file))).ok();
         let tokenizer = std::fs::read(dir.join(&card.tokenizer_file)).unwrap();
-        assert_eq!(card.fingerprint, fingerprint(&onnx, &tokenizer), "{name}");
+        assert_eq!(
+            card.fingerprint,
+            fingerprint(&onnx, data.as_deref(), &tokenizer),
+            "{name}"
+        );
     }
 }
 
@@ -178,7 +183,7 @@ fn bad_packages_are_load_errors_not_panics() {
         .unwrap();
     assert!(matches!(missing, TextError::Io { .. }), "{missing}");
 
-    let truncated_model = TextEncoder::from_bytes(&card, &tokenizer, &onnx[..onnx.len() / 2])
+    let truncated_model = from_bytes(&card, &tokenizer, &onnx[..onnx.len() / 2])
         .err()
         .unwrap();
     assert!(
@@ -186,22 +191,18 @@ fn bad_packages_are_load_errors_not_panics() {
         "{truncated_model}"
     );
 
-    let bad_tokenizer = TextEncoder::from_bytes(&card, b"{not json", &onnx)
-        .err()
-        .unwrap();
+    let bad_tokenizer = from_bytes(&card, b"{not json", &onnx).err().unwrap();
     assert!(
         matches!(bad_tokenizer, TextError::Tokenizer { .. }),
         "{bad_tokenizer}"
     );
 
     let wrong_output = card.replace("output = \"text_embeds\"", "output = \"no_such_output\"");
-    let error = TextEncoder::from_bytes(&wrong_output, &tokenizer, &onnx)
-        .err()
-        .unwrap();
+    let error = from_bytes(&wrong_output, &tokenizer, &onnx).err().unwrap();
     assert!(error.to_string().contains("no_such_output"), "{error}");
 
     let wrong_dim = card.replace("dim = 16", "dim = 17");
-    let encoder = TextEncoder::from_bytes(&wrong_dim, &tokenizer, &onnx).unwrap();
+    let encoder = from_bytes(&wrong_dim, &tokenizer, &onnx).unwrap();
     assert!(matches!(
         encoder.encode("a dog"),
         Err(TextError::Inference { .. })
@@ -209,7 +210,7 @@ fn bad_packages_are_load_errors_not_panics() {
 
     let bad_card = card.replace("pooling = \"pooled\"", "pooling = \"max\"");
     assert!(matches!(
-        TextEncoder::from_bytes(&bad_card, &tokenizer, &onnx),
+        from_bytes(&bad_card, &tokenizer, &onnx),
         Err(TextError::Card { .. })
     ));
 }
@@ -218,4 +219,111 @@ fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("clipedge-text-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+fn from_bytes(card: &str, tokenizer: &[u8], onnx: &[u8]) -> Result<TextEncoder, TextError> {
+    TextEncoder::from_package(PackageBytes {
+        card_toml: card,
+        tokenizer_json: tokenizer,
+        onnx,
+        external_data: None,
+    })
+}
+
+fn card_of(name: &str) -> ModelCard {
+    ModelCard::from_toml(&std::fs::read_to_string(package(name).join("model.toml")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn minilm_quantized_matches_fp32_reference() {
+    let tolerance = card_of("minilm-l6-v2").reference_tolerance.unwrap_or(0.995);
+    assert!(
+        tolerance >= 0.995,
+        "card tolerance {tolerance} is looser than the acceptance bar"
+    );
+    check_reference("minilm-l6-v2", tolerance);
+}
+
+/// Real semantics: a query is nearer its paraphrase than an unrelated text, for every triple.
+#[test]
+fn minilm_ranks_paraphrases_above_unrelated_texts() {
+    let encoder = TextEncoder::load(package("minilm-l6-v2")).unwrap();
+    let triples = [
+        (
+            "a dog running on the beach",
+            "a puppy playing on the sand by the sea",
+            "quarterly tax spreadsheet",
+        ),
+        (
+            "a red sports car",
+            "a fast crimson automobile",
+            "a bowl of vegetable soup",
+        ),
+        (
+            "snow-covered mountains at sunrise",
+            "alpine peaks with snow in the morning light",
+            "a cat sleeping on a sofa",
+        ),
+        (
+            "a plate of spaghetti",
+            "pasta with tomato sauce",
+            "an airplane taking off",
+        ),
+        (
+            "children playing football",
+            "kids kicking a soccer ball in a park",
+            "an old typewriter on a desk",
+        ),
+        (
+            "a bird flying over the ocean",
+            "a seagull gliding above the waves",
+            "a pile of unpaid invoices",
+        ),
+    ];
+    for (query, near, far) in triples {
+        let embed = |text: &str| encoder.encode(text).unwrap().embedding;
+        let (q, n, f) = (embed(query), embed(near), embed(far));
+        let (near_score, far_score) = (cosine(&q, &n), cosine(&q, &f));
+        assert!(
+            near_score > far_score + 0.1,
+            "{query:?}: near {near_score} vs far {far_score}"
+        );
+    }
+}
+
+#[test]
+fn minilm_truncates_at_its_own_max_tokens() {
+    let encoder = TextEncoder::load(package("minilm-l6-v2")).unwrap();
+    let max_tokens = encoder.card().max_tokens;
+    let encoding = encoder.encode(&"the quick brown fox ".repeat(300)).unwrap();
+    assert_eq!(encoding.tokens, max_tokens);
+    assert!(encoding.truncated);
+}
+
+/// The Worker's path (bytes in memory) gives the same embedding as the native path (files).
+#[test]
+fn package_bytes_load_equals_directory_load() {
+    for name in ["tiny-clip", "minilm-l6-v2"] {
+        let dir = package(name);
+        let card_text = std::fs::read_to_string(dir.join("model.toml")).unwrap();
+        let card = ModelCard::from_toml(&card_text).unwrap();
+        let onnx = std::fs::read(dir.join(&card.onnx_file)).unwrap();
+        let data = std::fs::read(dir.join(format!("{}.data", card.onnx_file))).ok();
+        let tokenizer = std::fs::read(dir.join(&card.tokenizer_file)).unwrap();
+        let from_memory = TextEncoder::from_package(PackageBytes {
+            card_toml: &card_text,
+            tokenizer_json: &tokenizer,
+            onnx: &onnx,
+            external_data: data.map(std::sync::Arc::new),
+        })
+        .unwrap();
+        let from_dir = TextEncoder::load(&dir).unwrap();
+        let text = "a dog running on the beach";
+        assert_eq!(
+            from_memory.encode(text).unwrap().embedding,
+            from_dir.encode(text).unwrap().embedding,
+            "{name}"
+        );
+    }
 }
