@@ -5,8 +5,10 @@
 
 mod build;
 mod datagen;
+mod demo;
 mod progress;
 mod search;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +31,10 @@ enum Command {
     Search(search::SearchArgs),
     /// Write seeded synthetic CLIP-like base vectors, out-of-distribution queries and ground truth.
     Datagen(datagen::DatagenArgs),
+    /// Serve an index over HTTP: the /v1 API and the search page, the whole query path in-process.
+    Serve(serve::ServeArgs),
+    /// Build the bundled demo dataset into a local index (once, cached) and serve it.
+    Demo(demo::DemoArgs),
 }
 
 fn main() {
@@ -44,6 +50,8 @@ fn main() {
         Command::Build(args) => build::run(args),
         Command::Search(args) => search::run(args),
         Command::Datagen(args) => datagen::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     if let Err(error) = outcome {
         eprintln!("error: {error:#}");
