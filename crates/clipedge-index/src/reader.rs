@@ -218,6 +218,11 @@ impl IndexReader {
         &self.storage
     }
 
+    /// The product quantizer of the generation (for [`QueryTables::new`]).
+    pub fn pq(&self) -> &ProductQuantizer {
+        &self.pq
+    }
+
     fn object(&self, file: &str) -> String {
         generation_path(&self.manifest.generation, file)
     }
@@ -313,12 +318,12 @@ impl IndexReader {
 
     /// The stored (rerank) copy of vector `id` in list `list_id`, decoded to f32: what "more
     /// like this" searches with. Reads the list through the list cache; `None` when the list
-    /// does not hold the id.
+    /// does not hold the id. The stats count the GETs and bytes it took.
     pub async fn stored_vector(
         &self,
         list_id: u32,
         id: u64,
-    ) -> Result<Option<Vec<f32>>, IndexError> {
+    ) -> Result<(Option<Vec<f32>>, SearchStats), IndexError> {
         if self.manifest.rerank == RerankKind::None {
             return Err(IndexError::InvalidQuery {
                 reason: "the index stores no vector copies (rerank none)".to_string(),
@@ -343,7 +348,7 @@ impl IndexReader {
         let blobs = self.load_groups(&[group as u32], &mut stats).await?;
         let blob = &blobs[0];
         let Some(location) = blob.lists.get((list_id - blob.first_list) as usize) else {
-            return Ok(None);
+            return Ok((None, stats));
         };
         let probe = ProbedList {
             list_id,
@@ -355,7 +360,7 @@ impl IndexReader {
             .await?;
         let view = ListView::parse_verified(&bytes[0], &self.expectation(&probe))?;
         let Some(row) = (0..view.count).find(|row| view.id(*row) == id) else {
-            return Ok(None);
+            return Ok((None, stats));
         };
         let vector = match self.manifest.rerank {
             RerankKind::Fp16 => view
@@ -367,12 +372,13 @@ impl IndexReader {
                 let (scale, values) = view.rerank_int8(row);
                 values.iter().map(|v| scale * (*v as i8) as f32).collect()
             }
-            RerankKind::None => return Ok(None),
+            RerankKind::None => return Ok((None, stats)),
         };
-        Ok(Some(vector))
+        Ok((Some(vector), stats))
     }
 
-    fn expectation(&self, probe: &ProbedList) -> ListExpectation {
+    /// What the manifest and the group blob say the probed list's bytes must be.
+    pub fn expectation(&self, probe: &ProbedList) -> ListExpectation {
         ListExpectation {
             list_id: probe.list_id,
             count: probe.location.count,
@@ -384,7 +390,10 @@ impl IndexReader {
         }
     }
 
-    async fn load_groups(
+    /// The blobs of `group_ids` (fine centroids and list locations), in the given order: from
+    /// memory when `groups.bin` was preloaded, else from the group cache or with range GETs
+    /// (counted in `stats`).
+    pub async fn load_groups(
         &self,
         group_ids: &[u32],
         stats: &mut SearchStats,
