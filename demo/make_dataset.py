@@ -104,7 +104,8 @@ def caption_for(png: Path):
     for keyword in keywords:
         if keyword in STOP_KEYWORDS or keyword == creator_key or keyword in kept:
             continue
-        if keyword in title_words or len(keyword) > 40:
+        # Some files carry editor artefacts ("hash(0x8a3ecd4)") as keywords.
+        if keyword in title_words or len(keyword) > 40 or keyword.startswith("hash("):
             continue
         kept.append(keyword)
         if len(kept) == 6:

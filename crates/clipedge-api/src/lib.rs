@@ -7,6 +7,8 @@
 //! `rerank` and `dedup`; the limits are the constants below. A bad request gets a 4xx with
 //! `{"error": {"code", "message"}}`, the code one of [`ErrorCode`].
 
+pub mod web;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
@@ -543,14 +545,14 @@ mod tests {
     #[test]
     fn server_timing_lists_every_stage() {
         let timings = Timings {
-            encode: 3.14159,
+            encode: 3.1234,
             probe: 0.05,
             scan: f64::NAN,
             merge: -1.0,
         };
         assert_eq!(
             server_timing(&timings),
-            "encode;dur=3.14, probe;dur=0.05, scan;dur=0.00, merge;dur=0.00"
+            "encode;dur=3.12, probe;dur=0.05, scan;dur=0.00, merge;dur=0.00"
         );
     }
 

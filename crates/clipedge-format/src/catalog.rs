@@ -111,7 +111,7 @@ impl CatalogRef {
     /// Verifies an id-table block read at [`CatalogRef::block_range`] and returns one entry.
     pub fn decode_entry(&self, block: &[u8], index: usize) -> Result<CatalogEntry, FormatError> {
         let what = "catalog id table";
-        if block.len() < 4 || (block.len() - 4) as u64 % CATALOG_ENTRY_BYTES != 0 {
+        if block.len() < 4 || !((block.len() - 4) as u64).is_multiple_of(CATALOG_ENTRY_BYTES) {
             return Err(FormatError::invalid(
                 what,
                 "block length is not whole entries",

@@ -1,1 +1,53 @@
-//! The embedded query server: the whole query path in one process (axum).
+//! The embedded query server: the whole query path in one process (axum), the same `/v1` API
+//! and page as the edge Worker, over a local directory or an `s3://` index.
+//!
+//! - [`Engine`]: encode (`clipedge-text`) → probe, scan and rerank (`clipedge-index`) → merge and
+//!   de-duplicate (`clipedge-api`) → captions and image URLs from the generation's catalog.
+//! - [`router`]: `POST /v1/search`, `GET /v1/health`, `GET /v1/items/{id}`, `GET /media/…` (the
+//!   index root's images), the page at `/`, CORS.
+//! - [`demo`]: builds the bundled demo dataset into a cached index.
+
+pub mod demo;
+mod engine;
+mod http;
+
+pub use engine::{Engine, EngineError, DEMO_LABEL};
+pub use http::router;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Serves `engine` on `listener` until ctrl-c (or SIGTERM).
+pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>) -> std::io::Result<()> {
+    axum::serve(listener, router(engine))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+/// Binds `address` (port 0 picks a free port) and returns the listener and its real address.
+pub async fn bind(address: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,356 @@
+//! The in-process query path: encode → probe/scan/rerank → merge/dedup → caption and URL.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use clipedge_api::{
+    merge, resolve_url, ApiError, Candidate, ErrorCode, HealthResponse, Query, QueryStats,
+    SearchResponse, SearchResult, Timings, ValidSearch,
+};
+use clipedge_format::{decode_record, generation_path, record_range, CatalogRef, ItemRecord};
+use clipedge_index::{IndexError, IndexReader, OpenOptions, SearchParams};
+use clipedge_storage::Storage;
+use clipedge_text::{TextEncoder, TextError};
+use thiserror::Error;
+use tracing::{info, warn};
+
+/// What shows on the page next to the results when the index is the caption-embedding demo.
+pub const DEMO_LABEL: &str = "demo model: caption embeddings (all-MiniLM-L6-v2); deploy a CLIP export for pixel-based search";
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("cannot open index {location}")]
+    Index {
+        location: String,
+        #[source]
+        source: IndexError,
+    },
+    #[error("cannot load text model {dir}")]
+    Model {
+        dir: String,
+        #[source]
+        source: TextError,
+    },
+    #[error(
+        "index {location} was built with model {index_model} (fingerprint {index_fingerprint}), \
+         but the text encoder is {encoder_model} (fingerprint {encoder_fingerprint}): queries would \
+         be meaningless; serve it with the model it was built with, or rebuild the index"
+    )]
+    ModelMismatch {
+        location: String,
+        index_model: String,
+        index_fingerprint: String,
+        encoder_model: String,
+        encoder_fingerprint: String,
+    },
+    #[error("text model {model} makes {model_dim}-dimensional vectors, index {location} holds {index_dim}")]
+    DimensionMismatch {
+        location: String,
+        model: String,
+        model_dim: usize,
+        index_dim: u32,
+    },
+    #[error(transparent)]
+    Storage(#[from] clipedge_storage::StorageError),
+}
+
+/// Everything one query needs, opened once and shared by every request.
+pub struct Engine {
+    reader: IndexReader,
+    encoder: Option<Arc<TextEncoder>>,
+    root_base: String,
+    label: String,
+}
+
+fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, format!("{context}: {error}"))
+}
+
+fn index_error(error: IndexError) -> ApiError {
+    match error {
+        IndexError::InvalidQuery { reason } | IndexError::InvalidParams { reason } => {
+            ApiError::new(ErrorCode::InvalidQuery, reason)
+        }
+        other => internal("index read failed", other),
+    }
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl Engine {
+    /// Opens the index at `location` and checks that `encoder` is the model it was built with.
+    /// Without an encoder only `vector` and `id` queries are answered.
+    pub async fn open(
+        location: &str,
+        encoder: Option<Arc<TextEncoder>>,
+        root_base: &str,
+        label: &str,
+    ) -> Result<Engine, EngineError> {
+        let storage = Storage::open(location)?;
+        let reader = IndexReader::open(storage, OpenOptions::default())
+            .await
+            .map_err(|source| EngineError::Index {
+                location: location.to_string(),
+                source,
+            })?;
+        let manifest = reader.manifest();
+        if let Some(encoder) = &encoder {
+            let card = encoder.card();
+            if card.fingerprint != manifest.model.fingerprint {
+                return Err(EngineError::ModelMismatch {
+                    location: location.to_string(),
+                    index_model: manifest.model.id.clone(),
+                    index_fingerprint: manifest.model.fingerprint.clone(),
+                    encoder_model: card.name.clone(),
+                    encoder_fingerprint: card.fingerprint.clone(),
+                });
+            }
+            if card.dim != manifest.dim as usize {
+                return Err(EngineError::DimensionMismatch {
+                    location: location.to_string(),
+                    model: card.name.clone(),
+                    model_dim: card.dim,
+                    index_dim: manifest.dim,
+                });
+            }
+        }
+        info!(
+            location,
+            generation = manifest.generation,
+            count = manifest.count,
+            catalog = manifest.catalog.is_some(),
+            "index opened"
+        );
+        Ok(Engine {
+            reader,
+            encoder,
+            root_base: root_base.to_string(),
+            label: label.to_string(),
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.reader.manifest().dim as usize
+    }
+
+    pub fn storage(&self) -> &Storage {
+        self.reader.storage()
+    }
+
+    fn catalog(&self) -> Option<&CatalogRef> {
+        self.reader.manifest().catalog.as_ref()
+    }
+
+    fn catalog_object(&self, catalog: &CatalogRef) -> String {
+        generation_path(&self.reader.manifest().generation, &catalog.path)
+    }
+
+    pub fn health(&self) -> HealthResponse {
+        let manifest = self.reader.manifest();
+        HealthResponse {
+            status: "ok".to_string(),
+            generation: manifest.generation.clone(),
+            count: manifest.count,
+            dim: manifest.dim,
+            model: manifest.model.id.clone(),
+            label: self.label.clone(),
+            id_search: self.catalog().is_some(),
+        }
+    }
+
+    /// The list and record reference of `id` from the catalog's id table (one range GET).
+    async fn lookup(
+        &self,
+        id: u64,
+        stats: &mut QueryStats,
+    ) -> Result<clipedge_format::CatalogEntry, ApiError> {
+        let Some(catalog) = self.catalog() else {
+            return Err(ApiError::new(
+                ErrorCode::IdSearchUnsupported,
+                "this index has no catalog, so it cannot look items up by id",
+            ));
+        };
+        let Some((range, index)) = catalog.block_range(id) else {
+            return Err(ApiError::new(
+                ErrorCode::UnknownId,
+                format!("no item with id {id} (ids are 0..{})", catalog.items),
+            ));
+        };
+        stats.gets += 1;
+        stats.bytes += range.end - range.start;
+        let block = self
+            .storage()
+            .get_range(&self.catalog_object(catalog), range)
+            .await
+            .map_err(|error| internal("catalog read failed", error))?;
+        catalog
+            .decode_entry(&block, index)
+            .map_err(|error| internal("catalog read failed", error))
+    }
+
+    /// The records of `refs`, with one coalesced range read.
+    async fn records(
+        &self,
+        refs: &[u64],
+        stats: &mut QueryStats,
+    ) -> Result<Vec<ItemRecord>, ApiError> {
+        let Some(catalog) = self.catalog() else {
+            return Ok(vec![
+                ItemRecord {
+                    caption: String::new(),
+                    url: String::new(),
+                };
+                refs.len()
+            ]);
+        };
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ranges: Vec<_> = refs.iter().map(|r| record_range(*r)).collect();
+        let read = self
+            .storage()
+            .get_ranges(&self.catalog_object(catalog), &ranges)
+            .await
+            .map_err(|error| internal("catalog read failed", error))?;
+        stats.gets += read.requests as u64;
+        stats.bytes += read.bytes;
+        read.parts
+            .iter()
+            .map(|bytes| {
+                decode_record(bytes).map_err(|error| internal("catalog read failed", error))
+            })
+            .collect()
+    }
+
+    /// Caption and URL of one item, for the page's "more like this" header.
+    pub async fn item(&self, id: u64) -> Result<SearchResult, ApiError> {
+        let mut stats = QueryStats::default();
+        let entry = self.lookup(id, &mut stats).await?;
+        let record = self
+            .records(&[entry.metadata_ref], &mut stats)
+            .await?
+            .remove(0);
+        Ok(SearchResult {
+            id,
+            score: 1.0,
+            url: resolve_url(&self.root_base, &record.url),
+            caption: record.caption,
+        })
+    }
+
+    async fn query_vector(
+        &self,
+        query: Query,
+        stats: &mut QueryStats,
+    ) -> Result<Vec<f32>, ApiError> {
+        match query {
+            Query::Vector(vector) => Ok(vector),
+            Query::Text(text) => {
+                let Some(encoder) = self.encoder.clone() else {
+                    return Err(ApiError::new(
+                        ErrorCode::Internal,
+                        "this server has no text model: search by vector or id",
+                    ));
+                };
+                // The tower is CPU work: keep it off the async workers.
+                let encoding = tokio::task::spawn_blocking(move || encoder.encode(&text))
+                    .await
+                    .map_err(|error| internal("text encoder task failed", error))?;
+                match encoding {
+                    Ok(encoding) => Ok(encoding.embedding),
+                    Err(TextError::EmptyInput) => {
+                        Err(ApiError::new(ErrorCode::EmptyText, "text is empty"))
+                    }
+                    Err(error) => Err(internal("text encoding failed", error)),
+                }
+            }
+            Query::Id(id) => {
+                let entry = self.lookup(id, stats).await?;
+                let (vector, read_stats) =
+                    self.reader.stored_vector(entry.list_id, id).await.map_err(
+                        |error| match error {
+                            IndexError::InvalidQuery { reason } => {
+                                ApiError::new(ErrorCode::IdSearchUnsupported, reason)
+                            }
+                            other => internal("stored vector read failed", other),
+                        },
+                    )?;
+                stats.gets += read_stats.gets;
+                stats.bytes += read_stats.bytes_read;
+                vector.ok_or_else(|| {
+                    warn!(
+                        id,
+                        list = entry.list_id,
+                        "catalog names a list without the id"
+                    );
+                    internal(
+                        "index is inconsistent",
+                        format!("list {} does not hold id {id}", entry.list_id),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Answers one validated search.
+    pub async fn search(&self, search: ValidSearch) -> Result<SearchResponse, ApiError> {
+        let mut timings = Timings::default();
+        let mut stats = QueryStats::default();
+        let started = Instant::now();
+        let candidates = search.candidates();
+        let query = self.query_vector(search.query, &mut stats).await?;
+        timings.encode = elapsed_ms(started);
+
+        let params = SearchParams::new(candidates, search.nprobe, search.rerank);
+        let found = self
+            .reader
+            .search(&query, &params)
+            .await
+            .map_err(index_error)?;
+        let searched = Instant::now();
+        let index_stats = found.stats;
+        timings.probe = index_stats.route_us as f64 / 1e3;
+        timings.scan =
+            (index_stats.fetch_us + index_stats.scan_us + index_stats.rerank_us) as f64 / 1e3;
+        stats.gets += index_stats.gets;
+        stats.bytes += index_stats.bytes_read;
+
+        let hits: Vec<Candidate> = found
+            .hits
+            .iter()
+            .map(|hit| Candidate {
+                id: hit.id,
+                score: hit.score,
+                content_hash: hit.content_hash,
+                metadata_ref: hit.metadata_ref,
+            })
+            .collect();
+        let merged = merge(&[hits], search.k, search.dedup);
+        let refs: Vec<u64> = merged.iter().map(|hit| hit.metadata_ref).collect();
+        let records = self.records(&refs, &mut stats).await?;
+        let results = merged
+            .iter()
+            .zip(records)
+            .map(|(hit, record)| SearchResult {
+                id: hit.id,
+                score: hit.score,
+                url: if record.url.is_empty() {
+                    String::new()
+                } else {
+                    resolve_url(&self.root_base, &record.url)
+                },
+                caption: record.caption,
+            })
+            .collect();
+        timings.merge = elapsed_ms(searched);
+        Ok(SearchResponse {
+            results,
+            partial: false,
+            failed_lists: Vec::new(),
+            timings,
+            stats,
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! The HTTP surface: `/v1` API, the demo page, the index's media objects, CORS.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use clipedge_api::{parse_search_request, server_timing, ApiError, ErrorCode};
+use clipedge_storage::StorageError;
+use serde::Serialize;
+use tower_http::cors::{Any, CorsLayer};
+use tracing::debug;
+
+use crate::Engine;
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let bytes = match serde_json::to_vec(body) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            return error_response(&ApiError::new(ErrorCode::Internal, error.to_string()))
+        }
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+fn error_response(error: &ApiError) -> Response {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        error.to_json(),
+    )
+        .into_response()
+}
+
+async fn search(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    let request = match parse_search_request(&body) {
+        Ok(request) => request,
+        Err(error) => return error_response(&error),
+    };
+    let search = match request.validate(engine.dim()) {
+        Ok(search) => search,
+        Err(error) => return error_response(&error),
+    };
+    match engine.search(search).await {
+        Ok(response) => {
+            let mut http = json_response(StatusCode::OK, &response);
+            if let Ok(value) = HeaderValue::from_str(&server_timing(&response.timings)) {
+                http.headers_mut().insert("server-timing", value);
+            }
+            http
+        }
+        Err(error) => {
+            debug!(%error, "search failed");
+            error_response(&error)
+        }
+    }
+}
+
+async fn health(State(engine): State<Arc<Engine>>) -> Response {
+    json_response(StatusCode::OK, &engine.health())
+}
+
+async fn item(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error_response(&ApiError::new(
+            ErrorCode::UnknownId,
+            format!("item id {id:?} is not a non-negative integer"),
+        ));
+    };
+    match engine.item(id).await {
+        Ok(item) => json_response(StatusCode::OK, &item),
+        Err(error) => error_response(&error),
+    }
+}
+
+fn media_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().unwrap_or_default() {
+        "webp" => "image/webp",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "svg" => "image/svg+xml",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Objects under the index root's `media/` prefix (the images records point at).
+async fn media(State(engine): State<Arc<Engine>>, Path(path): Path<String>) -> Response {
+    let safe = !path.is_empty()
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+    if !safe {
+        return error_response(&ApiError::new(
+            ErrorCode::NotFound,
+            format!("no media object {path:?}"),
+        ));
+    }
+    match engine.storage().get(&format!("media/{path}")).await {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, media_type(&path)),
+                // Media objects are named by their content hash: they never change.
+                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(StorageError::NotFound { .. }) => error_response(&ApiError::new(
+            ErrorCode::NotFound,
+            format!("no media object {path:?}"),
+        )),
+        Err(error) => error_response(&ApiError::new(ErrorCode::Internal, error.to_string())),
+    }
+}
+
+async fn static_asset(uri: axum::http::Uri) -> Response {
+    let Some(asset) = clipedge_api::web::asset(uri.path()) else {
+        return error_response(&ApiError::new(
+            ErrorCode::NotFound,
+            format!("no such path {:?}", uri.path()),
+        ));
+    };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, asset.content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from(asset.bytes),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    error_response(&ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    ))
+}
+
+/// The whole HTTP surface of one engine.
+pub fn router(engine: Arc<Engine>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE])
+        .expose_headers([header::HeaderName::from_static("server-timing")]);
+    Router::new()
+        .route("/v1/search", post(search))
+        .route("/v1/health", get(health))
+        .route("/v1/items/{id}", get(item))
+        .route("/media/{*path}", get(media))
+        .fallback(static_asset)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies past the API's limit get its JSON 413; far larger ones are cut off here.
+        .layer(DefaultBodyLimit::max(4 * clipedge_api::MAX_BODY_BYTES))
+        .layer(cors)
+        .with_state(engine)
+}
