@@ -27,6 +27,18 @@ if [ ! -x "$TOOLS_DIR/bin/s3s-fs" ]; then
 fi
 export CLIPEDGE_S3S_FS="$TOOLS_DIR/bin/s3s-fs"
 
+step "lambda emulator (cargo-lambda) for the scanner tests"
+if [ ! -x "$TOOLS_DIR/cargo-lambda/bin/cargo-lambda" ]; then
+  # PyPI's cargo-lambda wheel ships the binary (and zig); a venv keeps it out of the system Python.
+  rm -rf "$TOOLS_DIR/cargo-lambda"
+  python3 -m venv "$TOOLS_DIR/cargo-lambda" || {
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$TOOLS_DIR/cargo-lambda"
+  }
+  "$TOOLS_DIR/cargo-lambda/bin/pip" install --quiet cargo-lambda==1.9.2
+fi
+export CLIPEDGE_CARGO_LAMBDA="$TOOLS_DIR/cargo-lambda/bin/cargo-lambda"
+
 step "format"
 cargo fmt --all -- --check
 
@@ -34,7 +46,7 @@ step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "wasm32: format and kernels build for the Worker target"
-cargo build --locked -p clipedge-format -p clipedge-linalg --no-default-features --target wasm32-unknown-unknown
+cargo build --locked -p clipedge-format -p clipedge-linalg -p clipedge-protocol --no-default-features --target wasm32-unknown-unknown
 
 step "wasm32 + simd128: kernel tests under node WASI"
 RUSTFLAGS="-C target-feature=+simd128" \
@@ -43,6 +55,8 @@ CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $PWD/scripts/wasi-run.mjs"
   --target-dir "$CARGO_TARGET_DIR/wasm-simd"
 
 step "tests"
+# The scanner tests attach this prebuilt binary to the emulator (no cargo run inside a test).
+cargo build --locked -p clipedge-lambda --bin clipedge-scanner
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$test_log"
