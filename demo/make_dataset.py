@@ -49,7 +49,7 @@ NAMESPACES = {
 }
 STOP_KEYWORDS = {
     "clip art", "clipart", "clip-art", "image", "media", "public domain", "png", "svg",
-    "externalsource", "openclipart", "drawing", "picture", "icon", "icons", "",
+    "externalsource", "openclipart", "drawing", "picture", "icon", "icons", "hash", "",
 }
 
 

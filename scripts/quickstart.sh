@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: build the CLI, generate a seeded CLIP-like data set, build an index
-# into a local directory (no cloud account) and search it with text-like queries.
+# into a local directory (no cloud account) and search it with text-like queries; then build the
+# demo index that `clipedge demo` serves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-100000}"
@@ -17,3 +18,7 @@ for nprobe in 16 64; do
   "$CLIPEDGE" search --index "$DATA/index" --queries "$DATA/queries.fvecs" --truth "$DATA/gt.ivecs" \
     --k 10 --nprobe "$nprobe" --rerank 10 --warmup 1
 done
+# The demo: caption embeddings of the bundled public-domain images, built once into
+# data/demo-index (rebuilt only when the dataset or the model changes). Serve it with
+# `cargo run --release -- demo` (or `$CLIPEDGE demo`) and open http://127.0.0.1:8080/.
+"$CLIPEDGE" demo --build-only

@@ -39,6 +39,17 @@ if [ ! -x "$TOOLS_DIR/cargo-lambda/bin/cargo-lambda" ]; then
 fi
 export CLIPEDGE_CARGO_LAMBDA="$TOOLS_DIR/cargo-lambda/bin/cargo-lambda"
 
+step "browser test tools (Debian chromium + npm playwright-core) for the demo page test"
+# playwright's own browser download does not work offline; it drives the system chromium instead.
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+export CLIPEDGE_PLAYWRIGHT_DIR="$HOME/.cache/clipedge/npm-browser"
+if [ ! -f "$CLIPEDGE_PLAYWRIGHT_DIR/node_modules/playwright-core/package.json" ]; then
+  mkdir -p "$CLIPEDGE_PLAYWRIGHT_DIR"
+  npm install --prefix "$CLIPEDGE_PLAYWRIGHT_DIR" --no-audit --no-fund --silent playwright-core@1.65.1
+fi
+
 step "format"
 cargo fmt --all -- --check
 

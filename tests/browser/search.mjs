@@ -39,7 +39,15 @@ let failed = false;
 try {
   const page = context.pages()[0] || (await context.newPage());
   const consoleErrors = [];
-  page.on("console", (message) => { if (message.type() === "error") consoleErrors.push(message.text()); });
+  const failedResponses = [];
+  // Failed loads are checked by URL below (the unknown-id step expects its 404s).
+  page.on("console", (message) => {
+    if (message.type() === "error" && !message.text().startsWith("Failed to load resource")) consoleErrors.push(message.text());
+  });
+  page.on("response", (response) => {
+    const expected = `${response.url()} ${response.request().postData() || ""}`.includes("987654321");
+    if (response.status() >= 400 && !expected) failedResponses.push(`${response.status()} ${response.url()}`);
+  });
   page.on("pageerror", (error) => consoleErrors.push(String(error)));
 
   await page.goto(`${base}/`);
@@ -59,6 +67,7 @@ try {
   const captions = await page.locator("#results .caption").allTextContents();
   check(captions.slice(0, 10).some((caption) => /horse|cavallo/i.test(caption)), "a horse is among the first 10 captions");
   check((await page.locator("#results .score").first().textContent()).includes("score"), "scores are shown");
+  check(!(await page.isVisible("#similar")), "no \"more like\" banner on a text search");
   check(new URL(page.url()).searchParams.get("q") === "a horse", `the query is in the URL (${page.url()})`);
   const stats = await page.textContent("#stats");
   check(/encode .* ms/.test(stats) && /GETs/.test(stats), `the latency breakdown and GETs are shown (${stats})`);
@@ -109,6 +118,7 @@ try {
   await page.screenshot({ path: join(outDir, "phone-dark.png") });
 
   check(consoleErrors.length === 0, `no console errors (${consoleErrors.join("; ")})`);
+  check(failedResponses.length === 0, `no failed requests besides the unknown id (${failedResponses.join("; ")})`);
 } catch (error) {
   failed = true;
   console.error(String(error && error.stack ? error.stack : error));
