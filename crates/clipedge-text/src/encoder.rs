@@ -75,8 +75,8 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     /// Loads a model package directory: `model.toml`, the ONNX graph (with its external weight
-    /// file, if any) and `tokenizer.json`.
-    #[cfg(not(target_arch = "wasm32"))]
+    /// file, if any) and `tokenizer.json`. Wherever there is a file system (native, WASI); a
+    /// Worker has none and uses [`TextEncoder::from_package`].
     pub fn load(dir: impl AsRef<std::path::Path>) -> Result<TextEncoder, TextError> {
         let dir = dir.as_ref();
         let read = |name: &str| {
