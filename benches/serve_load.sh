@@ -51,7 +51,8 @@ end
 LUA
 sed -i "s/CONNECTIONS))/$CONNECTIONS))/" "$work/search.lua"
 curl -fsS -X POST -H 'content-type: application/json' -d '{"text":"warm up","k":20}' "$url/v1/search" >/dev/null
-wrk --threads 2 --connections "$CONNECTIONS" --duration "${DURATION}s" --timeout 10s --latency \
+THREADS=$(( CONNECTIONS < 2 ? CONNECTIONS : 2 ))
+wrk --threads "$THREADS" --connections "$CONNECTIONS" --duration "${DURATION}s" --timeout 10s --latency \
   --script "$work/search.lua" "$url/v1/search" | tee "$work/wrk.out"
 summary="$(tail -1 "$work/wrk.out")"
 errors="$(echo "$summary" | sed -n 's/.*"errors":\([0-9]*\).*/\1/p')"
