@@ -20,5 +20,5 @@ for nprobe in 16 64; do
 done
 # The demo: caption embeddings of the bundled public-domain images, built once into
 # data/demo-index (rebuilt only when the dataset or the model changes). Serve it with
-# `cargo run --release -- demo` (or `$CLIPEDGE demo`) and open http://127.0.0.1:8080/.
+# `scripts/demo.sh` (or `$CLIPEDGE demo`) and open http://127.0.0.1:8080/.
 "$CLIPEDGE" demo --build-only

@@ -57,20 +57,31 @@ step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "wasm32: format and kernels build for the Worker target"
-cargo build --locked -p clipedge-format -p clipedge-linalg -p clipedge-protocol --no-default-features --target wasm32-unknown-unknown
+cargo build --locked -p clipedge-format -p clipedge-linalg -p clipedge-protocol -p clipedge-api --no-default-features --target wasm32-unknown-unknown
 
-step "wasm32 + simd128: kernel tests under node WASI"
-RUSTFLAGS="-C target-feature=+simd128" \
-CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $PWD/scripts/wasi-run.mjs" \
-  cargo test --locked -p clipedge-linalg --no-default-features --lib --target wasm32-wasip1 \
-  --target-dir "$CARGO_TARGET_DIR/wasm-simd"
+step "wasm32: the text tower (tokenizers + tract) type-checks for the Worker target"
+# A check, not a build: the wasm32-wasip1 step below compiles and runs the same code.
+cargo check --locked -p clipedge-text --target wasm32-unknown-unknown
+
+test_log="$(mktemp)"
+trap 'rm -f "$test_log"' EXIT
+
+step "wasm32 + simd128: kernel and text-encoder tests under node WASI"
+# The encoder tests run the committed models inside wasm (tract's simd128 kernels), checking the
+# same parity fixtures as the native run.
+wasi_test() {
+  RUSTFLAGS="-C target-feature=+simd128" \
+  CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $PWD/scripts/wasi-run.mjs" \
+    cargo test --locked --target wasm32-wasip1 --target-dir "$CARGO_TARGET_DIR/wasm-simd" "$@" 2>&1 \
+    | tee -a "$test_log"
+}
+wasi_test -p clipedge-linalg --no-default-features --lib
+wasi_test -p clipedge-text
 
 step "tests"
 # The scanner tests attach this prebuilt binary to the emulator (no cargo run inside a test).
 cargo build --locked -p clipedge-lambda --bin clipedge-scanner
-test_log="$(mktemp)"
-trap 'rm -f "$test_log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$test_log"
+cargo test --workspace --locked 2>&1 | tee -a "$test_log"
 # One closing line for the whole run (cargo prints one per test binary, the last often a doc-test
 # binary with nothing in it).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }

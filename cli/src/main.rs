@@ -6,6 +6,7 @@
 mod build;
 mod datagen;
 mod demo;
+mod embed;
 mod progress;
 mod search;
 mod serve;
@@ -33,6 +34,8 @@ enum Command {
     Datagen(datagen::DatagenArgs),
     /// Serve an index over HTTP: the /v1 API and the search page, the whole query path in-process.
     Serve(serve::ServeArgs),
+    /// Embed texts with a model package: one JSON line per text (embedding, tokens, time).
+    Embed(embed::EmbedArgs),
     /// Build the bundled demo dataset into a local index (once, cached) and serve it.
     Demo(demo::DemoArgs),
 }
@@ -52,6 +55,7 @@ fn main() {
         Command::Datagen(args) => datagen::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Embed(args) => embed::run(args),
     };
     if let Err(error) = outcome {
         eprintln!("error: {error:#}");
