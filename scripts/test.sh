@@ -69,9 +69,12 @@ trap 'rm -f "$test_log"' EXIT
 step "wasm32 + simd128: kernel and text-encoder tests under node WASI"
 # The encoder tests run the committed models inside wasm (tract's simd128 kernels), checking the
 # same parity fixtures as the native run.
+# Node's V8 (20 and 22) aborts now and then in incremental GC marking while a large wasm memory
+# grows (about half the runs of the encoder tests: SIGSEGV or "Fatal error" after or between
+# passing tests); non-incremental, single-threaded GC made 22 of 22 runs pass.
 wasi_test() {
   RUSTFLAGS="-C target-feature=+simd128" \
-  CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $PWD/scripts/wasi-run.mjs" \
+  CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings --no-incremental-marking --single-threaded-gc $PWD/scripts/wasi-run.mjs" \
     cargo test --locked --target wasm32-wasip1 --target-dir "$CARGO_TARGET_DIR/wasm-simd" "$@" 2>&1 \
     | tee -a "$test_log"
 }
