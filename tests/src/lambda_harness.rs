@@ -1,5 +1,5 @@
-//! Real components for the scanner tests, started on 127.0.0.1 and stopped by PID on drop:
-//! an S3-compatible server (`s3s-fs`), the Lambda emulator (`cargo lambda watch`) and the
+//! Real components for the scanner tests (and the storage layer's S3 test), started on
+//! 127.0.0.1 and stopped by PID on drop: an S3-compatible server (`s3s-fs`), the Lambda emulator (`cargo lambda watch`) and the
 //! prebuilt `clipedge-scanner` function attached to it; plus the in-process scan the scanner's
 //! answers are compared with.
 //!

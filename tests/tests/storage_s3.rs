@@ -4,89 +4,18 @@
 //! `scripts/test.sh` installs s3s-fs and points `CLIPEDGE_S3S_FS` at it; without the binary this
 //! test fails and says how to get it.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clipedge_storage::{Bytes, Storage, StorageConfig, StorageError};
-
-const ACCESS_KEY: &str = "clipedge-test";
-const SECRET_KEY: &str = "clipedge-test-secret";
-
-/// The server process; killed by PID when the test ends, pass or fail.
-struct S3Server {
-    child: Child,
-    port: u16,
-    _root: tempfile::TempDir,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn s3s_fs_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("CLIPEDGE_S3S_FS") {
-        return PathBuf::from(path);
-    }
-    let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
-        .join(".cache/clipedge/tools/bin/s3s-fs");
-    if cached.exists() {
-        return cached;
-    }
-    panic!(
-        "s3s-fs not found: run scripts/test.sh (it installs it), or \
-         `cargo install s3s-fs --version 0.14.1 --features binary --locked` and set CLIPEDGE_S3S_FS"
-    );
-}
-
-fn start_server(bucket: &str) -> S3Server {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join(bucket)).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(s3s_fs_binary())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-        .arg(root.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start s3s-fs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "s3s-fs did not listen on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    S3Server {
-        child,
-        port,
-        _root: root,
-    }
-}
-
-fn point_aws_env_at(port: u16) {
-    // Process-wide, so this file keeps everything in one test function.
-    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
-    std::env::set_var("AWS_ALLOW_HTTP", "true");
-    std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-    std::env::set_var("AWS_REGION", "us-east-1");
-}
+use clipedge_tests::lambda_harness::S3Server;
 
 #[tokio::test]
 async fn s3_round_trip_conditional_writes_and_outage() {
-    let mut server = start_server("bucket");
-    point_aws_env_at(server.port);
+    let mut server = S3Server::start("bucket");
+    // Process-wide, so this file keeps everything in one test function.
+    for (name, value) in server.aws_env() {
+        std::env::set_var(name, value);
+    }
     let config = StorageConfig {
         coalesce_gap_bytes: 100,
         retries: 2,
@@ -169,8 +98,7 @@ async fn s3_round_trip_conditional_writes_and_outage() {
 
     // Server gone: the read fails after the configured retries, with the attempts counted.
     let retries_before = storage.stats().snapshot().retries;
-    let _ = server.child.kill();
-    let _ = server.child.wait();
+    server.process.stop();
     let outage = storage.get_range("gen/shard.bin", 0..10).await;
     match outage {
         Err(StorageError::Backend { attempts, .. }) => assert_eq!(attempts, 3),
