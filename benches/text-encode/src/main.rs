@@ -109,40 +109,31 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// Lowest cosine between our embedding and the fp32 reference over `reference.json`. The file
-/// is parsed by hand (texts and float arrays) to keep this harness free of a JSON dependency.
+/// Lowest cosine between our embedding and the fp32 reference over `reference.json`.
 fn reference_parity(encoder: &TextEncoder, reference: &[u8]) -> Result<(usize, f32), String> {
-    let text = std::str::from_utf8(reference).map_err(|_| "reference.json is not UTF-8")?;
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        ids: Vec<i64>,
+        embedding: Vec<f32>,
+    }
+    let entries: Vec<Entry> =
+        serde_json::from_slice(reference).map_err(|error| format!("reference.json: {error}"))?;
     let mut worst = 1.0f32;
-    let mut count = 0;
-    for entry in text.split("{\"text\"").skip(1) {
-        let ids: Vec<i64> = array_after(entry, "\"ids\"").ok_or("reference entry without ids")?;
-        let expected: Vec<f32> =
-            array_after(entry, "\"embedding\"").ok_or("reference entry without embedding")?;
+    for entry in &entries {
         let tokens = Tokens {
-            type_ids: vec![0; ids.len()],
-            ids,
+            type_ids: vec![0; entry.ids.len()],
+            ids: entry.ids.clone(),
             truncated: false,
         };
         let ours = encoder
             .encode_tokens(&tokens)
             .map_err(|error| error.to_string())?
             .embedding;
-        let dot: f32 = ours.iter().zip(&expected).map(|(a, b)| a * b).sum();
-        let norm = expected.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let dot: f32 = ours.iter().zip(&entry.embedding).map(|(a, b)| a * b).sum();
+        let norm = entry.embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
         worst = worst.min(dot / norm);
-        count += 1;
     }
-    Ok((count, worst))
-}
-
-fn array_after<T: std::str::FromStr>(entry: &str, key: &str) -> Option<Vec<T>> {
-    let after_key = &entry[entry.find(key)? + key.len()..];
-    let array = &after_key[after_key.find('[')? + 1..after_key.find(']')?];
-    array
-        .split(',')
-        .map(|value| value.trim().parse().ok())
-        .collect()
+    Ok((entries.len(), worst))
 }
 
 /// `length` positions: the real query's first token, content ids repeated, its last token.
