@@ -7,6 +7,7 @@ mod build;
 mod datagen;
 mod demo;
 mod embed;
+mod local_stack;
 mod progress;
 mod search;
 mod serve;
@@ -38,6 +39,9 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Build the bundled demo dataset into a local index (once, cached) and serve it.
     Demo(demo::DemoArgs),
+    /// Run the serverless stack locally: S3 server, Lambda emulator with the scanner, and the
+    /// edge Worker under wrangler dev; `up` publishes an index and prints the Worker's URL.
+    LocalStack(local_stack::LocalStackArgs),
 }
 
 fn main() {
@@ -56,6 +60,7 @@ fn main() {
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::LocalStack(args) => local_stack::run(args),
     };
     if let Err(error) = outcome {
         eprintln!("error: {error:#}");

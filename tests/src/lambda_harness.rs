@@ -185,17 +185,22 @@ pub fn scanner_binary() -> PathBuf {
     if let Ok(path) = std::env::var("CLIPEDGE_SCANNER_BIN") {
         return PathBuf::from(path);
     }
+    workspace_binary("clipedge-scanner", "clipedge-lambda")
+}
+
+/// A binary of this workspace built into the running test's target directory and profile.
+pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
     // The test runs as <target>/<profile>/deps/<test>-<hash>.
     let test_binary = std::env::current_exe().expect("the test binary's path");
     let profile_dir = test_binary
         .parent()
         .and_then(Path::parent)
         .expect("the test binary lives in <target>/<profile>/deps");
-    let binary = profile_dir.join("clipedge-scanner");
+    let binary = profile_dir.join(name);
     assert!(
         binary.exists(),
-        "{} is missing: `cargo build -p clipedge-lambda --bin clipedge-scanner` with the same \
-         target directory, or {RUN_TEST_SH}",
+        "{} is missing: `cargo build -p {package} --bin {name}` with the same target directory, \
+         or {RUN_TEST_SH}",
         binary.display()
     );
     binary

@@ -399,6 +399,16 @@ pub struct HealthResponse {
     pub label: String,
     /// Items searchable by id ("more like this").
     pub id_search: bool,
+    /// Where the answering process runs: `"embedded"` (`clipedge serve`) or `"edge"` (the Worker).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub front: String,
+    /// The edge Worker's wasm linear memory, in bytes (its share of the isolate's 128 MB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Whether the text model is loaded in this process or isolate (it loads on the first text
+    /// query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_loaded: Option<bool>,
 }
 
 /// The `Server-Timing` header value for the stages, e.g.

@@ -24,7 +24,7 @@ pub const MAX_RECORD_BYTES: u64 = (1 << REF_LENGTH_BITS) - 1;
 pub const MAX_RECORD_OFFSET: u64 = (1 << (64 - REF_LENGTH_BITS)) - 1;
 
 /// What a result shows. Readers ignore unknown fields, so fields may be added.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemRecord {
     /// Human-readable caption (title, alt text).
     pub caption: String,

@@ -68,12 +68,39 @@ pub fn scan_lists(
     parallel: bool,
 ) -> Vec<Scored> {
     if !parallel || lists.len() < 2 {
-        let mut top = TopK::new(candidates);
-        for (slot, (list, bias)) in lists.iter().enumerate() {
-            scan_list(tables, list, *bias, slot, &mut top);
-        }
-        return top.into_sorted();
+        return scan_lists_serial(tables, lists, candidates);
     }
+    scan_lists_parallel(tables, lists, candidates)
+}
+
+fn scan_lists_serial(
+    tables: &QueryTables,
+    lists: &[(ListView<'_>, f32)],
+    candidates: usize,
+) -> Vec<Scored> {
+    let mut top = TopK::new(candidates);
+    for (slot, (list, bias)) in lists.iter().enumerate() {
+        scan_list(tables, list, *bias, slot, &mut top);
+    }
+    top.into_sorted()
+}
+
+// Without the reader feature there is no thread pool (wasm32): `parallel` scans serially.
+#[cfg(not(feature = "reader"))]
+fn scan_lists_parallel(
+    tables: &QueryTables,
+    lists: &[(ListView<'_>, f32)],
+    candidates: usize,
+) -> Vec<Scored> {
+    scan_lists_serial(tables, lists, candidates)
+}
+
+#[cfg(feature = "reader")]
+fn scan_lists_parallel(
+    tables: &QueryTables,
+    lists: &[(ListView<'_>, f32)],
+    candidates: usize,
+) -> Vec<Scored> {
     use rayon::prelude::*;
     let partial: Vec<Vec<Scored>> = lists
         .par_iter()

@@ -157,6 +157,9 @@ impl Engine {
             model: manifest.model.id.clone(),
             label: self.label.clone(),
             id_search: self.catalog().is_some(),
+            front: "embedded".to_string(),
+            memory_bytes: None,
+            model_loaded: Some(self.encoder.is_some()),
         }
     }
 

@@ -47,6 +47,10 @@ pub struct ModelCard {
     pub onnx_file: String,
     #[serde(default = "default_tokenizer_file")]
     pub tokenizer_file: String,
+    /// The ONNX external-data file holding the weights (`text.onnx.data`), when the graph was
+    /// exported with `--external-data`: a Worker fetches it separately (see `PackageBytes`).
+    #[serde(default)]
+    pub external_data: Option<String>,
     /// Lowest cosine this (quantized) graph must reach against the fp32 `reference.json`.
     #[serde(default)]
     pub reference_tolerance: Option<f32>,

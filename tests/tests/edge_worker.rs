@@ -1,0 +1,502 @@
+//! The whole serverless query path, end to end on real components: the Worker built for wasm32
+//! and run by `wrangler dev` (workerd), the scanner under `cargo lambda watch`, s3s-fs as S3,
+//! all brought up by `clipedge local-stack up` (the command developers use). The same index is
+//! served in-process by `clipedge serve`, and the two must answer alike.
+//!
+//! Needs the built Worker (`scripts/build-worker.sh`, run by `scripts/test.sh`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clipedge_format::{CurrentPointer, GroupBlob, Manifest, RoutingTable};
+use clipedge_tests::lambda_harness::{workspace_binary, workspace_root};
+use serde_json::{json, Value};
+
+fn clipedge() -> PathBuf {
+    workspace_binary("clipedge", "clipedge")
+}
+
+fn worker_build() -> PathBuf {
+    let build = std::env::var("CLIPEDGE_WORKER_BUILD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("worker/build"));
+    assert!(
+        build.join("index.js").exists(),
+        "{} has no built Worker: run scripts/build-worker.sh (scripts/test.sh does)",
+        build.display()
+    );
+    build
+}
+
+/// `clipedge local-stack up`, and `down` when dropped (pass or fail).
+struct Stack {
+    state: PathBuf,
+    info: Value,
+}
+
+impl Stack {
+    fn up(index: &Path, state: &Path, vars: &[&str]) -> Stack {
+        let mut command = Command::new(clipedge());
+        command
+            .current_dir(workspace_root())
+            .args([
+                "local-stack",
+                "up",
+                "--port",
+                "0",
+                "--model",
+                "models/tiny-clip",
+            ])
+            .arg("--index")
+            .arg(index)
+            .arg("--state")
+            .arg(state)
+            .arg("--worker-build")
+            .arg(worker_build());
+        for var in vars {
+            command.args(["--var", var]);
+        }
+        let output = command.output().expect("run clipedge local-stack up");
+        assert!(
+            output.status.success(),
+            "local-stack up failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout
+            .lines()
+            .last()
+            .expect("local-stack up prints its stack");
+        Stack {
+            state: state.to_path_buf(),
+            info: serde_json::from_str(line).expect("the stack line is JSON"),
+        }
+    }
+
+    fn url(&self) -> &str {
+        self.info["worker_url"].as_str().unwrap()
+    }
+
+    fn pid(&self, name: &str) -> u32 {
+        self.info["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|process| process["name"] == name)
+            .and_then(|process| process["pid"].as_u64())
+            .unwrap_or_else(|| panic!("the stack has no {name}")) as u32
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = Command::new(clipedge())
+            .args(["local-stack", "down", "--state"])
+            .arg(&self.state)
+            .status();
+    }
+}
+
+/// `clipedge serve` on a free port, killed when dropped.
+struct Embedded {
+    child: Child,
+    url: String,
+}
+
+impl Embedded {
+    fn start(index: &Path) -> Embedded {
+        let mut child = Command::new(clipedge())
+            .current_dir(workspace_root())
+            .args([
+                "serve",
+                "--model",
+                "models/tiny-clip",
+                "--bind",
+                "127.0.0.1:0",
+                "--index",
+            ])
+            .arg(index)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start clipedge serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let listening: Value = serde_json::from_str(&line).expect("serve prints where it listens");
+        Embedded {
+            url: listening["listening"].as_str().unwrap().to_string(),
+            child,
+        }
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+    server_timing: String,
+}
+
+fn call(runtime: &tokio::runtime::Runtime, url: String, body: Option<String>) -> Answer {
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let request = match body {
+            Some(body) => client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body),
+            None => client.get(url),
+        };
+        let response = request
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("http call");
+        let status = response.status().as_u16();
+        let server_timing = response
+            .headers()
+            .get("server-timing")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer {
+            status,
+            body,
+            server_timing,
+        }
+    })
+}
+
+fn search(runtime: &tokio::runtime::Runtime, base: &str, body: &Value) -> Answer {
+    call(runtime, format!("{base}/v1/search"), Some(body.to_string()))
+}
+
+fn ids(answer: &Answer) -> Vec<u64> {
+    answer.body["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results: {}", answer.body))
+        .iter()
+        .map(|result| result["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// The same results: ids, captions and URLs in order, scores equal up to `tolerance` (0 for
+/// vector and id queries, whose query vectors are bit-identical on both sides). Positions may
+/// swap only between scores closer than the tolerance.
+fn assert_same_results(edge: &Answer, embedded: &Answer, tolerance: f64, what: &str) {
+    assert_eq!(edge.status, 200, "{what}: edge {}", edge.body);
+    assert_eq!(embedded.status, 200, "{what}: embedded {}", embedded.body);
+    let edge_results = edge.body["results"].as_array().unwrap();
+    let embedded_results = embedded.body["results"].as_array().unwrap();
+    assert_eq!(edge_results.len(), embedded_results.len(), "{what}");
+    assert!(!edge_results.is_empty(), "{what}: no results");
+    for (position, (a, b)) in edge_results.iter().zip(embedded_results).enumerate() {
+        let (score_a, score_b) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+        assert!(
+            (score_a - score_b).abs() <= tolerance,
+            "{what}: position {position}: edge {a} vs embedded {b}"
+        );
+        if a["id"] != b["id"] {
+            assert!(tolerance > 0.0, "{what}: position {position}: {a} vs {b}");
+            continue;
+        }
+        assert_eq!(a["caption"], b["caption"], "{what}");
+        assert_eq!(a["url"], b["url"], "{what}");
+    }
+    assert_eq!(edge.body["partial"], false, "{what}");
+}
+
+/// Two items with the same image and caption: the same vector under any model, one content hash.
+fn duplicate_pair() -> (u64, u64) {
+    let items = std::fs::read_to_string(workspace_root().join("demo/items.jsonl")).unwrap();
+    let mut first_by_item = std::collections::HashMap::new();
+    for line in items.lines() {
+        let item: Value = serde_json::from_str(line).unwrap();
+        let key = (item["image"].to_string(), item["caption"].to_string());
+        let id = item["id"].as_u64().unwrap();
+        if let Some(first) = first_by_item.insert(key, id) {
+            return (first, id);
+        }
+    }
+    panic!("the demo dataset has no duplicate items");
+}
+
+/// The list whose bytes hold `offset` of shard 0, from the local copy of the index.
+fn list_at_shard_offset(index: &Path, generation: &str, offset: u64) -> u32 {
+    let dir = index.join("generations").join(generation);
+    let manifest = Manifest::from_json(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let routing =
+        RoutingTable::decode(&std::fs::read(dir.join(&manifest.routing.path)).unwrap()).unwrap();
+    let groups = std::fs::read(dir.join(&manifest.groups.path)).unwrap();
+    for entry in &routing.groups {
+        let bytes = &groups[entry.offset as usize..(entry.offset + entry.length as u64) as usize];
+        let blob = GroupBlob::decode(
+            bytes,
+            entry.first_list,
+            entry.list_count as usize,
+            routing.dim,
+            entry.crc32,
+        )
+        .unwrap();
+        for (local, location) in blob.lists.iter().enumerate() {
+            if location.shard == 0
+                && (location.offset..location.offset + location.length as u64).contains(&offset)
+            {
+                return entry.first_list + local as u32;
+            }
+        }
+    }
+    panic!("no list holds shard offset {offset}");
+}
+
+#[test]
+fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let index = work.path().join("index");
+    let built = Command::new(clipedge())
+        .current_dir(workspace_root())
+        .args([
+            "demo",
+            "--build-only",
+            "--model",
+            "models/tiny-clip",
+            "--dir",
+        ])
+        .arg(&index)
+        .output()
+        .expect("build the tiny demo index");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    let stack = Stack::up(
+        &index,
+        &work.path().join("stack"),
+        &[
+            "CLIPEDGE_SCANNER_TIMEOUT_MS=2000",
+            "CLIPEDGE_MIN_LISTS_PER_CALL=2",
+        ],
+    );
+    let edge = stack.url().to_string();
+    let embedded = Embedded::start(&index);
+    let generation = CurrentPointer::from_json(&std::fs::read(index.join("CURRENT")).unwrap())
+        .unwrap()
+        .generation;
+
+    // Health names the published generation, from the edge.
+    let health = call(&runtime, format!("{edge}/v1/health"), None);
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.body["generation"], generation.as_str());
+    assert_eq!(health.body["front"], "edge");
+    assert_eq!(health.body["count"], 4083);
+    assert!(health.body["memory_bytes"].as_u64().unwrap() > 0);
+
+    // A list the scanner cannot verify: the answer is partial and names it (checked first,
+    // before the scanner has cached the list). The original bytes are put back afterwards.
+    let shard = work
+        .path()
+        .join("stack/s3/clipedge/indexes/local/generations")
+        .join(&generation)
+        .join("shard-00000.bin");
+    let original = std::fs::read(&shard).unwrap();
+    let flipped_offset = original.len() as u64 / 2;
+    let broken_list = list_at_shard_offset(&index, &generation, flipped_offset);
+    let mut corrupted = original.clone();
+    corrupted[flipped_offset as usize] ^= 0x5a;
+    std::fs::write(&shard, &corrupted).unwrap();
+    let partial = search(
+        &runtime,
+        &edge,
+        &json!({"text": "a penguin", "k": 10, "nprobe": 4096}),
+    );
+    std::fs::write(&shard, &original).unwrap();
+    assert_eq!(partial.status, 200, "{}", partial.body);
+    assert_eq!(partial.body["partial"], true, "{}", partial.body);
+    assert_eq!(
+        partial.body["failed_lists"],
+        json!([broken_list]),
+        "{}",
+        partial.body
+    );
+    assert_eq!(ids(&partial).len(), 10, "the other lists still answer");
+
+    // The same answers as the embedded server: text (encoded in wasm vs natively), a raw
+    // vector and "more like this" by id, at several probe widths.
+    let mut vector = vec![0.0f32; 16];
+    vector[3] = 1.0;
+    vector[7] = -0.5;
+    let cases = [
+        (json!({"text": "a penguin", "k": 10}), 1e-4),
+        (
+            json!({"text": "electric guitar", "k": 20, "nprobe": 8, "rerank": 50}),
+            1e-4,
+        ),
+        (
+            json!({"text": "ein roter Apfel", "k": 5, "nprobe": 63, "dedup": false}),
+            1e-4,
+        ),
+        (json!({"vector": vector, "k": 15, "nprobe": 12}), 0.0),
+        (json!({"id": 5, "k": 10, "nprobe": 16}), 0.0),
+    ];
+    for (query, tolerance) in &cases {
+        let from_edge = search(&runtime, &edge, query);
+        let from_embedded = search(&runtime, &embedded.url, query);
+        assert_same_results(&from_edge, &from_embedded, *tolerance, &query.to_string());
+        for stage in ["encode", "probe", "scan", "merge"] {
+            assert!(
+                from_edge.server_timing.contains(stage),
+                "{}",
+                from_edge.server_timing
+            );
+            assert!(from_edge.body["timings"][stage].is_number());
+        }
+        assert!(from_edge.body["stats"]["gets"].as_u64().unwrap() >= 1);
+    }
+
+    // Items and their images come through the edge too.
+    let item = call(&runtime, format!("{edge}/v1/items/5"), None);
+    assert_eq!(item.status, 200);
+    assert_eq!(
+        item.body,
+        call(&runtime, format!("{}/v1/items/5", embedded.url), None).body
+    );
+    let image_url = format!("{edge}{}", item.body["url"].as_str().unwrap());
+    let image = runtime.block_on(async {
+        reqwest::get(image_url)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    });
+    let image_name = item.body["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("/media/");
+    assert_eq!(
+        image.as_ref(),
+        std::fs::read(index.join("media").join(image_name))
+            .unwrap()
+            .as_slice()
+    );
+    let page = call(&runtime, format!("{edge}/"), None);
+    assert_eq!(page.status, 200);
+
+    // De-duplication by content hash removes the planted duplicate, and is on by default.
+    let (first, second) = duplicate_pair();
+    let without = search(
+        &runtime,
+        &edge,
+        &json!({"id": first, "k": 10, "dedup": false}),
+    );
+    let without_ids = ids(&without);
+    assert!(
+        without_ids.contains(&first) && without_ids.contains(&second),
+        "{without_ids:?}"
+    );
+    let with = search(&runtime, &edge, &json!({"id": first, "k": 10}));
+    let with_ids = ids(&with);
+    assert_eq!(with_ids.len(), 10);
+    assert_eq!(
+        with_ids
+            .iter()
+            .filter(|id| **id == first || **id == second)
+            .count(),
+        1,
+        "{with_ids:?}"
+    );
+
+    // Bad input: the documented 4xx, the same as the embedded server's.
+    let long_text = "a".repeat(1001);
+    let bad_requests = [
+        (json!({"text": ""}).to_string(), 400, "empty_text"),
+        (json!({"text": long_text}).to_string(), 400, "text_too_long"),
+        (
+            json!({"text": "dog", "k": 0}).to_string(),
+            400,
+            "k_out_of_range",
+        ),
+        (
+            json!({"text": "dog", "k": 101}).to_string(),
+            400,
+            "k_out_of_range",
+        ),
+        (
+            json!({"text": "dog", "nprobe": 0}).to_string(),
+            400,
+            "nprobe_out_of_range",
+        ),
+        (
+            json!({"vector": [1.0, 2.0]}).to_string(),
+            400,
+            "vector_dimension",
+        ),
+        (json!({"id": 99_999_999}).to_string(), 404, "unknown_id"),
+        (
+            json!({"text": "dog", "id": 3}).to_string(),
+            400,
+            "invalid_query",
+        ),
+        ("{not json".to_string(), 400, "invalid_json"),
+        (
+            format!("{{\"text\": \"{}\"}}", "x".repeat(70_000)),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (body, status, code) in bad_requests {
+        for base in [&edge, &embedded.url] {
+            let answer = call(&runtime, format!("{base}/v1/search"), Some(body.clone()));
+            assert_eq!(
+                answer.status,
+                status,
+                "{base} {}: {}",
+                &body[..body.len().min(60)],
+                answer.body
+            );
+            assert_eq!(
+                answer.body["error"]["code"], code,
+                "{base}: {}",
+                answer.body
+            );
+            assert!(!answer.body["error"]["message"].as_str().unwrap().is_empty());
+        }
+    }
+    let wrong_method = call(&runtime, format!("{edge}/v1/search"), None);
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(call(&runtime, format!("{edge}/nowhere"), None).status, 404);
+
+    // The scanner stops: every call fails (timed out, then retried once), and the edge answers
+    // 502 with the reason instead of an empty success.
+    let scanner_pid = stack.pid("clipedge-scanner");
+    let _ = Command::new("kill").arg(scanner_pid.to_string()).status();
+    let failed = search(&runtime, &edge, &json!({"text": "a penguin", "k": 5}));
+    assert_eq!(failed.status, 502, "{}", failed.body);
+    assert_eq!(failed.body["error"]["code"], "scanners_failed");
+    assert!(
+        failed.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scanner"),
+        "{}",
+        failed.body
+    );
+}

@@ -1,0 +1,588 @@
+//! The query path at the edge and what an isolate keeps between requests.
+//!
+//! Kept per isolate, loaded lazily: the text model (once) and the live generation's manifest
+//! and routing table (re-checked against `CURRENT` every `CLIPEDGE_CURRENT_TTL_MS`). A request
+//! takes one `Rc` of the generation and uses it throughout: it is pinned even if `CURRENT`
+//! moves meanwhile.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use clipedge_api::{
+    merge, resolve_url, ApiError, ErrorCode, HealthResponse, Query, QueryStats, SearchResponse,
+    SearchResult, Timings, ValidSearch,
+};
+use clipedge_format::{
+    decode_record, generation_path, record_range, CatalogEntry, CurrentPointer, FormatError,
+    GroupBlob, ItemRecord, ListExpectation, ListView, Manifest, RerankKind, RoutingTable,
+    CURRENT_OBJECT,
+};
+use clipedge_index::route::auto_group_probe;
+use clipedge_text::{ModelCard, PackageBytes, TextEncoder, TextError};
+use futures::lock::Mutex as AsyncMutex;
+use futures::StreamExt;
+
+use crate::clock::{monotonic_ms, since, unix_ms};
+use crate::config::WorkerConfig;
+use crate::objects::{ObjectError, Objects};
+use crate::plan::plan_batches;
+use crate::scanners::{self, ScanJob};
+
+/// Records of the top k that lie this close together are read with one GET.
+const RECORD_COALESCE_GAP: u64 = 64 * 1024;
+
+/// One generation of the index, as the edge holds it.
+pub struct Generation {
+    pub manifest: Manifest,
+    pub routing: RoutingTable,
+}
+
+struct CachedGeneration {
+    generation: Rc<Generation>,
+    checked_unix_ms: u64,
+}
+
+#[derive(Default)]
+struct Isolate {
+    encoder: Option<Rc<TextEncoder>>,
+    generation: Option<CachedGeneration>,
+}
+
+thread_local! {
+    static ISOLATE: RefCell<Isolate> = RefCell::new(Isolate::default());
+    // Held while loading, so concurrent first requests load the model once (two copies of a
+    // B/32 tower would not fit in 128 MB).
+    static MODEL_LOAD: Rc<AsyncMutex<()>> = Rc::new(AsyncMutex::new(()));
+    static GENERATION_LOAD: Rc<AsyncMutex<()>> = Rc::new(AsyncMutex::new(()));
+}
+
+fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, format!("{context}: {error}"))
+}
+
+fn object_error(context: &str, error: ObjectError) -> ApiError {
+    internal(context, error)
+}
+
+fn format_error(context: &str, error: FormatError) -> ApiError {
+    internal(context, error)
+}
+
+/// The wasm linear memory in bytes: the part of the isolate's 128 MB this module holds.
+pub fn memory_bytes() -> Option<u64> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        Some(core::arch::wasm32::memory_size(0) as u64 * 65536)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        None
+    }
+}
+
+/// One request's view: configuration, object reads (counted), and what it loaded cold.
+pub struct RequestContext<'a> {
+    pub config: &'a WorkerConfig,
+    pub objects: Objects,
+    /// Milliseconds spent loading the model or a generation in this request (cold start).
+    pub load_ms: f64,
+}
+
+impl<'a> RequestContext<'a> {
+    pub fn new(config: &'a WorkerConfig, objects: Objects) -> Self {
+        RequestContext {
+            config,
+            objects,
+            load_ms: 0.0,
+        }
+    }
+
+    fn stats(&self) -> QueryStats {
+        let (gets, bytes) = self.objects.counters();
+        QueryStats { gets, bytes }
+    }
+
+    /// The generation `CURRENT` names, from the isolate's cache while it is fresh.
+    pub async fn generation(&mut self) -> Result<Rc<Generation>, ApiError> {
+        if let Some(fresh) = self.cached_generation() {
+            return Ok(fresh);
+        }
+        let lock = GENERATION_LOAD.with(Rc::clone);
+        let _guard = lock.lock().await;
+        if let Some(fresh) = self.cached_generation() {
+            return Ok(fresh);
+        }
+        let started = monotonic_ms();
+        let pointer_key = self.config.index_key(CURRENT_OBJECT);
+        let pointer_bytes = match self.objects.get(&pointer_key, None).await {
+            Ok(bytes) => bytes,
+            Err(ObjectError::NotFound { .. }) => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "no index at {}: the CURRENT object is missing",
+                        self.config.index
+                    ),
+                ))
+            }
+            Err(error) => return Err(object_error("cannot read the index pointer", error)),
+        };
+        let pointer = CurrentPointer::from_json(&pointer_bytes)
+            .map_err(|error| format_error("corrupt CURRENT pointer", error))?;
+        let cached = ISOLATE.with(|isolate| {
+            isolate
+                .borrow()
+                .generation
+                .as_ref()
+                .filter(|cached| cached.generation.manifest.generation == pointer.generation)
+                .map(|cached| cached.generation.clone())
+        });
+        let generation = match cached {
+            Some(same) => same,
+            None => Rc::new(self.load_generation(&pointer.generation).await?),
+        };
+        ISOLATE.with(|isolate| {
+            isolate.borrow_mut().generation = Some(CachedGeneration {
+                generation: generation.clone(),
+                checked_unix_ms: unix_ms(),
+            })
+        });
+        self.load_ms += since(started);
+        Ok(generation)
+    }
+
+    fn cached_generation(&self) -> Option<Rc<Generation>> {
+        let ttl = self.config.current_ttl_ms;
+        ISOLATE.with(|isolate| {
+            isolate.borrow().generation.as_ref().and_then(|cached| {
+                (unix_ms().saturating_sub(cached.checked_unix_ms) < ttl)
+                    .then(|| cached.generation.clone())
+            })
+        })
+    }
+
+    async fn load_generation(&self, name: &str) -> Result<Generation, ApiError> {
+        let manifest_key = self
+            .config
+            .index_key(&generation_path(name, "manifest.json"));
+        let manifest_bytes = self
+            .objects
+            .get(&manifest_key, None)
+            .await
+            .map_err(|error| object_error("cannot read the manifest", error))?;
+        let manifest = Manifest::from_json(&manifest_bytes)
+            .map_err(|error| format_error("corrupt manifest", error))?;
+        let routing_key = self
+            .config
+            .index_key(&generation_path(name, &manifest.routing.path));
+        let routing_bytes = self
+            .objects
+            .get(&routing_key, None)
+            .await
+            .map_err(|error| object_error("cannot read the routing table", error))?;
+        FormatError::verify("routing.bin", &routing_bytes, manifest.routing.crc32)
+            .map_err(|error| format_error("corrupt routing table", error))?;
+        let routing = RoutingTable::decode(&routing_bytes)
+            .map_err(|error| format_error("corrupt routing table", error))?;
+        if routing.dim != manifest.dim as usize
+            || routing.nlist != manifest.nlist
+            || routing.ngroups() != manifest.ngroups as usize
+        {
+            return Err(internal(
+                "corrupt routing table",
+                "its shape disagrees with the manifest",
+            ));
+        }
+        Ok(Generation { manifest, routing })
+    }
+
+    /// The text model, loaded from the bucket on the isolate's first text query.
+    pub async fn encoder(&mut self) -> Result<Rc<TextEncoder>, ApiError> {
+        if let Some(encoder) = ISOLATE.with(|isolate| isolate.borrow().encoder.clone()) {
+            return Ok(encoder);
+        }
+        let lock = MODEL_LOAD.with(Rc::clone);
+        let _guard = lock.lock().await;
+        if let Some(encoder) = ISOLATE.with(|isolate| isolate.borrow().encoder.clone()) {
+            return Ok(encoder);
+        }
+        let started = monotonic_ms();
+        let encoder = Rc::new(self.load_encoder().await?);
+        ISOLATE.with(|isolate| isolate.borrow_mut().encoder = Some(encoder.clone()));
+        self.load_ms += since(started);
+        Ok(encoder)
+    }
+
+    async fn load_encoder(&self) -> Result<TextEncoder, ApiError> {
+        let model_error = |error: ObjectError| object_error("cannot read the text model", error);
+        let card_bytes = self
+            .objects
+            .get(&self.config.model_key("model.toml"), None)
+            .await
+            .map_err(model_error)?;
+        let card_toml = String::from_utf8(card_bytes)
+            .map_err(|_| internal("bad text model", "model.toml is not UTF-8"))?;
+        let card =
+            ModelCard::from_toml(&card_toml).map_err(|error| internal("bad text model", error))?;
+        let tokenizer_key = self.config.model_key(&card.tokenizer_file);
+        let onnx_key = self.config.model_key(&card.onnx_file);
+        let (tokenizer_json, onnx, external_data) = futures::try_join!(
+            self.objects.get(&tokenizer_key, None),
+            self.objects.get(&onnx_key, None),
+            async {
+                match &card.external_data {
+                    Some(file) => self
+                        .objects
+                        .get(&self.config.model_key(file), None)
+                        .await
+                        .map(Some),
+                    None => Ok(None),
+                }
+            }
+        )
+        .map_err(model_error)?;
+        TextEncoder::from_package(PackageBytes {
+            card_toml: &card_toml,
+            tokenizer_json: &tokenizer_json,
+            onnx: &onnx,
+            // Moved, not shared: the encoder drops it once the weights are in the graph.
+            external_data: external_data.map(Arc::new),
+        })
+        .map_err(|error| internal("cannot load the text model", error))
+    }
+
+    /// `GET /v1/health`.
+    pub async fn health(&mut self) -> Result<HealthResponse, ApiError> {
+        let generation = self.generation().await?;
+        let manifest = &generation.manifest;
+        Ok(HealthResponse {
+            status: "ok".to_string(),
+            generation: manifest.generation.clone(),
+            count: manifest.count,
+            dim: manifest.dim,
+            model: manifest.model.id.clone(),
+            label: self.config.label.clone(),
+            id_search: manifest.catalog.is_some(),
+            front: "edge".to_string(),
+            memory_bytes: memory_bytes(),
+            model_loaded: Some(ISOLATE.with(|isolate| isolate.borrow().encoder.is_some())),
+        })
+    }
+
+    fn generation_key(&self, generation: &Generation, file: &str) -> String {
+        self.config
+            .index_key(&generation_path(&generation.manifest.generation, file))
+    }
+
+    /// The id-table entry of `id` (one range GET of the catalog).
+    async fn lookup(&self, generation: &Generation, id: u64) -> Result<CatalogEntry, ApiError> {
+        let Some(catalog) = &generation.manifest.catalog else {
+            return Err(ApiError::new(
+                ErrorCode::IdSearchUnsupported,
+                "this index has no catalog, so it cannot look items up by id",
+            ));
+        };
+        let Some((range, index)) = catalog.block_range(id) else {
+            return Err(ApiError::new(
+                ErrorCode::UnknownId,
+                format!("no item with id {id} (ids are 0..{})", catalog.items),
+            ));
+        };
+        let block = self
+            .objects
+            .get(&self.generation_key(generation, &catalog.path), Some(range))
+            .await
+            .map_err(|error| object_error("catalog read failed", error))?;
+        catalog
+            .decode_entry(&block, index)
+            .map_err(|error| format_error("catalog read failed", error))
+    }
+
+    /// The stored vector of `id`: catalog entry → its list's location (group blob) → the list.
+    async fn stored_vector(&self, generation: &Generation, id: u64) -> Result<Vec<f32>, ApiError> {
+        let manifest = &generation.manifest;
+        if manifest.rerank == RerankKind::None {
+            return Err(ApiError::new(
+                ErrorCode::IdSearchUnsupported,
+                "the index stores no vector copies (rerank none), so it cannot search by id",
+            ));
+        }
+        let entry = self.lookup(generation, id).await?;
+        let routing = &generation.routing;
+        if entry.list_id >= manifest.nlist {
+            return Err(internal(
+                "index is inconsistent",
+                format!("catalog names list {} of {}", entry.list_id, manifest.nlist),
+            ));
+        }
+        let group_index = routing
+            .groups
+            .partition_point(|group| group.first_list <= entry.list_id)
+            .saturating_sub(1);
+        let group = routing.groups[group_index];
+        let group_bytes = self
+            .objects
+            .get(
+                &self.generation_key(generation, &manifest.groups.path),
+                Some(group.offset..group.offset + group.length as u64),
+            )
+            .await
+            .map_err(|error| object_error("group read failed", error))?;
+        let blob = GroupBlob::decode(
+            &group_bytes,
+            group.first_list,
+            group.list_count as usize,
+            routing.dim,
+            group.crc32,
+        )
+        .map_err(|error| format_error("group read failed", error))?;
+        let location = blob.lists[(entry.list_id - group.first_list) as usize];
+        let Some(shard) = manifest.shards.get(location.shard as usize) else {
+            return Err(internal(
+                "index is inconsistent",
+                format!(
+                    "list {} is in shard {} of {}",
+                    entry.list_id,
+                    location.shard,
+                    manifest.shards.len()
+                ),
+            ));
+        };
+        let list_bytes = self
+            .objects
+            .get(
+                &self.generation_key(generation, &shard.path),
+                Some(location.offset..location.offset + location.length as u64),
+            )
+            .await
+            .map_err(|error| object_error("list read failed", error))?;
+        let expectation = ListExpectation {
+            list_id: entry.list_id,
+            count: location.count,
+            crc32: location.crc32,
+            dim: manifest.dim as usize,
+            m: manifest.pq.m as usize,
+            bits: manifest.pq.bits,
+            rerank: manifest.rerank,
+        };
+        let view = ListView::parse_verified(&list_bytes, &expectation)
+            .map_err(|error| format_error("list read failed", error))?;
+        let Some(row) = (0..view.count).find(|row| view.id(*row) == id) else {
+            return Err(internal(
+                "index is inconsistent",
+                format!("list {} does not hold id {id}", entry.list_id),
+            ));
+        };
+        Ok(match manifest.rerank {
+            RerankKind::Int8 => {
+                let (scale, values) = view.rerank_int8(row);
+                values.iter().map(|v| scale * (*v as i8) as f32).collect()
+            }
+            _ => view
+                .rerank_fp16(row)
+                .chunks_exact(2)
+                .map(|pair| half::f16::from_le_bytes([pair[0], pair[1]]).to_f32())
+                .collect(),
+        })
+    }
+
+    /// The catalog records of `refs`, in order; nearby records share a GET, GETs run at once.
+    async fn records(
+        &self,
+        generation: &Generation,
+        refs: &[u64],
+    ) -> Result<Vec<ItemRecord>, ApiError> {
+        let Some(catalog) = &generation.manifest.catalog else {
+            return Ok(vec![
+                ItemRecord {
+                    caption: String::new(),
+                    url: String::new(),
+                };
+                refs.len()
+            ]);
+        };
+        let ranges: Vec<std::ops::Range<u64>> = refs.iter().map(|r| record_range(*r)).collect();
+        let mut order: Vec<usize> = (0..ranges.len()).collect();
+        order.sort_by_key(|&index| ranges[index].start);
+        let mut spans: Vec<(std::ops::Range<u64>, Vec<usize>)> = Vec::new();
+        for index in order {
+            let range = &ranges[index];
+            match spans.last_mut() {
+                Some((span, members)) if range.start <= span.end + RECORD_COALESCE_GAP => {
+                    span.end = span.end.max(range.end);
+                    members.push(index);
+                }
+                _ => spans.push((range.clone(), vec![index])),
+            }
+        }
+        let key = self.generation_key(generation, &catalog.path);
+        let reads: Vec<Result<Vec<u8>, ObjectError>> = futures::stream::iter(
+            spans
+                .iter()
+                .map(|(span, _)| self.objects.get(&key, Some(span.clone()))),
+        )
+        .buffered(crate::config::MAX_CONCURRENT_CALLS)
+        .collect()
+        .await;
+        let mut records: Vec<Option<ItemRecord>> = vec![None; refs.len()];
+        for ((span, members), read) in spans.iter().zip(reads) {
+            let bytes = read.map_err(|error| object_error("catalog read failed", error))?;
+            for &index in members {
+                let start = (ranges[index].start - span.start) as usize;
+                let end = (ranges[index].end - span.start) as usize;
+                let record = decode_record(&bytes[start..end])
+                    .map_err(|error| format_error("catalog read failed", error))?;
+                records[index] = Some(record);
+            }
+        }
+        Ok(records.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// `GET /v1/items/{id}`: caption and URL of one item.
+    pub async fn item(&mut self, id: u64) -> Result<SearchResult, ApiError> {
+        let generation = self.generation().await?;
+        let entry = self.lookup(&generation, id).await?;
+        let record = self
+            .records(&generation, &[entry.metadata_ref])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        Ok(SearchResult {
+            id,
+            score: 1.0,
+            url: resolve_url("/", &record.url),
+            caption: record.caption,
+        })
+    }
+
+    async fn query_vector(
+        &mut self,
+        generation: &Generation,
+        query: Query,
+    ) -> Result<Vec<f32>, ApiError> {
+        match query {
+            Query::Vector(vector) => Ok(vector),
+            Query::Id(id) => self.stored_vector(generation, id).await,
+            Query::Text(text) => {
+                let encoder = self.encoder().await?;
+                let card = encoder.card();
+                if card.fingerprint != generation.manifest.model.fingerprint {
+                    return Err(internal(
+                        "model mismatch",
+                        format!(
+                            "index generation {} was built with model {} (fingerprint {}), but \
+                             the Worker's model package {} is {} (fingerprint {}): publish the \
+                             matching package or point CLIPEDGE_MODEL_PREFIX at it",
+                            generation.manifest.generation,
+                            generation.manifest.model.id,
+                            generation.manifest.model.fingerprint,
+                            self.config.model_prefix,
+                            card.name,
+                            card.fingerprint
+                        ),
+                    ));
+                }
+                match encoder.encode(&text) {
+                    Ok(encoding) => Ok(encoding.embedding),
+                    Err(TextError::EmptyInput) => {
+                        Err(ApiError::new(ErrorCode::EmptyText, "text is empty"))
+                    }
+                    Err(TextError::NoTokens) => Err(ApiError::new(
+                        ErrorCode::EmptyText,
+                        "text has nothing the model can read",
+                    )),
+                    Err(error) => Err(internal("text encoding failed", error)),
+                }
+            }
+        }
+    }
+
+    /// `POST /v1/search`, validated against the pinned generation.
+    pub async fn search(
+        &mut self,
+        generation: &Generation,
+        search: ValidSearch,
+        request_id: &str,
+    ) -> Result<SearchResponse, ApiError> {
+        let mut timings = Timings::default();
+        let started = monotonic_ms();
+        let load_before = self.load_ms;
+        let query = self.query_vector(generation, search.query.clone()).await?;
+        // The encode stage is the tower itself; a cold model load is reported apart.
+        timings.encode = since(started) - (self.load_ms - load_before);
+
+        let probe_started = monotonic_ms();
+        let groups = auto_group_probe(&generation.routing, &query, search.nprobe);
+        let batches = plan_batches(
+            &generation.routing,
+            &groups,
+            search.nprobe,
+            self.config.max_scanner_calls,
+            self.config.min_lists_per_call,
+        );
+        timings.probe = since(probe_started);
+
+        let scan_started = monotonic_ms();
+        let job = ScanJob {
+            config: self.config,
+            generation: &generation.manifest.generation,
+            query: &query,
+            k: search.candidates() as u32,
+            rerank: search.rerank as u32,
+            request_id,
+        };
+        let fan_out = scanners::scan(&job, &batches).await;
+        timings.scan = since(scan_started);
+
+        let merge_started = monotonic_ms();
+        let failed_lists = fan_out.failed_lists(&generation.routing);
+        if fan_out.lists_scanned() == 0 && !failed_lists.is_empty() {
+            let first_error = fan_out.errors.first().cloned().unwrap_or_default();
+            return Err(ApiError::new(
+                ErrorCode::ScannersFailed,
+                format!(
+                    "every scanner call failed ({} calls, {} lists unscanned): {first_error}",
+                    fan_out.calls,
+                    failed_lists.len()
+                ),
+            ));
+        }
+        let merged = merge(&[fan_out.candidates.clone()], search.k, search.dedup);
+        let refs: Vec<u64> = merged.iter().map(|hit| hit.metadata_ref).collect();
+        let records = self.records(generation, &refs).await?;
+        let results = merged
+            .iter()
+            .zip(records)
+            .map(|(hit, record)| SearchResult {
+                id: hit.id,
+                score: hit.score,
+                url: if record.url.is_empty() {
+                    String::new()
+                } else {
+                    resolve_url("/", &record.url)
+                },
+                caption: record.caption,
+            })
+            .collect();
+        timings.merge = since(merge_started);
+        let own = self.stats();
+        Ok(SearchResponse {
+            results,
+            partial: !failed_lists.is_empty(),
+            failed_lists,
+            timings,
+            stats: QueryStats {
+                gets: own.gets + fan_out.gets,
+                bytes: own.bytes + fan_out.bytes,
+            },
+        })
+    }
+
+    /// An object under the index root's `media/` prefix.
+    pub async fn media(&self, path: &str) -> Result<Vec<u8>, ObjectError> {
+        self.objects
+            .get(&self.config.index_key(&format!("media/{path}")), None)
+            .await
+    }
+}

@@ -1,0 +1,241 @@
+//! clipedge's edge query front: a Cloudflare Worker (Rust → wasm32).
+//!
+//! `POST /v1/search`: validate → encode the text (tract, model from the bucket) → rank routing
+//! groups (the table held in the isolate) → one signed call per batch of groups to the scanner
+//! Lambdas, at most six at once → merge and de-duplicate → captions and URLs from the catalog.
+//! Also `GET /v1/health`, `GET /v1/items/{id}`, the demo page and `/media/…` from the bucket.
+//!
+//! The modules without `worker` types (`config`, `plan`) are tested on the host; the rest runs
+//! in workerd, where `tests/tests/edge_worker.rs` drives it end to end.
+
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod objects;
+pub mod plan;
+pub mod scanners;
+
+use std::cell::Cell;
+
+use clipedge_api::{parse_search_request, server_timing, web, ApiError, ErrorCode, MAX_BODY_BYTES};
+use worker::{event, Context, Env, Headers, Method, Request, Response, Result};
+
+use crate::clock::{monotonic_ms, unix_ms};
+use crate::config::WorkerConfig;
+use crate::engine::RequestContext;
+use crate::objects::{ObjectError, Objects};
+
+thread_local! {
+    static REQUEST_SEQUENCE: Cell<u64> = const { Cell::new(0) };
+}
+
+fn cors_headers(headers: &Headers) -> Result<()> {
+    headers.set("access-control-allow-origin", "*")?;
+    headers.set("access-control-allow-methods", "GET, POST, OPTIONS")?;
+    headers.set("access-control-allow-headers", "content-type")?;
+    headers.set("access-control-expose-headers", "server-timing")?;
+    Ok(())
+}
+
+fn bytes_response(status: u16, content_type: &str, body: Vec<u8>) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", content_type)?;
+    cors_headers(&headers)?;
+    Ok(Response::from_bytes(body)?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+fn json_response(status: u16, body: &impl serde::Serialize) -> Result<Response> {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => bytes_response(status, "application/json", bytes),
+        Err(error) => error_response(&ApiError::new(ErrorCode::Internal, error.to_string())),
+    }
+}
+
+fn error_response(error: &ApiError) -> Result<Response> {
+    bytes_response(
+        error.status(),
+        "application/json",
+        error.to_json().into_bytes(),
+    )
+}
+
+fn config(env: &Env) -> std::result::Result<WorkerConfig, ApiError> {
+    WorkerConfig::from_lookup(|name| {
+        env.secret(name)
+            .map(|secret| secret.to_string())
+            .or_else(|_| env.var(name).map(|var| var.to_string()))
+            .ok()
+    })
+    .map_err(|error| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("worker misconfigured: {error}"),
+        )
+    })
+}
+
+fn request_id() -> String {
+    let sequence = REQUEST_SEQUENCE.with(|counter| {
+        counter.set(counter.get() + 1);
+        counter.get()
+    });
+    format!("edge-{:x}-{sequence}", unix_ms())
+}
+
+#[event(fetch)]
+pub async fn fetch(mut request: Request, env: Env, _context: Context) -> Result<Response> {
+    let path = request.path();
+    let method = request.method();
+    if method == Method::Options {
+        let headers = Headers::new();
+        cors_headers(&headers)?;
+        headers.set("access-control-max-age", "86400")?;
+        return Ok(Response::empty()?.with_status(204).with_headers(headers));
+    }
+    if let Some(asset) = web::asset(&path) {
+        if method != Method::Get && method != Method::Head {
+            return error_response(&method_not_allowed(&path));
+        }
+        return bytes_response(200, asset.content_type, asset.bytes.to_vec());
+    }
+    let is_api = path.starts_with("/v1/") || path.starts_with("/media/");
+    if !is_api {
+        return error_response(&ApiError::new(
+            ErrorCode::NotFound,
+            format!("no route {path}"),
+        ));
+    }
+    let config = match config(&env) {
+        Ok(config) => config,
+        Err(error) => return error_response(&error),
+    };
+    let objects = match Objects::new(&config, &env) {
+        Ok(objects) => objects,
+        Err(error) => {
+            return error_response(&ApiError::new(ErrorCode::Internal, error.to_string()))
+        }
+    };
+    let mut context = RequestContext::new(&config, objects);
+    match (method, path.as_str()) {
+        (Method::Post, "/v1/search") => search(&mut request, &mut context).await,
+        (_, "/v1/search") => error_response(&method_not_allowed(&path)),
+        (Method::Get, "/v1/health") => match context.health().await {
+            Ok(health) => json_response(200, &health),
+            Err(error) => error_response(&error),
+        },
+        (Method::Get, item) if item.starts_with("/v1/items/") => {
+            let id_text = item.trim_start_matches("/v1/items/");
+            let Ok(id) = id_text.parse::<u64>() else {
+                return error_response(&ApiError::new(
+                    ErrorCode::UnknownId,
+                    format!("item id {id_text:?} is not a non-negative integer"),
+                ));
+            };
+            match context.item(id).await {
+                Ok(item) => json_response(200, &item),
+                Err(error) => error_response(&error),
+            }
+        }
+        (Method::Get, media) if media.starts_with("/media/") => {
+            media_response(&context, media.trim_start_matches("/media/")).await
+        }
+        _ => error_response(&ApiError::new(
+            ErrorCode::NotFound,
+            format!("no route {path}"),
+        )),
+    }
+}
+
+fn method_not_allowed(path: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("method not allowed on {path}"),
+    )
+}
+
+async fn search(request: &mut Request, context: &mut RequestContext<'_>) -> Result<Response> {
+    let started = monotonic_ms();
+    let body = request.bytes().await?;
+    if body.len() > MAX_BODY_BYTES {
+        return error_response(&ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "request body has {} bytes, the limit is {MAX_BODY_BYTES}",
+                body.len()
+            ),
+        ));
+    }
+    let parsed = match parse_search_request(&body) {
+        Ok(parsed) => parsed,
+        Err(error) => return error_response(&error),
+    };
+    let generation = match context.generation().await {
+        Ok(generation) => generation,
+        Err(error) => return error_response(&error),
+    };
+    let search = match parsed.validate(generation.manifest.dim as usize) {
+        Ok(search) => search,
+        Err(error) => return error_response(&error),
+    };
+    let request_id = request_id();
+    match context.search(&generation, search, &request_id).await {
+        Ok(answer) => {
+            let mut timing = server_timing(&answer.timings);
+            if context.load_ms > 0.0 {
+                timing.push_str(&format!(", load;dur={:.2}", context.load_ms));
+            }
+            timing.push_str(&format!(", total;dur={:.2}", clock::since(started)));
+            let response = json_response(200, &answer)?;
+            response.headers().set("server-timing", &timing)?;
+            if let Some(memory) = engine::memory_bytes() {
+                response
+                    .headers()
+                    .set("x-clipedge-wasm-memory", &memory.to_string())?;
+            }
+            Ok(response)
+        }
+        Err(error) => {
+            worker::console_warn!("search {request_id} failed: {error}");
+            error_response(&error)
+        }
+    }
+}
+
+fn media_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().unwrap_or_default() {
+        "webp" => "image/webp",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "svg" => "image/svg+xml",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn media_response(context: &RequestContext<'_>, path: &str) -> Result<Response> {
+    let safe = !path.is_empty()
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+    let not_found = || ApiError::new(ErrorCode::NotFound, format!("no media object {path:?}"));
+    if !safe {
+        return error_response(&not_found());
+    }
+    match context.media(path).await {
+        Ok(bytes) => {
+            let response = bytes_response(200, media_type(path), bytes)?;
+            // Media objects are named by their content hash: they never change.
+            response
+                .headers()
+                .set("cache-control", "public, max-age=31536000, immutable")?;
+            Ok(response)
+        }
+        Err(ObjectError::NotFound { .. }) => error_response(&not_found()),
+        Err(error) => error_response(&ApiError::new(ErrorCode::Internal, error.to_string())),
+    }
+}

@@ -1,0 +1,156 @@
+//! Calling the scanner Lambdas: one signed POST per batch, all batches at once (at most six,
+//! the Worker's connection limit), each retried once where a retry can help.
+
+use std::time::Duration;
+
+use clipedge_protocol::{
+    decode_response, Encoding, ScanRequest, ScanResponse, ScanTargets, SignedRequest,
+};
+use futures::future::join_all;
+use worker::{Headers, Method, Request, RequestInit};
+
+use crate::clock::unix_ms;
+use crate::config::WorkerConfig;
+use crate::objects::fetch_with_timeout;
+use crate::plan::{retry_targets, Batch, FanOut};
+
+/// What every call of one query shares.
+pub struct ScanJob<'a> {
+    pub config: &'a WorkerConfig,
+    pub generation: &'a str,
+    pub query: &'a [f32],
+    pub k: u32,
+    pub rerank: u32,
+    pub request_id: &'a str,
+}
+
+/// One call's outcome as the fold needs it.
+enum Attempt {
+    Answer(ScanResponse),
+    /// No answer; `lists` are left unscanned by it (empty when the first answer, or a retry,
+    /// already accounts for them).
+    Failed {
+        error: String,
+        lists: Vec<u32>,
+    },
+}
+
+async fn call(
+    job: &ScanJob<'_>,
+    url: &str,
+    targets: ScanTargets,
+    attempt: &str,
+) -> Result<ScanResponse, String> {
+    let request = ScanRequest {
+        request_id: format!("{}-{attempt}", job.request_id),
+        index: job.config.index.clone(),
+        generation: job.generation.to_string(),
+        query: job.query.to_vec(),
+        targets,
+        k: job.k,
+        rerank: job.rerank,
+        deadline_ms: job.config.scan_deadline_ms(),
+    };
+    let signed = SignedRequest::new(
+        &request,
+        Encoding::Binary,
+        &job.config.scanner_secret,
+        unix_ms(),
+    )
+    .map_err(|error| format!("cannot encode scan request: {error}"))?;
+    let headers = Headers::new();
+    let set = |name: &str, value: &str| headers.set(name, value).map_err(|error| error.to_string());
+    set("content-type", signed.content_type)?;
+    for (name, value) in signed.headers.pairs() {
+        set(name, value)?;
+    }
+    let body = worker::js_sys::Uint8Array::from(signed.body.as_slice());
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(body.into()));
+    let http =
+        Request::new_with_init(url, &init).map_err(|error| format!("scanner {url}: {error}"))?;
+    let timeout = Duration::from_millis(job.config.scanner_timeout_ms as u64);
+    let mut response = fetch_with_timeout(http, timeout)
+        .await
+        .map_err(|reason| format!("scanner {url}: {reason}"))?;
+    let status = response.status_code();
+    let content_type = response.headers().get("content-type").ok().flatten();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|error| format!("scanner {url}: reading the answer: {error}"))?;
+    if status != 200 {
+        let snippet = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+        return Err(format!("scanner {url}: HTTP {status}: {snippet}"));
+    }
+    decode_response(&bytes, Encoding::from_content_type(content_type.as_deref()))
+        .map_err(|error| format!("scanner {url}: undecodable answer: {error}"))
+}
+
+/// One batch: a call, then at most one retry (to the next scanner URL) of what failed.
+async fn run_batch(job: &ScanJob<'_>, batch: &Batch, index: usize) -> Vec<Attempt> {
+    let urls = &job.config.scanner_urls;
+    let first_url = &urls[index % urls.len()];
+    let retry_url = &urls[(index + 1) % urls.len()];
+    let first = match call(job, first_url, batch.targets(), &format!("b{index}")).await {
+        Ok(response) => response,
+        Err(error) => {
+            // Nothing came back: send the whole batch again.
+            let retried = match call(job, retry_url, batch.targets(), &format!("b{index}r")).await {
+                Ok(response) => Attempt::Answer(response),
+                Err(retry_error) => Attempt::Failed {
+                    error: retry_error,
+                    lists: batch.lists.clone(),
+                },
+            };
+            return vec![
+                Attempt::Failed {
+                    error,
+                    lists: Vec::new(),
+                },
+                retried,
+            ];
+        }
+    };
+    let retries = retry_targets(batch, &first);
+    let mut attempts = vec![Attempt::Answer(first)];
+    let retried = join_all(
+        retries
+            .into_iter()
+            .enumerate()
+            .map(|(n, targets)| async move {
+                match call(job, retry_url, targets, &format!("b{index}r{n}")).await {
+                    Ok(response) => Attempt::Answer(response),
+                    // The first answer already marked these groups and lists failed.
+                    Err(error) => Attempt::Failed {
+                        error,
+                        lists: Vec::new(),
+                    },
+                }
+            }),
+    )
+    .await;
+    attempts.extend(retried);
+    attempts
+}
+
+/// Runs every batch concurrently and folds the answers, failures included.
+pub async fn scan(job: &ScanJob<'_>, batches: &[Batch]) -> FanOut {
+    let attempts = join_all(
+        batches
+            .iter()
+            .enumerate()
+            .map(|(index, batch)| run_batch(job, batch, index)),
+    )
+    .await;
+    let mut fan_out = FanOut::default();
+    for attempt in attempts.into_iter().flatten() {
+        match attempt {
+            Attempt::Answer(response) => fan_out.add_response(&response),
+            Attempt::Failed { error, lists } => fan_out.add_failed_call(&lists, error),
+        }
+    }
+    fan_out
+}
