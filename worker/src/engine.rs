@@ -7,7 +7,6 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use clipedge_api::{
     merge, resolve_url, ApiError, ErrorCode, HealthResponse, Query, QueryStats, SearchResponse,
@@ -246,8 +245,8 @@ impl<'a> RequestContext<'a> {
             card_toml: &card_toml,
             tokenizer_json: &tokenizer_json,
             onnx: &onnx,
-            // Moved, not shared: the encoder drops it once the weights are in the graph.
-            external_data: external_data.map(Arc::new),
+            // Moved: the encoder cuts the weights into the graph and drops the file.
+            external_data,
         })
         .map_err(|error| internal("cannot load the text model", error))
     }
@@ -320,7 +319,12 @@ impl<'a> RequestContext<'a> {
             .groups
             .partition_point(|group| group.first_list <= entry.list_id)
             .saturating_sub(1);
-        let group = routing.groups[group_index];
+        let Some(group) = routing.groups.get(group_index).copied() else {
+            return Err(internal(
+                "index is inconsistent",
+                "the routing table has no groups",
+            ));
+        };
         let group_bytes = self
             .objects
             .get(
@@ -337,7 +341,16 @@ impl<'a> RequestContext<'a> {
             group.crc32,
         )
         .map_err(|error| format_error("group read failed", error))?;
-        let location = blob.lists[(entry.list_id - group.first_list) as usize];
+        let Some(location) = blob
+            .lists
+            .get((entry.list_id - group.first_list) as usize)
+            .copied()
+        else {
+            return Err(internal(
+                "index is inconsistent",
+                format!("list {} is not in group {group_index}", entry.list_id),
+            ));
+        };
         let Some(shard) = manifest.shards.get(location.shard as usize) else {
             return Err(internal(
                 "index is inconsistent",

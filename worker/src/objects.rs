@@ -5,9 +5,12 @@ use std::cell::Cell;
 use std::ops::Range;
 use std::time::Duration;
 
+use futures::StreamExt;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use thiserror::Error;
-use worker::{AbortController, Delay, Env, Fetch, Headers, Method, Request, RequestInit};
+use worker::{
+    AbortController, ByteStream, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
+};
 
 use crate::clock::unix_ms;
 use crate::config::{ObjectSourceConfig, WorkerConfig};
@@ -141,10 +144,28 @@ async fn get_r2(
         .ok_or_else(|| ObjectError::NotFound {
             key: key.to_string(),
         })?;
+    let size = object.size();
     let body = object
         .body()
         .ok_or_else(|| failed(key, "R2 object has no body"))?;
-    body.bytes().await.map_err(|error| failed(key, error))
+    let stream = body.stream().map_err(|error| failed(key, error))?;
+    collect(stream, Some(size), key).await
+}
+
+/// Reads a body chunk by chunk into one buffer of the announced size: the JS side then holds
+/// one chunk at a time, not a second copy of a 64 MB weight file (the isolate's 128 MB covers
+/// both heaps).
+async fn collect(
+    mut stream: ByteStream,
+    size: Option<u64>,
+    key: &str,
+) -> Result<Vec<u8>, ObjectError> {
+    let mut bytes = Vec::with_capacity(size.unwrap_or(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| failed(key, error))?;
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 async fn get_s3(
@@ -177,7 +198,14 @@ async fn get_s3(
             key: key.to_string(),
         });
     }
-    let body = response.bytes().await.map_err(|error| failed(key, error))?;
+    let announced = response
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|length| length.parse::<u64>().ok());
+    let stream = response.stream().map_err(|error| failed(key, error))?;
+    let body = collect(stream, announced, key).await?;
     if !(200..300).contains(&status) {
         let snippet = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
         return Err(failed(key, format!("HTTP {status}: {snippet}")));

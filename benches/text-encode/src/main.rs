@@ -42,7 +42,7 @@ fn run() -> Result<(), String> {
         String::from_utf8(read("model.toml")?).map_err(|_| "model.toml is not UTF-8")?;
     let card = ModelCard::from_toml(&card_text).map_err(|error| error.to_string())?;
     let onnx = read(&card.onnx_file)?;
-    let external_data = read(&format!("{}.data", card.onnx_file)).ok().map(Arc::new);
+    let external_data = read(&format!("{}.data", card.onnx_file)).ok();
     let tokenizer = read(&card.tokenizer_file)?;
     let package_bytes =
         onnx.len() + external_data.as_ref().map_or(0, |data| data.len()) + tokenizer.len();

@@ -34,36 +34,75 @@ pub struct PackageBytes<'a> {
     pub card_toml: &'a str,
     pub tokenizer_json: &'a [u8],
     pub onnx: &'a [u8],
-    /// `text.onnx.data` for graphs exported with external weights.
-    pub external_data: Option<Arc<Vec<u8>>>,
+    /// `text.onnx.data` for graphs exported with external weights; consumed (moved into the
+    /// graph) so the weights are not held twice.
+    pub external_data: Option<Vec<u8>>,
 }
 
-/// Serves every external-data read from the one weight file held in memory.
-struct InMemoryData(Arc<Vec<u8>>);
-
-impl tract_onnx::data_resolver::ModelDataResolver for InMemoryData {
-    fn read_bytes_from_path(
-        &self,
-        buf: &mut Vec<u8>,
-        path: &std::path::Path,
-        offset: usize,
-        length: Option<usize>,
-    ) -> TractResult<()> {
-        let data = &self.0[..];
-        let end = match length {
-            Some(length) => offset.checked_add(length),
-            None => Some(data.len()),
+/// Moves the weights of `external_data` into the graph's initializers (`raw_data`), so tract
+/// needs no file system: it resolves external data through a canonicalized model directory,
+/// which wasm32-unknown-unknown (the Worker) does not have.
+///
+/// Tensors are cut from the end of the weight file backwards, truncating it as they go, so the
+/// weights are held about once (not twice) while they move.
+fn inline_external_data(
+    proto: &mut tract_onnx::pb::ModelProto,
+    mut data: Vec<u8>,
+) -> Result<(), TextError> {
+    let invalid = |reason: String| TextError::ModelLoad { reason };
+    let Some(graph) = proto.graph.as_mut() else {
+        return Ok(());
+    };
+    let mut spans = Vec::new();
+    for (index, tensor) in graph.initializer.iter().enumerate() {
+        if tensor.external_data.is_empty() {
+            continue;
+        }
+        let field = |key: &str| {
+            tensor
+                .external_data
+                .iter()
+                .find(|entry| entry.key == key)
+                .map(|entry| entry.value.as_str())
         };
-        let Some(bytes) = end.and_then(|end| data.get(offset..end)) else {
-            return Err(TractError::msg(format!(
-                "external data {} [{offset}, +{length:?}) is outside the {}-byte weight file",
-                path.display(),
+        let number = |key: &str| -> Result<Option<usize>, TextError> {
+            field(key)
+                .map(|value| {
+                    value.parse::<usize>().map_err(|_| {
+                        invalid(format!(
+                            "tensor {}: external data {key} {value:?} is not a number",
+                            tensor.name
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let offset = number("offset")?.unwrap_or(0);
+        let length = match number("length")? {
+            Some(length) => length,
+            None => data.len().saturating_sub(offset),
+        };
+        spans.push((index, offset, length));
+    }
+    spans.sort_by_key(|&(_, offset, _)| std::cmp::Reverse(offset));
+    for (index, offset, length) in spans {
+        let tensor = &mut graph.initializer[index];
+        let end = offset.checked_add(length).filter(|end| *end <= data.len());
+        let Some(end) = end else {
+            return Err(invalid(format!(
+                "tensor {}: external data [{offset}, +{length}) is outside the {}-byte weight \
+                 file (or overlaps another tensor)",
+                tensor.name,
                 data.len()
             )));
         };
-        buf.extend_from_slice(bytes);
-        Ok(())
+        tensor.raw_data = data[offset..end].to_vec();
+        tensor.external_data.clear();
+        tensor.data_location = None;
+        data.truncate(offset);
+        data.shrink_to_fit();
     }
+    Ok(())
 }
 
 pub struct TextEncoder {
@@ -108,21 +147,18 @@ impl TextEncoder {
         let model_load = |error: TractError| TextError::ModelLoad {
             reason: format!("{error:#}"),
         };
-        let mut framework = tract_onnx::onnx();
-        if let Some(data) = package.external_data {
-            framework.provider = Arc::new(InMemoryData(data));
-        }
+        let framework = tract_onnx::onnx();
         let mut reader = package.onnx;
-        let proto = framework
+        let mut proto = framework
             .proto_model_for_read(&mut reader)
             .map_err(model_load)?;
-        // A model directory must be named for tract to resolve external data; the in-memory
-        // resolver ignores it.
-        let parsed = framework.parse(&proto, Some(".")).map_err(model_load)?;
-        // The weights now live in the parsed graph: release the protobuf and the resolver's hold
-        // on the weight file before optimizing, which needs memory of its own (the Worker has 128 MB).
+        if let Some(data) = package.external_data {
+            inline_external_data(&mut proto, data)?;
+        }
+        let parsed = framework.parse(&proto, None).map_err(model_load)?;
+        // The weights now live in the parsed graph: release the protobuf before optimizing,
+        // which needs memory of its own (the Worker has 128 MB).
         drop(proto);
-        drop(framework);
         if !parsed.unresolved_inputs.is_empty() {
             return Err(TextError::ModelLoad {
                 reason: format!("graph has unresolved inputs {:?}", parsed.unresolved_inputs),

@@ -308,7 +308,7 @@ fn package_bytes_load_equals_directory_load() {
             card_toml: &card_text,
             tokenizer_json: &tokenizer,
             onnx: &onnx,
-            external_data: data.map(std::sync::Arc::new),
+            external_data: data,
         })
         .unwrap();
         let from_dir = TextEncoder::load(&dir).unwrap();
@@ -318,5 +318,78 @@ fn package_bytes_load_equals_directory_load() {
             from_dir.encode(text).unwrap().embedding,
             "{name}"
         );
+    }
+}
+
+/// tiny-clip rewritten the way `export_clip.py --external-data` writes a package: every
+/// initializer's bytes in `text.onnx.data`, the graph pointing at them.
+fn external_data_package(dir: &std::path::Path) -> (String, Vec<u8>, Vec<u8>, Vec<u8>) {
+    use prost::Message;
+    use tract_onnx::pb::{ModelProto, StringStringEntryProto};
+    let source = package("tiny-clip");
+    let onnx = std::fs::read(source.join("text.onnx")).unwrap();
+    let mut proto = ModelProto::decode(onnx.as_slice()).unwrap();
+    let mut data = Vec::new();
+    let graph = proto.graph.as_mut().unwrap();
+    for tensor in &mut graph.initializer {
+        if tensor.raw_data.is_empty() {
+            continue;
+        }
+        let offset = data.len();
+        data.extend_from_slice(&tensor.raw_data);
+        let entry = |key: &str, value: String| StringStringEntryProto {
+            key: key.to_string(),
+            value,
+        };
+        tensor.external_data = vec![
+            entry("location", "text.onnx.data".to_string()),
+            entry("offset", offset.to_string()),
+            entry("length", tensor.raw_data.len().to_string()),
+        ];
+        tensor.data_location = Some(1);
+        tensor.raw_data.clear();
+    }
+    assert!(!data.is_empty(), "tiny-clip has raw-data initializers");
+    let rewritten = proto.encode_to_vec();
+    let card = std::fs::read_to_string(source.join("model.toml")).unwrap();
+    let tokenizer = std::fs::read(source.join("tokenizer.json")).unwrap();
+    std::fs::write(dir.join("model.toml"), &card).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), &tokenizer).unwrap();
+    std::fs::write(dir.join("text.onnx"), &rewritten).unwrap();
+    std::fs::write(dir.join("text.onnx.data"), &data).unwrap();
+    (card, tokenizer, rewritten, data)
+}
+
+#[test]
+fn external_weights_load_from_memory_without_a_file_system() {
+    let work = tempfile::tempdir().unwrap();
+    let (card, tokenizer, onnx, data) = external_data_package(work.path());
+    let original = TextEncoder::load(package("tiny-clip")).unwrap();
+    let from_dir = TextEncoder::load(work.path()).unwrap();
+    // The Worker's path: the weight file is moved into the graph, no directory is touched.
+    let from_memory = TextEncoder::from_package(PackageBytes {
+        card_toml: &card,
+        tokenizer_json: &tokenizer,
+        onnx: &onnx,
+        external_data: Some(data.clone()),
+    })
+    .unwrap();
+    for text in ["a dog running on the beach", "ein Hund"] {
+        let expected = original.encode(text).unwrap().embedding;
+        assert_eq!(from_dir.encode(text).unwrap().embedding, expected);
+        assert_eq!(from_memory.encode(text).unwrap().embedding, expected);
+    }
+
+    // A weight file too short for the graph is a load error naming the tensor, not a panic.
+    let short = TextEncoder::from_package(PackageBytes {
+        card_toml: &card,
+        tokenizer_json: &tokenizer,
+        onnx: &onnx,
+        external_data: Some(data[..data.len() / 2].to_vec()),
+    });
+    match short {
+        Err(TextError::ModelLoad { reason }) => assert!(reason.contains("outside"), "{reason}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a truncated weight file loaded"),
     }
 }
