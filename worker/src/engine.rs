@@ -561,7 +561,11 @@ impl<'a> RequestContext<'a> {
                 ),
             ));
         }
-        let merged = merge(&[fan_out.candidates.clone()], search.k, search.dedup);
+        let merged = merge(
+            std::slice::from_ref(&fan_out.candidates),
+            search.k,
+            search.dedup,
+        );
         let refs: Vec<u64> = merged.iter().map(|hit| hit.metadata_ref).collect();
         let records = self.records(generation, &refs).await?;
         let results = merged

@@ -31,7 +31,8 @@ pub enum ObjectError {
 enum Backend {
     R2(worker::Bucket),
     S3 {
-        bucket: Bucket,
+        // Boxed: the S3 variant is large next to a binding handle.
+        bucket: Box<Bucket>,
         credentials: Option<Credentials>,
     },
 }
@@ -74,7 +75,7 @@ impl Objects {
                 )
                 .map_err(|error| failed(&config.bucket, format!("bucket: {error}")))?;
                 Backend::S3 {
-                    bucket,
+                    bucket: Box::new(bucket),
                     credentials: keys
                         .as_ref()
                         .map(|(key, secret)| Credentials::new(key.clone(), secret.clone())),

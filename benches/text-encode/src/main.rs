@@ -8,7 +8,6 @@
 //! shrinks, so its size is the high-water mark of the module's heap).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use clipedge_text::{ModelCard, PackageBytes, TextEncoder, Tokens};

@@ -39,31 +39,44 @@ pub struct PackageBytes<'a> {
     pub external_data: Option<Vec<u8>>,
 }
 
-/// Moves the weights of `external_data` into the graph's initializers (`raw_data`), so tract
-/// needs no file system: it resolves external data through a canonicalized model directory,
-/// which wasm32-unknown-unknown (the Worker) does not have.
+/// One initializer whose bytes are in the external weight file.
+struct ExternalTensor {
+    proto: tract_onnx::pb::TensorProto,
+    offset: usize,
+    length: usize,
+}
+
+/// Takes the initializers stored in external data out of the graph and declares them as graph
+/// inputs instead, so tract parses the graph without their bytes.
 ///
-/// Tensors are cut from the end of the weight file backwards, truncating it as they go, so the
-/// weights are held about once (not twice) while they move.
-fn inline_external_data(
+/// Why: tract resolves external data through a canonicalized model directory, which
+/// wasm32-unknown-unknown (the Worker) does not have; and inlining the bytes into the protobuf
+/// would hold the weights twice while tract parses (it converts every initializer before it
+/// drops any), which is what breaks a 128 MB isolate. [`attach_external_tensors`] then turns the
+/// placeholder inputs into constants one tensor at a time.
+fn detach_external_tensors(
     proto: &mut tract_onnx::pb::ModelProto,
-    mut data: Vec<u8>,
-) -> Result<(), TextError> {
+    data_len: usize,
+) -> Result<Vec<ExternalTensor>, TextError> {
+    use tract_onnx::pb::{
+        tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto,
+    };
     let invalid = |reason: String| TextError::ModelLoad { reason };
     let Some(graph) = proto.graph.as_mut() else {
-        return Ok(());
+        return Ok(Vec::new());
     };
-    let mut spans = Vec::new();
-    for (index, tensor) in graph.initializer.iter().enumerate() {
-        if tensor.external_data.is_empty() {
-            continue;
-        }
+    let (external, inline): (Vec<_>, Vec<_>) = std::mem::take(&mut graph.initializer)
+        .into_iter()
+        .partition(|tensor| !tensor.external_data.is_empty());
+    graph.initializer = inline;
+    let mut detached = Vec::with_capacity(external.len());
+    for tensor in external {
         let field = |key: &str| {
             tensor
                 .external_data
                 .iter()
                 .find(|entry| entry.key == key)
-                .map(|entry| entry.value.as_str())
+                .map(|entry| entry.value.clone())
         };
         let number = |key: &str| -> Result<Option<usize>, TextError> {
             field(key)
@@ -80,27 +93,76 @@ fn inline_external_data(
         let offset = number("offset")?.unwrap_or(0);
         let length = match number("length")? {
             Some(length) => length,
-            None => data.len().saturating_sub(offset),
+            None => data_len.saturating_sub(offset),
         };
-        spans.push((index, offset, length));
-    }
-    spans.sort_by_key(|&(_, offset, _)| std::cmp::Reverse(offset));
-    for (index, offset, length) in spans {
-        let tensor = &mut graph.initializer[index];
-        let end = offset.checked_add(length).filter(|end| *end <= data.len());
-        let Some(end) = end else {
+        if offset.checked_add(length).is_none_or(|end| end > data_len) {
             return Err(invalid(format!(
-                "tensor {}: external data [{offset}, +{length}) is outside the {}-byte weight \
-                 file (or overlaps another tensor)",
-                tensor.name,
-                data.len()
+                "tensor {}: external data [{offset}, +{length}) is outside the {data_len}-byte \
+                 weight file",
+                tensor.name
             )));
-        };
-        tensor.raw_data = data[offset..end].to_vec();
-        tensor.external_data.clear();
-        tensor.data_location = None;
-        data.truncate(offset);
+        }
+        if !graph.input.iter().any(|input| input.name == tensor.name) {
+            let dims = tensor
+                .dims
+                .iter()
+                .map(|dim| tensor_shape_proto::Dimension {
+                    denotation: String::new(),
+                    value: Some(tensor_shape_proto::dimension::Value::DimValue(*dim)),
+                })
+                .collect();
+            graph.input.push(ValueInfoProto {
+                name: tensor.name.clone(),
+                r#type: Some(TypeProto {
+                    denotation: String::new(),
+                    value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                        elem_type: tensor.data_type,
+                        shape: Some(TensorShapeProto { dim: dims }),
+                    })),
+                }),
+                ..ValueInfoProto::default()
+            });
+        }
+        detached.push(ExternalTensor {
+            proto: tensor,
+            offset,
+            length,
+        });
+    }
+    Ok(detached)
+}
+
+/// Turns the placeholder inputs [`detach_external_tensors`] made into constants holding their
+/// bytes, cutting each tensor from the end of the weight file and truncating it as it goes, so
+/// the weights are held about once.
+fn attach_external_tensors(
+    model: &mut InferenceModel,
+    mut tensors: Vec<ExternalTensor>,
+    mut data: Vec<u8>,
+) -> TractResult<()> {
+    tensors.sort_by_key(|tensor| std::cmp::Reverse(tensor.offset));
+    let provider = tract_onnx::data_resolver::FopenDataResolver;
+    for mut tensor in tensors {
+        let end = tensor.offset + tensor.length;
+        if end > data.len() {
+            return Err(TractError::msg(format!(
+                "tensor {}: external data [{}, +{}) overlaps another tensor",
+                tensor.proto.name, tensor.offset, tensor.length
+            )));
+        }
+        tensor.proto.raw_data = data[tensor.offset..end].to_vec();
+        tensor.proto.external_data.clear();
+        tensor.proto.data_location = None;
+        data.truncate(tensor.offset);
         data.shrink_to_fit();
+        let value =
+            tract_onnx::tensor::load_tensor(&provider, &tensor.proto, None)?.into_arc_tensor();
+        drop(tensor.proto.raw_data);
+        let fact = TypedFact::try_from(value.clone())?;
+        let node = model.node_by_name(&tensor.proto.name)?.id;
+        model.nodes[node].op = Box::new(tract_onnx::tract_hir::ops::konst::Const::new(value)?);
+        model.set_outlet_fact(OutletId::new(node, 0), fact.into())?;
+        model.inputs.retain(|outlet| outlet.node != node);
     }
     Ok(())
 }
@@ -152,19 +214,20 @@ impl TextEncoder {
         let mut proto = framework
             .proto_model_for_read(&mut reader)
             .map_err(model_load)?;
-        if let Some(data) = package.external_data {
-            inline_external_data(&mut proto, data)?;
-        }
+        let data_len = package.external_data.as_ref().map_or(0, Vec::len);
+        let external = detach_external_tensors(&mut proto, data_len)?;
         let parsed = framework.parse(&proto, None).map_err(model_load)?;
-        // The weights now live in the parsed graph: release the protobuf before optimizing,
-        // which needs memory of its own (the Worker has 128 MB).
         drop(proto);
         if !parsed.unresolved_inputs.is_empty() {
             return Err(TextError::ModelLoad {
                 reason: format!("graph has unresolved inputs {:?}", parsed.unresolved_inputs),
             });
         }
-        TextEncoder::from_parts(card, package.tokenizer_json, parsed.model)
+        let mut model = parsed.model;
+        if let Some(data) = package.external_data {
+            attach_external_tensors(&mut model, external, data).map_err(model_load)?;
+        }
+        TextEncoder::from_parts(card, package.tokenizer_json, model)
     }
 
     fn from_parts(
