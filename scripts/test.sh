@@ -86,9 +86,10 @@ wasi_test() {
 wasi_test -p clipedge-linalg --no-default-features --lib
 
 step "tests"
-# The scanner tests attach this prebuilt binary to the emulator (no cargo run inside a test);
-# the edge test starts the stack with the clipedge binary.
-cargo build --locked -p clipedge-lambda -p clipedge --bins
+# cargo test builds the `clipedge` and `clipedge-scanner` binaries (their packages have
+# integration tests) before any test runs; the scanner and edge tests start them as processes
+# (no `cargo run` inside a test). A separate `cargo build -p …` would resolve other features
+# and compile tract a second time.
 cargo test --workspace --locked 2>&1 | tee -a "$test_log"
 # One closing line for the whole run (cargo prints one per test binary, the last often a doc-test
 # binary with nothing in it).

@@ -38,17 +38,14 @@ struct Stack {
 
 impl Stack {
     fn up(index: &Path, state: &Path, vars: &[&str]) -> Stack {
+        Stack::up_with_model(index, state, "models/tiny-clip", vars)
+    }
+
+    fn up_with_model(index: &Path, state: &Path, model: &str, vars: &[&str]) -> Stack {
         let mut command = Command::new(clipedge());
         command
             .current_dir(workspace_root())
-            .args([
-                "local-stack",
-                "up",
-                "--port",
-                "0",
-                "--model",
-                "models/tiny-clip",
-            ])
+            .args(["local-stack", "up", "--port", "0", "--model", model])
             .arg("--index")
             .arg(index)
             .arg("--state")
@@ -499,4 +496,54 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
         "{}",
         failed.body
     );
+}
+
+/// The bundled demo (MiniLM captions) served by the edge Worker, driven in Chromium by the same
+/// page test as `clipedge serve`'s (`tests/browser/search.mjs`): the Worker serves the page, the
+/// API and the images.
+#[test]
+fn the_demo_page_works_in_chromium_through_the_edge_worker() {
+    // The demo index the CLI tests build (same place, same key: built once per target dir).
+    let index = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-index");
+    let built = Command::new(clipedge())
+        .current_dir(workspace_root())
+        .args([
+            "demo",
+            "--build-only",
+            "--model",
+            "models/minilm-l6-v2",
+            "--dir",
+        ])
+        .arg(&index)
+        .output()
+        .expect("build the demo index");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let work = tempfile::tempdir().unwrap();
+    let stack = Stack::up_with_model(
+        &index,
+        &work.path().join("stack"),
+        "models/minilm-l6-v2",
+        &[],
+    );
+    let artifacts = workspace_root().join("test-artifacts/browser-edge");
+    let output = Command::new("node")
+        .arg(workspace_root().join("tests/browser/search.mjs"))
+        .arg("--url")
+        .arg(stack.url())
+        .arg("--out")
+        .arg(&artifacts)
+        .output()
+        .expect("run node (scripts/test.sh installs nodejs, chromium and playwright-core)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "browser test against the Worker failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(artifacts.join("search.png").is_file());
 }
