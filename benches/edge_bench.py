@@ -187,6 +187,9 @@ def main() -> None:
                                capture_output=True, cwd=REPO)
 
         stages = ["load", "encode", "probe", "scan", "merge", "total", "client"]
+        print("\ncold start: model package fetch / encoder build (parse + attach weights + optimize), ms:")
+        for cold in colds:
+            print(f"  {cold.get('model-fetch', 0.0):8.1f} / {cold.get('model-build', 0.0):8.1f}")
         print("\ncold (first text query of a fresh isolate), ms:")
         print("  " + " ".join(f"{s:>8}" for s in stages))
         for cold in colds:

@@ -290,6 +290,8 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
         &[
             "CLIPEDGE_SCANNER_TIMEOUT_MS=2000",
             "CLIPEDGE_MIN_LISTS_PER_CALL=2",
+            // Read CURRENT on every request, so the generation switch below shows at once.
+            "CLIPEDGE_CURRENT_TTL_MS=0",
         ],
     );
     let edge = stack.url().to_string();
@@ -480,6 +482,53 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
     let wrong_method = call(&runtime, format!("{edge}/v1/search"), None);
     assert_eq!(wrong_method.status, 405);
     assert_eq!(call(&runtime, format!("{edge}/nowhere"), None).status, 404);
+
+    // A new generation is published while the stack runs (written straight into the S3
+    // server's files, CURRENT last): the Worker follows CURRENT and its scanners read the new
+    // generation, with the same answers (same data, same seed).
+    let next_index = work.path().join("next-index");
+    let built = Command::new(clipedge())
+        .current_dir(workspace_root())
+        .args([
+            "demo",
+            "--build-only",
+            "--model",
+            "models/tiny-clip",
+            "--dir",
+        ])
+        .arg(&next_index)
+        .output()
+        .expect("build a second generation");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let next_pointer = std::fs::read(next_index.join("CURRENT")).unwrap();
+    let next_generation = CurrentPointer::from_json(&next_pointer).unwrap().generation;
+    assert_ne!(next_generation, generation);
+    let bucket_root = work.path().join("stack/s3/clipedge/indexes/local");
+    let published = bucket_root.join("generations").join(&next_generation);
+    std::fs::create_dir_all(&published).unwrap();
+    for entry in std::fs::read_dir(next_index.join("generations").join(&next_generation)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), published.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(bucket_root.join("CURRENT"), &next_pointer).unwrap();
+    let health = call(&runtime, format!("{edge}/v1/health"), None);
+    assert_eq!(
+        health.body["generation"],
+        next_generation.as_str(),
+        "{}",
+        health.body
+    );
+    let query = json!({"text": "a penguin", "k": 10});
+    assert_same_results(
+        &search(&runtime, &edge, &query),
+        &search(&runtime, &embedded.url, &query),
+        1e-4,
+        "after the generation switch",
+    );
 
     // The scanner stops: every call fails (timed out, then retried once), and the edge answers
     // 502 with the reason instead of an empty success.

@@ -86,6 +86,9 @@ pub struct RequestContext<'a> {
     pub objects: Objects,
     /// Milliseconds spent loading the model or a generation in this request (cold start).
     pub load_ms: f64,
+    /// Of `load_ms`: fetching the model package, and building the encoder from it.
+    pub model_fetch_ms: f64,
+    pub model_build_ms: f64,
 }
 
 impl<'a> RequestContext<'a> {
@@ -94,6 +97,8 @@ impl<'a> RequestContext<'a> {
             config,
             objects,
             load_ms: 0.0,
+            model_fetch_ms: 0.0,
+            model_build_ms: 0.0,
         }
     }
 
@@ -213,7 +218,8 @@ impl<'a> RequestContext<'a> {
         Ok(encoder)
     }
 
-    async fn load_encoder(&self) -> Result<TextEncoder, ApiError> {
+    async fn load_encoder(&mut self) -> Result<TextEncoder, ApiError> {
+        let fetch_started = monotonic_ms();
         let model_error = |error: ObjectError| object_error("cannot read the text model", error);
         let card_bytes = self
             .objects
@@ -241,14 +247,18 @@ impl<'a> RequestContext<'a> {
             }
         )
         .map_err(model_error)?;
-        TextEncoder::from_package(PackageBytes {
+        self.model_fetch_ms = since(fetch_started);
+        let build_started = monotonic_ms();
+        let encoder = TextEncoder::from_package(PackageBytes {
             card_toml: &card_toml,
             tokenizer_json: &tokenizer_json,
             onnx: &onnx,
             // Moved: the encoder cuts the weights into the graph and drops the file.
             external_data,
         })
-        .map_err(|error| internal("cannot load the text model", error))
+        .map_err(|error| internal("cannot load the text model", error));
+        self.model_build_ms = since(build_started);
+        encoder
     }
 
     /// `GET /v1/health`.

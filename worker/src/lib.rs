@@ -186,6 +186,12 @@ async fn search(request: &mut Request, context: &mut RequestContext<'_>) -> Resu
             if context.load_ms > 0.0 {
                 timing.push_str(&format!(", load;dur={:.2}", context.load_ms));
             }
+            if context.model_fetch_ms > 0.0 || context.model_build_ms > 0.0 {
+                timing.push_str(&format!(
+                    ", model-fetch;dur={:.2}, model-build;dur={:.2}",
+                    context.model_fetch_ms, context.model_build_ms
+                ));
+            }
             timing.push_str(&format!(", total;dur={:.2}", clock::since(started)));
             let response = json_response(200, &answer)?;
             response.headers().set("server-timing", &timing)?;
