@@ -481,6 +481,13 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
     }
     let wrong_method = call(&runtime, format!("{edge}/v1/search"), None);
     assert_eq!(wrong_method.status, 405);
+    let wrong_method = call(
+        &runtime,
+        format!("{edge}/v1/health"),
+        Some("{}".to_string()),
+    );
+    assert_eq!(wrong_method.status, 405, "{}", wrong_method.body);
+    assert_eq!(wrong_method.body["error"]["code"], "method_not_allowed");
     assert_eq!(call(&runtime, format!("{edge}/nowhere"), None).status, 404);
 
     // A new generation is published while the stack runs (written straight into the S3

@@ -141,6 +141,14 @@ pub async fn fetch(mut request: Request, env: Env, _context: Context) -> Result<
         (Method::Get, media) if media.starts_with("/media/") => {
             media_response(&context, media.trim_start_matches("/media/")).await
         }
+        // The GET routes, asked with another method.
+        (_, known)
+            if known == "/v1/health"
+                || known.starts_with("/v1/items/")
+                || known.starts_with("/media/") =>
+        {
+            error_response(&method_not_allowed(&path))
+        }
         _ => error_response(&ApiError::new(
             ErrorCode::NotFound,
             format!("no route {path}"),
