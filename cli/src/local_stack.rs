@@ -29,6 +29,8 @@ const INDEX_PREFIX: &str = "indexes/local";
 const ACCESS_KEY: &str = "clipedge-local";
 const SECRET_KEY: &str = "clipedge-local-secret";
 const STACK_FILE: &str = "stack.json";
+/// The Worker's R2 binding name with `--r2`.
+const R2_BINDING: &str = "INDEX_BUCKET";
 /// The scanner's name in the emulator (its function URL is `/lambda-url/<name>/…`).
 const FUNCTION_NAME: &str = "clipedge-scanner";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -67,6 +69,11 @@ struct UpArgs {
     /// Extra Worker variables, NAME=VALUE (override the stack's own).
     #[arg(long = "var", value_name = "NAME=VALUE")]
     vars: Vec<String>,
+    /// The Worker reads the index and the model through an R2 binding (wrangler's local R2,
+    /// filled with `wrangler r2 object put --local`), the way a Cloudflare deployment does; the
+    /// scanners still read S3. `media/` is not copied (images then 404 at the edge).
+    #[arg(long)]
+    r2: bool,
 }
 
 #[derive(Args)]
@@ -439,6 +446,9 @@ fn start_and_publish(
         ("CLIPEDGE_SCANNER_URLS".into(), scanner_url.clone()),
         ("CLIPEDGE_LABEL".into(), default_label(encoder)),
     ];
+    if args.r2 {
+        vars.push(("CLIPEDGE_R2_BINDING".into(), R2_BINDING.into()));
+    }
     for assignment in &args.vars {
         let Some((name, value)) = assignment.split_once('=') else {
             bail!("--var {assignment:?}: expected NAME=VALUE");
@@ -461,7 +471,47 @@ fn start_and_publish(
     for (name, value) in &vars {
         config.push_str(&format!("{name} = {value:?}\n"));
     }
+    if args.r2 {
+        config.push_str(&format!(
+            "\n[[r2_buckets]]\nbinding = {R2_BINDING:?}\nbucket_name = {BUCKET:?}\n"
+        ));
+    }
     std::fs::write(worker_dir.join("wrangler.toml"), config)?;
+    if args.r2 {
+        let mut objects = Vec::new();
+        collect_files(index_dir, index_dir, &mut objects)?;
+        let index_objects = objects
+            .into_iter()
+            .filter(|name| is_published(name) && !name.starts_with("media/"))
+            .map(|name| (format!("{INDEX_PREFIX}/{name}"), index_dir.join(name)));
+        let model_objects = model_files
+            .iter()
+            .map(|name| (format!("{model_prefix}/{name}"), args.model.join(name)));
+        for (key, path) in index_objects.chain(model_objects) {
+            // wrangler runs in the worker directory: give it absolute paths.
+            let path = absolute(&path)?;
+            let mut put = Command::new(node);
+            put.arg(wrangler)
+                .args(["r2", "object", "put", &format!("{BUCKET}/{key}"), "--local"])
+                .arg("--file")
+                .arg(&path)
+                .arg("--persist-to")
+                .arg(state.join("wrangler-state"))
+                .arg("--config")
+                .arg(worker_dir.join("wrangler.toml"))
+                .current_dir(&worker_dir);
+            quiet_wrangler(&mut put, logs);
+            let output = put
+                .output()
+                .with_context(|| format!("running wrangler r2 object put {key}"))?;
+            if !output.status.success() {
+                bail!(
+                    "wrangler r2 object put {key} failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
     // wrangler dev reads local secrets from .dev.vars beside the config.
     let dev_vars: String = secrets
         .iter()
@@ -482,14 +532,8 @@ fn start_and_publish(
             "--log-level",
             "warn",
         ])
-        .current_dir(&worker_dir)
-        .env("WRANGLER_SEND_METRICS", "false")
-        .env("WRANGLER_SEND_ERROR_REPORTS", "false")
-        .env("DO_NOT_TRACK", "1")
-        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
-        .env("WRANGLER_LOG_PATH", logs.join("wrangler-debug"))
-        .env("NO_UPDATE_NOTIFIER", "1")
-        .env("CI", "true");
+        .current_dir(&worker_dir);
+    quiet_wrangler(&mut command, logs);
     spawn(
         command,
         "wrangler dev",
@@ -521,6 +565,23 @@ fn start_and_publish(
     bail!("the Worker did not become healthy (last answer: {last})")
 }
 
+/// Offline and quiet: no telemetry, update checks or lookups that need the internet.
+fn quiet_wrangler(command: &mut Command, logs: &Path) {
+    command
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("WRANGLER_SEND_ERROR_REPORTS", "false")
+        .env("DO_NOT_TRACK", "1")
+        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+        .env("WRANGLER_LOG_PATH", logs.join("wrangler-debug"))
+        .env("NO_UPDATE_NOTIFIER", "1")
+        .env("CI", "true");
+}
+
+/// Whether a file of a local index directory is part of the index (not a build marker).
+fn is_published(name: &str) -> bool {
+    !name.starts_with('.') && !name.ends_with(".txt")
+}
+
 /// Copies a local index (every generation, `media/`, then `CURRENT` last) and the model
 /// package to S3; returns the live generation.
 async fn publish(
@@ -538,9 +599,7 @@ async fn publish(
     collect_files(index_dir, index_dir, &mut files)?;
     let uploads = files
         .iter()
-        .filter(|name| {
-            name.as_str() != CURRENT_OBJECT && !name.starts_with('.') && !name.ends_with(".txt")
-        })
+        .filter(|name| name.as_str() != CURRENT_OBJECT && is_published(name))
         .map(|name| upload(&remote, name, index_dir.join(name)));
     futures::future::try_join_all(uploads).await?;
     remote

@@ -38,10 +38,16 @@ struct Stack {
 
 impl Stack {
     fn up(index: &Path, state: &Path, vars: &[&str]) -> Stack {
-        Stack::up_with_model(index, state, "models/tiny-clip", vars)
+        Stack::up_with_model(index, state, "models/tiny-clip", vars, &[])
     }
 
-    fn up_with_model(index: &Path, state: &Path, model: &str, vars: &[&str]) -> Stack {
+    fn up_with_model(
+        index: &Path,
+        state: &Path,
+        model: &str,
+        vars: &[&str],
+        flags: &[&str],
+    ) -> Stack {
         let mut command = Command::new(clipedge());
         command
             .current_dir(workspace_root())
@@ -55,6 +61,7 @@ impl Stack {
         for var in vars {
             command.args(["--var", var]);
         }
+        command.args(flags);
         let output = command.output().expect("run clipedge local-stack up");
         assert!(
             output.status.success(),
@@ -584,6 +591,7 @@ fn the_demo_page_works_in_chromium_through_the_edge_worker() {
         &work.path().join("stack"),
         "models/minilm-l6-v2",
         &[],
+        &[],
     );
     let artifacts = workspace_root().join("test-artifacts/browser-edge");
     let output = Command::new("node")
@@ -602,4 +610,66 @@ fn the_demo_page_works_in_chromium_through_the_edge_worker() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(artifacts.join("search.png").is_file());
+}
+
+/// The deployment's way of reading: the Worker takes the index and the model through an R2
+/// binding (wrangler's local R2) instead of presigned S3 GETs, and answers the same.
+#[test]
+fn the_edge_worker_reads_through_an_r2_binding() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let index = work.path().join("index");
+    let built = Command::new(clipedge())
+        .current_dir(workspace_root())
+        .args([
+            "demo",
+            "--build-only",
+            "--model",
+            "models/tiny-clip",
+            "--dir",
+        ])
+        .arg(&index)
+        .output()
+        .expect("build the tiny demo index");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let stack = Stack::up_with_model(
+        &index,
+        &work.path().join("stack"),
+        "models/tiny-clip",
+        &[],
+        &["--r2"],
+    );
+    let edge = stack.url().to_string();
+    let embedded = Embedded::start(&index);
+    let health = call(&runtime, format!("{edge}/v1/health"), None);
+    assert_eq!(health.status, 200, "{}", health.body);
+    for (query, tolerance) in [
+        (json!({"text": "a penguin", "k": 10}), 1e-4),
+        (json!({"id": 5, "k": 10}), 0.0),
+    ] {
+        let from_edge = search(&runtime, &edge, &query);
+        assert!(
+            from_edge.server_timing.contains("scan"),
+            "{}",
+            from_edge.server_timing
+        );
+        assert_same_results(
+            &from_edge,
+            &search(&runtime, &embedded.url, &query),
+            tolerance,
+            &format!("r2 {query}"),
+        );
+    }
+    let item = call(&runtime, format!("{edge}/v1/items/5"), None);
+    assert_eq!(
+        item.body,
+        call(&runtime, format!("{}/v1/items/5", embedded.url), None).body
+    );
 }
