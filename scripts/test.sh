@@ -61,10 +61,9 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "wasm32: format and kernels build for the Worker target"
-cargo build --locked -p clipedge-format -p clipedge-linalg -p clipedge-protocol -p clipedge-api --no-default-features --target wasm32-unknown-unknown
-
 step "wasm32: the edge Worker (worker-build; the end-to-end test runs it in workerd)"
+# This also builds everything the Worker uses for wasm32: format, linalg, index (routing),
+# protocol, api and the text tower.
 bash scripts/build-worker.sh
 
 test_log="$(mktemp)"
