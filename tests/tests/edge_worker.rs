@@ -237,6 +237,29 @@ fn duplicate_pair() -> (u64, u64) {
     panic!("the demo dataset has no duplicate items");
 }
 
+/// The demo dataset embedded with `model` into an index at `dir` (`clipedge demo --build-only`:
+/// cached by dataset and model, so a second call with the same directory is quick).
+fn build_demo_index(dir: &Path, model: &str) {
+    let built = Command::new(clipedge())
+        .current_dir(workspace_root())
+        .args(["demo", "--build-only", "--model", model, "--dir"])
+        .arg(dir)
+        .output()
+        .expect("run clipedge demo --build-only");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// The list whose bytes hold `offset` of shard 0, from the local copy of the index.
 fn list_at_shard_offset(index: &Path, generation: &str, offset: u64) -> u32 {
     let dir = index.join("generations").join(generation);
@@ -267,29 +290,10 @@ fn list_at_shard_offset(index: &Path, generation: &str, offset: u64) -> u32 {
 
 #[test]
 fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let work = tempfile::tempdir().unwrap();
     let index = work.path().join("index");
-    let built = Command::new(clipedge())
-        .current_dir(workspace_root())
-        .args([
-            "demo",
-            "--build-only",
-            "--model",
-            "models/tiny-clip",
-            "--dir",
-        ])
-        .arg(&index)
-        .output()
-        .expect("build the tiny demo index");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    build_demo_index(&index, "models/tiny-clip");
 
     let stack = Stack::up(
         &index,
@@ -501,23 +505,7 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
     // server's files, CURRENT last): the Worker follows CURRENT and its scanners read the new
     // generation, with the same answers (same data, same seed).
     let next_index = work.path().join("next-index");
-    let built = Command::new(clipedge())
-        .current_dir(workspace_root())
-        .args([
-            "demo",
-            "--build-only",
-            "--model",
-            "models/tiny-clip",
-            "--dir",
-        ])
-        .arg(&next_index)
-        .output()
-        .expect("build a second generation");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    build_demo_index(&next_index, "models/tiny-clip");
     let next_pointer = std::fs::read(next_index.join("CURRENT")).unwrap();
     let next_generation = CurrentPointer::from_json(&next_pointer).unwrap().generation;
     assert_ne!(next_generation, generation);
@@ -568,23 +556,7 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
 fn the_demo_page_works_in_chromium_through_the_edge_worker() {
     // The demo index the CLI tests build (same place, same key: built once per target dir).
     let index = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-index");
-    let built = Command::new(clipedge())
-        .current_dir(workspace_root())
-        .args([
-            "demo",
-            "--build-only",
-            "--model",
-            "models/minilm-l6-v2",
-            "--dir",
-        ])
-        .arg(&index)
-        .output()
-        .expect("build the demo index");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    build_demo_index(&index, "models/minilm-l6-v2");
     let work = tempfile::tempdir().unwrap();
     let stack = Stack::up_with_model(
         &index,
@@ -616,29 +588,10 @@ fn the_demo_page_works_in_chromium_through_the_edge_worker() {
 /// binding (wrangler's local R2) instead of presigned S3 GETs, and answers the same.
 #[test]
 fn the_edge_worker_reads_through_an_r2_binding() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let work = tempfile::tempdir().unwrap();
     let index = work.path().join("index");
-    let built = Command::new(clipedge())
-        .current_dir(workspace_root())
-        .args([
-            "demo",
-            "--build-only",
-            "--model",
-            "models/tiny-clip",
-            "--dir",
-        ])
-        .arg(&index)
-        .output()
-        .expect("build the tiny demo index");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    build_demo_index(&index, "models/tiny-clip");
     let stack = Stack::up_with_model(
         &index,
         &work.path().join("stack"),

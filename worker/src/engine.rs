@@ -9,18 +9,18 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use clipedge_api::{
-    merge, resolve_url, ApiError, ErrorCode, HealthResponse, Query, QueryStats, SearchResponse,
-    SearchResult, Timings, ValidSearch,
+    locate_item, merge, resolve_url, ApiError, ErrorCode, HealthResponse, Query, QueryStats,
+    SearchResponse, SearchResult, Timings, ValidSearch,
 };
 use clipedge_format::{
-    decode_record, generation_path, record_range, CatalogEntry, CurrentPointer, FormatError,
-    GroupBlob, ItemRecord, ListExpectation, ListView, Manifest, RerankKind, RoutingTable,
+    coalesce_ranges, decode_record, generation_path, record_range, CatalogEntry, CurrentPointer,
+    FormatError, GroupBlob, ItemRecord, ListView, Manifest, RerankKind, RoutingTable,
     CURRENT_OBJECT,
 };
 use clipedge_index::route::auto_group_probe;
 use clipedge_text::{ModelCard, PackageBytes, TextEncoder, TextError};
 use futures::lock::Mutex as AsyncMutex;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::clock::{monotonic_ms, since, unix_ms};
 use crate::config::WorkerConfig;
@@ -286,18 +286,7 @@ impl<'a> RequestContext<'a> {
 
     /// The id-table entry of `id` (one range GET of the catalog).
     async fn lookup(&self, generation: &Generation, id: u64) -> Result<CatalogEntry, ApiError> {
-        let Some(catalog) = &generation.manifest.catalog else {
-            return Err(ApiError::new(
-                ErrorCode::IdSearchUnsupported,
-                "this index has no catalog, so it cannot look items up by id",
-            ));
-        };
-        let Some((range, index)) = catalog.block_range(id) else {
-            return Err(ApiError::new(
-                ErrorCode::UnknownId,
-                format!("no item with id {id} (ids are 0..{})", catalog.items),
-            ));
-        };
+        let (catalog, range, index) = locate_item(generation.manifest.catalog.as_ref(), id)?;
         let block = self
             .objects
             .get(&self.generation_key(generation, &catalog.path), Some(range))
@@ -319,22 +308,13 @@ impl<'a> RequestContext<'a> {
         }
         let entry = self.lookup(generation, id).await?;
         let routing = &generation.routing;
-        if entry.list_id >= manifest.nlist {
+        let Some(group_index) = routing.group_of_list(entry.list_id) else {
             return Err(internal(
                 "index is inconsistent",
                 format!("catalog names list {} of {}", entry.list_id, manifest.nlist),
             ));
-        }
-        let group_index = routing
-            .groups
-            .partition_point(|group| group.first_list <= entry.list_id)
-            .saturating_sub(1);
-        let Some(group) = routing.groups.get(group_index).copied() else {
-            return Err(internal(
-                "index is inconsistent",
-                "the routing table has no groups",
-            ));
         };
+        let group = routing.groups[group_index];
         let group_bytes = self
             .objects
             .get(
@@ -380,33 +360,14 @@ impl<'a> RequestContext<'a> {
             )
             .await
             .map_err(|error| object_error("list read failed", error))?;
-        let expectation = ListExpectation {
-            list_id: entry.list_id,
-            count: location.count,
-            crc32: location.crc32,
-            dim: manifest.dim as usize,
-            m: manifest.pq.m as usize,
-            bits: manifest.pq.bits,
-            rerank: manifest.rerank,
-        };
+        let expectation = manifest.list_expectation(entry.list_id, &location);
         let view = ListView::parse_verified(&list_bytes, &expectation)
             .map_err(|error| format_error("list read failed", error))?;
-        let Some(row) = (0..view.count).find(|row| view.id(*row) == id) else {
-            return Err(internal(
+        view.stored_vector(id).ok_or_else(|| {
+            internal(
                 "index is inconsistent",
                 format!("list {} does not hold id {id}", entry.list_id),
-            ));
-        };
-        Ok(match manifest.rerank {
-            RerankKind::Int8 => {
-                let (scale, values) = view.rerank_int8(row);
-                values.iter().map(|v| scale * (*v as i8) as f32).collect()
-            }
-            _ => view
-                .rerank_fp16(row)
-                .chunks_exact(2)
-                .map(|pair| half::f16::from_le_bytes([pair[0], pair[1]]).to_f32())
-                .collect(),
+            )
         })
     }
 
@@ -426,40 +387,29 @@ impl<'a> RequestContext<'a> {
             ]);
         };
         let ranges: Vec<std::ops::Range<u64>> = refs.iter().map(|r| record_range(*r)).collect();
-        let mut order: Vec<usize> = (0..ranges.len()).collect();
-        order.sort_by_key(|&index| ranges[index].start);
-        let mut spans: Vec<(std::ops::Range<u64>, Vec<usize>)> = Vec::new();
-        for index in order {
-            let range = &ranges[index];
-            match spans.last_mut() {
-                Some((span, members)) if range.start <= span.end + RECORD_COALESCE_GAP => {
-                    span.end = span.end.max(range.end);
-                    members.push(index);
-                }
-                _ => spans.push((range.clone(), vec![index])),
-            }
-        }
+        let spans = coalesce_ranges(&ranges, RECORD_COALESCE_GAP, u64::MAX);
         let key = self.generation_key(generation, &catalog.path);
-        let reads: Vec<Result<Vec<u8>, ObjectError>> = futures::stream::iter(
+        let reads: Vec<Vec<u8>> = futures::stream::iter(
             spans
                 .iter()
-                .map(|(span, _)| self.objects.get(&key, Some(span.clone()))),
+                .map(|span| self.objects.get(&key, Some(span.clone()))),
         )
         .buffered(crate::config::MAX_CONCURRENT_CALLS)
-        .collect()
-        .await;
-        let mut records: Vec<Option<ItemRecord>> = vec![None; refs.len()];
-        for ((span, members), read) in spans.iter().zip(reads) {
-            let bytes = read.map_err(|error| object_error("catalog read failed", error))?;
-            for &index in members {
-                let start = (ranges[index].start - span.start) as usize;
-                let end = (ranges[index].end - span.start) as usize;
-                let record = decode_record(&bytes[start..end])
-                    .map_err(|error| format_error("catalog read failed", error))?;
-                records[index] = Some(record);
-            }
-        }
-        Ok(records.into_iter().map(Option::unwrap_or_default).collect())
+        .try_collect()
+        .await
+        .map_err(|error| object_error("catalog read failed", error))?;
+        ranges
+            .iter()
+            .map(|range| {
+                // Spans are sorted and disjoint: the one holding this range ends at or after it.
+                let span_index = spans.partition_point(|span| span.end < range.end);
+                let span = &spans[span_index];
+                let start = (range.start - span.start) as usize;
+                let end = (range.end - span.start) as usize;
+                decode_record(&reads[span_index][start..end])
+                    .map_err(|error| format_error("catalog read failed", error))
+            })
+            .collect()
     }
 
     /// `GET /v1/items/{id}`: caption and URL of one item.
@@ -606,10 +556,8 @@ impl<'a> RequestContext<'a> {
         })
     }
 
-    /// An object under the index root's `media/` prefix.
-    pub async fn media(&self, path: &str) -> Result<Vec<u8>, ObjectError> {
-        self.objects
-            .get(&self.config.index_key(&format!("media/{path}")), None)
-            .await
+    /// An object under the index root (`media/…`, from `clipedge_api::web::media_object`).
+    pub async fn media(&self, object: &str) -> Result<Vec<u8>, ObjectError> {
+        self.objects.get(&self.config.index_key(object), None).await
     }
 }

@@ -17,6 +17,7 @@ pub mod scanners;
 
 use std::cell::Cell;
 
+use clipedge_api::web::{media_content_type, media_not_found, media_object, MEDIA_CACHE_CONTROL};
 use clipedge_api::{parse_search_request, server_timing, web, ApiError, ErrorCode, MAX_BODY_BYTES};
 use worker::{event, Context, Env, Headers, Method, Request, Response, Result};
 
@@ -217,39 +218,20 @@ async fn search(request: &mut Request, context: &mut RequestContext<'_>) -> Resu
     }
 }
 
-fn media_type(path: &str) -> &'static str {
-    match path.rsplit('.').next().unwrap_or_default() {
-        "webp" => "image/webp",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "svg" => "image/svg+xml",
-        _ => "application/octet-stream",
-    }
-}
-
 async fn media_response(context: &RequestContext<'_>, path: &str) -> Result<Response> {
-    let safe = !path.is_empty()
-        && path
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..")
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
-    let not_found = || ApiError::new(ErrorCode::NotFound, format!("no media object {path:?}"));
-    if !safe {
-        return error_response(&not_found());
-    }
-    match context.media(path).await {
+    let object = match media_object(path) {
+        Ok(object) => object,
+        Err(error) => return error_response(&error),
+    };
+    match context.media(&object).await {
         Ok(bytes) => {
-            let response = bytes_response(200, media_type(path), bytes)?;
-            // Media objects are named by their content hash: they never change.
+            let response = bytes_response(200, media_content_type(path), bytes)?;
             response
                 .headers()
-                .set("cache-control", "public, max-age=31536000, immutable")?;
+                .set("cache-control", MEDIA_CACHE_CONTROL)?;
             Ok(response)
         }
-        Err(ObjectError::NotFound { .. }) => error_response(&not_found()),
+        Err(ObjectError::NotFound { .. }) => error_response(&media_not_found(path)),
         Err(error) => error_response(&ApiError::new(ErrorCode::Internal, error.to_string())),
     }
 }

@@ -12,6 +12,7 @@ pub mod web;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
+use clipedge_format::CatalogRef;
 use serde::{Deserialize, Serialize};
 
 /// Longest accepted `text`, in Unicode scalar values (the tower truncates to its token limit).
@@ -409,6 +410,27 @@ pub struct HealthResponse {
     /// query).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_loaded: Option<bool>,
+}
+
+/// Where `id`'s id-table entry is: the catalog, the byte range of its id-table block and the
+/// entry's index in that block. The API's errors when the index has no catalog or no such id.
+pub fn locate_item(
+    catalog: Option<&CatalogRef>,
+    id: u64,
+) -> Result<(&CatalogRef, std::ops::Range<u64>, usize), ApiError> {
+    let Some(catalog) = catalog else {
+        return Err(ApiError::new(
+            ErrorCode::IdSearchUnsupported,
+            "this index has no catalog, so it cannot look items up by id",
+        ));
+    };
+    let Some((range, index)) = catalog.block_range(id) else {
+        return Err(ApiError::new(
+            ErrorCode::UnknownId,
+            format!("no item with id {id} (ids are 0..{})", catalog.items),
+        ));
+    };
+    Ok((catalog, range, index))
 }
 
 /// The `Server-Timing` header value for the stages, e.g.

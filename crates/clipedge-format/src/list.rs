@@ -235,6 +235,25 @@ impl<'a> ListView<'a> {
         &self.rerank_values[row * 2 * self.dim..(row + 1) * 2 * self.dim]
     }
 
+    /// The stored (rerank) copy of the vector with `id`, decoded to f32: what "more like this"
+    /// searches with. `None` when the list does not hold the id or stores no copies.
+    pub fn stored_vector(&self, id: u64) -> Option<Vec<f32>> {
+        let row = (0..self.count).find(|row| self.id(*row) == id)?;
+        match self.rerank {
+            RerankKind::Fp16 => Some(
+                self.rerank_fp16(row)
+                    .chunks_exact(2)
+                    .map(|pair| half::f16::from_le_bytes([pair[0], pair[1]]).to_f32())
+                    .collect(),
+            ),
+            RerankKind::Int8 => {
+                let (scale, values) = self.rerank_int8(row);
+                Some(values.iter().map(|v| scale * (*v as i8) as f32).collect())
+            }
+            RerankKind::None => None,
+        }
+    }
+
     /// Scale and int8 values of one vector, if the list stores int8.
     pub fn rerank_int8(&self, row: usize) -> (f32, &'a [u8]) {
         let scale =

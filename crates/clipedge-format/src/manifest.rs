@@ -131,6 +131,24 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// What the list `list_id` at `location` must be when read: the header and checksum
+    /// checks every reader of a list applies.
+    pub fn list_expectation(
+        &self,
+        list_id: u32,
+        location: &crate::ListLocation,
+    ) -> crate::ListExpectation {
+        crate::ListExpectation {
+            list_id,
+            count: location.count,
+            crc32: location.crc32,
+            dim: self.dim as usize,
+            m: self.pq.m as usize,
+            bits: self.pq.bits,
+            rerank: self.rerank,
+        }
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         let mut bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
         bytes.push(b'\n');

@@ -37,6 +37,19 @@ impl RoutingTable {
         self.groups.len()
     }
 
+    /// The group owning `list_id`: groups cover the lists in order, so it is the last group
+    /// starting at or before it. `None` when the list is outside the index.
+    pub fn group_of_list(&self, list_id: u32) -> Option<usize> {
+        if list_id >= self.nlist {
+            return None;
+        }
+        let group = self
+            .groups
+            .partition_point(|entry| entry.first_list <= list_id)
+            .checked_sub(1)?;
+        Some(group)
+    }
+
     pub fn centroid(&self, group: usize) -> &[f32] {
         &self.centroids[group * self.dim..(group + 1) * self.dim]
     }

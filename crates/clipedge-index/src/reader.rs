@@ -329,7 +329,7 @@ impl IndexReader {
                 reason: "the index stores no vector copies (rerank none)".to_string(),
             });
         }
-        if list_id >= self.manifest.nlist {
+        let Some(group) = self.routing.group_of_list(list_id) else {
             return Err(IndexError::Format(clipedge_format::FormatError::Invalid {
                 what: "catalog".to_string(),
                 reason: format!(
@@ -337,13 +337,7 @@ impl IndexReader {
                     self.manifest.nlist
                 ),
             }));
-        }
-        // Groups cover the lists in order, so the owner is the last group starting at or before.
-        let group = self
-            .routing
-            .groups
-            .partition_point(|entry| entry.first_list <= list_id)
-            .saturating_sub(1);
+        };
         let mut stats = SearchStats::default();
         let blobs = self.load_groups(&[group as u32], &mut stats).await?;
         let blob = &blobs[0];
@@ -359,35 +353,13 @@ impl IndexReader {
             .load_lists(std::slice::from_ref(&probe), &mut stats)
             .await?;
         let view = ListView::parse_verified(&bytes[0], &self.expectation(&probe))?;
-        let Some(row) = (0..view.count).find(|row| view.id(*row) == id) else {
-            return Ok((None, stats));
-        };
-        let vector = match self.manifest.rerank {
-            RerankKind::Fp16 => view
-                .rerank_fp16(row)
-                .chunks_exact(2)
-                .map(|pair| half::f16::from_le_bytes([pair[0], pair[1]]).to_f32())
-                .collect(),
-            RerankKind::Int8 => {
-                let (scale, values) = view.rerank_int8(row);
-                values.iter().map(|v| scale * (*v as i8) as f32).collect()
-            }
-            RerankKind::None => return Ok((None, stats)),
-        };
-        Ok((Some(vector), stats))
+        Ok((view.stored_vector(id), stats))
     }
 
     /// What the manifest and the group blob say the probed list's bytes must be.
     pub fn expectation(&self, probe: &ProbedList) -> ListExpectation {
-        ListExpectation {
-            list_id: probe.list_id,
-            count: probe.location.count,
-            crc32: probe.location.crc32,
-            dim: self.manifest.dim as usize,
-            m: self.manifest.pq.m as usize,
-            bits: self.manifest.pq.bits,
-            rerank: self.manifest.rerank,
-        }
+        self.manifest
+            .list_expectation(probe.list_id, &probe.location)
     }
 
     /// The blobs of `group_ids` (fine centroids and list locations), in the given order: from

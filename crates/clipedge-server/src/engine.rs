@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clipedge_api::{
-    merge, resolve_url, ApiError, Candidate, ErrorCode, HealthResponse, Query, QueryStats,
-    SearchResponse, SearchResult, Timings, ValidSearch,
+    locate_item, merge, resolve_url, ApiError, Candidate, ErrorCode, HealthResponse, Query,
+    QueryStats, SearchResponse, SearchResult, Timings, ValidSearch,
 };
 use clipedge_format::{decode_record, generation_path, record_range, CatalogRef, ItemRecord};
 use clipedge_index::{IndexError, IndexReader, OpenOptions, SearchParams};
@@ -169,18 +169,7 @@ impl Engine {
         id: u64,
         stats: &mut QueryStats,
     ) -> Result<clipedge_format::CatalogEntry, ApiError> {
-        let Some(catalog) = self.catalog() else {
-            return Err(ApiError::new(
-                ErrorCode::IdSearchUnsupported,
-                "this index has no catalog, so it cannot look items up by id",
-            ));
-        };
-        let Some((range, index)) = catalog.block_range(id) else {
-            return Err(ApiError::new(
-                ErrorCode::UnknownId,
-                format!("no item with id {id} (ids are 0..{})", catalog.items),
-            ));
-        };
+        let (catalog, range, index) = locate_item(self.catalog(), id)?;
         stats.gets += 1;
         stats.bytes += range.end - range.start;
         let block = self

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use clipedge_api::web::{media_content_type, media_not_found, media_object, MEDIA_CACHE_CONTROL};
 use clipedge_api::{parse_search_request, server_timing, ApiError, ErrorCode};
 use clipedge_storage::StorageError;
 use serde::Serialize;
@@ -77,47 +78,23 @@ async fn item(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> Resp
     }
 }
 
-fn media_type(path: &str) -> &'static str {
-    match path.rsplit('.').next().unwrap_or_default() {
-        "webp" => "image/webp",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "svg" => "image/svg+xml",
-        _ => "application/octet-stream",
-    }
-}
-
 /// Objects under the index root's `media/` prefix (the images records point at).
 async fn media(State(engine): State<Arc<Engine>>, Path(path): Path<String>) -> Response {
-    let safe = !path.is_empty()
-        && path
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..")
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
-    if !safe {
-        return error_response(&ApiError::new(
-            ErrorCode::NotFound,
-            format!("no media object {path:?}"),
-        ));
-    }
-    match engine.storage().get(&format!("media/{path}")).await {
+    let object = match media_object(&path) {
+        Ok(object) => object,
+        Err(error) => return error_response(&error),
+    };
+    match engine.storage().get(&object).await {
         Ok(bytes) => (
             StatusCode::OK,
             [
-                (header::CONTENT_TYPE, media_type(&path)),
-                // Media objects are named by their content hash: they never change.
-                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+                (header::CONTENT_TYPE, media_content_type(&path)),
+                (header::CACHE_CONTROL, MEDIA_CACHE_CONTROL),
             ],
             bytes,
         )
             .into_response(),
-        Err(StorageError::NotFound { .. }) => error_response(&ApiError::new(
-            ErrorCode::NotFound,
-            format!("no media object {path:?}"),
-        )),
+        Err(StorageError::NotFound { .. }) => error_response(&media_not_found(&path)),
         Err(error) => error_response(&ApiError::new(ErrorCode::Internal, error.to_string())),
     }
 }

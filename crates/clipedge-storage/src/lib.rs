@@ -13,6 +13,7 @@ mod store;
 
 pub use bytes::Bytes;
 pub use cache::ByteLru;
+pub use clipedge_format::coalesce_ranges;
 pub use error::StorageError;
 pub use stats::{IoCounters, IoStats};
-pub use store::{coalesce_ranges, RangeRead, Storage, StorageConfig, Versioned};
+pub use store::{RangeRead, Storage, StorageConfig, Versioned};
