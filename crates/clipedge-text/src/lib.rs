@@ -1,17 +1,33 @@
 //! Text in, embedding out: the query side of the model, natively (embedded server, index-time
 //! caption embedding) and inside a 128 MB Cloudflare Worker isolate (wasm32).
 //!
-//! A model package is a directory (or, in the Worker, three fetched objects): `model.toml`
-//! ([`ModelCard`]), an ONNX text tower and the HF `tokenizer.json`. The encoder tokenizes with the
-//! package's own tokenizer, truncates at `max_tokens`, runs the graph on exactly the positions the
-//! text has (no padding) and pools and normalizes as the card says.
+//! A model package is a directory (or, in the Worker, fetched objects): `model.toml`
+//! ([`ModelCard`]), the text tower and its tokenizer. Two engines run the tower:
+//!
+//! - [`int8`]: a purpose-built int8 transformer (CLIP text and BERT families) over one flat
+//!   weight file kept as loaded, with GEMM kernels for relaxed SIMD, simd128, AVX2 and a scalar
+//!   reference; what the Worker runs.
+//! - the ONNX graph on tract (feature `onnx`): the native reference and packages without an
+//!   int8 file.
+//!
+//! Tokenizers: [`compact`], a small CLIP BPE / WordPiece implementation over a packed vocabulary
+//! (what the Worker runs), and the HF `tokenizer.json` through `tokenizers` (feature
+//! `hf-tokenizer`), which the compact one must equal token for token.
 
 mod card;
+pub mod compact;
+#[cfg(all(feature = "onnx", feature = "hf-tokenizer"))]
 mod encoder;
 mod error;
+pub mod int8;
+#[cfg(feature = "hf-tokenizer")]
 mod tokenize;
+mod tokens;
 
 pub use card::{fingerprint, ModelCard, Pooling};
+#[cfg(all(feature = "onnx", feature = "hf-tokenizer"))]
 pub use encoder::{Encoding, PackageBytes, TextEncoder};
 pub use error::TextError;
-pub use tokenize::{TextTokenizer, Tokens};
+#[cfg(feature = "hf-tokenizer")]
+pub use tokenize::TextTokenizer;
+pub use tokens::Tokens;

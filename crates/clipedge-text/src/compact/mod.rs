@@ -1,0 +1,1 @@
+//! The compact tokenizer (see the crate docs).

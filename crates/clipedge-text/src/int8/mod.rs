@@ -1,0 +1,1 @@
+//! The int8 text transformer (see the crate docs).
