@@ -626,3 +626,107 @@ fn the_edge_worker_reads_through_an_r2_binding() {
         call(&runtime, format!("{}/v1/items/5", embedded.url), None).body
     );
 }
+
+/// A fresh isolate takes many first requests at once, as a public site's does: distinct texts,
+/// six in flight (the browser's and the Worker's connection limit), `CURRENT` re-read on every
+/// request. Every request must answer 200 with results — none may use, or wait on, I/O that
+/// another request started (workerd answers that with "Cannot perform I/O on behalf of a
+/// different request", or cancels the waiter as hung) — and the model must load once.
+#[test]
+fn concurrent_first_requests_in_a_fresh_isolate_all_answer() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let index = work.path().join("index");
+    build_demo_index(&index, "models/tiny-clip");
+    let stack = Stack::up(
+        &index,
+        &work.path().join("stack"),
+        &["CLIPEDGE_CURRENT_TTL_MS=0"],
+    );
+    let edge = stack.url().to_string();
+    let words = [
+        "penguin", "guitar", "apple", "house", "tree", "car", "cat", "dog", "boat", "flower",
+        "bird", "clock", "star", "moon", "fish", "book", "chair", "lamp", "train", "horse",
+        "hat", "shoe", "cup", "key", "bell", "bread", "drum", "kite", "leaf", "rocket",
+    ];
+    let queries: Vec<Value> = (0..60)
+        .map(|index| {
+            let text = format!(
+                "a {} next to a {}",
+                words[index % words.len()],
+                words[(index * 7 + 3) % words.len()]
+            );
+            // Some health and vector requests in the mix: they need the generation, not the model.
+            match index % 10 {
+                4 => Value::Null,
+                9 => json!({"vector": vec![0.25f32; 16], "k": 5}),
+                _ => json!({"text": text, "k": 10}),
+            }
+        })
+        .collect();
+    let answers: Vec<(Value, u16, Value, String)> = runtime.block_on(async {
+        use futures::StreamExt;
+        let client = reqwest::Client::new();
+        futures::stream::iter(queries.into_iter().map(|query| {
+            let client = client.clone();
+            let edge = edge.clone();
+            async move {
+                let request = if query.is_null() {
+                    client.get(format!("{edge}/v1/health"))
+                } else {
+                    client
+                        .post(format!("{edge}/v1/search"))
+                        .header("content-type", "application/json")
+                        .body(query.to_string())
+                };
+                let response = request
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await
+                    .expect("http call");
+                let status = response.status().as_u16();
+                let timing = response
+                    .headers()
+                    .get("server-timing")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let text = response.text().await.unwrap();
+                let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                (query, status, body, timing)
+            }
+        }))
+        .buffer_unordered(6)
+        .collect()
+        .await
+    });
+    let failures: Vec<String> = answers
+        .iter()
+        .filter(|(_, status, _, _)| *status != 200)
+        .map(|(query, status, body, _)| format!("{query} → {status} {body}"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} concurrent first requests failed:\n{}",
+        failures.len(),
+        answers.len(),
+        failures.join("\n")
+    );
+    for (query, _, body, _) in &answers {
+        if !query.is_null() {
+            assert!(
+                !body["results"].as_array().unwrap().is_empty(),
+                "{query}: {body}"
+            );
+        }
+    }
+    let model_builds = answers
+        .iter()
+        .filter(|(_, _, _, timing)| timing.contains("model-build"))
+        .count();
+    assert_eq!(model_builds, 1, "the model must be built once per isolate");
+}

@@ -5,7 +5,7 @@
 //! takes one `Rc` of the generation and uses it throughout: it is pinned even if `CURRENT`
 //! moves meanwhile.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::rc::Rc;
 
 use clipedge_api::{
@@ -19,7 +19,6 @@ use clipedge_format::{
 };
 use clipedge_index::route::auto_group_probe;
 use clipedge_text::{ModelCard, PackageBytes, TextEncoder, TextError};
-use futures::lock::Mutex as AsyncMutex;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::clock::{monotonic_ms, since, unix_ms};
@@ -27,6 +26,7 @@ use crate::config::WorkerConfig;
 use crate::objects::{ObjectError, Objects};
 use crate::plan::plan_batches;
 use crate::scanners::{self, ScanJob};
+use crate::shared::LoadSlot;
 
 /// Records of the top k that lie this close together are read with one GET.
 const RECORD_COALESCE_GAP: u64 = 64 * 1024;
@@ -37,23 +37,20 @@ pub struct Generation {
     pub routing: RoutingTable,
 }
 
-struct CachedGeneration {
-    generation: Rc<Generation>,
-    checked_unix_ms: u64,
-}
-
 #[derive(Default)]
 struct Isolate {
-    encoder: Option<Rc<TextEncoder>>,
-    generation: Option<CachedGeneration>,
+    encoder: LoadSlot<TextEncoder>,
+    generation: LoadSlot<Generation>,
+    /// When a request last read `CURRENT` and found the ready generation live.
+    generation_checked_unix_ms: Cell<Option<u64>>,
 }
 
 thread_local! {
-    static ISOLATE: RefCell<Isolate> = RefCell::new(Isolate::default());
-    // Held while loading, so concurrent first requests load the model once (two copies of a
-    // B/32 tower would not fit in 128 MB).
-    static MODEL_LOAD: Rc<AsyncMutex<()>> = Rc::new(AsyncMutex::new(()));
-    static GENERATION_LOAD: Rc<AsyncMutex<()>> = Rc::new(AsyncMutex::new(()));
+    static ISOLATE: Rc<Isolate> = Rc::new(Isolate::default());
+}
+
+fn isolate() -> Rc<Isolate> {
+    ISOLATE.with(Rc::clone)
 }
 
 fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
@@ -108,12 +105,10 @@ impl<'a> RequestContext<'a> {
     }
 
     /// The generation `CURRENT` names, from the isolate's cache while it is fresh.
+    ///
+    /// Every request reads `CURRENT` itself when the cache is stale (a small GET); the manifest
+    /// and routing table are loaded by one request per generation (see [`crate::shared`]).
     pub async fn generation(&mut self) -> Result<Rc<Generation>, ApiError> {
-        if let Some(fresh) = self.cached_generation() {
-            return Ok(fresh);
-        }
-        let lock = GENERATION_LOAD.with(Rc::clone);
-        let _guard = lock.lock().await;
         if let Some(fresh) = self.cached_generation() {
             return Ok(fresh);
         }
@@ -134,36 +129,27 @@ impl<'a> RequestContext<'a> {
         };
         let pointer = CurrentPointer::from_json(&pointer_bytes)
             .map_err(|error| format_error("corrupt CURRENT pointer", error))?;
-        let cached = ISOLATE.with(|isolate| {
-            isolate
-                .borrow()
-                .generation
-                .as_ref()
-                .filter(|cached| cached.generation.manifest.generation == pointer.generation)
-                .map(|cached| cached.generation.clone())
-        });
-        let generation = match cached {
-            Some(same) => same,
-            None => Rc::new(self.load_generation(&pointer.generation).await?),
-        };
-        ISOLATE.with(|isolate| {
-            isolate.borrow_mut().generation = Some(CachedGeneration {
-                generation: generation.clone(),
-                checked_unix_ms: unix_ms(),
+        let isolate = isolate();
+        let (generation, outcome) = isolate
+            .generation
+            .get_or_load(&pointer.generation, || {
+                self.load_generation(&pointer.generation)
             })
-        });
-        self.load_ms += since(started);
+            .await?;
+        isolate.generation_checked_unix_ms.set(Some(unix_ms()));
+        if outcome.loaded || outcome.waited_ms > 0.0 {
+            self.load_ms += since(started);
+        }
         Ok(generation)
     }
 
     fn cached_generation(&self) -> Option<Rc<Generation>> {
-        let ttl = self.config.current_ttl_ms;
-        ISOLATE.with(|isolate| {
-            isolate.borrow().generation.as_ref().and_then(|cached| {
-                (unix_ms().saturating_sub(cached.checked_unix_ms) < ttl)
-                    .then(|| cached.generation.clone())
-            })
-        })
+        let isolate = isolate();
+        let checked = isolate.generation_checked_unix_ms.get()?;
+        if unix_ms().saturating_sub(checked) >= self.config.current_ttl_ms {
+            return None;
+        }
+        isolate.generation.ready_any()
     }
 
     async fn load_generation(&self, name: &str) -> Result<Generation, ApiError> {
@@ -201,19 +187,19 @@ impl<'a> RequestContext<'a> {
         Ok(Generation { manifest, routing })
     }
 
-    /// The text model, loaded from the bucket on the isolate's first text query.
+    /// The text model, loaded from the bucket on the isolate's first text query (by one request;
+    /// concurrent first requests wait for it rather than load a second copy that would not fit).
     pub async fn encoder(&mut self) -> Result<Rc<TextEncoder>, ApiError> {
-        if let Some(encoder) = ISOLATE.with(|isolate| isolate.borrow().encoder.clone()) {
-            return Ok(encoder);
-        }
-        let lock = MODEL_LOAD.with(Rc::clone);
-        let _guard = lock.lock().await;
-        if let Some(encoder) = ISOLATE.with(|isolate| isolate.borrow().encoder.clone()) {
+        let isolate = isolate();
+        let model_key = self.config.model_prefix.clone();
+        if let Some(encoder) = isolate.encoder.ready(&model_key) {
             return Ok(encoder);
         }
         let started = monotonic_ms();
-        let encoder = Rc::new(self.load_encoder().await?);
-        ISOLATE.with(|isolate| isolate.borrow_mut().encoder = Some(encoder.clone()));
+        let (encoder, _outcome) = isolate
+            .encoder
+            .get_or_load(&model_key, || self.load_encoder())
+            .await?;
         self.load_ms += since(started);
         Ok(encoder)
     }
@@ -275,7 +261,7 @@ impl<'a> RequestContext<'a> {
             id_search: manifest.catalog.is_some(),
             front: "edge".to_string(),
             memory_bytes: memory_bytes(),
-            model_loaded: Some(ISOLATE.with(|isolate| isolate.borrow().encoder.is_some())),
+            model_loaded: Some(isolate().encoder.is_ready()),
         })
     }
 

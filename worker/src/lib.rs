@@ -14,6 +14,7 @@ pub mod engine;
 pub mod objects;
 pub mod plan;
 pub mod scanners;
+pub mod shared;
 
 use std::cell::Cell;
 
