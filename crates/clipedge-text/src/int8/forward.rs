@@ -1,0 +1,425 @@
+//! The forward pass: embeddings, blocks, pooling. Everything but the integer GEMM is plain f32
+//! Rust shared by all kernels.
+
+use super::kernels::{gemm_u7i8, Kernel};
+use super::{Activation, Family, Int8Model, Int8Pooling, Linear, Norm};
+
+/// How the linears run.
+#[derive(Clone, Copy)]
+pub enum Linears {
+    /// Activations quantized per token to 7 bits, integer GEMM on `kernel`.
+    Int8(Kernel),
+    /// f32 activations times the dequantized weights (the accuracy reference).
+    Reference,
+}
+
+/// Steps of the unsigned 7-bit activations: `u ∈ [0, 127]`.
+const ACT_LEVELS: f32 = 127.0;
+
+/// Every buffer one forward needs, allocated once per call and sized by the token count.
+struct Scratch {
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    hidden: Vec<f32>,
+    delta: Vec<f32>,
+    probs: Vec<f32>,
+    quantized: Vec<u8>,
+    act_scales: Vec<f32>,
+    act_offsets: Vec<f32>,
+    dots: Vec<i32>,
+}
+
+pub fn run(model: &Int8Model, ids: &[u32], linears: Linears) -> Vec<f32> {
+    let config = &model.config;
+    let tokens = ids.len();
+    let width = config.width as usize;
+    let mlp = config.mlp as usize;
+    let widest = (3 * width).max(mlp).max(config.proj_dim as usize);
+    let mut scratch = Scratch {
+        x: vec![0.0; tokens * width],
+        normed: vec![0.0; tokens * width],
+        qkv: vec![0.0; tokens * 3 * width],
+        context: vec![0.0; tokens * width],
+        hidden: vec![0.0; tokens * mlp],
+        delta: vec![0.0; tokens * width],
+        probs: vec![0.0; tokens],
+        quantized: vec![0; tokens * width.max(mlp)],
+        act_scales: vec![0.0; tokens],
+        act_offsets: vec![0.0; tokens],
+        dots: vec![0; tokens * widest],
+    };
+    embed(model, ids, &mut scratch.x);
+    if let Some(norm) = &model.embedding_norm {
+        layer_norm_rows(&mut scratch.x, width, norm, config.ln_eps);
+    }
+    let causal = config.family == Family::Clip;
+    for layer in &model.layers {
+        let s = &mut scratch;
+        match config.family {
+            Family::Clip => {
+                // Pre-LN: x += attn(LN1(x)); x += mlp(LN2(x)).
+                s.normed.copy_from_slice(&s.x);
+                layer_norm_rows(&mut s.normed, width, &layer.norm1, config.ln_eps);
+                attention_block(model, layer, linears, causal, tokens, s, true);
+                add_into(&mut s.x, &s.delta);
+                s.normed.copy_from_slice(&s.x);
+                layer_norm_rows(&mut s.normed, width, &layer.norm2, config.ln_eps);
+                mlp_block(model, layer, linears, tokens, s, true);
+                add_into(&mut s.x, &s.delta);
+            }
+            Family::Bert => {
+                // Post-LN: x = LN1(x + attn(x)); x = LN2(x + mlp(x)).
+                attention_block(model, layer, linears, causal, tokens, s, false);
+                add_into(&mut s.x, &s.delta);
+                layer_norm_rows(&mut s.x, width, &layer.norm1, config.ln_eps);
+                mlp_block(model, layer, linears, tokens, s, false);
+                add_into(&mut s.x, &s.delta);
+                layer_norm_rows(&mut s.x, width, &layer.norm2, config.ln_eps);
+            }
+        }
+    }
+    let mut pooled = match config.pooling {
+        Int8Pooling::LastToken => scratch.x[(tokens - 1) * width..].to_vec(),
+        Int8Pooling::Cls => scratch.x[..width].to_vec(),
+        Int8Pooling::Mean => {
+            let mut sum = vec![0.0f32; width];
+            for row in scratch.x.chunks_exact(width) {
+                add_into(&mut sum, row);
+            }
+            sum.iter_mut().for_each(|value| *value /= tokens as f32);
+            sum
+        }
+    };
+    if let Some(norm) = &model.final_norm {
+        layer_norm_rows(&mut pooled, width, norm, config.ln_eps);
+    }
+    let Some(projection) = &model.projection else {
+        return pooled;
+    };
+    let mut projected = vec![0.0f32; projection.rows];
+    linear(
+        model,
+        projection,
+        linears,
+        &pooled,
+        1,
+        &mut projected,
+        &mut scratch,
+    );
+    projected
+}
+
+/// `x[t] = dequantized token row + position row`.
+fn embed(model: &Int8Model, ids: &[u32], x: &mut [f32]) {
+    let width = model.width();
+    for (position, (&id, row)) in ids.iter().zip(x.chunks_exact_mut(width)).enumerate() {
+        let scale = model.token_scales[id as usize];
+        let position_row = &model.position[position * width..(position + 1) * width];
+        for ((slot, &q), &p) in row.iter_mut().zip(model.token_row(id)).zip(position_row) {
+            *slot = q as i8 as f32 * scale + p;
+        }
+    }
+}
+
+/// `delta = out(attention(qkv(input)))`, input `normed` (pre-LN) or `x` (post-LN).
+fn attention_block(
+    model: &Int8Model,
+    layer: &super::Layer,
+    linears: Linears,
+    causal: bool,
+    tokens: usize,
+    s: &mut Scratch,
+    from_normed: bool,
+) {
+    let config = &model.config;
+    let input = if from_normed {
+        std::mem::take(&mut s.normed)
+    } else {
+        std::mem::take(&mut s.x)
+    };
+    let mut qkv = std::mem::take(&mut s.qkv);
+    linear(model, &layer.qkv, linears, &input, tokens, &mut qkv, s);
+    attention(
+        &qkv,
+        tokens,
+        config.width as usize,
+        config.heads as usize,
+        causal,
+        &mut s.context,
+        &mut s.probs,
+    );
+    let context = std::mem::take(&mut s.context);
+    let mut delta = std::mem::take(&mut s.delta);
+    linear(model, &layer.out, linears, &context, tokens, &mut delta, s);
+    s.context = context;
+    s.delta = delta;
+    s.qkv = qkv;
+    if from_normed {
+        s.normed = input;
+    } else {
+        s.x = input;
+    }
+}
+
+/// `delta = fc2(act(fc1(input)))`.
+fn mlp_block(
+    model: &Int8Model,
+    layer: &super::Layer,
+    linears: Linears,
+    tokens: usize,
+    s: &mut Scratch,
+    from_normed: bool,
+) {
+    let input = if from_normed {
+        std::mem::take(&mut s.normed)
+    } else {
+        std::mem::take(&mut s.x)
+    };
+    let mut hidden = std::mem::take(&mut s.hidden);
+    linear(model, &layer.fc1, linears, &input, tokens, &mut hidden, s);
+    match model.config.activation {
+        Activation::QuickGelu => hidden.iter_mut().for_each(|v| *v = quick_gelu(*v)),
+        Activation::GeluErf => hidden.iter_mut().for_each(|v| *v = gelu_erf(*v)),
+    }
+    let mut delta = std::mem::take(&mut s.delta);
+    linear(model, &layer.fc2, linears, &hidden, tokens, &mut delta, s);
+    s.hidden = hidden;
+    s.delta = delta;
+    if from_normed {
+        s.normed = input;
+    } else {
+        s.x = input;
+    }
+}
+
+/// `output[t][r] = W[r] · input[t] + b[r]` for `t < tokens`.
+fn linear(
+    model: &Int8Model,
+    linear: &Linear,
+    linears: Linears,
+    input: &[f32],
+    tokens: usize,
+    output: &mut [f32],
+    s: &mut Scratch,
+) {
+    let (rows, cols) = (linear.rows, linear.cols);
+    let weights = model.weights(linear);
+    let output = &mut output[..tokens * rows];
+    match linears {
+        Linears::Int8(kernel) => {
+            let quantized = &mut s.quantized[..tokens * cols];
+            quantize_activations(
+                &input[..tokens * cols],
+                cols,
+                quantized,
+                &mut s.act_scales,
+                &mut s.act_offsets,
+            );
+            let dots = &mut s.dots[..tokens * rows];
+            gemm_u7i8(kernel, weights, rows, cols, quantized, tokens, dots);
+            for (t, (out_row, dot_row)) in output
+                .chunks_exact_mut(rows)
+                .zip(dots.chunks_exact(rows))
+                .enumerate()
+            {
+                // Σ w·x ≈ Σ w·(offset + scale·u) = scale·Σ w·u + offset·rowsum(w).
+                let (act_scale, act_offset) = (s.act_scales[t], s.act_offsets[t]);
+                for (r, (slot, &dot)) in out_row.iter_mut().zip(dot_row).enumerate() {
+                    let sum = dot as f32 * act_scale + linear.row_sums[r] as f32 * act_offset;
+                    *slot = sum * linear.scales[r];
+                }
+            }
+        }
+        Linears::Reference => {
+            for (t, out_row) in output.chunks_exact_mut(rows).enumerate() {
+                let x = &input[t * cols..(t + 1) * cols];
+                for (r, slot) in out_row.iter_mut().enumerate() {
+                    let w = &weights[r * cols..(r + 1) * cols];
+                    let dot: f64 = w
+                        .iter()
+                        .zip(x)
+                        .map(|(&q, &value)| q as i8 as f64 * value as f64)
+                        .sum();
+                    *slot = (dot * linear.scales[r] as f64) as f32;
+                }
+            }
+        }
+    }
+    if let Some(bias) = &linear.bias {
+        for out_row in output.chunks_exact_mut(rows) {
+            add_into(out_row, bias);
+        }
+    }
+}
+
+/// Per-token asymmetric 7-bit quantization: `x ≈ offset + scale · u` with `u ∈ [0, 127]`
+/// spanning `[min x, max x]` (see the module docs). Asymmetric because half the inputs are
+/// lopsided: fc2 reads GELU outputs (≥ −0.17), where a symmetric range would waste half the
+/// levels.
+fn quantize_activations(
+    input: &[f32],
+    cols: usize,
+    quantized: &mut [u8],
+    scales: &mut [f32],
+    offsets: &mut [f32],
+) {
+    for (((row, out), scale), offset) in input
+        .chunks_exact(cols)
+        .zip(quantized.chunks_exact_mut(cols))
+        .zip(scales.iter_mut())
+        .zip(offsets.iter_mut())
+    {
+        let (min, max) = row
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(min, max), &v| {
+                (min.min(v), max.max(v))
+            });
+        *offset = min;
+        if !(max > min) || !(max - min).is_finite() {
+            *scale = 0.0;
+            out.fill(0);
+            continue;
+        }
+        *scale = (max - min) / ACT_LEVELS;
+        let inverse = ACT_LEVELS / (max - min);
+        // (x − min)·inverse + 0.5 lies in [0.5, 127.5]: truncation is floor there, so this
+        // rounds to nearest without a floor call (a libm call on baseline x86_64).
+        for (slot, &value) in out.iter_mut().zip(row) {
+            *slot = (((value - min) * inverse + 0.5) as i32).clamp(0, 127) as u8;
+        }
+    }
+}
+
+fn add_into(target: &mut [f32], values: &[f32]) {
+    for (slot, &value) in target.iter_mut().zip(values) {
+        *slot += value;
+    }
+}
+
+/// LayerNorm over each `width`-wide row, in place.
+fn layer_norm_rows(rows: &mut [f32], width: usize, norm: &Norm, eps: f32) {
+    for row in rows.chunks_exact_mut(width) {
+        let mean = row.iter().sum::<f32>() / width as f32;
+        let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+        let inverse = 1.0 / (variance + eps).sqrt();
+        for ((value, &gamma), &beta) in row.iter_mut().zip(&norm.gamma).zip(&norm.beta) {
+            *value = (*value - mean) * inverse * gamma + beta;
+        }
+    }
+}
+
+/// Dot product with eight independent partial sums (vectorizes without reassociation).
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut chunks_a = a.chunks_exact(8);
+    let mut chunks_b = b.chunks_exact(8);
+    for (ca, cb) in (&mut chunks_a).zip(&mut chunks_b) {
+        for i in 0..8 {
+            lanes[i] += ca[i] * cb[i];
+        }
+    }
+    let tail: f32 = chunks_a
+        .remainder()
+        .iter()
+        .zip(chunks_b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Multi-head attention over `qkv` rows `[q | k | v]`, written to `context` `[tokens][width]`.
+fn attention(
+    qkv: &[f32],
+    tokens: usize,
+    width: usize,
+    heads: usize,
+    causal: bool,
+    context: &mut [f32],
+    probs: &mut [f32],
+) {
+    let head_dim = width / heads;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let stride = 3 * width;
+    for head in 0..heads {
+        let base = head * head_dim;
+        for i in 0..tokens {
+            let query = &qkv[i * stride + base..i * stride + base + head_dim];
+            let visible = if causal { i + 1 } else { tokens };
+            let mut max = f32::NEG_INFINITY;
+            for (j, prob) in probs[..visible].iter_mut().enumerate() {
+                let key = &qkv[j * stride + width + base..j * stride + width + base + head_dim];
+                *prob = dot_f32(query, key) * scale;
+                max = max.max(*prob);
+            }
+            let mut sum = 0.0f32;
+            for prob in &mut probs[..visible] {
+                *prob = (*prob - max).exp();
+                sum += *prob;
+            }
+            let out = &mut context[i * width + base..i * width + base + head_dim];
+            out.fill(0.0);
+            let inverse = 1.0 / sum;
+            for (j, &prob) in probs[..visible].iter().enumerate() {
+                let value =
+                    &qkv[j * stride + 2 * width + base..j * stride + 2 * width + base + head_dim];
+                let weight = prob * inverse;
+                for (slot, &v) in out.iter_mut().zip(value) {
+                    *slot += weight * v;
+                }
+            }
+        }
+    }
+}
+
+fn quick_gelu(x: f32) -> f32 {
+    x / (1.0 + (-1.702 * x).exp())
+}
+
+/// `0.5 x (1 + erf(x / √2))` with Abramowitz–Stegun 7.1.26 (|error| ≤ 1.5e-7).
+fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+fn erf(x: f32) -> f32 {
+    let sign = if x < 0.0 { -1.0 } else { 1.0 };
+    let x = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
+    sign * (1.0 - poly * (-x * x).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        for (x, expected) in [
+            (0.0f32, 0.0f32),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (2.0, 0.995_322_3),
+            (-1.0, -0.842_700_8),
+        ] {
+            assert!((erf(x) - expected).abs() < 3e-7, "erf({x}) = {}", erf(x));
+        }
+    }
+
+    #[test]
+    fn quantization_round_trips_within_half_a_step() {
+        let row: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.37).collect();
+        let mut quantized = vec![0u8; 37];
+        let (mut scales, mut offsets) = ([0.0f32], [0.0f32]);
+        quantize_activations(&row, 37, &mut quantized, &mut scales, &mut offsets);
+        assert_eq!(quantized.iter().max(), Some(&127));
+        assert_eq!(quantized.iter().min(), Some(&0));
+        for (&q, &value) in quantized.iter().zip(&row) {
+            let back = offsets[0] + q as f32 * scales[0];
+            assert!((back - value).abs() <= scales[0] * 0.5 + 1e-6);
+        }
+    }
+}

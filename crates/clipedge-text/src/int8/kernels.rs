@@ -1,0 +1,398 @@
+//! The integer GEMM: `out[t][r] = Σ_k u[t][k] · w[r][k]` with weights int8 (stored as bytes)
+//! and activations unsigned 7-bit (`u ∈ [0, 127]`), accumulated exactly in i32.
+//!
+//! Why 7-bit unsigned activations: the relaxed-SIMD dot (`i32x4.relaxed_dot_i8x16_i7x16_add_s`)
+//! is deterministic only when its second operand has the top bit clear, and x86 lowers it to
+//! `pmaddubsw` (unsigned × signed). With `u ∈ [0, 127]` and `|w| ≤ 127` no pair sum saturates
+//! (`2 · 127 · 127 < 32767`), so every kernel computes the same exact integer and the forward
+//! pass gives bit-identical outputs whichever kernel ran. The caller stores `u = q + 64` and
+//! subtracts `64 · rowsum(w)` afterwards.
+//!
+//! Shape: weights `[rows][cols]` are the outer loop (each row read once per call and reused
+//! across tokens from L1), tokens inner, in register blocks of 4 rows × 2 tokens.
+
+/// Which GEMM implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust: the reference every other kernel must equal bit for bit.
+    Scalar,
+    /// x86_64 AVX2 (`vpmaddubsw` + `vpmaddwd`), chosen at run time.
+    Avx2,
+    /// wasm32 `simd128` (widen to i16, `i32x4.dot_i16x8_s`), chosen at compile time.
+    Simd128,
+    /// wasm32 relaxed SIMD (`i32x4.relaxed_dot_i8x16_i7x16_add_s`), chosen at compile time.
+    RelaxedSimd,
+}
+
+impl Kernel {
+    /// Every kernel this build and CPU can run, the reference first.
+    pub fn available() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            kernels.push(Kernel::Avx2);
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        kernels.push(Kernel::Simd128);
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        kernels.push(Kernel::RelaxedSimd);
+        kernels
+    }
+
+    /// The fastest available kernel.
+    pub fn best() -> Kernel {
+        *Kernel::available()
+            .last()
+            .expect("scalar is always available")
+    }
+
+    pub fn is_available(self) -> bool {
+        Kernel::available().contains(&self)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Simd128 => "simd128",
+            Kernel::RelaxedSimd => "relaxed-simd",
+        }
+    }
+}
+
+/// `out[t * rows + r] = Σ_k acts[t * cols + k] · (weights[r * cols + k] as i8)` for `t < tokens`.
+///
+/// Panics if a slice is too short or the kernel is not available (callers check
+/// [`Kernel::is_available`]).
+pub fn gemm_u7i8(
+    kernel: Kernel,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    acts: &[u8],
+    tokens: usize,
+    out: &mut [i32],
+) {
+    assert!(weights.len() >= rows * cols, "weights too short");
+    assert!(acts.len() >= tokens * cols, "activations too short");
+    assert!(out.len() >= tokens * rows, "output too short");
+    match kernel {
+        Kernel::Scalar => gemm_scalar(weights, rows, cols, acts, tokens, out),
+        Kernel::Avx2 => {
+            #[cfg(target_arch = "x86_64")]
+            {
+                assert!(std::is_x86_feature_detected!("avx2"), "avx2 not available");
+                // SAFETY: AVX2 is present (checked above); the slice lengths are checked above.
+                unsafe { avx2::gemm(weights, rows, cols, acts, tokens, out) };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            panic!("the avx2 kernel exists only on x86_64");
+        }
+        Kernel::Simd128 => {
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            // SAFETY: simd128 is enabled at compile time; slice lengths are checked above.
+            unsafe {
+                wasm::gemm::<false>(weights, rows, cols, acts, tokens, out)
+            };
+            #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+            panic!("the simd128 kernel needs wasm32 with +simd128");
+        }
+        Kernel::RelaxedSimd => {
+            #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+            // SAFETY: relaxed-simd is enabled at compile time; slice lengths are checked above.
+            unsafe {
+                wasm::gemm::<true>(weights, rows, cols, acts, tokens, out)
+            };
+            #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+            panic!("the relaxed-simd kernel needs wasm32 with +relaxed-simd");
+        }
+    }
+}
+
+fn dot_scalar(weights: &[u8], acts: &[u8]) -> i32 {
+    weights
+        .iter()
+        .zip(acts)
+        .map(|(&w, &a)| w as i8 as i32 * a as i32)
+        .sum()
+}
+
+fn gemm_scalar(
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    acts: &[u8],
+    tokens: usize,
+    out: &mut [i32],
+) {
+    for row in 0..rows {
+        let weight_row = &weights[row * cols..(row + 1) * cols];
+        for token in 0..tokens {
+            out[token * rows + row] =
+                dot_scalar(weight_row, &acts[token * cols..(token + 1) * cols]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::dot_scalar;
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn hsum(v: __m256i) -> i32 {
+        let sum128 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let sum64 = _mm_add_epi32(sum128, _mm_unpackhi_epi64(sum128, sum128));
+        let sum32 = _mm_add_epi32(sum64, _mm_shuffle_epi32(sum64, 0b01));
+        _mm_cvtsi128_si32(sum32)
+    }
+
+    /// One `R × T` register block: rows `row..row+R`, tokens `token..token+T`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const R: usize, const T: usize>(
+        weights: &[u8],
+        row: usize,
+        rows: usize,
+        cols: usize,
+        acts: &[u8],
+        token: usize,
+        out: &mut [i32],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let main = cols & !31;
+        let weight_ptr: [*const u8; R] =
+            std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
+        let act_ptr: [*const u8; T] =
+            std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
+        let mut acc = [[_mm256_setzero_si256(); T]; R];
+        let mut k = 0;
+        while k < main {
+            let w: [__m256i; R] =
+                std::array::from_fn(|i| _mm256_loadu_si256(weight_ptr[i].add(k) as *const __m256i));
+            for j in 0..T {
+                let a = _mm256_loadu_si256(act_ptr[j].add(k) as *const __m256i);
+                for i in 0..R {
+                    // u8 × i8 pairs summed to i16 (no saturation: u ≤ 127, |w| ≤ 127), then
+                    // pairs of i16 summed to i32.
+                    let pairs = _mm256_maddubs_epi16(a, w[i]);
+                    acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+            k += 32;
+        }
+        for i in 0..R {
+            let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
+            for j in 0..T {
+                let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
+                out[(token + j) * rows + row + i] =
+                    hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn gemm(
+        weights: &[u8],
+        rows: usize,
+        cols: usize,
+        acts: &[u8],
+        tokens: usize,
+        out: &mut [i32],
+    ) {
+        let mut row = 0;
+        while row + 4 <= rows {
+            let mut token = 0;
+            while token + 2 <= tokens {
+                block::<4, 2>(weights, row, rows, cols, acts, token, out);
+                token += 2;
+            }
+            if token < tokens {
+                block::<4, 1>(weights, row, rows, cols, acts, token, out);
+            }
+            row += 4;
+        }
+        while row < rows {
+            for token in 0..tokens {
+                block::<1, 1>(weights, row, rows, cols, acts, token, out);
+            }
+            row += 1;
+        }
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use core::arch::wasm32::*;
+
+    use super::dot_scalar;
+
+    #[inline]
+    fn hsum(v: v128) -> i32 {
+        i32x4_extract_lane::<0>(v)
+            + i32x4_extract_lane::<1>(v)
+            + i32x4_extract_lane::<2>(v)
+            + i32x4_extract_lane::<3>(v)
+    }
+
+    /// `acc + Σ w·a` over 16 lanes; `RELAXED` uses the relaxed dot (second operand 7-bit).
+    #[inline(always)]
+    fn dot16<const RELAXED: bool>(acc: v128, w: v128, a: v128) -> v128 {
+        #[cfg(target_feature = "relaxed-simd")]
+        if RELAXED {
+            return i32x4_relaxed_dot_i8x16_i7x16_add(w, a, acc);
+        }
+        let low = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w), u16x8_extend_low_u8x16(a));
+        let high = i32x4_dot_i16x8(i16x8_extend_high_i8x16(w), u16x8_extend_high_u8x16(a));
+        i32x4_add(acc, i32x4_add(low, high))
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const R: usize, const T: usize, const RELAXED: bool>(
+        weights: &[u8],
+        row: usize,
+        rows: usize,
+        cols: usize,
+        acts: &[u8],
+        token: usize,
+        out: &mut [i32],
+    ) {
+        let main = cols & !15;
+        let weight_ptr: [*const u8; R] =
+            std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
+        let act_ptr: [*const u8; T] =
+            std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
+        let mut acc = [[i32x4_splat(0); T]; R];
+        let mut k = 0;
+        while k < main {
+            let a: [v128; T] = std::array::from_fn(|j| v128_load(act_ptr[j].add(k) as *const v128));
+            for i in 0..R {
+                let w = v128_load(weight_ptr[i].add(k) as *const v128);
+                for j in 0..T {
+                    acc[i][j] = dot16::<RELAXED>(acc[i][j], w, a[j]);
+                }
+            }
+            k += 16;
+        }
+        for i in 0..R {
+            let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
+            for j in 0..T {
+                let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
+                out[(token + j) * rows + row + i] =
+                    hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
+            }
+        }
+    }
+
+    pub unsafe fn gemm<const RELAXED: bool>(
+        weights: &[u8],
+        rows: usize,
+        cols: usize,
+        acts: &[u8],
+        tokens: usize,
+        out: &mut [i32],
+    ) {
+        let mut row = 0;
+        while row + 4 <= rows {
+            let mut token = 0;
+            while token + 2 <= tokens {
+                block::<4, 2, RELAXED>(weights, row, rows, cols, acts, token, out);
+                token += 2;
+            }
+            if token < tokens {
+                block::<4, 1, RELAXED>(weights, row, rows, cols, acts, token, out);
+            }
+            row += 4;
+        }
+        while row < rows {
+            for token in 0..tokens {
+                block::<1, 1, RELAXED>(weights, row, rows, cols, acts, token, out);
+            }
+            row += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+    }
+
+    #[test]
+    fn every_kernel_equals_the_scalar_reference() {
+        let mut rng = Rng(7);
+        let shapes = [
+            (1, 1),
+            (3, 5),
+            (4, 16),
+            (5, 31),
+            (7, 32),
+            (8, 33),
+            (9, 47),
+            (13, 64),
+            (16, 100),
+            (6, 384),
+            (12, 512),
+        ];
+        for &(rows, cols) in &shapes {
+            for tokens in [1, 2, 3, 4, 5, 7, 10, 31, 77] {
+                // Extreme values included: weights ±127 and activations 0 / 127.
+                let weights: Vec<u8> = (0..rows * cols)
+                    .map(|i| match i % 11 {
+                        0 => 127u8,
+                        1 => (-127i8) as u8,
+                        _ => ((rng.next() % 255) as i32 - 127) as i8 as u8,
+                    })
+                    .collect();
+                let acts: Vec<u8> = (0..tokens * cols)
+                    .map(|i| match i % 13 {
+                        0 => 127,
+                        1 => 0,
+                        _ => (rng.next() % 128) as u8,
+                    })
+                    .collect();
+                let mut expected = vec![0i32; tokens * rows];
+                gemm_u7i8(
+                    Kernel::Scalar,
+                    &weights,
+                    rows,
+                    cols,
+                    &acts,
+                    tokens,
+                    &mut expected,
+                );
+                // The scalar reference itself, against the definition.
+                assert_eq!(
+                    expected[rows * (tokens - 1)],
+                    (0..cols)
+                        .map(|k| weights[k] as i8 as i32 * acts[(tokens - 1) * cols + k] as i32)
+                        .sum::<i32>()
+                );
+                for kernel in Kernel::available() {
+                    let mut got = vec![i32::MIN; tokens * rows];
+                    gemm_u7i8(kernel, &weights, rows, cols, &acts, tokens, &mut got);
+                    assert_eq!(
+                        got,
+                        expected,
+                        "{} differs at rows {rows} cols {cols} tokens {tokens}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
+    }
+}
