@@ -1,7 +1,7 @@
 //! The forward pass: embeddings, blocks, pooling. Everything but the integer GEMM is plain f32
 //! Rust shared by all kernels.
 
-use super::kernels::{gemm_u7i8, Kernel};
+use super::kernels::{gemm_u8i8, Kernel};
 use super::{Activation, Family, Int8Model, Int8Pooling, Linear, Norm};
 
 /// How the linears run.
@@ -13,8 +13,9 @@ pub enum Linears {
     Reference,
 }
 
-/// Steps of the unsigned 7-bit activations: `u ∈ [0, 127]`.
-const ACT_LEVELS: f32 = 127.0;
+/// Steps of the unsigned activations: `u ∈ [0, 254]` (254, not 255, so that the relaxed-SIMD
+/// kernel can split `u` into two 7-bit halves; see kernels.rs).
+const ACT_LEVELS: f32 = 254.0;
 
 /// Every buffer one forward needs, allocated once per call and sized by the token count.
 struct Scratch {
@@ -218,7 +219,7 @@ fn linear(
                 &mut s.act_offsets,
             );
             let dots = &mut s.dots[..tokens * rows];
-            gemm_u7i8(kernel, weights, rows, cols, quantized, tokens, dots);
+            gemm_u8i8(kernel, weights, rows, cols, quantized, tokens, dots);
             for (t, (out_row, dot_row)) in output
                 .chunks_exact_mut(rows)
                 .zip(dots.chunks_exact(rows))
@@ -254,7 +255,7 @@ fn linear(
     }
 }
 
-/// Per-token asymmetric 7-bit quantization: `x ≈ offset + scale · u` with `u ∈ [0, 127]`
+/// Per-token asymmetric 8-bit quantization: `x ≈ offset + scale · u` with `u ∈ [0, 254]`
 /// spanning `[min x, max x]` (see the module docs). Asymmetric because half the inputs are
 /// lopsided: fc2 reads GELU outputs (≥ −0.17), where a symmetric range would waste half the
 /// levels.
@@ -284,10 +285,10 @@ fn quantize_activations(
         }
         *scale = (max - min) / ACT_LEVELS;
         let inverse = ACT_LEVELS / (max - min);
-        // (x − min)·inverse + 0.5 lies in [0.5, 127.5]: truncation is floor there, so this
+        // (x − min)·inverse + 0.5 lies in [0.5, 254.5]: truncation is floor there, so this
         // rounds to nearest without a floor call (a libm call on baseline x86_64).
         for (slot, &value) in out.iter_mut().zip(row) {
-            *slot = (((value - min) * inverse + 0.5) as i32).clamp(0, 127) as u8;
+            *slot = (((value - min) * inverse + 0.5) as i32).clamp(0, 254) as u8;
         }
     }
 }
@@ -415,7 +416,7 @@ mod tests {
         let mut quantized = vec![0u8; 37];
         let (mut scales, mut offsets) = ([0.0f32], [0.0f32]);
         quantize_activations(&row, 37, &mut quantized, &mut scales, &mut offsets);
-        assert_eq!(quantized.iter().max(), Some(&127));
+        assert_eq!(quantized.iter().max(), Some(&254));
         assert_eq!(quantized.iter().min(), Some(&0));
         for (&q, &value) in quantized.iter().zip(&row) {
             let back = offsets[0] + q as f32 * scales[0];

@@ -3,10 +3,10 @@
 //!
 //! Numerics, the same for every kernel:
 //! - linear weights int8 `[out][in]`, symmetric per output row (f32 scale), f32 bias;
-//! - activations quantized per token right before each linear to 7-bit `q ∈ [-63, 63]` with
-//!   `scale = max|x| / 63`, stored as `u = q + 64 ∈ [1, 127]` so that one unsigned × signed dot
-//!   serves AVX2 (`pmaddubsw`), simd128 and relaxed SIMD (see [`kernels`]); the dot is exact in
-//!   i32 and `Σ w·q = Σ w·u − 64 · rowsum(w)` with `rowsum` stored in the file;
+//! - activations quantized per token right before each linear, asymmetric 8-bit:
+//!   `x ≈ offset + scale · u` with `u ∈ [0, 254]` spanning the token's `[min, max]`; the dot
+//!   `Σ w·u` is exact in i32 on every kernel (see [`kernels`]) and
+//!   `Σ w·x ≈ scale · Σ w·u + offset · rowsum(w)` with `rowsum` stored in the file;
 //! - embeddings (the token table is int8, dequantized only for the query's rows), LayerNorm,
 //!   attention, softmax and GELU in f32, in plain Rust shared by all kernels — so every kernel
 //!   gives bit-identical embeddings.
@@ -23,7 +23,7 @@ pub use format::{
     quantize_row, tensor_specs, Activation, Family, Int8Config, Int8Pooling, Int8Writer,
     TensorKind, TensorSpec, FORMAT_VERSION, MAGIC, TENSOR_ALIGN,
 };
-pub use kernels::{gemm_u7i8, Kernel};
+pub use kernels::{gemm_u8i8, Kernel};
 pub use synthetic::synthetic_model;
 
 use format::{load_error, TensorKind as Kind};
