@@ -73,7 +73,7 @@ def merge(ranges):
 
 
 def emit(name, doc, ranges):
-    lines = [f"/// {doc}", f"pub(super) const {name}: &[(u32, u32)] = &["]
+    lines = [f"/// {doc}", "#[rustfmt::skip]", f"pub(super) const {name}: &[(u32, u32)] = &["]
     row = []
     for a, b in ranges:
         row.append(f"(0x{a:X}, 0x{b:X}),")
