@@ -137,7 +137,7 @@ impl Int8Config {
         if let Some((_, field)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(load_error(format!("header field {field} is out of range")));
         }
-        if self.width % self.heads != 0 {
+        if !self.width.is_multiple_of(self.heads) {
             return Err(load_error(format!(
                 "width {} is not a multiple of heads {}",
                 self.width, self.heads
@@ -383,7 +383,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, TextError> {
                 spec.kind.byte_len()
             )));
         }
-        if offset % TENSOR_ALIGN as u64 != 0 || offset < table_end as u64 {
+        if !offset.is_multiple_of(TENSOR_ALIGN as u64) || offset < table_end as u64 {
             return Err(load_error(format!(
                 "tensor {} has a bad offset {offset}",
                 describe()

@@ -278,7 +278,7 @@ fn quantize_activations(
                 (min.min(v), max.max(v))
             });
         *offset = min;
-        if !(max > min) || !(max - min).is_finite() {
+        if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) || !(max - min).is_finite() {
             *scale = 0.0;
             out.fill(0);
             continue;
