@@ -180,7 +180,7 @@ impl Header {
         for (index, section) in sections.iter_mut().enumerate() {
             let offset = u32_at(bytes, 32 + 8 * index) as usize;
             let length = u32_at(bytes, 36 + 8 * index) as usize;
-            let end = offset.checked_add(length).unwrap_or(usize::MAX);
+            let end = offset.saturating_add(length);
             if offset < HEADER_BYTES || end > bytes.len() {
                 return Err(invalid(format!(
                     "tokenizer.bin section {index} lies outside the file"
