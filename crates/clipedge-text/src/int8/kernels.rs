@@ -28,7 +28,10 @@ pub enum Kernel {
     /// wasm32 `simd128` (widen to i16, `i32x4.dot_i16x8_s`), chosen at compile time.
     Simd128,
     /// wasm32 relaxed SIMD (`i32x4.relaxed_dot_i8x16_i7x16_add_s` on two 7-bit halves), chosen
-    /// at compile time.
+    /// at compile time. Not verified: under Node 20 (`--experimental-wasm-relaxed-simd`) it
+    /// disagrees with the scalar reference (the kernel test fails at 4 rows × 16 columns) and it
+    /// was slower than simd128, so [`Kernel::best`] never picks it; check it on the Worker's V8
+    /// before building a relaxed Worker.
     RelaxedSimd,
 }
 
