@@ -99,7 +99,11 @@ impl CompactTokenizer {
         // The vocabulary is used in place; check once here what lookups index without checks.
         let offsets = section(VOCAB_OFFSETS);
         let strings_length = sections[VOCAB_STRINGS].len();
-        if offsets.len() != 4 * (vocab_size + 1) || section(VOCAB_SORTED).len() != 4 * vocab_size {
+        // In u64: a corrupt size must not overflow usize on wasm32.
+        let vocab_entries = vocab_size as u64;
+        if offsets.len() as u64 != 4 * (vocab_entries + 1)
+            || section(VOCAB_SORTED).len() as u64 != 4 * vocab_entries
+        {
             return Err(invalid(
                 "tokenizer.bin: vocabulary tables do not match its size",
             ));
