@@ -2,7 +2,9 @@
 //! The packer folds runs of HF's per-character `Replace` steps into one [`NormalizerOp::CharMap`]
 //! (their composition), so CLIP's 250 ftfy-style replacements cost one pass here.
 
-use unicode_normalization_alignments::UnicodeNormalization;
+use unicode_normalization_alignments::char::{
+    canonical_combining_class, compose, decompose_canonical,
+};
 
 use super::format::{
     invalid, Reader, Writer, OP_BERT, OP_CHAR_MAP, OP_LOWERCASE, OP_NFC, OP_REPLACE, OP_STRIP,
@@ -227,7 +229,12 @@ impl NormalizerOp {
                 }
                 out
             }
-            NormalizerOp::Nfc => text.as_str().nfc().map(|(c, _)| c).collect(),
+            NormalizerOp::Nfc => {
+                if text.is_ascii() {
+                    return text;
+                }
+                nfc(&text)
+            }
             NormalizerOp::Strip { left, right } => {
                 let mut slice = text.as_str();
                 if *left {
@@ -271,10 +278,8 @@ impl NormalizerOp {
                 }
                 if *strip_accents {
                     // NFD first so that composed letters give up their accents as marks.
-                    text = text
-                        .as_str()
-                        .nfd()
-                        .map(|(c, _)| c)
+                    text = nfd(&text)
+                        .into_iter()
                         .filter(|&c| !in_table(NONSPACING_MARK, c))
                         .collect();
                 }
@@ -285,6 +290,79 @@ impl NormalizerOp {
             }
         }
     }
+}
+
+// NFD and NFC as `unicode-normalization-alignments` 0.1.12 computes them (its iterators ported
+// step by step, without the alignment bookkeeping), over its canonical tables only: its
+// iterators also link the compatibility tables, 83 KB of wasm that nothing here uses.
+
+/// Canonical decomposition, then canonical ordering: each run after a starter is stably sorted
+/// by combining class when the next starter arrives (and at the end).
+fn nfd(text: &str) -> Vec<char> {
+    let mut classes_and_chars: Vec<(u8, char)> = Vec::with_capacity(text.len());
+    let mut pending_start = 0;
+    for c in text.chars() {
+        decompose_canonical(c, |d| {
+            let class = canonical_combining_class(d);
+            if class == 0 {
+                classes_and_chars[pending_start..].sort_by_key(|&(class, _)| class);
+                pending_start = classes_and_chars.len();
+            }
+            classes_and_chars.push((class, d));
+        });
+    }
+    classes_and_chars[pending_start..].sort_by_key(|&(class, _)| class);
+    classes_and_chars.into_iter().map(|(_, c)| c).collect()
+}
+
+/// NFD, then canonical composition: each character composes with the last starter unless a
+/// character of the same or a higher class came between them ("blocked").
+fn nfc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut composee: Option<char> = None;
+    let mut last_class: Option<u8> = None;
+    let mut blocked: Vec<char> = Vec::new();
+    for c in nfd(text) {
+        let class = canonical_combining_class(c);
+        let Some(starter) = composee else {
+            if class != 0 {
+                out.push(c);
+            } else {
+                composee = Some(c);
+            }
+            continue;
+        };
+        if let Some(previous_class) = last_class {
+            if previous_class >= class {
+                if class == 0 {
+                    out.push(starter);
+                    out.extend(blocked.drain(..));
+                    composee = Some(c);
+                    last_class = None;
+                } else {
+                    blocked.push(c);
+                    last_class = Some(class);
+                }
+                continue;
+            }
+        }
+        if let Some(composed) = compose(starter, c) {
+            composee = Some(composed);
+            continue;
+        }
+        if last_class.is_none() && class == 0 {
+            out.push(starter);
+            composee = Some(c);
+            continue;
+        }
+        blocked.push(c);
+        last_class = Some(class);
+    }
+    if let Some(starter) = composee {
+        out.push(starter);
+    }
+    out.extend(blocked);
+    out
 }
 
 fn lowercase(text: &str) -> String {
@@ -320,4 +398,58 @@ fn is_chinese_char(c: char) -> bool {
             | 0xF900..=0xFAFF
             | 0x2F800..=0x2FA1F
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use unicode_normalization_alignments::UnicodeNormalization;
+
+    use super::{nfc, nfd};
+
+    fn reference_nfc(text: &str) -> String {
+        text.nfc().map(|(c, _)| c).collect()
+    }
+
+    fn reference_nfd(text: &str) -> String {
+        text.nfd().map(|(c, _)| c).collect()
+    }
+
+    /// The port against the crate's own iterators: every code point alone and after a starter,
+    /// and seeded random runs of starters, combining marks (of several classes) and jamo.
+    #[test]
+    fn nfc_and_nfd_match_the_crate() {
+        let mut text = String::new();
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            for prefix in ["", "a", "\u{1100}", "\u{ac00}"] {
+                text.clear();
+                text.push_str(prefix);
+                text.push(c);
+                assert_eq!(nfc(&text), reference_nfc(&text), "{text:?}");
+                assert_eq!(
+                    nfd(&text).into_iter().collect::<String>(),
+                    reference_nfd(&text)
+                );
+            }
+        }
+        let pieces: Vec<char> = "aeiouAEOUsSnNcCzZ\u{391}\u{3b1}\u{3c9}\u{413}\u{418}\u{627}\u{928}\u{915}\u{9c7}\u{b47}\u{1100}\u{1161}\u{11a8}\u{ac00}\u{304b}\u{30cf}\u{300}\u{301}\u{302}\u{303}\u{308}\u{30a}\u{323}\u{327}\u{328}\u{345}\u{31b}\u{35c}\u{93c}\u{9be}\u{b3e}\u{3099}\u{309a}\u{5b0}\u{5c1}\u{5bc}\u{1ab0}\u{20d0}\u{1d165}\u{1d16d}\u{f71}\u{f72}\u{f80} x"
+            .chars()
+            .collect();
+        let mut state = 0x5EED_u64;
+        for _ in 0..200_000 {
+            text.clear();
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let length = 1 + (state >> 60) as usize;
+            for index in 0..length {
+                let pick = (state >> (index * 4 % 56)) as usize ^ index * 31;
+                text.push(pieces[pick % pieces.len()]);
+            }
+            assert_eq!(nfc(&text), reference_nfc(&text), "{text:?}");
+            assert_eq!(
+                nfd(&text).into_iter().collect::<String>(),
+                reference_nfd(&text)
+            );
+        }
+    }
 }
