@@ -1,21 +1,17 @@
 #!/usr/bin/env python3
-"""The edge Worker inside workerd: per-stage timings (encode, probe, scan fan-out, merge) cold
-and warm, isolate memory, and the .wasm size raw and gzip.
+"""The edge Worker inside workerd: the text tower's encode time by token count, the cold start
+(model fetch, model build, first query), per-stage timings, isolate memory and the .wasm size.
 
 The stack is the developers' one: `clipedge local-stack up` (s3s-fs + `cargo lambda watch` with
 the scanner + `wrangler dev` running worker/build), on loopback. The index is synthetic
 (`clipedge datagen` + `clipedge build`), stamped with the model's fingerprint so the Worker
-accepts text queries; the model is a B/32-architecture text tower with int8 weights stored as
-ONNX external data, fetched from S3 by the Worker on its first text query.
+accepts text queries; the model is a B/32-architecture text tower for the int8 engine
+(`clipedge model synth`: seeded weights, the real CLIP tokenizer), fetched from S3 by the Worker
+on its first text query. `bash benches/edge_bench.sh` builds everything and runs this.
 
-    bash scripts/build-worker.sh
-    cargo build --release -p clipedge -p clipedge-lambda
-    python benches/edge_bench.py --clipedge ~/.cache/clipedge/target/release/clipedge \\
-        --model models/clip-b32-random-int8-dynamic-ext
-
-Cold = the first text query of a fresh isolate (model fetch + parse + optimize, generation
-load, then the query); each cold start is a fresh `local-stack up`. Warm = later queries, p50
-and p90 over the runs. Timings are the Worker's own (Server-Timing, `performance.now()`, which
+Cold = the first text query of a fresh isolate (model fetch + build, generation load, then the
+query); each cold start is a fresh `local-stack up`. Warm = later queries with distinct texts of
+exactly 4, 10, 32 and 77 tokens (the Worker reports the count it ran), p50 and p90. Timings are the Worker's own (Server-Timing, `performance.now()`, which
 workerd coarsens to 1 ms locally) plus the client's wall time. Memory: the wasm linear memory
 the Worker reports, and the workerd process's peak RSS (an upper bound for the isolate: it
 includes the runtime). Stdlib only.
@@ -38,6 +34,7 @@ from pathlib import Path
 from benchlib import BenchError, check_clipedge, die
 
 REPO = Path(__file__).resolve().parent.parent
+TOKEN_COUNTS = [4, 10, 32, 77]
 QUERIES = [
     "a dog",
     "a dog running on the beach",
@@ -71,9 +68,14 @@ def server_timing(headers: dict) -> dict[str, float]:
     value = headers.get("server-timing") or headers.get("Server-Timing") or ""
     stages = {}
     for part in value.split(","):
-        name, _, duration = part.strip().partition(";dur=")
-        if name and duration:
-            stages[name] = float(duration)
+        name, _, rest = part.strip().partition(";")
+        for field in rest.split(";"):
+            key, _, number = field.partition("=")
+            if key in ("dur", "desc"):
+                try:
+                    stages[name] = float(number)
+                except ValueError:
+                    stages[name] = stages.get(name, 0.0)
     return stages
 
 
@@ -118,28 +120,47 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def single_token_words(model: Path) -> list[str]:
+    """Lowercase words the CLIP vocabulary holds whole (each one token after BPE)."""
+    vocab = json.loads((model / "tokenizer.json").read_text())["model"]["vocab"]
+    words = [key[:-4] for key in vocab if key.endswith("</w>") and key[:-4].isascii()
+             and key[:-4].isalpha() and key[:-4].islower() and 3 <= len(key) - 4 <= 8]
+    return sorted(words)
+
+
+def text_of_tokens(words: list[str], tokens: int, serial: int) -> str:
+    """A distinct text of `tokens` positions (start and end tokens included): no cache hits."""
+    count = max(1, tokens - 2) if tokens < 77 else 90  # 77: over-long, truncated by the model
+    step = 7919  # a prime: the serial walks the word list without repeats
+    return " ".join(words[(serial * step + i * 104729) % len(words)] for i in range(count))
+
+
+def summary(values: list[float]) -> dict:
+    return {"p50": round(percentile(values, 0.5), 2), "p90": round(percentile(values, 0.9), 2),
+            "n": len(values)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clipedge", required=True, help="the clipedge binary (its clipedge-scanner beside it)")
-    parser.add_argument("--model", type=Path, default=REPO / "models/clip-b32-random-int8-dynamic-ext")
+    parser.add_argument("--model", type=Path, required=True, help="a CLIP-family int8 model package")
     parser.add_argument("--n", type=int, default=100_000, help="index vectors")
     parser.add_argument("--nlist", type=int, default=512)
     parser.add_argument("--pq-m", type=int, default=64)
     parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--colds", type=int, default=2, help="fresh stacks (cold isolates)")
-    parser.add_argument("--warm", type=int, default=6, help="warm passes over the query texts")
+    parser.add_argument("--warm", type=int, default=20, help="warm queries per token count")
     parser.add_argument("--work", type=Path, help="keep data here (default: a temporary directory)")
     args = parser.parse_args()
     try:
         clipedge = check_clipedge(args.clipedge)
         card = card_of(args.model)
-        if "external_data" not in card:
-            print("note: the model has no external data; the Worker holds the whole graph at once")
+        words = single_token_words(args.model)
         work = args.work or Path(tempfile.mkdtemp(prefix="clipedge-edge-bench-"))
         work.mkdir(parents=True, exist_ok=True)
         dim = int(card["dim"])
-        index = work / "index"
+        index = work / f"index-{card['fingerprint']}"
         if not (index / "CURRENT").exists():
             data = work / "data"
             run([clipedge, "datagen", "--n", str(args.n), "--dim", str(dim), "--queries", "10",
@@ -150,12 +171,14 @@ def main() -> None:
                  "--model-id", card["name"], "--model-fingerprint", card["fingerprint"]])
         wasm = REPO / "worker/build/index_bg.wasm"
         wasm_bytes = wasm.read_bytes()
-        print(f"worker wasm: {len(wasm_bytes) / 2**20:.1f} MiB raw, "
+        print(f"worker wasm: {len(wasm_bytes) / 2**20:.2f} MiB raw, "
               f"{len(gzip.compress(wasm_bytes, 9)) / 2**20:.2f} MiB gzip -9")
         print(f"index: {args.n} x {dim}, nlist {args.nlist}, PQ m {args.pq_m} 4-bit; "
               f"query k {args.k} nprobe {args.nprobe}; model {card['name']}")
 
-        colds, warm_stages, memory, rss = [], {}, [], []
+        colds, warm_stages, encode_by_tokens, memory, rss = [], {}, {}, [], []
+        cache_hits = 0
+        serial = 0
         for cold_round in range(args.colds):
             state = work / f"stack-{cold_round}"
             subprocess.run([clipedge, "local-stack", "down", "--state", str(state)],
@@ -166,18 +189,28 @@ def main() -> None:
             try:
                 url = stack["worker_url"] + "/v1/search"
                 wrangler_pid = next(p["pid"] for p in stack["processes"] if p["name"] == "wrangler dev")
-                status, body, headers, wall = post(url, {"text": QUERIES[1], "k": args.k, "nprobe": args.nprobe})
+                status, body, headers, wall = post(url, {"text": QUERIES[1] + f" {cold_round}",
+                                                         "k": args.k, "nprobe": args.nprobe})
                 if status != 200:
                     raise BenchError(f"cold query failed: HTTP {status} {body}")
                 colds.append({**server_timing(headers), "client": wall})
-                for _ in range(args.warm):
-                    for text in QUERIES:
+                memory.append(get(stack["worker_url"] + "/v1/health").get("memory_bytes", 0) / 2**20)
+                for tokens in TOKEN_COUNTS:
+                    for _ in range(args.warm):
+                        serial += 1
+                        text = text_of_tokens(words, tokens, serial)
                         status, body, headers, wall = post(url, {"text": text, "k": args.k, "nprobe": args.nprobe})
                         if status != 200:
                             raise BenchError(f"warm query failed: HTTP {status} {body}")
                         stages = {**server_timing(headers), "client": wall}
+                        ran = int(stages.get("tokens", 0)) or tokens
+                        encode_by_tokens.setdefault(ran, []).append(stages.get("encode", 0.0))
                         for stage, ms in stages.items():
                             warm_stages.setdefault(stage, []).append(ms)
+                # The same text again: the isolate's embedding cache answers, no encode.
+                status, body, headers, wall = post(url, {"text": text, "k": args.k, "nprobe": args.nprobe})
+                if "encode-cache" in (headers.get("server-timing") or headers.get("Server-Timing") or ""):
+                    cache_hits += 1
                 memory.append(get(stack["worker_url"] + "/v1/health").get("memory_bytes", 0) / 2**20)
                 peak = workerd_peak_rss_mib(wrangler_pid)
                 if peak:
@@ -187,21 +220,45 @@ def main() -> None:
                                capture_output=True, cwd=REPO)
 
         stages = ["load", "encode", "probe", "scan", "merge", "total", "client"]
-        print("\ncold start: model package fetch / encoder build (parse + attach weights + optimize), ms:")
+        print("\ncold start: model package fetch / model build, ms:")
         for cold in colds:
             print(f"  {cold.get('model-fetch', 0.0):8.1f} / {cold.get('model-build', 0.0):8.1f}")
         print("\ncold (first text query of a fresh isolate), ms:")
         print("  " + " ".join(f"{s:>8}" for s in stages))
         for cold in colds:
             print("  " + " ".join(f"{cold.get(s, 0.0):8.1f}" for s in stages))
-        print(f"\nwarm ({len(warm_stages.get('client', []))} queries of 2-70 tokens), ms:")
+        print("\nwarm encode in workerd by token count, ms:")
+        print(f"  {'tokens':>6} {'p50':>8} {'p90':>8} {'n':>5}")
+        encode_summary = {}
+        for tokens in sorted(encode_by_tokens):
+            figures = summary(encode_by_tokens[tokens])
+            encode_summary[str(tokens)] = figures
+            print(f"  {tokens:>6} {figures['p50']:8.2f} {figures['p90']:8.2f} {figures['n']:>5}")
+        print(f"\nwarm, all token counts ({len(warm_stages.get('client', []))} queries), ms:")
         print("  " + " ".join(f"{s:>8}" for s in stages[1:]))
         for name, q in (("p50", 0.5), ("p90", 0.9)):
             print("  " + " ".join(f"{percentile(warm_stages.get(s, [0.0]), q):8.1f}" for s in stages[1:])
                   + f"  {name}")
-        print(f"\nwasm linear memory after the model loaded: {max(memory):.1f} MiB")
+        print(f"\nrepeated text answered from the isolate's embedding cache: {cache_hits} of {len(colds)}")
+        print(f"wasm linear memory: {memory[0]:.1f} MiB after the first text query, "
+              f"{max(memory):.1f} MiB at the end")
         if rss:
             print(f"workerd peak RSS (runtime included): {max(rss):.0f} MiB")
+        result = {
+            "model": card["name"],
+            "wasm_bytes": len(wasm_bytes),
+            "wasm_memory_peak_mib": round(max(memory), 2),
+            "model_fetch_ms": [round(cold.get("model-fetch", 0.0), 2) for cold in colds],
+            "model_build_ms": round(max(cold.get("model-build", 0.0) for cold in colds), 2),
+            "cold_first_query_ms": round(max(cold.get("total", 0.0) for cold in colds), 2),
+            "cold_first_query_without_fetch_ms": round(
+                max(cold.get("total", 0.0) - cold.get("model-fetch", 0.0) for cold in colds), 2),
+            "encode_p50_ms": {tokens: figures["p50"] for tokens, figures in encode_summary.items()},
+            "encode_p90_ms": {tokens: figures["p90"] for tokens, figures in encode_summary.items()},
+            "embedding_cache_hits": cache_hits,
+            "workerd_peak_rss_mib": round(max(rss), 1) if rss else None,
+        }
+        print(json.dumps(result))
     except BenchError as err:
         die(str(err))
 

@@ -3,6 +3,11 @@
 # esbuild are given by path, so worker-build downloads nothing. Output: worker/build/.
 # Installs worker-build, wasm-bindgen-cli and wrangler (npm, with esbuild and workerd) into
 # ~/.cache/clipedge when missing. Prints the .wasm size raw and gzip at the end.
+#
+# CLIPEDGE_WASM_SIMD picks the int8 text kernels compiled in: `simd128` (default) or `relaxed`
+# (simd128 plus the relaxed int8 dot product). The relaxed kernel failed its bit-exactness test
+# under Node 20's experimental relaxed SIMD and was slower there, so it stays opt-in until it is
+# validated in workerd; a module with relaxed instructions does not load at all without them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,12 +19,16 @@ install_worker_tools
 
 rustup target add wasm32-unknown-unknown >/dev/null
 cd worker
-# simd128: tract's wasm kernels (about 2x faster encodes); workerd runs them.
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+simd128" \
+case "${CLIPEDGE_WASM_SIMD:-simd128}" in
+  relaxed) target_features="+simd128,+relaxed-simd" ;;
+  simd128) target_features="+simd128" ;;
+  *) echo "CLIPEDGE_WASM_SIMD must be relaxed or simd128, not ${CLIPEDGE_WASM_SIMD}" >&2; exit 2 ;;
+esac
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=$target_features" \
 WASM_BINDGEN_BIN="$TOOLS_DIR/bin/wasm-bindgen" \
 ESBUILD_BIN="$NPM_DIR/node_modules/@esbuild/linux-x64/bin/esbuild" \
   "$TOOLS_DIR/bin/worker-build" --release --no-opt
 wasm=build/index_bg.wasm
 raw=$(stat -c %s "$wasm")
 gz=$(gzip -9 -c "$wasm" | wc -c)
-printf 'worker wasm %s: %d bytes raw, %d bytes gzip -9\n' "$wasm" "$raw" "$gz"
+printf 'worker wasm %s (%s): %d bytes raw, %d bytes gzip -9\n' "$wasm" "$target_features" "$raw" "$gz"

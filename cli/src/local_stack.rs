@@ -378,12 +378,16 @@ fn start_and_publish(
         // Read by object_store's AmazonS3Builder::from_env in this process (single-threaded here).
         std::env::set_var(name, value);
     }
-    let card = encoder.card();
-    let model_files: Vec<String> = ["model.toml", &card.tokenizer_file, &card.onnx_file]
-        .into_iter()
-        .map(str::to_string)
-        .chain(card.external_data.clone())
-        .collect();
+    // The files of the engine the Worker will run (int8 when the package ships it).
+    let engine_files = encoder.files()?;
+    let model_files: Vec<String> = [
+        "model.toml".to_string(),
+        engine_files.tokenizer,
+        engine_files.tower,
+    ]
+    .into_iter()
+    .chain(engine_files.external_data)
+    .collect();
     let generation = runtime.block_on(publish(
         index_dir,
         &index,
@@ -597,9 +601,14 @@ async fn publish(
     let remote = Storage::open(index)?;
     let mut files = Vec::new();
     collect_files(index_dir, index_dir, &mut files)?;
+    // A stack directory brought up again already holds these objects (generations and model
+    // packages are immutable); s3s-fs answers a create-only PUT of an existing key before it
+    // reads the body, which broke the second `up` with "Broken pipe".
+    let already: std::collections::HashSet<String> = remote.list("").await?.into_iter().collect();
     let uploads = files
         .iter()
         .filter(|name| name.as_str() != CURRENT_OBJECT && is_published(name))
+        .filter(|name| !already.contains(name.as_str()))
         .map(|name| upload(&remote, name, index_dir.join(name)));
     futures::future::try_join_all(uploads).await?;
     remote
@@ -616,8 +625,10 @@ async fn publish(
         .split_once('/')
         .unwrap_or((BUCKET, ""));
     let models = Storage::open(&format!("s3://{bucket}/{model_prefix}"))?;
+    let already: std::collections::HashSet<String> = models.list("").await?.into_iter().collect();
     let uploads = model_files
         .iter()
+        .filter(|name| !already.contains(name.as_str()))
         .map(|name| upload(&models, name, model_dir.join(name)));
     futures::future::try_join_all(uploads).await?;
     Ok(pointer.generation)

@@ -8,6 +8,7 @@ mod datagen;
 mod demo;
 mod embed;
 mod local_stack;
+mod model;
 mod progress;
 mod search;
 mod serve;
@@ -37,6 +38,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Embed texts with a model package: one JSON line per text (embedding, tokens, time).
     Embed(embed::EmbedArgs),
+    /// Package-time steps of a model package: compact tokenizer, seeded test towers, fingerprint.
+    Model(model::ModelArgs),
     /// Build the bundled demo dataset into a local index (once, cached) and serve it.
     Demo(demo::DemoArgs),
     /// Run the serverless stack locally: S3 server, Lambda emulator with the scanner, and the
@@ -60,6 +63,7 @@ fn main() {
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Model(args) => model::run(args),
         Command::LocalStack(args) => local_stack::run(args),
     };
     if let Err(error) = outcome {

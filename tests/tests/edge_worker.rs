@@ -650,8 +650,8 @@ fn concurrent_first_requests_in_a_fresh_isolate_all_answer() {
     let edge = stack.url().to_string();
     let words = [
         "penguin", "guitar", "apple", "house", "tree", "car", "cat", "dog", "boat", "flower",
-        "bird", "clock", "star", "moon", "fish", "book", "chair", "lamp", "train", "horse",
-        "hat", "shoe", "cup", "key", "bell", "bread", "drum", "kite", "leaf", "rocket",
+        "bird", "clock", "star", "moon", "fish", "book", "chair", "lamp", "train", "horse", "hat",
+        "shoe", "cup", "key", "bell", "bread", "drum", "kite", "leaf", "rocket",
     ];
     let queries: Vec<Value> = (0..60)
         .map(|index| {

@@ -23,10 +23,17 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::clock::{monotonic_ms, since, unix_ms};
 use crate::config::WorkerConfig;
+use crate::embed_cache::{cache_key, EmbeddingCache};
 use crate::objects::{ObjectError, Objects};
 use crate::plan::plan_batches;
 use crate::scanners::{self, ScanJob};
 use crate::shared::LoadSlot;
+
+/// What a model package may weigh in the isolate (128 MB, shared with the JS heap, the routing
+/// table and the requests in flight): the B/32 int8 tower is 63 MB.
+pub const MAX_MODEL_BYTES: u64 = 80 * 1024 * 1024;
+const MAX_TOKENIZER_BYTES: u64 = 8 * 1024 * 1024;
+const MAX_CARD_BYTES: u64 = 64 * 1024;
 
 /// Records of the top k that lie this close together are read with one GET.
 const RECORD_COALESCE_GAP: u64 = 64 * 1024;
@@ -41,6 +48,7 @@ pub struct Generation {
 struct Isolate {
     encoder: LoadSlot<TextEncoder>,
     generation: LoadSlot<Generation>,
+    embeddings: EmbeddingCache,
     /// When a request last read `CURRENT` and found the ready generation live.
     generation_checked_unix_ms: Cell<Option<u64>>,
 }
@@ -86,6 +94,10 @@ pub struct RequestContext<'a> {
     /// Of `load_ms`: fetching the model package, and building the encoder from it.
     pub model_fetch_ms: f64,
     pub model_build_ms: f64,
+    /// The query's embedding came from the isolate's cache (no encode).
+    pub embedding_cache_hit: bool,
+    /// Positions the text tower ran for the query.
+    pub encoded_tokens: Option<usize>,
 }
 
 impl<'a> RequestContext<'a> {
@@ -96,6 +108,8 @@ impl<'a> RequestContext<'a> {
             load_ms: 0.0,
             model_fetch_ms: 0.0,
             model_build_ms: 0.0,
+            embedding_cache_hit: false,
+            encoded_tokens: None,
         }
     }
 
@@ -206,26 +220,35 @@ impl<'a> RequestContext<'a> {
 
     async fn load_encoder(&mut self) -> Result<TextEncoder, ApiError> {
         let fetch_started = monotonic_ms();
-        let model_error = |error: ObjectError| object_error("cannot read the text model", error);
+        let model_error = |error: ObjectError| match error {
+            ObjectError::TooLarge { .. } => internal("text model refused", error),
+            other => object_error("cannot read the text model", other),
+        };
         let card_bytes = self
             .objects
-            .get(&self.config.model_key("model.toml"), None)
+            .get_bounded(&self.config.model_key("model.toml"), MAX_CARD_BYTES)
             .await
             .map_err(model_error)?;
         let card_toml = String::from_utf8(card_bytes)
             .map_err(|_| internal("bad text model", "model.toml is not UTF-8"))?;
         let card =
             ModelCard::from_toml(&card_toml).map_err(|error| internal("bad text model", error))?;
-        let tokenizer_key = self.config.model_key(&card.tokenizer_file);
-        let onnx_key = self.config.model_key(&card.onnx_file);
-        let (tokenizer_json, onnx, external_data) = futures::try_join!(
-            self.objects.get(&tokenizer_key, None),
-            self.objects.get(&onnx_key, None),
+        let files = card
+            .files_for(card.engine())
+            .map_err(|error| internal("bad text model", error))?;
+        let tokenizer_key = self.config.model_key(&files.tokenizer);
+        let tower_key = self.config.model_key(&files.tower);
+        // Sizes are checked before a body is read: a package too large for the isolate is
+        // refused with its limit named, instead of an out-of-memory crash mid-fetch.
+        let (tokenizer, tower, external_data) = futures::try_join!(
+            self.objects
+                .get_bounded(&tokenizer_key, MAX_TOKENIZER_BYTES),
+            self.objects.get_bounded(&tower_key, MAX_MODEL_BYTES),
             async {
-                match &card.external_data {
+                match &files.external_data {
                     Some(file) => self
                         .objects
-                        .get(&self.config.model_key(file), None)
+                        .get_bounded(&self.config.model_key(file), MAX_MODEL_BYTES)
                         .await
                         .map(Some),
                     None => Ok(None),
@@ -237,9 +260,9 @@ impl<'a> RequestContext<'a> {
         let build_started = monotonic_ms();
         let encoder = TextEncoder::from_package(PackageBytes {
             card_toml: &card_toml,
-            tokenizer_json: &tokenizer_json,
-            onnx: &onnx,
-            // Moved: the encoder cuts the weights into the graph and drops the file.
+            tokenizer: &tokenizer,
+            // Moved: the int8 engine keeps these bytes as its weights (no second copy).
+            tower,
             external_data,
         })
         .map_err(|error| internal("cannot load the text model", error));
@@ -424,6 +447,12 @@ impl<'a> RequestContext<'a> {
             Query::Vector(vector) => Ok(vector),
             Query::Id(id) => self.stored_vector(generation, id).await,
             Query::Text(text) => {
+                // Keyed by the index's model: only an encoder that matches it fills the cache.
+                let key = cache_key(&generation.manifest.model.fingerprint, &text);
+                if let Some(embedding) = isolate().embeddings.get(&key) {
+                    self.embedding_cache_hit = true;
+                    return Ok(embedding.as_ref().clone());
+                }
                 let encoder = self.encoder().await?;
                 let card = encoder.card();
                 if card.fingerprint != generation.manifest.model.fingerprint {
@@ -443,7 +472,11 @@ impl<'a> RequestContext<'a> {
                     ));
                 }
                 match encoder.encode(&text) {
-                    Ok(encoding) => Ok(encoding.embedding),
+                    Ok(encoding) => {
+                        self.encoded_tokens = Some(encoding.tokens);
+                        isolate().embeddings.put(key, encoding.embedding.clone());
+                        Ok(encoding.embedding)
+                    }
                     Err(TextError::EmptyInput) => {
                         Err(ApiError::new(ErrorCode::EmptyText, "text is empty"))
                     }

@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod embed_cache;
 pub mod engine;
 pub mod objects;
 pub mod plan;
@@ -201,6 +202,12 @@ async fn search(request: &mut Request, context: &mut RequestContext<'_>) -> Resu
                     ", model-fetch;dur={:.2}, model-build;dur={:.2}",
                     context.model_fetch_ms, context.model_build_ms
                 ));
+            }
+            if let Some(tokens) = context.encoded_tokens {
+                timing.push_str(&format!(", tokens;desc={tokens}"));
+            }
+            if context.embedding_cache_hit {
+                timing.push_str(", encode-cache;desc=hit");
             }
             timing.push_str(&format!(", total;dur={:.2}", clock::since(started)));
             let response = json_response(200, &answer)?;

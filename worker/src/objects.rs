@@ -26,6 +26,8 @@ pub enum ObjectError {
     NotFound { key: String },
     #[error("cannot read object {key}: {reason}")]
     Failed { key: String, reason: String },
+    #[error("object {key} has {size} bytes, more than the {limit}-byte limit")]
+    TooLarge { key: String, size: u64, limit: u64 },
 }
 
 enum Backend {
@@ -96,6 +98,20 @@ impl Objects {
 
     /// The whole object, or the bytes `range` of it.
     pub async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<Vec<u8>, ObjectError> {
+        self.get_inner(key, range, None).await
+    }
+
+    /// The whole object, refused before its body is read when it is larger than `limit` bytes.
+    pub async fn get_bounded(&self, key: &str, limit: u64) -> Result<Vec<u8>, ObjectError> {
+        self.get_inner(key, None, Some(limit)).await
+    }
+
+    async fn get_inner(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        limit: Option<u64>,
+    ) -> Result<Vec<u8>, ObjectError> {
         if let Some(range) = &range {
             if range.start >= range.end {
                 return Ok(Vec::new());
@@ -103,11 +119,11 @@ impl Objects {
         }
         self.gets.set(self.gets.get() + 1);
         let bytes = match &self.backend {
-            Backend::R2(bucket) => get_r2(bucket, key, range.clone()).await?,
+            Backend::R2(bucket) => get_r2(bucket, key, range.clone(), limit).await?,
             Backend::S3 {
                 bucket,
                 credentials,
-            } => get_s3(bucket, credentials.as_ref(), key, range.clone()).await?,
+            } => get_s3(bucket, credentials.as_ref(), key, range.clone(), limit).await?,
         };
         self.bytes.set(self.bytes.get() + bytes.len() as u64);
         if let Some(range) = range {
@@ -130,6 +146,7 @@ async fn get_r2(
     bucket: &worker::Bucket,
     key: &str,
     range: Option<Range<u64>>,
+    limit: Option<u64>,
 ) -> Result<Vec<u8>, ObjectError> {
     let mut request = bucket.get(key);
     if let Some(range) = range {
@@ -150,7 +167,7 @@ async fn get_r2(
         .body()
         .ok_or_else(|| failed(key, "R2 object has no body"))?;
     let stream = body.stream().map_err(|error| failed(key, error))?;
-    collect(stream, Some(size), key).await
+    collect(stream, Some(size), limit, key).await
 }
 
 /// Reads a body chunk by chunk into one buffer of the announced size: the JS side then holds
@@ -159,11 +176,24 @@ async fn get_r2(
 async fn collect(
     mut stream: ByteStream,
     size: Option<u64>,
+    limit: Option<u64>,
     key: &str,
 ) -> Result<Vec<u8>, ObjectError> {
+    let limit = limit.unwrap_or(u64::MAX);
+    let too_large = |size: u64| ObjectError::TooLarge {
+        key: key.to_string(),
+        size,
+        limit,
+    };
+    if let Some(size) = size.filter(|size| *size > limit) {
+        return Err(too_large(size));
+    }
     let mut bytes = Vec::with_capacity(size.unwrap_or(0) as usize);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|error| failed(key, error))?;
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            return Err(too_large((bytes.len() + chunk.len()) as u64));
+        }
         bytes.extend_from_slice(&chunk);
     }
     Ok(bytes)
@@ -174,6 +204,7 @@ async fn get_s3(
     credentials: Option<&Credentials>,
     key: &str,
     range: Option<Range<u64>>,
+    limit: Option<u64>,
 ) -> Result<Vec<u8>, ObjectError> {
     let now =
         jiff::Timestamp::from_millisecond(unix_ms() as i64).map_err(|error| failed(key, error))?;
@@ -206,7 +237,13 @@ async fn get_s3(
         .flatten()
         .and_then(|length| length.parse::<u64>().ok());
     let stream = response.stream().map_err(|error| failed(key, error))?;
-    let body = collect(stream, announced, key).await?;
+    // An error page is small: only a success is held to the limit.
+    let body_limit = if (200..300).contains(&status) {
+        limit
+    } else {
+        None
+    };
+    let body = collect(stream, announced, body_limit, key).await?;
     if !(200..300).contains(&status) {
         let snippet = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
         return Err(failed(key, format!("HTTP {status}: {snippet}")));

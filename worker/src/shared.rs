@@ -70,7 +70,10 @@ impl<T> LoadSlot<T> {
     /// The ready value, if it is the one for `key`.
     pub fn ready(&self, key: &str) -> Option<Rc<T>> {
         match &*self.state.borrow() {
-            SlotState::Ready { key: ready_key, value } if ready_key == key => Some(value.clone()),
+            SlotState::Ready {
+                key: ready_key,
+                value,
+            } if ready_key == key => Some(value.clone()),
             _ => None,
         }
     }
@@ -91,9 +94,10 @@ impl<T> LoadSlot<T> {
     fn next_step(&self, key: &str, now_unix_ms: u64) -> Step<T> {
         let mut state = self.state.borrow_mut();
         match &*state {
-            SlotState::Ready { key: ready_key, value } if ready_key == key => {
-                return Step::Take(value.clone())
-            }
+            SlotState::Ready {
+                key: ready_key,
+                value,
+            } if ready_key == key => return Step::Take(value.clone()),
             SlotState::Loading {
                 key: loading_key,
                 claimed_unix_ms,
@@ -226,17 +230,15 @@ mod tests {
             futures::executor::block_on(slot.get_or_load("gen-1", || async { Err("no") }));
         assert!(result.is_err());
         assert!(!slot.is_ready());
-        let (value, outcome) = futures::executor::block_on(
-            slot.get_or_load("gen-1", || async { Ok::<_, &str>(3) }),
-        )
-        .unwrap();
+        let (value, outcome) =
+            futures::executor::block_on(slot.get_or_load("gen-1", || async { Ok::<_, &str>(3) }))
+                .unwrap();
         assert_eq!(*value, 3);
         assert!(outcome.loaded);
         assert!(slot.ready("gen-2").is_none());
-        let (newer, _) = futures::executor::block_on(
-            slot.get_or_load("gen-2", || async { Ok::<_, &str>(4) }),
-        )
-        .unwrap();
+        let (newer, _) =
+            futures::executor::block_on(slot.get_or_load("gen-2", || async { Ok::<_, &str>(4) }))
+                .unwrap();
         assert_eq!(*newer, 4);
         assert!(slot.ready("gen-1").is_none());
     }

@@ -40,24 +40,31 @@ fn run() -> Result<(), String> {
     let card_text =
         String::from_utf8(read("model.toml")?).map_err(|_| "model.toml is not UTF-8")?;
     let card = ModelCard::from_toml(&card_text).map_err(|error| error.to_string())?;
-    let onnx = read(&card.onnx_file)?;
-    let external_data = read(&format!("{}.data", card.onnx_file)).ok();
-    let tokenizer = read(&card.tokenizer_file)?;
+    // The files of the engine the card names (the int8 engine when the package ships it).
+    let files = card
+        .files_for(card.engine())
+        .map_err(|error| error.to_string())?;
+    let tower = read(&files.tower)?;
+    let external_data = match &files.external_data {
+        Some(name) => Some(read(name)?),
+        None => None,
+    };
+    let tokenizer = read(&files.tokenizer)?;
     let package_bytes =
-        onnx.len() + external_data.as_ref().map_or(0, |data| data.len()) + tokenizer.len();
+        tower.len() + external_data.as_ref().map_or(0, |data| data.len()) + tokenizer.len();
     let memory_before_load = peak_memory_bytes();
 
     let load_start = Instant::now();
     let encoder = TextEncoder::from_package(PackageBytes {
         card_toml: &card_text,
-        tokenizer_json: &tokenizer,
-        onnx: &onnx,
+        tokenizer: &tokenizer,
+        tower,
         external_data,
     })
     .map_err(|error| error.to_string())?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     // The Worker drops the fetched bytes once the model is built; so do we before measuring.
-    drop((onnx, tokenizer));
+    drop(tokenizer);
     println!(
         "{{\"model\":\"{}\",\"target\":\"{}\",\"package_mib\":{:.1},\"load_ms\":{load_ms:.0},\"memory_before_load_mib\":{:.1},\"peak_after_load_mib\":{:.1}}}",
         card.name,

@@ -37,8 +37,9 @@ pub struct ModelCard {
     pub output: String,
     #[serde(default)]
     pub quantization: Option<String>,
-    /// First 16 hex digits of SHA-256 over `text.onnx`, `text.onnx.data` (if present), then
-    /// `tokenizer.json`; see [`fingerprint`].
+    /// First 16 hex digits of SHA-256 over the files the card's engine runs: `text.int8` then
+    /// `tokenizer.bin` for an int8 package ([`int8_fingerprint`]), else `text.onnx`,
+    /// `text.onnx.data` (if present), then `tokenizer.json` ([`fingerprint`]).
     pub fingerprint: String,
     #[serde(default)]
     pub source: Option<String>,
@@ -51,6 +52,14 @@ pub struct ModelCard {
     /// exported with `--external-data`: a Worker fetches it separately (see `PackageBytes`).
     #[serde(default)]
     pub external_data: Option<String>,
+    /// The int8 engine's weight file (`text.int8`, docs/format.md). When the package has it (and
+    /// its compact tokenizer), every front runs the int8 engine and the fingerprint covers these
+    /// two files; the ONNX graph stays as the native reference.
+    #[serde(default)]
+    pub int8_file: Option<String>,
+    /// The compact tokenizer (`tokenizer.bin`, docs/format.md) that goes with `int8_file`.
+    #[serde(default)]
+    pub compact_tokenizer_file: Option<String>,
     /// Lowest cosine this (quantized) graph must reach against the fp32 `reference.json`.
     #[serde(default)]
     pub reference_tolerance: Option<f32>,
@@ -68,6 +77,23 @@ fn default_tokenizer_file() -> String {
     "tokenizer.json".to_string()
 }
 
+/// Which engine runs a package's text tower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The int8 transformer over `text.int8`, with the compact tokenizer (what the Worker runs).
+    Int8,
+    /// The ONNX graph on tract, with the HF `tokenizer.json` (feature `onnx`).
+    Onnx,
+}
+
+/// The files an engine needs from a package, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageFiles {
+    pub tokenizer: String,
+    pub tower: String,
+    pub external_data: Option<String>,
+}
+
 /// The graph inputs the encoder knows how to fill.
 pub(crate) const KNOWN_INPUTS: [&str; 4] = [
     "input_ids",
@@ -83,6 +109,39 @@ impl ModelCard {
         })?;
         card.validate()?;
         Ok(card)
+    }
+
+    /// The engine every front runs for this package: int8 when it ships `text.int8`.
+    pub fn engine(&self) -> Engine {
+        if self.int8_file.is_some() && self.compact_tokenizer_file.is_some() {
+            Engine::Int8
+        } else {
+            Engine::Onnx
+        }
+    }
+
+    /// What `engine` needs from the package.
+    pub fn files_for(&self, engine: Engine) -> Result<PackageFiles, TextError> {
+        match engine {
+            Engine::Int8 => match (&self.int8_file, &self.compact_tokenizer_file) {
+                (Some(tower), Some(tokenizer)) => Ok(PackageFiles {
+                    tokenizer: tokenizer.clone(),
+                    tower: tower.clone(),
+                    external_data: None,
+                }),
+                _ => Err(TextError::Card {
+                    reason: format!(
+                        "package {} has no int8 engine (int8_file and compact_tokenizer_file)",
+                        self.name
+                    ),
+                }),
+            },
+            Engine::Onnx => Ok(PackageFiles {
+                tokenizer: self.tokenizer_file.clone(),
+                tower: self.onnx_file.clone(),
+                external_data: self.external_data.clone(),
+            }),
+        }
     }
 
     fn validate(&self) -> Result<(), TextError> {
@@ -118,6 +177,18 @@ impl ModelCard {
         }
         Ok(())
     }
+}
+
+/// The fingerprint of an int8 package: SHA-256 over `text.int8`, then `tokenizer.bin`.
+pub fn int8_fingerprint(weights: &[u8], compact_tokenizer: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(weights);
+    hasher.update(compact_tokenizer);
+    let digest = hasher.finalize();
+    digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// The fingerprint a model card records: SHA-256 over the graph, its external weight file if it

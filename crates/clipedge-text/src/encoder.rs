@@ -1,13 +1,17 @@
-//! The text tower on tract: one optimized plan with a symbolic sequence length, so a query runs
-//! exactly as many positions as it has tokens.
+//! The text encoder: a package's tokenizer and tower behind one `encode`, whichever engine the
+//! package ships. A query runs exactly as many positions as it has tokens (no padding: CLIP's
+//! causal mask and EOT pooling, and mean pooling without padding, give the padded result).
 
-use std::sync::Arc;
-
-use tract_onnx::prelude::*;
-
-use crate::card::{ModelCard, Pooling};
-use crate::tokenize::{TextTokenizer, Tokens};
-use crate::TextError;
+#[cfg(feature = "onnx")]
+use crate::card::Pooling;
+use crate::card::{Engine, ModelCard, PackageFiles};
+use crate::compact::CompactTokenizer;
+use crate::int8::Int8Model;
+#[cfg(feature = "onnx")]
+use crate::onnx::OnnxTower;
+#[cfg(feature = "hf-tokenizer")]
+use crate::tokenize::TextTokenizer;
+use crate::{TextError, Tokens};
 
 /// One encoded text.
 #[derive(Debug, Clone)]
@@ -20,166 +24,66 @@ pub struct Encoding {
     pub truncated: bool,
 }
 
-/// Which token-derived tensor feeds each graph input, in the graph's input order.
-#[derive(Debug, Clone, Copy)]
-enum InputKind {
-    Ids,
-    Mask,
-    TypeIds,
-    Positions,
-}
-
-/// A model package's files as bytes.
+/// A model package's files as bytes (what a Worker fetched): the names come from
+/// [`ModelCard::files_for`].
 pub struct PackageBytes<'a> {
     pub card_toml: &'a str,
-    pub tokenizer_json: &'a [u8],
-    pub onnx: &'a [u8],
+    /// The engine's tokenizer file: `tokenizer.bin` (int8) or `tokenizer.json` (ONNX).
+    pub tokenizer: &'a [u8],
+    /// The tower file, moved in: `text.int8` is kept as the weights (no copy); `text.onnx` is
+    /// parsed and dropped.
+    pub tower: Vec<u8>,
     /// `text.onnx.data` for graphs exported with external weights; consumed (moved into the
     /// graph) so the weights are not held twice.
     pub external_data: Option<Vec<u8>>,
 }
 
-/// One initializer whose bytes are in the external weight file.
-struct ExternalTensor {
-    proto: tract_onnx::pb::TensorProto,
-    offset: usize,
-    length: usize,
+enum Tower {
+    Int8(Int8Model),
+    #[cfg(feature = "onnx")]
+    Onnx(OnnxTower),
 }
 
-/// Takes the initializers stored in external data out of the graph and declares them as graph
-/// inputs instead, so tract parses the graph without their bytes.
-///
-/// Why: tract resolves external data through a canonicalized model directory, which
-/// wasm32-unknown-unknown (the Worker) does not have; and inlining the bytes into the protobuf
-/// would hold the weights twice while tract parses (it converts every initializer before it
-/// drops any), which is what breaks a 128 MB isolate. [`attach_external_tensors`] then turns the
-/// placeholder inputs into constants one tensor at a time.
-fn detach_external_tensors(
-    proto: &mut tract_onnx::pb::ModelProto,
-    data_len: usize,
-) -> Result<Vec<ExternalTensor>, TextError> {
-    use tract_onnx::pb::{
-        tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto,
-    };
-    let invalid = |reason: String| TextError::ModelLoad { reason };
-    let Some(graph) = proto.graph.as_mut() else {
-        return Ok(Vec::new());
-    };
-    let (external, inline): (Vec<_>, Vec<_>) = std::mem::take(&mut graph.initializer)
-        .into_iter()
-        .partition(|tensor| !tensor.external_data.is_empty());
-    graph.initializer = inline;
-    let mut detached = Vec::with_capacity(external.len());
-    for tensor in external {
-        let field = |key: &str| {
-            tensor
-                .external_data
-                .iter()
-                .find(|entry| entry.key == key)
-                .map(|entry| entry.value.clone())
-        };
-        let number = |key: &str| -> Result<Option<usize>, TextError> {
-            field(key)
-                .map(|value| {
-                    value.parse::<usize>().map_err(|_| {
-                        invalid(format!(
-                            "tensor {}: external data {key} {value:?} is not a number",
-                            tensor.name
-                        ))
-                    })
-                })
-                .transpose()
-        };
-        let offset = number("offset")?.unwrap_or(0);
-        let length = match number("length")? {
-            Some(length) => length,
-            None => data_len.saturating_sub(offset),
-        };
-        if offset.checked_add(length).is_none_or(|end| end > data_len) {
-            return Err(invalid(format!(
-                "tensor {}: external data [{offset}, +{length}) is outside the {data_len}-byte \
-                 weight file",
-                tensor.name
-            )));
-        }
-        if !graph.input.iter().any(|input| input.name == tensor.name) {
-            let dims = tensor
-                .dims
-                .iter()
-                .map(|dim| tensor_shape_proto::Dimension {
-                    denotation: String::new(),
-                    value: Some(tensor_shape_proto::dimension::Value::DimValue(*dim)),
-                })
-                .collect();
-            graph.input.push(ValueInfoProto {
-                name: tensor.name.clone(),
-                r#type: Some(TypeProto {
-                    denotation: String::new(),
-                    value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                        elem_type: tensor.data_type,
-                        shape: Some(TensorShapeProto { dim: dims }),
-                    })),
-                }),
-                ..ValueInfoProto::default()
-            });
-        }
-        detached.push(ExternalTensor {
-            proto: tensor,
-            offset,
-            length,
-        });
-    }
-    Ok(detached)
-}
-
-/// Turns the placeholder inputs [`detach_external_tensors`] made into constants holding their
-/// bytes, cutting each tensor from the end of the weight file and truncating it as it goes, so
-/// the weights are held about once.
-fn attach_external_tensors(
-    model: &mut InferenceModel,
-    mut tensors: Vec<ExternalTensor>,
-    mut data: Vec<u8>,
-) -> TractResult<()> {
-    tensors.sort_by_key(|tensor| std::cmp::Reverse(tensor.offset));
-    let provider = tract_onnx::data_resolver::FopenDataResolver;
-    for mut tensor in tensors {
-        let end = tensor.offset + tensor.length;
-        if end > data.len() {
-            return Err(TractError::msg(format!(
-                "tensor {}: external data [{}, +{}) overlaps another tensor",
-                tensor.proto.name, tensor.offset, tensor.length
-            )));
-        }
-        tensor.proto.raw_data = data[tensor.offset..end].to_vec();
-        tensor.proto.external_data.clear();
-        tensor.proto.data_location = None;
-        data.truncate(tensor.offset);
-        data.shrink_to_fit();
-        let value =
-            tract_onnx::tensor::load_tensor(&provider, &tensor.proto, None)?.into_arc_tensor();
-        drop(tensor.proto.raw_data);
-        let fact = TypedFact::try_from(value.clone())?;
-        let node = model.node_by_name(&tensor.proto.name)?.id;
-        model.nodes[node].op = Box::new(tract_onnx::tract_hir::ops::konst::Const::new(value)?);
-        model.set_outlet_fact(OutletId::new(node, 0), fact.into())?;
-        model.inputs.retain(|outlet| outlet.node != node);
-    }
-    Ok(())
+enum Tokenizer {
+    Compact(CompactTokenizer),
+    #[cfg(feature = "hf-tokenizer")]
+    Hf(TextTokenizer),
 }
 
 pub struct TextEncoder {
     card: ModelCard,
-    tokenizer: TextTokenizer,
-    plan: Arc<TypedRunnableModel>,
-    inputs: Vec<InputKind>,
+    engine: Engine,
+    tokenizer: Tokenizer,
+    tower: Tower,
+}
+
+#[cfg(not(all(feature = "onnx", feature = "hf-tokenizer")))]
+fn engine_not_built(engine: Engine) -> TextError {
+    TextError::ModelLoad {
+        reason: format!(
+            "the package needs the {engine:?} engine, which this build leaves out (features \
+             onnx and hf-tokenizer)"
+        ),
+    }
 }
 
 impl TextEncoder {
-    /// Loads a model package directory: `model.toml`, the ONNX graph (with its external weight
-    /// file, if any) and `tokenizer.json`. Wherever there is a file system (native, WASI); a
-    /// Worker has none and uses [`TextEncoder::from_package`].
+    /// Loads a model package directory with the engine its card names (int8 when the package
+    /// ships `text.int8`). Wherever there is a file system (native, WASI); a Worker has none and
+    /// uses [`TextEncoder::from_package`].
     pub fn load(dir: impl AsRef<std::path::Path>) -> Result<TextEncoder, TextError> {
-        let dir = dir.as_ref();
+        TextEncoder::load_inner(dir.as_ref(), None)
+    }
+
+    /// Loads a package directory with a chosen engine (the parity tests run both).
+    pub fn load_with_engine(
+        dir: impl AsRef<std::path::Path>,
+        engine: Engine,
+    ) -> Result<TextEncoder, TextError> {
+        TextEncoder::load_inner(dir.as_ref(), Some(engine))
+    }
+
+    fn load_inner(dir: &std::path::Path, engine: Option<Engine>) -> Result<TextEncoder, TextError> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read(&path).map_err(|source| TextError::Io {
@@ -192,58 +96,83 @@ impl TextEncoder {
             reason: "model.toml is not UTF-8".to_string(),
         })?;
         let card = ModelCard::from_toml(&card_text)?;
-        let tokenizer_json = read(&card.tokenizer_file)?;
-        let onnx_path = dir.join(&card.onnx_file);
-        // From a path tract memory-maps the graph and resolves external weight files beside it.
-        let model = tract_onnx::onnx()
-            .model_for_path(&onnx_path)
-            .map_err(|error| TextError::ModelLoad {
-                reason: format!("{}: {error:#}", onnx_path.display()),
-            })?;
-        TextEncoder::from_parts(card, &tokenizer_json, model)
+        let engine = engine.unwrap_or_else(|| card.engine());
+        let files = card.files_for(engine)?;
+        let tokenizer_bytes = read(&files.tokenizer)?;
+        match engine {
+            Engine::Int8 => {
+                let weights = read(&files.tower)?;
+                TextEncoder::from_int8(card, &tokenizer_bytes, weights)
+            }
+            #[cfg(all(feature = "onnx", feature = "hf-tokenizer"))]
+            Engine::Onnx => {
+                // From a path tract memory-maps the graph and resolves external weights beside it.
+                let tower = OnnxTower::load(&card, &dir.join(&files.tower))?;
+                let tokenizer = TextTokenizer::from_bytes(&tokenizer_bytes, card.max_tokens)?;
+                Ok(TextEncoder {
+                    card,
+                    engine,
+                    tokenizer: Tokenizer::Hf(tokenizer),
+                    tower: Tower::Onnx(tower),
+                })
+            }
+            #[cfg(not(all(feature = "onnx", feature = "hf-tokenizer")))]
+            Engine::Onnx => Err(engine_not_built(engine)),
+        }
     }
 
-    /// Builds an encoder from a package already in memory (the Worker fetches its objects).
+    /// Builds an encoder from a package already in memory (the Worker fetches its objects):
+    /// the files of the card's engine ([`ModelCard::engine`], [`ModelCard::files_for`]).
     pub fn from_package(package: PackageBytes<'_>) -> Result<TextEncoder, TextError> {
         let card = ModelCard::from_toml(package.card_toml)?;
-        let model_load = |error: TractError| TextError::ModelLoad {
-            reason: format!("{error:#}"),
-        };
-        let framework = tract_onnx::onnx();
-        let mut reader = package.onnx;
-        let mut proto = framework
-            .proto_model_for_read(&mut reader)
-            .map_err(model_load)?;
-        let data_len = package.external_data.as_ref().map_or(0, Vec::len);
-        let external = detach_external_tensors(&mut proto, data_len)?;
-        let parsed = framework.parse(&proto, None).map_err(model_load)?;
-        drop(proto);
-        if !parsed.unresolved_inputs.is_empty() {
-            return Err(TextError::ModelLoad {
-                reason: format!("graph has unresolved inputs {:?}", parsed.unresolved_inputs),
-            });
+        match card.engine() {
+            Engine::Int8 => TextEncoder::from_int8(card, package.tokenizer, package.tower),
+            #[cfg(all(feature = "onnx", feature = "hf-tokenizer"))]
+            Engine::Onnx => {
+                let tokenizer = TextTokenizer::from_bytes(package.tokenizer, card.max_tokens)?;
+                let tower = OnnxTower::from_bytes(&card, &package.tower, package.external_data)?;
+                Ok(TextEncoder {
+                    card,
+                    engine: Engine::Onnx,
+                    tokenizer: Tokenizer::Hf(tokenizer),
+                    tower: Tower::Onnx(tower),
+                })
+            }
+            #[cfg(not(all(feature = "onnx", feature = "hf-tokenizer")))]
+            Engine::Onnx => Err(engine_not_built(Engine::Onnx)),
         }
-        let mut model = parsed.model;
-        if let Some(data) = package.external_data {
-            attach_external_tensors(&mut model, external, data).map_err(model_load)?;
-        }
-        TextEncoder::from_parts(card, package.tokenizer_json, model)
     }
 
-    fn from_parts(
+    fn from_int8(
         card: ModelCard,
-        tokenizer_json: &[u8],
-        model: InferenceModel,
+        compact_tokenizer: &[u8],
+        weights: Vec<u8>,
     ) -> Result<TextEncoder, TextError> {
-        let tokenizer = TextTokenizer::from_bytes(tokenizer_json, card.max_tokens)?;
-        let (plan, inputs) = optimize(&card, model).map_err(|error| TextError::ModelLoad {
-            reason: format!("{error:#}"),
-        })?;
+        let tokenizer = CompactTokenizer::from_bytes(compact_tokenizer, card.max_tokens)?;
+        let model = Int8Model::from_bytes(weights)?;
+        if model.output_dim() != card.dim {
+            return Err(TextError::ModelLoad {
+                reason: format!(
+                    "text.int8 gives {}-dimensional embeddings, the card says dim {}",
+                    model.output_dim(),
+                    card.dim
+                ),
+            });
+        }
+        if card.max_tokens > model.max_positions() {
+            return Err(TextError::ModelLoad {
+                reason: format!(
+                    "the card's max_tokens {} exceeds the model's {} positions",
+                    card.max_tokens,
+                    model.max_positions()
+                ),
+            });
+        }
         Ok(TextEncoder {
             card,
-            tokenizer,
-            plan,
-            inputs,
+            engine: Engine::Int8,
+            tokenizer: Tokenizer::Compact(tokenizer),
+            tower: Tower::Int8(model),
         })
     }
 
@@ -251,41 +180,50 @@ impl TextEncoder {
         &self.card
     }
 
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The files this encoder was built from (what a Worker fetches for this package).
+    pub fn files(&self) -> Result<PackageFiles, TextError> {
+        self.card.files_for(self.engine)
+    }
+
     pub fn tokenize(&self, text: &str) -> Result<Tokens, TextError> {
-        self.tokenizer.tokenize(text)
+        match &self.tokenizer {
+            Tokenizer::Compact(tokenizer) => tokenizer.tokenize(text),
+            #[cfg(feature = "hf-tokenizer")]
+            Tokenizer::Hf(tokenizer) => tokenizer.tokenize(text),
+        }
     }
 
     pub fn encode(&self, text: &str) -> Result<Encoding, TextError> {
-        let tokens = self.tokenizer.tokenize(text)?;
+        let tokens = self.tokenize(text)?;
         self.encode_tokens(&tokens)
     }
 
-    /// Runs the graph on token ids as given (tests feed padded ids through here too).
+    /// Runs the tower on token ids as given (tests feed padded ids through here too).
     pub fn encode_tokens(&self, tokens: &Tokens) -> Result<Encoding, TextError> {
-        let inference = |error: TractError| TextError::Inference {
-            reason: format!("{error:#}"),
-        };
         let positions = tokens.ids.len();
-        let inputs: TVec<TValue> = self
-            .inputs
-            .iter()
-            .map(|kind| {
-                let values: Vec<i64> = match kind {
-                    InputKind::Ids => tokens.ids.clone(),
-                    InputKind::Mask => vec![1; positions],
-                    InputKind::TypeIds => tokens.type_ids.clone(),
-                    InputKind::Positions => (0..positions as i64).collect(),
-                };
-                tract_ndarray::Array2::from_shape_vec((1, positions), values)
-                    .map(|array| Tensor::from(array).into())
-                    .map_err(|error| TextError::Inference {
-                        reason: error.to_string(),
+        let mut embedding = match &self.tower {
+            Tower::Int8(model) => {
+                let ids = tokens
+                    .ids
+                    .iter()
+                    .map(|&id| {
+                        u32::try_from(id).map_err(|_| TextError::Inference {
+                            reason: format!("token id {id} is out of range"),
+                        })
                     })
-            })
-            .collect::<Result<_, _>>()?;
-        let outputs = self.plan.run(inputs).map_err(inference)?;
-        let output = outputs[0].to_plain_array_view::<f32>().map_err(inference)?;
-        let mut embedding = pool(&self.card, output.as_slice().unwrap_or(&[]), output.shape())?;
+                    .collect::<Result<Vec<u32>, TextError>>()?;
+                model.forward(&ids)?
+            }
+            #[cfg(feature = "onnx")]
+            Tower::Onnx(tower) => {
+                let (values, shape) = tower.run(tokens)?;
+                pool(&self.card, &values, &shape)?
+            }
+        };
         if self.card.normalize {
             normalize(&mut embedding);
         }
@@ -297,40 +235,7 @@ impl TextEncoder {
     }
 }
 
-fn optimize(
-    card: &ModelCard,
-    mut model: InferenceModel,
-) -> TractResult<(Arc<TypedRunnableModel>, Vec<InputKind>)> {
-    let sequence = model.symbols.sym("sequence");
-    let mut kinds = Vec::new();
-    for input_index in 0..model.inputs.len() {
-        let name = model.node(model.inputs[input_index].node).name.clone();
-        let kind = match name.as_str() {
-            "input_ids" => InputKind::Ids,
-            "attention_mask" => InputKind::Mask,
-            "token_type_ids" => InputKind::TypeIds,
-            "position_ids" => InputKind::Positions,
-            other => {
-                return Err(TractError::msg(format!(
-                    "graph input {other:?} is not one the encoder can fill"
-                )))
-            }
-        };
-        if !card.inputs.iter().any(|declared| declared == &name) {
-            return Err(TractError::msg(format!(
-                "graph input {name:?} is not listed in the model card's inputs {:?}",
-                card.inputs
-            )));
-        }
-        kinds.push(kind);
-        let fact = InferenceFact::dt_shape(i64::datum_type(), tvec!(1.to_dim(), sequence.to_dim()));
-        model = model.with_input_fact(input_index, fact)?;
-    }
-    model.select_outputs_by_name([card.output.as_str()])?;
-    let plan = model.into_optimized()?.into_runnable()?;
-    Ok((plan, kinds))
-}
-
+#[cfg(feature = "onnx")]
 fn pool(card: &ModelCard, values: &[f32], shape: &[usize]) -> Result<Vec<f32>, TextError> {
     let dim = card.dim;
     let bad_shape = || TextError::Inference {

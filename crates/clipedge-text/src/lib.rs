@@ -16,16 +16,16 @@
 
 mod card;
 pub mod compact;
-#[cfg(all(feature = "onnx", feature = "hf-tokenizer"))]
 mod encoder;
 mod error;
 pub mod int8;
+#[cfg(feature = "onnx")]
+mod onnx;
 #[cfg(feature = "hf-tokenizer")]
 mod tokenize;
 mod tokens;
 
-pub use card::{fingerprint, ModelCard, Pooling};
-#[cfg(all(feature = "onnx", feature = "hf-tokenizer"))]
+pub use card::{fingerprint, int8_fingerprint, Engine, ModelCard, PackageFiles, Pooling};
 pub use encoder::{Encoding, PackageBytes, TextEncoder};
 pub use error::TextError;
 #[cfg(feature = "hf-tokenizer")]

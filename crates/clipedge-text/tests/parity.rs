@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use clipedge_text::{fingerprint, ModelCard, PackageBytes, TextEncoder, TextError, Tokens};
+use clipedge_text::{
+    fingerprint, int8_fingerprint, Engine, ModelCard, PackageBytes, TextEncoder, TextError, Tokens,
+};
 use serde_json::Value;
 
 fn package(name: &str) -> PathBuf {
@@ -42,9 +44,20 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (norm(a) * norm(b))
 }
 
-/// Loads a package and checks every reference text: same ids, embedding within `min_cosine`.
-fn check_reference(name: &str, min_cosine: f32) -> TextEncoder {
-    let encoder = TextEncoder::load(package(name)).unwrap();
+/// The card text with the int8 engine's lines taken out: the package as the ONNX engine sees it.
+fn onnx_only(card: &str) -> String {
+    card.lines()
+        .filter(|line| {
+            !line.starts_with("int8_file") && !line.starts_with("compact_tokenizer_file")
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+/// Loads a package with `engine` and checks every reference text: same ids, embedding within
+/// `min_cosine`.
+fn check_reference(name: &str, min_cosine: f32, engine: Engine) -> TextEncoder {
+    let encoder = TextEncoder::load_with_engine(package(name), engine).unwrap();
     let reference = read_json(package(name).join("reference.json"));
     let entries = reference.as_array().unwrap();
     assert!(entries.len() >= 8, "{name}: too few reference texts");
@@ -70,7 +83,19 @@ fn check_reference(name: &str, min_cosine: f32) -> TextEncoder {
 
 #[test]
 fn tiny_clip_matches_onnxruntime_reference() {
-    check_reference("tiny-clip", 0.9999);
+    check_reference("tiny-clip", 0.9999, Engine::Onnx);
+}
+
+/// The int8 engine (int8 weights, 8-bit activations) against the fp32 reference.
+#[test]
+fn tiny_clip_int8_engine_matches_fp32_reference() {
+    let encoder = check_reference("tiny-clip", 0.999, Engine::Int8);
+    assert_eq!(encoder.engine(), Engine::Int8);
+    assert_eq!(
+        TextEncoder::load(package("tiny-clip")).unwrap().engine(),
+        Engine::Int8,
+        "a package with text.int8 runs the int8 engine by default"
+    );
 }
 
 #[test]
@@ -79,20 +104,25 @@ fn fingerprints_match_package_files() {
         let dir = package(name);
         let card = ModelCard::from_toml(&std::fs::read_to_string(dir.join("model.toml")).unwrap())
             .unwrap();
-        let onnx = std::fs::read(dir.join(&card.onnx_file)).unwrap();
-        let data = std::fs::read(dir.join(format!("{}.data", card.onnx_file))).ok();
-        let tokenizer = std::fs::read(dir.join(&card.tokenizer_file)).unwrap();
-        assert_eq!(
-            card.fingerprint,
-            fingerprint(&onnx, data.as_deref(), &tokenizer),
-            "{name}"
-        );
+        let files = card.files_for(card.engine()).unwrap();
+        let tower = std::fs::read(dir.join(&files.tower)).unwrap();
+        let tokenizer = std::fs::read(dir.join(&files.tokenizer)).unwrap();
+        let expected = match card.engine() {
+            Engine::Int8 => int8_fingerprint(&tower, &tokenizer),
+            Engine::Onnx => {
+                let data = files
+                    .external_data
+                    .map(|name| std::fs::read(dir.join(name)).unwrap());
+                fingerprint(&tower, data.as_deref(), &tokenizer)
+            }
+        };
+        assert_eq!(card.fingerprint, expected, "{name}");
     }
 }
 
 #[test]
 fn clip_tokenizer_matches_open_clip_ids() {
-    let encoder = TextEncoder::load(package("tiny-clip")).unwrap();
+    let encoder = TextEncoder::load_with_engine(package("tiny-clip"), Engine::Onnx).unwrap();
     let reference = read_json(package("tiny-clip").join("tokenizer_reference.json"));
     let entries = reference["entries"].as_array().unwrap();
     assert!(entries.len() >= 30);
@@ -127,7 +157,7 @@ fn clip_tokenizer_matches_open_clip_ids() {
 /// the reference proves it against onnxruntime, this proves it inside tract too.
 #[test]
 fn unpadded_clip_run_equals_padded_run() {
-    let encoder = TextEncoder::load(package("tiny-clip")).unwrap();
+    let encoder = TextEncoder::load_with_engine(package("tiny-clip"), Engine::Onnx).unwrap();
     for text in ["a dog running on the beach", "서울의 밤거리 풍경", "red"] {
         let tokens = encoder.tokenize(text).unwrap();
         let unpadded = encoder.encode_tokens(&tokens).unwrap();
@@ -146,7 +176,7 @@ fn unpadded_clip_run_equals_padded_run() {
 
 #[test]
 fn over_long_text_is_truncated_with_eot_last() {
-    let encoder = TextEncoder::load(package("tiny-clip")).unwrap();
+    let encoder = TextEncoder::load_with_engine(package("tiny-clip"), Engine::Onnx).unwrap();
     let long_text = "a dog running on the beach ".repeat(200);
     let tokens = encoder.tokenize(&long_text).unwrap();
     assert_eq!(tokens.ids.len(), 77);
@@ -161,7 +191,7 @@ fn over_long_text_is_truncated_with_eot_last() {
 
 #[test]
 fn empty_and_token_free_text_are_clear_errors() {
-    let encoder = TextEncoder::load(package("tiny-clip")).unwrap();
+    let encoder = TextEncoder::load_with_engine(package("tiny-clip"), Engine::Onnx).unwrap();
     for text in ["", "   ", "\n\t "] {
         assert!(
             matches!(encoder.encode(text), Err(TextError::EmptyInput)),
@@ -216,9 +246,9 @@ fn bad_packages_are_load_errors_not_panics() {
 
 fn from_bytes(card: &str, tokenizer: &[u8], onnx: &[u8]) -> Result<TextEncoder, TextError> {
     TextEncoder::from_package(PackageBytes {
-        card_toml: card,
-        tokenizer_json: tokenizer,
-        onnx,
+        card_toml: &onnx_only(card),
+        tokenizer,
+        tower: onnx.to_vec(),
         external_data: None,
     })
 }
@@ -235,13 +265,14 @@ fn minilm_quantized_matches_fp32_reference() {
         tolerance >= 0.995,
         "card tolerance {tolerance} is looser than the acceptance bar"
     );
-    check_reference("minilm-l6-v2", tolerance);
+    check_reference("minilm-l6-v2", tolerance, Engine::Onnx);
+    check_reference("minilm-l6-v2", tolerance, Engine::Int8);
 }
 
 /// Real semantics: a query is nearer its paraphrase than an unrelated text, for every triple.
 #[test]
 fn minilm_ranks_paraphrases_above_unrelated_texts() {
-    let encoder = TextEncoder::load(package("minilm-l6-v2")).unwrap();
+    let encoder = TextEncoder::load_with_engine(package("minilm-l6-v2"), Engine::Onnx).unwrap();
     let triples = [
         (
             "a dog running on the beach",
@@ -287,27 +318,31 @@ fn minilm_ranks_paraphrases_above_unrelated_texts() {
 
 #[test]
 fn minilm_truncates_at_its_own_max_tokens() {
-    let encoder = TextEncoder::load(package("minilm-l6-v2")).unwrap();
+    let encoder = TextEncoder::load_with_engine(package("minilm-l6-v2"), Engine::Onnx).unwrap();
     let max_tokens = encoder.card().max_tokens;
     let encoding = encoder.encode(&"the quick brown fox ".repeat(300)).unwrap();
     assert_eq!(encoding.tokens, max_tokens);
     assert!(encoding.truncated);
 }
 
-/// The Worker's path (bytes in memory) gives the same embedding as the native path (files).
+/// The Worker's path (bytes in memory) gives the same embedding as the native path (files), for
+/// the engine each package runs by default.
 #[test]
 fn package_bytes_load_equals_directory_load() {
     for name in ["tiny-clip", "minilm-l6-v2"] {
         let dir = package(name);
         let card_text = std::fs::read_to_string(dir.join("model.toml")).unwrap();
         let card = ModelCard::from_toml(&card_text).unwrap();
-        let onnx = std::fs::read(dir.join(&card.onnx_file)).unwrap();
-        let data = std::fs::read(dir.join(format!("{}.data", card.onnx_file))).ok();
-        let tokenizer = std::fs::read(dir.join(&card.tokenizer_file)).unwrap();
+        let files = card.files_for(card.engine()).unwrap();
+        let tower = std::fs::read(dir.join(&files.tower)).unwrap();
+        let data = files
+            .external_data
+            .map(|name| std::fs::read(dir.join(name)).unwrap());
+        let tokenizer = std::fs::read(dir.join(&files.tokenizer)).unwrap();
         let from_memory = TextEncoder::from_package(PackageBytes {
             card_toml: &card_text,
-            tokenizer_json: &tokenizer,
-            onnx: &onnx,
+            tokenizer: &tokenizer,
+            tower,
             external_data: data,
         })
         .unwrap();
@@ -318,6 +353,40 @@ fn package_bytes_load_equals_directory_load() {
             from_dir.encode(text).unwrap().embedding,
             "{name}"
         );
+    }
+}
+
+/// Both engines tokenize alike and embed within the int8 engine's tolerance of each other on
+/// everyday queries, multilingual and over-long ones included.
+#[test]
+fn the_int8_engine_agrees_with_the_onnx_engine() {
+    let texts = [
+        "a dog running on the beach",
+        "red",
+        "Ein Hund läuft am Strand entlang",
+        "海辺を走る犬",
+        "해변을 달리는 개",
+        "a photo of a cat 🐱 on a sofa, https://example.com/cat.jpg",
+        &"the quick brown fox jumps over the lazy dog ".repeat(40),
+    ];
+    for (name, min_cosine) in [("tiny-clip", 0.999), ("minilm-l6-v2", 0.997)] {
+        let onnx = TextEncoder::load_with_engine(package(name), Engine::Onnx).unwrap();
+        let int8 = TextEncoder::load_with_engine(package(name), Engine::Int8).unwrap();
+        for text in texts {
+            assert_eq!(
+                onnx.tokenize(text).unwrap(),
+                int8.tokenize(text).unwrap(),
+                "{name}: tokens of {text:?}"
+            );
+            let similarity = cosine(
+                &onnx.encode(text).unwrap().embedding,
+                &int8.encode(text).unwrap().embedding,
+            );
+            assert!(
+                similarity >= min_cosine,
+                "{name}: cosine {similarity} < {min_cosine} for {text:?}"
+            );
+        }
     }
 }
 
@@ -351,7 +420,7 @@ fn external_data_package(dir: &std::path::Path) -> (String, Vec<u8>, Vec<u8>, Ve
     }
     assert!(!data.is_empty(), "tiny-clip has raw-data initializers");
     let rewritten = proto.encode_to_vec();
-    let card = std::fs::read_to_string(source.join("model.toml")).unwrap();
+    let card = onnx_only(&std::fs::read_to_string(source.join("model.toml")).unwrap());
     let tokenizer = std::fs::read(source.join("tokenizer.json")).unwrap();
     std::fs::write(dir.join("model.toml"), &card).unwrap();
     std::fs::write(dir.join("tokenizer.json"), &tokenizer).unwrap();
@@ -364,13 +433,13 @@ fn external_data_package(dir: &std::path::Path) -> (String, Vec<u8>, Vec<u8>, Ve
 fn external_weights_load_from_memory_without_a_file_system() {
     let work = tempfile::tempdir().unwrap();
     let (card, tokenizer, onnx, data) = external_data_package(work.path());
-    let original = TextEncoder::load(package("tiny-clip")).unwrap();
+    let original = TextEncoder::load_with_engine(package("tiny-clip"), Engine::Onnx).unwrap();
     let from_dir = TextEncoder::load(work.path()).unwrap();
     // The Worker's path: the weight file is moved into the graph, no directory is touched.
     let from_memory = TextEncoder::from_package(PackageBytes {
         card_toml: &card,
-        tokenizer_json: &tokenizer,
-        onnx: &onnx,
+        tokenizer: &tokenizer,
+        tower: onnx.clone(),
         external_data: Some(data.clone()),
     })
     .unwrap();
@@ -383,8 +452,8 @@ fn external_weights_load_from_memory_without_a_file_system() {
     // A weight file too short for the graph is a load error naming the tensor, not a panic.
     let short = TextEncoder::from_package(PackageBytes {
         card_toml: &card,
-        tokenizer_json: &tokenizer,
-        onnx: &onnx,
+        tokenizer: &tokenizer,
+        tower: onnx.clone(),
         external_data: Some(data[..data.len() / 2].to_vec()),
     });
     match short {
