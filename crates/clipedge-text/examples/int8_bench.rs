@@ -5,6 +5,9 @@
 //! Native: `cargo run --release -p clipedge-text --no-default-features --example int8_bench`
 //! wasm32 (simd128, relaxed SIMD): build for wasm32-wasip1 with
 //! `RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd"` and run under `scripts/wasi-run.mjs`.
+//!
+//! Arguments (all optional): runs per figure (20), kernels (comma-separated names, e.g.
+//! `avx2`; all available by default), token counts (comma-separated; `4,10,32,77` by default).
 
 use std::time::Instant;
 
@@ -17,6 +20,19 @@ fn main() {
         .nth(1)
         .and_then(|runs| runs.parse().ok())
         .unwrap_or(20);
+    let kernels: Option<Vec<String>> = std::env::args()
+        .nth(2)
+        .map(|names| names.split(',').map(str::to_owned).collect());
+    let lengths: Vec<usize> = std::env::args()
+        .nth(3)
+        .map(|lengths| {
+            lengths
+                .split(',')
+                .filter_map(|length| length.parse().ok())
+                .filter(|&length| length >= 2)
+                .collect()
+        })
+        .unwrap_or_else(|| LENGTHS.to_vec());
     let config = Int8Config::clip_b32();
     let build_start = Instant::now();
     let bytes = synthetic_model(&config, 20261122);
@@ -37,8 +53,13 @@ fn main() {
         std::env::consts::ARCH
     );
 
-    for kernel in Kernel::available() {
-        for length in LENGTHS {
+    let chosen = Kernel::available().into_iter().filter(|kernel| {
+        kernels
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|name| name == kernel.name()))
+    });
+    for kernel in chosen {
+        for &length in &lengths {
             // Start token, words, EOT, like a tokenized caption.
             let ids: Vec<u32> = (0..length)
                 .map(|i| match i {
@@ -53,7 +74,15 @@ fn main() {
             } else {
                 runs
             };
-            let _ = model.forward_with_kernel(&ids, kernel);
+            // The embedding's bits, hashed: equal across kernels and across changes that keep
+            // the numerics.
+            let bits = model
+                .forward_with_kernel(&ids, kernel)
+                .expect("forward")
+                .iter()
+                .fold(0xcbf2_9ce4_8422_2325u64, |hash, value| {
+                    (hash ^ value.to_bits() as u64).wrapping_mul(0x100_0000_01b3)
+                });
             let mut times: Vec<f64> = (0..runs)
                 .map(|_| {
                     let start = Instant::now();
@@ -65,8 +94,9 @@ fn main() {
             times.sort_by(f64::total_cmp);
             let quantile = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
             println!(
-                "{{\"kernel\":\"{}\",\"tokens\":{length},\"runs\":{runs},\"p50_ms\":{:.2},\"p90_ms\":{:.2}}}",
+                "{{\"kernel\":\"{}\",\"tokens\":{length},\"runs\":{runs},\"min_ms\":{:.2},\"p50_ms\":{:.2},\"p90_ms\":{:.2},\"fnv\":\"{bits:016x}\"}}",
                 kernel.name(),
+                times[0],
                 quantile(0.5),
                 quantile(0.9)
             );

@@ -1,7 +1,7 @@
 //! The forward pass: embeddings, blocks, pooling. Everything but the integer GEMM is plain f32
 //! Rust shared by all kernels.
 
-use super::kernels::{gemm_u8i8, Kernel};
+use super::kernels::{gemm_u8i8_with, Kernel};
 use super::{Activation, Family, Int8Model, Int8Pooling, Linear, Norm};
 
 /// How the linears run.
@@ -30,6 +30,8 @@ struct Scratch {
     act_scales: Vec<f32>,
     act_offsets: Vec<f32>,
     dots: Vec<i32>,
+    /// The quantized activations widened to i16 (the SIMD kernels' operand).
+    wide: Vec<i16>,
 }
 
 pub fn run(model: &Int8Model, ids: &[u32], linears: Linears) -> Vec<f32> {
@@ -50,43 +52,60 @@ pub fn run(model: &Int8Model, ids: &[u32], linears: Linears) -> Vec<f32> {
         act_scales: vec![0.0; tokens],
         act_offsets: vec![0.0; tokens],
         dots: vec![0; tokens * widest],
+        wide: Vec::with_capacity(tokens * width.max(mlp)),
     };
     embed(model, ids, &mut scratch.x);
     if let Some(norm) = &model.embedding_norm {
         layer_norm_rows(&mut scratch.x, width, norm, config.ln_eps);
     }
     let causal = config.family == Family::Clip;
-    for layer in &model.layers {
+    // CLIP pools the last position and CLS pooling the first: in the last layer only that row
+    // needs more than its keys and values, so attention runs for its query alone and it moves
+    // to row 0, where out_proj, the MLP and the norms run for one token (every op but
+    // attention is per row, so the pooled row's bits do not change).
+    let pooled_row = match config.pooling {
+        Int8Pooling::LastToken => Some(tokens - 1),
+        Int8Pooling::Cls => Some(0),
+        Int8Pooling::Mean => None,
+    };
+    let last_layer = model.layers.len().saturating_sub(1);
+    let mut rows = tokens;
+    for (index, layer) in model.layers.iter().enumerate() {
         let s = &mut scratch;
+        let query = pooled_row.filter(|_| index == last_layer);
         match config.family {
             Family::Clip => {
                 // Pre-LN: x += attn(LN1(x)); x += mlp(LN2(x)).
                 s.normed.copy_from_slice(&s.x);
                 layer_norm_rows(&mut s.normed, width, &layer.norm1, config.ln_eps);
-                attention_block(model, layer, linears, causal, tokens, s, true);
-                add_into(&mut s.x, &s.delta);
-                s.normed.copy_from_slice(&s.x);
-                layer_norm_rows(&mut s.normed, width, &layer.norm2, config.ln_eps);
-                mlp_block(model, layer, linears, tokens, s, true);
-                add_into(&mut s.x, &s.delta);
+                rows = attention_block(model, layer, linears, causal, tokens, query, s, true);
+                let (x, delta) = (&mut s.x[..rows * width], &s.delta[..rows * width]);
+                add_into(x, delta);
+                let normed = &mut s.normed[..rows * width];
+                normed.copy_from_slice(x);
+                layer_norm_rows(normed, width, &layer.norm2, config.ln_eps);
+                mlp_block(model, layer, linears, rows, s, true);
+                add_into(&mut s.x[..rows * width], &s.delta[..rows * width]);
             }
             Family::Bert => {
                 // Post-LN: x = LN1(x + attn(x)); x = LN2(x + mlp(x)).
-                attention_block(model, layer, linears, causal, tokens, s, false);
-                add_into(&mut s.x, &s.delta);
-                layer_norm_rows(&mut s.x, width, &layer.norm1, config.ln_eps);
-                mlp_block(model, layer, linears, tokens, s, false);
-                add_into(&mut s.x, &s.delta);
-                layer_norm_rows(&mut s.x, width, &layer.norm2, config.ln_eps);
+                rows = attention_block(model, layer, linears, causal, tokens, query, s, false);
+                let x = &mut s.x[..rows * width];
+                add_into(x, &s.delta[..rows * width]);
+                layer_norm_rows(x, width, &layer.norm1, config.ln_eps);
+                mlp_block(model, layer, linears, rows, s, false);
+                let x = &mut s.x[..rows * width];
+                add_into(x, &s.delta[..rows * width]);
+                layer_norm_rows(x, width, &layer.norm2, config.ln_eps);
             }
         }
     }
     let mut pooled = match config.pooling {
-        Int8Pooling::LastToken => scratch.x[(tokens - 1) * width..].to_vec(),
+        Int8Pooling::LastToken => scratch.x[(rows - 1) * width..rows * width].to_vec(),
         Int8Pooling::Cls => scratch.x[..width].to_vec(),
         Int8Pooling::Mean => {
             let mut sum = vec![0.0f32; width];
-            for row in scratch.x.chunks_exact(width) {
+            for row in scratch.x[..rows * width].chunks_exact(width) {
                 add_into(&mut sum, row);
             }
             sum.iter_mut().for_each(|value| *value /= tokens as f32);
@@ -124,17 +143,22 @@ fn embed(model: &Int8Model, ids: &[u32], x: &mut [f32]) {
     }
 }
 
-/// `delta = out(attention(qkv(input)))`, input `normed` (pre-LN) or `x` (post-LN).
+/// `delta = out(attention(qkv(input)))`, input `normed` (pre-LN) or `x` (post-LN). With
+/// `query`, attention runs for that position only and `x`'s row `query` moves to row 0 (the
+/// residual `x + delta` then covers that one row). Returns the rows `delta` now holds.
+#[allow(clippy::too_many_arguments)]
 fn attention_block(
     model: &Int8Model,
     layer: &super::Layer,
     linears: Linears,
     causal: bool,
     tokens: usize,
+    query: Option<usize>,
     s: &mut Scratch,
     from_normed: bool,
-) {
+) -> usize {
     let config = &model.config;
+    let width = config.width as usize;
     let input = if from_normed {
         std::mem::take(&mut s.normed)
     } else {
@@ -142,10 +166,21 @@ fn attention_block(
     };
     let mut qkv = std::mem::take(&mut s.qkv);
     linear(model, &layer.qkv, linears, &input, tokens, &mut qkv, s);
+    if from_normed {
+        s.normed = input;
+    } else {
+        s.x = input;
+    }
+    let queries = match query {
+        Some(row) => row..row + 1,
+        None => 0..tokens,
+    };
+    let rows = queries.len();
     attention(
         &qkv,
         tokens,
-        config.width as usize,
+        queries,
+        width,
         config.heads as usize,
         causal,
         &mut s.context,
@@ -153,15 +188,14 @@ fn attention_block(
     );
     let context = std::mem::take(&mut s.context);
     let mut delta = std::mem::take(&mut s.delta);
-    linear(model, &layer.out, linears, &context, tokens, &mut delta, s);
+    linear(model, &layer.out, linears, &context, rows, &mut delta, s);
     s.context = context;
     s.delta = delta;
     s.qkv = qkv;
-    if from_normed {
-        s.normed = input;
-    } else {
-        s.x = input;
+    if let Some(row) = query {
+        s.x.copy_within(row * width..(row + 1) * width, 0);
     }
+    rows
 }
 
 /// `delta = fc2(act(fc1(input)))`.
@@ -219,7 +253,16 @@ fn linear(
                 &mut s.act_offsets,
             );
             let dots = &mut s.dots[..tokens * rows];
-            gemm_u8i8(kernel, weights, rows, cols, quantized, tokens, dots);
+            gemm_u8i8_with(
+                kernel,
+                weights,
+                rows,
+                cols,
+                quantized,
+                tokens,
+                dots,
+                &mut s.wide,
+            );
             for (t, (out_row, dot_row)) in output
                 .chunks_exact_mut(rows)
                 .zip(dots.chunks_exact(rows))
@@ -330,10 +373,13 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// Multi-head attention over `qkv` rows `[q | k | v]`, written to `context` `[tokens][width]`.
+/// Multi-head attention over `qkv` rows `[q | k | v]` for the query positions `queries`,
+/// written to `context` rows `0..queries.len()` (`[rows][width]`).
+#[allow(clippy::too_many_arguments)]
 fn attention(
     qkv: &[f32],
     tokens: usize,
+    queries: std::ops::Range<usize>,
     width: usize,
     heads: usize,
     causal: bool,
@@ -345,7 +391,7 @@ fn attention(
     let stride = 3 * width;
     for head in 0..heads {
         let base = head * head_dim;
-        for i in 0..tokens {
+        for (row, i) in queries.clone().enumerate() {
             let query = &qkv[i * stride + base..i * stride + base + head_dim];
             let visible = if causal { i + 1 } else { tokens };
             let mut max = f32::NEG_INFINITY;
@@ -359,7 +405,7 @@ fn attention(
                 *prob = (*prob - max).exp();
                 sum += *prob;
             }
-            let out = &mut context[i * width + base..i * width + base + head_dim];
+            let out = &mut context[row * width + base..row * width + base + head_dim];
             out.fill(0.0);
             let inverse = 1.0 / sum;
             for (j, &prob) in probs[..visible].iter().enumerate() {

@@ -16,7 +16,9 @@
 //! weights were worse still (0.987).
 //!
 //! Shape: weights `[rows][cols]` are the outer loop (each row read once per call and reused
-//! across tokens from L1), tokens inner, in register blocks of 4 rows × 2 tokens.
+//! across tokens from L1), tokens inner, in register blocks (AVX2 3 rows × 4 tokens, simd128
+//! 2 × 4); the SIMD kernels widen the activations to i16 once per call, and each weight vector
+//! once per block.
 
 /// Which GEMM implementation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,27 +90,77 @@ pub fn gemm_u8i8(
     tokens: usize,
     out: &mut [i32],
 ) {
+    gemm_u8i8_with(
+        kernel,
+        weights,
+        rows,
+        cols,
+        acts,
+        tokens,
+        out,
+        &mut Vec::new(),
+    );
+}
+
+/// [`gemm_u8i8`] with a caller-kept buffer for the activations widened to i16 (the AVX2 and
+/// simd128 kernels widen them once per call, not once per weight row block).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_u8i8_with(
+    kernel: Kernel,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    acts: &[u8],
+    tokens: usize,
+    out: &mut [i32],
+    wide: &mut Vec<i16>,
+) {
     assert!(weights.len() >= rows * cols, "weights too short");
     assert!(acts.len() >= tokens * cols, "activations too short");
     assert!(out.len() >= tokens * rows, "output too short");
+    let mut widen = || {
+        wide.clear();
+        wide.extend(acts[..tokens * cols].iter().map(|&a| a as i16));
+    };
     match kernel {
         Kernel::Scalar => gemm_scalar(weights, rows, cols, acts, tokens, out),
         Kernel::Avx2 => {
             #[cfg(target_arch = "x86_64")]
             {
                 assert!(std::is_x86_feature_detected!("avx2"), "avx2 not available");
+                widen();
+                let gemm = Gemm {
+                    weights,
+                    rows,
+                    cols,
+                    acts,
+                    wide,
+                    tokens,
+                };
                 // SAFETY: AVX2 is present (checked above); the slice lengths are checked above.
-                unsafe { avx2::gemm(weights, rows, cols, acts, tokens, out) };
+                unsafe { avx2::gemm(&gemm, out) };
             }
             #[cfg(not(target_arch = "x86_64"))]
-            panic!("the avx2 kernel exists only on x86_64");
+            {
+                let _ = &mut widen;
+                panic!("the avx2 kernel exists only on x86_64");
+            }
         }
         Kernel::Simd128 => {
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            // SAFETY: simd128 is enabled at compile time; slice lengths are checked above.
-            unsafe {
-                wasm::gemm::<false>(weights, rows, cols, acts, tokens, out)
-            };
+            {
+                widen();
+                let gemm = Gemm {
+                    weights,
+                    rows,
+                    cols,
+                    acts,
+                    wide,
+                    tokens,
+                };
+                // SAFETY: simd128 is enabled at compile time; slice lengths are checked above.
+                unsafe { wasm::gemm(&gemm, out) };
+            }
             #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
             panic!("the simd128 kernel needs wasm32 with +simd128");
         }
@@ -116,12 +168,23 @@ pub fn gemm_u8i8(
             #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
             // SAFETY: relaxed-simd is enabled at compile time; slice lengths are checked above.
             unsafe {
-                wasm::gemm::<true>(weights, rows, cols, acts, tokens, out)
+                wasm::gemm_relaxed(weights, rows, cols, acts, tokens, out)
             };
             #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
             panic!("the relaxed-simd kernel needs wasm32 with +relaxed-simd");
         }
     }
+}
+
+/// One GEMM call's operands; `wide` is `acts` as i16 (`tokens × cols`).
+#[allow(dead_code)]
+struct Gemm<'a> {
+    weights: &'a [u8],
+    rows: usize,
+    cols: usize,
+    acts: &'a [u8],
+    wide: &'a [i16],
+    tokens: usize,
 }
 
 fn dot_scalar(weights: &[u8], acts: &[u8]) -> i32 {
@@ -149,11 +212,46 @@ fn gemm_scalar(
     }
 }
 
+/// The register-block walk shared by the SIMD kernels: rows in blocks of `$rows`, tokens in
+/// blocks of `$tokens` (at most 6) with the remainders in smaller blocks, each block a call to
+/// `$block::<R, T>(gemm, row, token, out)`.
+#[allow(unused_macros)]
+macro_rules! walk_blocks {
+    ($block:ident, $rows:literal, $tokens:literal, $gemm:expr, $out:expr) => {{
+        let (gemm, out) = ($gemm, $out);
+        let mut row = 0;
+        while row + $rows <= gemm.rows {
+            walk_blocks!(@tokens $block, $rows, $tokens, gemm, row, out);
+            row += $rows;
+        }
+        while row < gemm.rows {
+            walk_blocks!(@tokens $block, 1, $tokens, gemm, row, out);
+            row += 1;
+        }
+    }};
+    (@tokens $block:ident, $r:literal, $tokens:literal, $gemm:ident, $row:ident, $out:ident) => {{
+        let mut token = 0;
+        while token + $tokens <= $gemm.tokens {
+            $block::<$r, $tokens>($gemm, $row, token, $out);
+            token += $tokens;
+        }
+        match $gemm.tokens - token {
+            0 => {}
+            1 => $block::<$r, 1>($gemm, $row, token, $out),
+            2 => $block::<$r, 2>($gemm, $row, token, $out),
+            3 => $block::<$r, 3>($gemm, $row, token, $out),
+            4 => $block::<$r, 4>($gemm, $row, token, $out),
+            5 => $block::<$r, 5>($gemm, $row, token, $out),
+            _ => unreachable!("token blocks are at most 6 wide"),
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::dot_scalar;
+    use super::{dot_scalar, Gemm};
 
     #[target_feature(enable = "avx2")]
     #[inline]
@@ -164,81 +262,59 @@ mod avx2 {
         _mm_cvtsi128_si32(sum32)
     }
 
-    /// One `R × T` register block: rows `row..row+R`, tokens `token..token+T`.
+    /// One `R × T` register block: rows `row..row+R`, tokens `token..token+T`. Per 16 columns:
+    /// R weight loads sign-extended to i16 (once for all T tokens), T loads of the pre-widened
+    /// activations, `R·T` `vpmaddwd` (exact: adjacent i16 products summed into i32).
     #[target_feature(enable = "avx2")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn block<const R: usize, const T: usize>(
-        weights: &[u8],
+        g: &Gemm,
         row: usize,
-        rows: usize,
-        cols: usize,
-        acts: &[u8],
         token: usize,
         out: &mut [i32],
     ) {
+        let cols = g.cols;
         let main = cols & !15;
+        debug_assert!((row + R) * cols <= g.weights.len());
+        debug_assert!((token + T) * cols <= g.wide.len());
         let weight_ptr: [*const u8; R] =
-            std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
-        let act_ptr: [*const u8; T] =
-            std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
+            std::array::from_fn(|i| g.weights.as_ptr().add((row + i) * cols));
+        let act_ptr: [*const i16; T] =
+            std::array::from_fn(|j| g.wide.as_ptr().add((token + j) * cols));
         let mut acc = [[_mm256_setzero_si256(); T]; R];
         let mut k = 0;
         while k < main {
-            // 16 weights sign-extended and 16 activations zero-extended to i16; `vpmaddwd`
-            // sums adjacent products into i32 exactly.
-            // (A loop, not `array::from_fn`: a closure does not inherit `target_feature`, and
+            // (Loops, not `array::from_fn`: a closure does not inherit `target_feature`, and
             // the intrinsics inside it would become calls.)
-            let mut a = [_mm256_setzero_si256(); T];
-            for j in 0..T {
-                a[j] = _mm256_cvtepu8_epi16(_mm_loadu_si128(act_ptr[j].add(k) as *const __m128i));
-            }
+            let mut w = [_mm256_setzero_si256(); R];
             for i in 0..R {
-                let w =
+                w[i] =
                     _mm256_cvtepi8_epi16(_mm_loadu_si128(weight_ptr[i].add(k) as *const __m128i));
-                for j in 0..T {
-                    acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(a[j], w));
+            }
+            for j in 0..T {
+                let a = _mm256_loadu_si256(act_ptr[j].add(k) as *const __m256i);
+                for i in 0..R {
+                    acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(w[i], a));
                 }
             }
             k += 16;
         }
         for i in 0..R {
-            let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
+            let weight_tail = &g.weights[(row + i) * cols + main..(row + i + 1) * cols];
             for j in 0..T {
-                let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
-                out[(token + j) * rows + row + i] =
+                let act_tail = &g.acts[(token + j) * cols + main..(token + j + 1) * cols];
+                out[(token + j) * g.rows + row + i] =
                     hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
             }
         }
     }
 
+    /// 3 rows × 4 tokens: 12 accumulators, 3 widened weight vectors and one activation vector
+    /// (LLVM spills one accumulator; 4 × 3 spilled two, and the old 4 × 2 widened the
+    /// activations in the loop).
     #[target_feature(enable = "avx2")]
-    pub unsafe fn gemm(
-        weights: &[u8],
-        rows: usize,
-        cols: usize,
-        acts: &[u8],
-        tokens: usize,
-        out: &mut [i32],
-    ) {
-        let mut row = 0;
-        while row + 4 <= rows {
-            let mut token = 0;
-            while token + 2 <= tokens {
-                block::<4, 2>(weights, row, rows, cols, acts, token, out);
-                token += 2;
-            }
-            if token < tokens {
-                block::<4, 1>(weights, row, rows, cols, acts, token, out);
-            }
-            row += 4;
-        }
-        while row < rows {
-            for token in 0..tokens {
-                block::<1, 1>(weights, row, rows, cols, acts, token, out);
-            }
-            row += 1;
-        }
+    pub unsafe fn gemm(g: &Gemm, out: &mut [i32]) {
+        walk_blocks!(block, 3, 4, g, out);
     }
 }
 
@@ -246,7 +322,7 @@ mod avx2 {
 mod wasm {
     use core::arch::wasm32::*;
 
-    use super::dot_scalar;
+    use super::{dot_scalar, Gemm};
 
     #[inline]
     fn hsum(v: v128) -> i32 {
@@ -256,28 +332,67 @@ mod wasm {
             + i32x4_extract_lane::<3>(v)
     }
 
-    /// `acc + Σ w·a` over 16 lanes. `RELAXED` uses the relaxed dot twice, on `h = a >> 1`
-    /// and `a − h` (both in [0, 127], where the relaxed dot is exact everywhere).
+    /// One `R × T` register block over 8 columns a step: R weight loads sign-extended to i16
+    /// (`v128.load8x8_s`, once for all T tokens), T loads of the pre-widened activations, `R·T`
+    /// `i32x4.dot_i16x8_s`. `R·T + R + 1` live vectors: V8 keeps 15 of x64's 16 xmm registers
+    /// for values, so blocks stay at or below 13.
     #[inline(always)]
-    fn dot16<const RELAXED: bool>(acc: v128, w: v128, a: v128) -> v128 {
-        #[cfg(target_feature = "relaxed-simd")]
-        if RELAXED {
-            let high = u8x16_shr(a, 1);
-            let low = i8x16_sub(a, high);
-            return i32x4_relaxed_dot_i8x16_i7x16_add(
-                w,
-                low,
-                i32x4_relaxed_dot_i8x16_i7x16_add(w, high, acc),
-            );
+    unsafe fn block<const R: usize, const T: usize>(
+        g: &Gemm,
+        row: usize,
+        token: usize,
+        out: &mut [i32],
+    ) {
+        let cols = g.cols;
+        let main = cols & !7;
+        debug_assert!((row + R) * cols <= g.weights.len());
+        debug_assert!((token + T) * cols <= g.wide.len());
+        let weight_ptr: [*const i8; R] =
+            std::array::from_fn(|i| g.weights.as_ptr().add((row + i) * cols) as *const i8);
+        let act_ptr: [*const i16; T] =
+            std::array::from_fn(|j| g.wide.as_ptr().add((token + j) * cols));
+        let mut acc = [[i32x4_splat(0); T]; R];
+        let mut k = 0;
+        while k < main {
+            let w: [v128; R] =
+                std::array::from_fn(|i| i16x8_load_extend_i8x8(weight_ptr[i].add(k)));
+            for j in 0..T {
+                let a = v128_load(act_ptr[j].add(k) as *const v128);
+                for i in 0..R {
+                    acc[i][j] = i32x4_add(acc[i][j], i32x4_dot_i16x8(w[i], a));
+                }
+            }
+            k += 8;
         }
-        let low = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w), u16x8_extend_low_u8x16(a));
-        let high = i32x4_dot_i16x8(i16x8_extend_high_i8x16(w), u16x8_extend_high_u8x16(a));
-        i32x4_add(acc, i32x4_add(low, high))
+        for i in 0..R {
+            let weight_tail = &g.weights[(row + i) * cols + main..(row + i + 1) * cols];
+            for j in 0..T {
+                let act_tail = &g.acts[(token + j) * cols + main..(token + j + 1) * cols];
+                out[(token + j) * g.rows + row + i] =
+                    hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
+            }
+        }
     }
 
+    /// 2 rows × 4 tokens (see [`block`] on registers).
+    pub unsafe fn gemm(g: &Gemm, out: &mut [i32]) {
+        walk_blocks!(block, 2, 4, g, out);
+    }
+
+    /// `acc + Σ w·a` over 16 lanes with the relaxed dot twice, on `h = a >> 1` and `a − h`
+    /// (both in [0, 127], where the relaxed dot is exact everywhere).
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn relaxed_dot16(acc: v128, w: v128, a: v128) -> v128 {
+        let high = u8x16_shr(a, 1);
+        let low = i8x16_sub(a, high);
+        i32x4_relaxed_dot_i8x16_i7x16_add(w, low, i32x4_relaxed_dot_i8x16_i7x16_add(w, high, acc))
+    }
+
+    #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const R: usize, const T: usize, const RELAXED: bool>(
+    unsafe fn relaxed_block<const R: usize, const T: usize>(
         weights: &[u8],
         row: usize,
         rows: usize,
@@ -298,7 +413,7 @@ mod wasm {
             for i in 0..R {
                 let w = v128_load(weight_ptr[i].add(k) as *const v128);
                 for j in 0..T {
-                    acc[i][j] = dot16::<RELAXED>(acc[i][j], w, a[j]);
+                    acc[i][j] = relaxed_dot16(acc[i][j], w, a[j]);
                 }
             }
             k += 16;
@@ -313,7 +428,8 @@ mod wasm {
         }
     }
 
-    pub unsafe fn gemm<const RELAXED: bool>(
+    #[cfg(target_feature = "relaxed-simd")]
+    pub unsafe fn gemm_relaxed(
         weights: &[u8],
         rows: usize,
         cols: usize,
@@ -325,17 +441,17 @@ mod wasm {
         while row + 4 <= rows {
             let mut token = 0;
             while token + 2 <= tokens {
-                block::<4, 2, RELAXED>(weights, row, rows, cols, acts, token, out);
+                relaxed_block::<4, 2>(weights, row, rows, cols, acts, token, out);
                 token += 2;
             }
             if token < tokens {
-                block::<4, 1, RELAXED>(weights, row, rows, cols, acts, token, out);
+                relaxed_block::<4, 1>(weights, row, rows, cols, acts, token, out);
             }
             row += 4;
         }
         while row < rows {
             for token in 0..tokens {
-                block::<1, 1, RELAXED>(weights, row, rows, cols, acts, token, out);
+                relaxed_block::<1, 1>(weights, row, rows, cols, acts, token, out);
             }
             row += 1;
         }
