@@ -30,10 +30,14 @@ pub enum Kernel {
     /// wasm32 `simd128` (widen to i16, `i32x4.dot_i16x8_s`), chosen at compile time.
     Simd128,
     /// wasm32 relaxed SIMD (`i32x4.relaxed_dot_i8x16_i7x16_add_s` on two 7-bit halves), chosen
-    /// at compile time. Not verified: under Node 20 (`--experimental-wasm-relaxed-simd`) it
-    /// disagrees with the scalar reference (the kernel test fails at 4 rows × 16 columns) and it
-    /// was slower than simd128, so [`Kernel::best`] never picks it; check it on the Worker's V8
-    /// before building a relaxed Worker.
+    /// at compile time. Not verified: under Node 20 (V8 11.3, `--experimental-wasm-relaxed-simd`)
+    /// it disagrees with the scalar reference, and it was slower than simd128, so
+    /// [`Kernel::best`] never picks it; check it on the Worker's V8 before building a relaxed
+    /// Worker. The disagreement is V8's, not this kernel's operand order (the signed i8 first,
+    /// the [0, 127] operand second, as the proposal and `core::arch::wasm32` document): probed
+    /// alone on Node 20, `i16x8.relaxed_dot_i8x16_i7x16_s` is exact but the `i32x4` dot-add
+    /// can return twice the dot and drop the accumulator (seen with `w = [-128, -111, …]`,
+    /// `a` in [0, 116]), so the bug sits in V8 11.3's x64 code for the dot-add.
     RelaxedSimd,
 }
 
