@@ -442,7 +442,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             let length = 1 + (state >> 60) as usize;
             for index in 0..length {
-                let pick = (state >> (index * 4 % 56)) as usize ^ index * 31;
+                let pick = (state >> (index * 4 % 56)) as usize ^ (index * 31);
                 text.push(pieces[pick % pieces.len()]);
             }
             assert_eq!(nfc(&text), reference_nfc(&text), "{text:?}");
