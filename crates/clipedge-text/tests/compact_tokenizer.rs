@@ -279,6 +279,30 @@ fn packer_refuses_settings_it_does_not_reproduce() {
     }
 }
 
+/// A huge text stops being tokenized one id past the budget: still the ids and flag of HF,
+/// which tokenizes all of it.
+#[test]
+fn huge_text_matches_hf() {
+    let huge = "a photo of a dog running on the beach, <|endoftext|> [CLS] 日本語 ".repeat(5_000);
+    for (package, max_tokens) in [("tiny-clip", 77), ("minilm-l6-v2", 256)] {
+        let reference =
+            TextTokenizer::from_bytes(&read(package_file(package, "tokenizer.json")), max_tokens)
+                .unwrap();
+        let compact =
+            CompactTokenizer::from_bytes(read(package_file(package, "tokenizer.bin")), max_tokens)
+                .unwrap();
+        let started = std::time::Instant::now();
+        let tokens = compact.tokenize(&huge).unwrap();
+        println!(
+            "{package}: {} bytes tokenized in {:.2} ms",
+            huge.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        assert!(tokens.truncated);
+        assert_eq!(tokens, reference.tokenize(&huge).unwrap());
+    }
+}
+
 /// Corrupt files must fail to load or tokenize without panicking: loading checks what the
 /// lookups later index without checks.
 #[test]

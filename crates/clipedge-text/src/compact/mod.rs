@@ -328,10 +328,15 @@ impl CompactTokenizer {
         if text.trim().is_empty() {
             return Err(TextError::EmptyInput);
         }
+        // HF tokenizes everything, truncates the sequence to what the template leaves, then adds
+        // the specials. Only the first `budget` ids and whether there are more matter, so the
+        // work stops one id past the budget: a huge text costs its normalization, no more BPE.
+        let budget = self.max_tokens - self.prefix_ids.len() - self.suffix_ids.len();
+        let limit = budget + 1;
         let mut content = Vec::new();
         let mut segment_start = 0;
         let mut position = 0;
-        while position < text.len() {
+        while position < text.len() && content.len() < limit {
             let rest = &text[position..];
             let found = self
                 .added_tokens
@@ -339,7 +344,7 @@ impl CompactTokenizer {
                 .find(|(token, _)| rest.starts_with(token.as_str()));
             match found {
                 Some((token, id)) => {
-                    self.tokenize_segment(&text[segment_start..position], &mut content);
+                    self.tokenize_segment(&text[segment_start..position], limit, &mut content);
                     content.push(*id);
                     position += token.len();
                     segment_start = position;
@@ -349,10 +354,8 @@ impl CompactTokenizer {
                 }
             }
         }
-        self.tokenize_segment(&text[segment_start..], &mut content);
+        self.tokenize_segment(&text[segment_start..position], limit, &mut content);
 
-        // HF truncates the sequence to what the template leaves, then adds the specials.
-        let budget = self.max_tokens - self.prefix_ids.len() - self.suffix_ids.len();
         let truncated = content.len() > budget;
         content.truncate(budget);
         // In-text special tokens and unknowns count as content, as in HF's special-tokens mask.
@@ -373,8 +376,9 @@ impl CompactTokenizer {
         })
     }
 
-    fn tokenize_segment(&self, segment: &str, out: &mut Vec<u32>) {
-        if segment.is_empty() {
+    /// Appends the ids of a text piece between added tokens, stopping at `limit` ids in all.
+    fn tokenize_segment(&self, segment: &str, limit: usize, out: &mut Vec<u32>) {
+        if segment.is_empty() || out.len() >= limit {
             return;
         }
         let mut normalized = segment.to_owned();
@@ -388,6 +392,9 @@ impl CompactTokenizer {
             } => {
                 let mut symbols = Vec::new();
                 pretokenize::clip_words(&normalized, |word| {
+                    if out.len() >= limit {
+                        return;
+                    }
                     self.bpe_word(word.as_bytes(), initial_ids, merges, &mut symbols, out);
                 });
             }
@@ -397,6 +404,9 @@ impl CompactTokenizer {
             } => {
                 let mut key = Vec::new();
                 pretokenize::bert_words(&normalized, |word| {
+                    if out.len() >= limit {
+                        return;
+                    }
                     self.wordpiece_word(
                         word,
                         continuing_prefix,
