@@ -23,7 +23,8 @@ pub struct ModelArgs {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Pack the package's tokenizer.json into the compact tokenizer.bin and name it in the card.
+    /// Pack the package's tokenizer.json into the compact tokenizer.bin and name it in the card
+    /// (with text.int8, when models/pack_int8.py has written it), then refresh the fingerprint.
     PackTokenizer {
         /// Model package directory.
         dir: PathBuf,
@@ -178,7 +179,11 @@ fn pack_tokenizer(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot pack {}/{}", dir.display(), card.tokenizer_file))?;
     let name = "tokenizer.bin";
     std::fs::write(dir.join(name), &packed)?;
-    let text = set_card_field(&text, "compact_tokenizer_file", &quoted(name));
+    let mut text = set_card_field(&text, "compact_tokenizer_file", &quoted(name));
+    // models/pack_int8.py writes text.int8 beside the card; name it so the int8 engine runs.
+    if card.int8_file.is_none() && dir.join("text.int8").exists() {
+        text = set_card_field(&text, "int8_file", &quoted("text.int8"));
+    }
     std::fs::write(dir.join("model.toml"), text)?;
     eprintln!(
         "packed {} ({} bytes) into {name} ({} bytes)",

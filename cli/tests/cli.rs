@@ -474,3 +474,73 @@ fn usage_errors_exit_with_code_2() {
     run_failing(&["no-such-command"], 2);
     run_failing(&["datagen", "--out", "x", "--n", "ten"], 2);
 }
+
+/// The package-time steps reproduce the committed tiny-clip package: `pack-tokenizer` on a copy
+/// whose card names neither int8 file writes the same `tokenizer.bin`, names both files and
+/// restores the committed fingerprint; `fingerprint --check` then agrees and fails once a
+/// weight byte changes; `synth` writes a B/32 package the encoder loads.
+#[test]
+fn model_packaging_reproduces_the_committed_tiny_clip_package() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-clip");
+    let work = TempDir::new().unwrap();
+    let package = work.path().join("tiny-clip");
+    std::fs::create_dir_all(&package).unwrap();
+    for name in ["tokenizer.json", "text.int8", "text.onnx"] {
+        std::fs::copy(source.join(name), package.join(name)).unwrap();
+    }
+    let committed_card = std::fs::read_to_string(source.join("model.toml")).unwrap();
+    let bare_card: String = committed_card
+        .lines()
+        .filter(|line| !line.starts_with("int8_file") && !line.starts_with("compact_tokenizer"))
+        .map(|line| {
+            if line.starts_with("fingerprint") {
+                "fingerprint = \"0000000000000000\"\n".to_string()
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    std::fs::write(package.join("model.toml"), bare_card).unwrap();
+    let dir = package.to_str().unwrap();
+
+    let packed = run_json(&["model", "pack-tokenizer", dir]);
+    assert_eq!(packed["engine"], "int8", "{packed}");
+    let committed_fingerprint = committed_card
+        .lines()
+        .find(|line| line.starts_with("fingerprint"))
+        .and_then(|line| line.split('"').nth(1))
+        .unwrap();
+    assert_eq!(packed["fingerprint"], committed_fingerprint, "{packed}");
+    assert_eq!(
+        std::fs::read(package.join("tokenizer.bin")).unwrap(),
+        std::fs::read(source.join("tokenizer.bin")).unwrap()
+    );
+    run_json(&["model", "fingerprint", dir, "--check"]);
+
+    let mut weights = std::fs::read(package.join("text.int8")).unwrap();
+    let last = weights.len() - 1;
+    weights[last] ^= 1;
+    std::fs::write(package.join("text.int8"), weights).unwrap();
+    assert_fails_with(&["model", "fingerprint", dir, "--check"], &["fingerprint"]);
+
+    let synthetic = work.path().join("b32");
+    let synth = run_json(&[
+        "model",
+        "synth",
+        "--arch",
+        "clip-b32",
+        "--tokenizer-from",
+        source.to_str().unwrap(),
+        "--out",
+        synthetic.to_str().unwrap(),
+    ]);
+    assert_eq!(synth["engine"], "int8", "{synth}");
+    let embedded = run_json(&[
+        "embed",
+        "--model",
+        synthetic.to_str().unwrap(),
+        "a dog running on the beach",
+    ]);
+    assert_eq!(embedded["embedding"].as_array().unwrap().len(), 512);
+    assert_eq!(embedded["tokens"], 8);
+}

@@ -152,35 +152,37 @@ struct Answer {
 }
 
 fn call(runtime: &tokio::runtime::Runtime, url: String, body: Option<String>) -> Answer {
-    runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let request = match body {
-            Some(body) => client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body),
-            None => client.get(url),
-        };
-        let response = request
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .expect("http call");
-        let status = response.status().as_u16();
-        let server_timing = response
-            .headers()
-            .get("server-timing")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let text = response.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Answer {
-            status,
-            body,
-            server_timing,
-        }
-    })
+    runtime.block_on(call_with(&reqwest::Client::new(), url, body))
+}
+
+/// One GET (no body) or JSON POST; the status, the JSON body (or its text) and Server-Timing.
+async fn call_with(client: &reqwest::Client, url: String, body: Option<String>) -> Answer {
+    let request = match body {
+        Some(body) => client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body),
+        None => client.get(url),
+    };
+    let response = request
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("http call");
+    let status = response.status().as_u16();
+    let server_timing = response
+        .headers()
+        .get("server-timing")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer {
+        status,
+        body,
+        server_timing,
+    }
 }
 
 fn search(runtime: &tokio::runtime::Runtime, base: &str, body: &Value) -> Answer {
@@ -668,36 +670,24 @@ fn concurrent_first_requests_in_a_fresh_isolate_all_answer() {
             }
         })
         .collect();
-    let answers: Vec<(Value, u16, Value, String)> = runtime.block_on(async {
+    let answers: Vec<(Value, Answer)> = runtime.block_on(async {
         use futures::StreamExt;
         let client = reqwest::Client::new();
         futures::stream::iter(queries.into_iter().map(|query| {
             let client = client.clone();
             let edge = edge.clone();
             async move {
-                let request = if query.is_null() {
-                    client.get(format!("{edge}/v1/health"))
+                let answer = if query.is_null() {
+                    call_with(&client, format!("{edge}/v1/health"), None).await
                 } else {
-                    client
-                        .post(format!("{edge}/v1/search"))
-                        .header("content-type", "application/json")
-                        .body(query.to_string())
-                };
-                let response = request
-                    .timeout(Duration::from_secs(60))
-                    .send()
+                    call_with(
+                        &client,
+                        format!("{edge}/v1/search"),
+                        Some(query.to_string()),
+                    )
                     .await
-                    .expect("http call");
-                let status = response.status().as_u16();
-                let timing = response
-                    .headers()
-                    .get("server-timing")
-                    .and_then(|value| value.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                let text = response.text().await.unwrap();
-                let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-                (query, status, body, timing)
+                };
+                (query, answer)
             }
         }))
         .buffer_unordered(6)
@@ -706,8 +696,8 @@ fn concurrent_first_requests_in_a_fresh_isolate_all_answer() {
     });
     let failures: Vec<String> = answers
         .iter()
-        .filter(|(_, status, _, _)| *status != 200)
-        .map(|(query, status, body, _)| format!("{query} → {status} {body}"))
+        .filter(|(_, answer)| answer.status != 200)
+        .map(|(query, answer)| format!("{query} → {} {}", answer.status, answer.body))
         .collect();
     assert!(
         failures.is_empty(),
@@ -716,17 +706,18 @@ fn concurrent_first_requests_in_a_fresh_isolate_all_answer() {
         answers.len(),
         failures.join("\n")
     );
-    for (query, _, body, _) in &answers {
+    for (query, answer) in &answers {
         if !query.is_null() {
             assert!(
-                !body["results"].as_array().unwrap().is_empty(),
-                "{query}: {body}"
+                !answer.body["results"].as_array().unwrap().is_empty(),
+                "{query}: {}",
+                answer.body
             );
         }
     }
     let model_builds = answers
         .iter()
-        .filter(|(_, _, _, timing)| timing.contains("model-build"))
+        .filter(|(_, answer)| answer.server_timing.contains("model-build"))
         .count();
     assert_eq!(model_builds, 1, "the model must be built once per isolate");
 }

@@ -184,6 +184,10 @@ pub fn int8_fingerprint(weights: &[u8], compact_tokenizer: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(weights);
     hasher.update(compact_tokenizer);
+    first_16_hex_digits(hasher)
+}
+
+fn first_16_hex_digits(hasher: Sha256) -> String {
     let digest = hasher.finalize();
     digest[..8]
         .iter()
@@ -204,9 +208,5 @@ pub fn fingerprint(
         hasher.update(data);
     }
     hasher.update(tokenizer_bytes);
-    let digest = hasher.finalize();
-    digest[..8]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    first_16_hex_digits(hasher)
 }
