@@ -38,16 +38,17 @@ pub struct PackageBytes<'a> {
     pub external_data: Option<Vec<u8>>,
 }
 
+// Boxed: one encoder per process or isolate, and the variants differ in size by far.
 enum Tower {
-    Int8(Int8Model),
+    Int8(Box<Int8Model>),
     #[cfg(feature = "onnx")]
     Onnx(OnnxTower),
 }
 
 enum Tokenizer {
-    Compact(CompactTokenizer),
+    Compact(Box<CompactTokenizer>),
     #[cfg(feature = "hf-tokenizer")]
-    Hf(TextTokenizer),
+    Hf(Box<TextTokenizer>),
 }
 
 pub struct TextEncoder {
@@ -112,7 +113,7 @@ impl TextEncoder {
                 Ok(TextEncoder {
                     card,
                     engine,
-                    tokenizer: Tokenizer::Hf(tokenizer),
+                    tokenizer: Tokenizer::Hf(Box::new(tokenizer)),
                     tower: Tower::Onnx(tower),
                 })
             }
@@ -134,7 +135,7 @@ impl TextEncoder {
                 Ok(TextEncoder {
                     card,
                     engine: Engine::Onnx,
-                    tokenizer: Tokenizer::Hf(tokenizer),
+                    tokenizer: Tokenizer::Hf(Box::new(tokenizer)),
                     tower: Tower::Onnx(tower),
                 })
             }
@@ -171,8 +172,8 @@ impl TextEncoder {
         Ok(TextEncoder {
             card,
             engine: Engine::Int8,
-            tokenizer: Tokenizer::Compact(tokenizer),
-            tower: Tower::Int8(model),
+            tokenizer: Tokenizer::Compact(Box::new(tokenizer)),
+            tower: Tower::Int8(Box::new(model)),
         })
     }
 
