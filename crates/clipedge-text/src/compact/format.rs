@@ -127,12 +127,14 @@ fn padding(length: usize) -> usize {
     (4 - length % 4) % 4
 }
 
-/// Appends values in the layout `Reader` reads.
+/// Appends values in the layout `Reader` reads (the packer's side: feature `pack`).
+#[cfg(feature = "pack")]
 #[derive(Default)]
 pub(super) struct Writer {
     pub(super) bytes: Vec<u8>,
 }
 
+#[cfg(feature = "pack")]
 impl Writer {
     pub(super) fn u32(&mut self, value: u32) {
         self.bytes.extend_from_slice(&value.to_le_bytes());
@@ -197,6 +199,7 @@ impl Header {
         })
     }
 
+    #[cfg(feature = "pack")]
     pub(super) fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(MAGIC);
         for value in [

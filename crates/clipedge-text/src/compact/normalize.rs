@@ -6,8 +6,10 @@ use unicode_normalization_alignments::char::{
     canonical_combining_class, compose, decompose_canonical,
 };
 
+#[cfg(feature = "pack")]
+use super::format::Writer;
 use super::format::{
-    invalid, Reader, Writer, OP_BERT, OP_CHAR_MAP, OP_LOWERCASE, OP_NFC, OP_REPLACE, OP_STRIP,
+    invalid, Reader, OP_BERT, OP_CHAR_MAP, OP_LOWERCASE, OP_NFC, OP_REPLACE, OP_STRIP,
     OP_WHITESPACE_RUNS,
 };
 use super::tables::{BERT_CONTROL, NONSPACING_MARK};
@@ -61,6 +63,7 @@ pub(super) fn in_table(table: &[(u32, u32)], c: char) -> bool {
 }
 
 impl NormalizerOp {
+    #[cfg(feature = "pack")]
     pub(super) fn write(&self, out: &mut Writer) {
         match self {
             NormalizerOp::CharMap {
