@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use clipedge_text::{fingerprint, int8_fingerprint, Engine, ModelCard};
+use clipedge_text::{Engine, ModelCard};
 use serde::Serialize;
 
 #[derive(Args)]
@@ -115,27 +115,10 @@ fn quoted(value: &str) -> String {
     format!("{value:?}")
 }
 
-/// The fingerprint of the files `card`'s engine runs.
-fn compute_fingerprint(dir: &Path, card: &ModelCard) -> anyhow::Result<String> {
-    let files = card.files_for(card.engine())?;
-    let tower = read(&dir.join(&files.tower))?;
-    let tokenizer = read(&dir.join(&files.tokenizer))?;
-    Ok(match card.engine() {
-        Engine::Int8 => int8_fingerprint(&tower, &tokenizer),
-        Engine::Onnx => {
-            let external = match &files.external_data {
-                Some(name) => Some(read(&dir.join(name))?),
-                None => None,
-            };
-            fingerprint(&tower, external.as_deref(), &tokenizer)
-        }
-    })
-}
-
 /// Writes the card's fingerprint and prints the package's summary line.
 fn finish(dir: &Path) -> anyhow::Result<()> {
     let (text, card) = read_card(dir)?;
-    let computed = compute_fingerprint(dir, &card)?;
+    let computed = card.package_fingerprint(dir)?;
     let text = set_card_field(&text, "fingerprint", &quoted(&computed));
     std::fs::write(dir.join("model.toml"), text)?;
     print_line(dir)
@@ -252,7 +235,7 @@ fn synthesize(args: SynthArgs) -> anyhow::Result<()> {
 
 fn refingerprint(dir: &Path, check: bool) -> anyhow::Result<()> {
     let (_, card) = read_card(dir)?;
-    let computed = compute_fingerprint(dir, &card)?;
+    let computed = card.package_fingerprint(dir)?;
     if check {
         if computed != card.fingerprint {
             bail!(

@@ -144,6 +144,28 @@ impl ModelCard {
         }
     }
 
+    /// The fingerprint of the files this card's engine runs, read from the package directory
+    /// `dir` (what the `fingerprint` field must say).
+    pub fn package_fingerprint(&self, dir: &std::path::Path) -> Result<String, TextError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|source| TextError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let files = self.files_for(self.engine())?;
+        let tower = read(&files.tower)?;
+        let tokenizer = read(&files.tokenizer)?;
+        Ok(match self.engine() {
+            Engine::Int8 => int8_fingerprint(&tower, &tokenizer),
+            Engine::Onnx => {
+                let external = files.external_data.as_deref().map(read).transpose()?;
+                fingerprint(&tower, external.as_deref(), &tokenizer)
+            }
+        })
+    }
+
     fn validate(&self) -> Result<(), TextError> {
         let invalid = |reason: String| Err(TextError::Card { reason });
         if self.name.trim().is_empty() {

@@ -4,9 +4,7 @@
 
 use std::path::PathBuf;
 
-use clipedge_text::{
-    fingerprint, int8_fingerprint, Engine, ModelCard, PackageBytes, TextEncoder, TextError, Tokens,
-};
+use clipedge_text::{Engine, ModelCard, PackageBytes, TextEncoder, TextError, Tokens};
 use serde_json::Value;
 
 fn package(name: &str) -> PathBuf {
@@ -98,25 +96,16 @@ fn tiny_clip_int8_engine_matches_fp32_reference() {
     );
 }
 
+/// The cards' fingerprints are those of the files their engines run.
 #[test]
 fn fingerprints_match_package_files() {
     for name in ["tiny-clip", "minilm-l6-v2"] {
-        let dir = package(name);
-        let card = ModelCard::from_toml(&std::fs::read_to_string(dir.join("model.toml")).unwrap())
-            .unwrap();
-        let files = card.files_for(card.engine()).unwrap();
-        let tower = std::fs::read(dir.join(&files.tower)).unwrap();
-        let tokenizer = std::fs::read(dir.join(&files.tokenizer)).unwrap();
-        let expected = match card.engine() {
-            Engine::Int8 => int8_fingerprint(&tower, &tokenizer),
-            Engine::Onnx => {
-                let data = files
-                    .external_data
-                    .map(|name| std::fs::read(dir.join(name)).unwrap());
-                fingerprint(&tower, data.as_deref(), &tokenizer)
-            }
-        };
-        assert_eq!(card.fingerprint, expected, "{name}");
+        let card = card_of(name);
+        assert_eq!(
+            card.package_fingerprint(&package(name)).unwrap(),
+            card.fingerprint,
+            "{name}"
+        );
     }
 }
 
@@ -247,7 +236,7 @@ fn bad_packages_are_load_errors_not_panics() {
 fn from_bytes(card: &str, tokenizer: &[u8], onnx: &[u8]) -> Result<TextEncoder, TextError> {
     TextEncoder::from_package(PackageBytes {
         card_toml: &onnx_only(card),
-        tokenizer,
+        tokenizer: tokenizer.to_vec(),
         tower: onnx.to_vec(),
         external_data: None,
     })
@@ -341,7 +330,7 @@ fn package_bytes_load_equals_directory_load() {
         let tokenizer = std::fs::read(dir.join(&files.tokenizer)).unwrap();
         let from_memory = TextEncoder::from_package(PackageBytes {
             card_toml: &card_text,
-            tokenizer: &tokenizer,
+            tokenizer: tokenizer.clone(),
             tower,
             external_data: data,
         })
@@ -438,7 +427,7 @@ fn external_weights_load_from_memory_without_a_file_system() {
     // The Worker's path: the weight file is moved into the graph, no directory is touched.
     let from_memory = TextEncoder::from_package(PackageBytes {
         card_toml: &card,
-        tokenizer: &tokenizer,
+        tokenizer: tokenizer.clone(),
         tower: onnx.clone(),
         external_data: Some(data.clone()),
     })
@@ -452,7 +441,7 @@ fn external_weights_load_from_memory_without_a_file_system() {
     // A weight file too short for the graph is a load error naming the tensor, not a panic.
     let short = TextEncoder::from_package(PackageBytes {
         card_toml: &card,
-        tokenizer: &tokenizer,
+        tokenizer: tokenizer.clone(),
         tower: onnx.clone(),
         external_data: Some(data[..data.len() / 2].to_vec()),
     });
