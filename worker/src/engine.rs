@@ -260,8 +260,8 @@ impl<'a> RequestContext<'a> {
         let build_started = monotonic_ms();
         let encoder = TextEncoder::from_package(PackageBytes {
             card_toml: &card_toml,
-            tokenizer: &tokenizer,
-            // Moved: the int8 engine keeps these bytes as its weights (no second copy).
+            // Moved: the int8 engine keeps these bytes as its tables and weights (no copies).
+            tokenizer,
             tower,
             external_data,
         })

@@ -28,8 +28,9 @@ pub struct Encoding {
 /// [`ModelCard::files_for`].
 pub struct PackageBytes<'a> {
     pub card_toml: &'a str,
-    /// The engine's tokenizer file: `tokenizer.bin` (int8) or `tokenizer.json` (ONNX).
-    pub tokenizer: &'a [u8],
+    /// The engine's tokenizer file, moved in: `tokenizer.bin` (int8: kept as the tokenizer's
+    /// tables, no copy) or `tokenizer.json` (ONNX: parsed and dropped).
+    pub tokenizer: Vec<u8>,
     /// The tower file, moved in: `text.int8` is kept as the weights (no copy); `text.onnx` is
     /// parsed and dropped.
     pub tower: Vec<u8>,
@@ -103,19 +104,13 @@ impl TextEncoder {
         match engine {
             Engine::Int8 => {
                 let weights = read(&files.tower)?;
-                TextEncoder::from_int8(card, &tokenizer_bytes, weights)
+                TextEncoder::from_int8(card, tokenizer_bytes, weights)
             }
             #[cfg(all(feature = "onnx", feature = "hf-tokenizer"))]
             Engine::Onnx => {
                 // From a path tract memory-maps the graph and resolves external weights beside it.
                 let tower = OnnxTower::load(&card, &dir.join(&files.tower))?;
-                let tokenizer = TextTokenizer::from_bytes(&tokenizer_bytes, card.max_tokens)?;
-                Ok(TextEncoder {
-                    card,
-                    engine,
-                    tokenizer: Tokenizer::Hf(Box::new(tokenizer)),
-                    tower: Tower::Onnx(tower),
-                })
+                TextEncoder::from_onnx(card, &tokenizer_bytes, tower)
             }
             #[cfg(not(all(feature = "onnx", feature = "hf-tokenizer")))]
             Engine::Onnx => Err(engine_not_built(engine)),
@@ -130,23 +125,32 @@ impl TextEncoder {
             Engine::Int8 => TextEncoder::from_int8(card, package.tokenizer, package.tower),
             #[cfg(all(feature = "onnx", feature = "hf-tokenizer"))]
             Engine::Onnx => {
-                let tokenizer = TextTokenizer::from_bytes(package.tokenizer, card.max_tokens)?;
                 let tower = OnnxTower::from_bytes(&card, &package.tower, package.external_data)?;
-                Ok(TextEncoder {
-                    card,
-                    engine: Engine::Onnx,
-                    tokenizer: Tokenizer::Hf(Box::new(tokenizer)),
-                    tower: Tower::Onnx(tower),
-                })
+                TextEncoder::from_onnx(card, &package.tokenizer, tower)
             }
             #[cfg(not(all(feature = "onnx", feature = "hf-tokenizer")))]
             Engine::Onnx => Err(engine_not_built(Engine::Onnx)),
         }
     }
 
+    #[cfg(all(feature = "onnx", feature = "hf-tokenizer"))]
+    fn from_onnx(
+        card: ModelCard,
+        tokenizer_json: &[u8],
+        tower: OnnxTower,
+    ) -> Result<TextEncoder, TextError> {
+        let tokenizer = TextTokenizer::from_bytes(tokenizer_json, card.max_tokens)?;
+        Ok(TextEncoder {
+            card,
+            engine: Engine::Onnx,
+            tokenizer: Tokenizer::Hf(Box::new(tokenizer)),
+            tower: Tower::Onnx(tower),
+        })
+    }
+
     fn from_int8(
         card: ModelCard,
-        compact_tokenizer: &[u8],
+        compact_tokenizer: Vec<u8>,
         weights: Vec<u8>,
     ) -> Result<TextEncoder, TextError> {
         let tokenizer = CompactTokenizer::from_bytes(compact_tokenizer, card.max_tokens)?;
