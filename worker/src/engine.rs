@@ -151,7 +151,7 @@ impl<'a> RequestContext<'a> {
             })
             .await?;
         isolate.generation_checked_unix_ms.set(Some(unix_ms()));
-        if outcome.loaded || outcome.waited_ms > 0.0 {
+        if outcome.loaded || outcome.waited {
             self.load_ms += since(started);
         }
         Ok(generation)

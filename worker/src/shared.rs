@@ -58,12 +58,12 @@ enum Step<T> {
 }
 
 /// How a [`LoadSlot::get_or_load`] went, for `Server-Timing`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadOutcome {
     /// This request ran the load.
     pub loaded: bool,
-    /// Milliseconds this request waited for another request's load.
-    pub waited_ms: f64,
+    /// This request waited for another request's load.
+    pub waited: bool,
 }
 
 impl<T> LoadSlot<T> {
@@ -146,19 +146,17 @@ impl<T> LoadSlot<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let wait_started = crate::clock::monotonic_ms();
         let mut outcome = LoadOutcome::default();
         let claim = loop {
             match self.next_step(key, unix_ms()) {
-                Step::Take(value) => {
-                    outcome.waited_ms = crate::clock::since(wait_started);
-                    return Ok((value, outcome));
+                Step::Take(value) => return Ok((value, outcome)),
+                Step::Wait => {
+                    outcome.waited = true;
+                    sleep(POLL_INTERVAL).await;
                 }
-                Step::Wait => sleep(POLL_INTERVAL).await,
                 Step::Load(claim) => break claim,
             }
         };
-        outcome.waited_ms = crate::clock::since(wait_started);
         let guard = ClaimGuard { slot: self, claim };
         let value = Rc::new(load().await?);
         self.publish(key, value.clone());
