@@ -446,17 +446,7 @@ mod wasm {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-    }
+    use crate::int8::synthetic::Rng;
 
     #[test]
     fn every_kernel_equals_the_scalar_reference() {
@@ -482,14 +472,14 @@ mod tests {
                         0 => 127u8,
                         1 => (-127i8) as u8,
                         2 => (-128i8) as u8,
-                        _ => ((rng.next() % 255) as i32 - 127) as i8 as u8,
+                        _ => ((rng.next_u64() % 255) as i32 - 127) as i8 as u8,
                     })
                     .collect();
                 let acts: Vec<u8> = (0..tokens * cols)
                     .map(|i| match i % 13 {
                         0 => 254,
                         1 => 0,
-                        _ => (rng.next() % 255) as u8,
+                        _ => (rng.next_u64() % 255) as u8,
                     })
                     .collect();
                 let mut expected = vec![0i32; tokens * rows];

@@ -3,11 +3,11 @@
 
 use super::{Family, Int8Config, Int8Writer};
 
-/// splitmix64: small, seedable, the same on every target.
-struct Rng(u64);
+/// splitmix64: small, seedable, the same on every target (the kernel tests draw from it too).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
