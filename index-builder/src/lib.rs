@@ -12,6 +12,7 @@
 //! The CPU path here is the reference; a GPU box runs the same stages with GPU k-means.
 
 mod build;
+pub mod device;
 mod progress;
 
 pub use build::{

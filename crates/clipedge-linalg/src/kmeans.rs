@@ -55,8 +55,26 @@ pub struct KMeans {
     pub inertia: f64,
 }
 
+/// An assignment step: `(points, centroids) -> (nearest centroid, squared L2 distance)` per point.
+pub type AssignFn<'a> = dyn FnMut(&[f32], &[f32]) -> Result<(Vec<u32>, Vec<f32>), LinalgError> + 'a;
+
 impl KMeans {
     pub fn train(data: &[f32], dim: usize, config: &KMeansConfig) -> Result<KMeans, LinalgError> {
+        KMeans::train_with(data, dim, config, &mut |points, centroids| {
+            Ok(gemm::nearest_centroids(points, dim, centroids))
+        })
+    }
+
+    /// [`KMeans::train`] with the assignment step supplied by the caller (a GPU, say):
+    /// `assign(points, centroids)` returns each point's nearest centroid (squared L2, ties to the
+    /// lower index) and that distance. Everything else — sampling, seeding, updates, empty-cluster
+    /// splits — is the same code, so two devices that assign alike train alike.
+    pub fn train_with(
+        data: &[f32],
+        dim: usize,
+        config: &KMeansConfig,
+        assign: &mut AssignFn<'_>,
+    ) -> Result<KMeans, LinalgError> {
         if dim == 0 || !data.len().is_multiple_of(dim) {
             return Err(LinalgError::KMeans(format!(
                 "data length {} is not a multiple of dim {dim}",
@@ -97,7 +115,7 @@ impl KMeans {
         };
         let mut inertia = 0.0;
         for _ in 0..config.iterations {
-            let (labels, distances) = gemm::nearest_centroids(train, dim, &centroids);
+            let (labels, distances) = assign(train, &centroids)?;
             inertia = distances.iter().map(|d| *d as f64).sum::<f64>() / distances.len() as f64;
             let (sums, counts) = cluster_sums(train, dim, config.k, &labels);
             for cluster in 0..config.k {

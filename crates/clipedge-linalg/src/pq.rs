@@ -114,6 +114,12 @@ impl ProductQuantizer {
         Self::from_centroids(dim, m, bits, centroids)
     }
 
+    /// Squared norm of every codebook centroid, `m * ksub`, sub-quantizer major: what encoders on
+    /// other devices need to reproduce [`Self::encode_one`]'s distances bit for bit.
+    pub fn norms(&self) -> &[f32] {
+        &self.norms
+    }
+
     /// Code of one vector: one byte per sub-quantizer (also for 4 bits; see [`crate::fastscan::pack_block_codes`]).
     pub fn encode_one(&self, vector: &[f32], out: &mut [u8]) {
         debug_assert_eq!(vector.len(), self.dim);

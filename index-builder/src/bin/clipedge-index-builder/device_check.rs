@@ -1,0 +1,216 @@
+//! `device-check`: the GPU twin against the CPU reference on seeded CLIP-like data, and the
+//! GPU's assign + encode throughput. The GPU test of the build path (CI has no GPU; run it on
+//! a GPU box, see docs/nightly.md).
+
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use clipedge_datagen::{ClipLikeConfig, ClipLikeGenerator};
+use clipedge_index_builder::device::{Device, DeviceChoice, Metric};
+use clipedge_linalg::kmeans::{sample_rows, seeded_rng};
+use clipedge_linalg::ProductQuantizer;
+use serde::Serialize;
+
+#[derive(Args)]
+pub struct DeviceCheckArgs {
+    /// Vectors assigned and encoded on the device (the throughput figure).
+    #[arg(long, default_value_t = 1_000_000)]
+    n: usize,
+    /// Vectors also run on the CPU and compared.
+    #[arg(long, default_value_t = 20_000)]
+    compare: usize,
+    #[arg(long, default_value_t = 65_536)]
+    nlist: usize,
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    #[arg(long, default_value_t = 64)]
+    pq_m: usize,
+    #[arg(long, default_value_t = 8)]
+    pq_bits: u8,
+    /// k-means clusters of the training comparison (GPU- vs CPU-assigned Lloyd iterations).
+    #[arg(long, default_value_t = 1024)]
+    train_k: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// The device to check against the CPU: cuda (default) or cpu (checks the harness itself).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Fail (exit 1) below these agreement ratios.
+    #[arg(long, default_value_t = 0.999)]
+    min_label_agreement: f64,
+    #[arg(long, default_value_t = 0.99)]
+    min_code_agreement: f64,
+}
+
+#[derive(Serialize)]
+struct DeviceCheckReport {
+    device: String,
+    n: usize,
+    nlist: usize,
+    dim: usize,
+    pq_m: usize,
+    pq_bits: u8,
+    compared: usize,
+    label_agreement: f64,
+    /// Labels that differ but score within 1e-4 of each other (fp rounding ties).
+    label_near_ties: usize,
+    code_agreement: f64,
+    l2_label_agreement: f64,
+    kmeans_inertia_cpu: f64,
+    kmeans_inertia_device: f64,
+    upload_s: f64,
+    assign_s: f64,
+    encode_s: f64,
+    assign_vectors_per_s: f64,
+    encode_vectors_per_s: f64,
+    assign_encode_vectors_per_s: f64,
+    passed: bool,
+}
+
+pub fn run(args: DeviceCheckArgs) -> anyhow::Result<bool> {
+    let Some(choice) = DeviceChoice::parse(&args.device) else {
+        bail!("--device must be cuda or cpu, got {:?}", args.device);
+    };
+    if args.compare > args.n || args.nlist > args.n {
+        bail!("--compare and --nlist must not exceed --n");
+    }
+    let device = Device::open(choice).context("opening the device")?;
+    let cpu = Device::cpu();
+    eprintln!("device-check on {}", device.name());
+    let dim = args.dim;
+    let generator = ClipLikeGenerator::new(ClipLikeConfig::new(dim, args.seed));
+    let started = Instant::now();
+    let data = generator.base(args.n);
+    eprintln!(
+        "generated {} x {dim} in {:.1}s",
+        args.n,
+        started.elapsed().as_secs_f64()
+    );
+
+    // Centroids: a seeded sample of the data (k-means' own start), enough to compare devices.
+    let mut rng = seeded_rng(args.seed);
+    let coarse_host = sample_rows(&data, dim, args.nlist, &mut rng);
+    let pq_sample = sample_rows(&data, dim, (256 << args.pq_bits).min(args.n), &mut rng);
+    let sample_centroids = cpu.centroids(coarse_host.clone(), dim, Metric::InnerProduct)?;
+    let (sample_labels, _) = cpu.search(&sample_centroids, &pq_sample)?;
+    let residuals: Vec<f32> = pq_sample
+        .chunks_exact(dim)
+        .zip(&sample_labels)
+        .flat_map(|(row, label)| {
+            let centroid = &coarse_host[*label as usize * dim..(*label as usize + 1) * dim];
+            row.iter()
+                .zip(centroid)
+                .map(|(x, c)| x - c)
+                .collect::<Vec<f32>>()
+        })
+        .collect();
+    let pq = ProductQuantizer::train(&residuals, dim, args.pq_m, args.pq_bits, 8, args.seed)?;
+    eprintln!(
+        "trained the check codebook in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let upload_started = Instant::now();
+    let coarse = device.centroids(coarse_host.clone(), dim, Metric::InnerProduct)?;
+    let encoder = device.encoder(&pq, &coarse)?;
+    let upload_s = upload_started.elapsed().as_secs_f64();
+    // Warm-up (kernel load, cuBLAS heuristics) outside the timing.
+    let warm = &data[..dim * 1024.min(args.n)];
+    let (warm_labels, _) = device.search(&coarse, warm)?;
+    device.encode_residuals(&encoder, warm, &warm_labels)?;
+
+    let assign_started = Instant::now();
+    let (labels, _) = device.search(&coarse, &data)?;
+    let assign_s = assign_started.elapsed().as_secs_f64();
+    let encode_started = Instant::now();
+    let codes = device.encode_residuals(&encoder, &data, &labels)?;
+    let encode_s = encode_started.elapsed().as_secs_f64();
+    eprintln!("device: assign {assign_s:.2}s, encode {encode_s:.2}s");
+
+    // The CPU reference on a prefix.
+    let compare = &data[..args.compare * dim];
+    let (cpu_labels, _) = cpu.search(&sample_centroids, compare)?;
+    let mut agree = 0usize;
+    let mut near_ties = 0usize;
+    for (row, (a, b)) in compare
+        .chunks_exact(dim)
+        .zip(labels.iter().zip(&cpu_labels))
+    {
+        if a == b {
+            agree += 1;
+            continue;
+        }
+        let score = |label: u32| {
+            clipedge_linalg::dot::dot(
+                row,
+                &coarse_host[label as usize * dim..(label as usize + 1) * dim],
+            )
+        };
+        if (score(*a) - score(*b)).abs() <= 1e-4 {
+            near_ties += 1;
+        }
+    }
+    // Codes compared under the same labels (the device's), so a label tie cannot count twice.
+    let cpu_encoder = cpu.encoder(&pq, &sample_centroids)?;
+    let cpu_codes = cpu.encode_residuals(&cpu_encoder, compare, &labels[..args.compare])?;
+    let code_agree = codes[..args.compare * args.pq_m]
+        .chunks_exact(args.pq_m)
+        .zip(cpu_codes.chunks_exact(args.pq_m))
+        .filter(|(a, b)| a == b)
+        .count();
+
+    // L2 search and k-means training through the device's assignment.
+    let train_rows = (args.train_k * 64).min(args.n);
+    let train = &data[..train_rows * dim];
+    let l2_host = sample_rows(train, dim, args.train_k, &mut rng);
+    let l2_cpu = cpu.centroids(l2_host.clone(), dim, Metric::L2)?;
+    let l2_device = device.centroids(l2_host, dim, Metric::L2)?;
+    let (l2_a, _) = cpu.search(&l2_cpu, compare)?;
+    let (l2_b, _) = device.search(&l2_device, compare)?;
+    let l2_agree = l2_a.iter().zip(&l2_b).filter(|(a, b)| a == b).count();
+    let kmeans_config = clipedge_linalg::KMeansConfig {
+        k: args.train_k,
+        iterations: 10,
+        seed: args.seed,
+        max_points_per_centroid: usize::MAX,
+        init: clipedge_linalg::KMeansInit::Random,
+    };
+    let cpu_kmeans =
+        clipedge_index_builder::device::train_kmeans(&cpu, train, dim, &kmeans_config)?;
+    let device_kmeans =
+        clipedge_index_builder::device::train_kmeans(&device, train, dim, &kmeans_config)?;
+
+    let label_agreement = agree as f64 / args.compare as f64;
+    let code_agreement = code_agree as f64 / args.compare as f64;
+    let inertia_close = (cpu_kmeans.inertia - device_kmeans.inertia).abs()
+        <= 0.01 * cpu_kmeans.inertia.abs().max(1e-12);
+    let passed = (label_agreement + near_ties as f64 / args.compare as f64)
+        >= args.min_label_agreement
+        && code_agreement >= args.min_code_agreement
+        && inertia_close;
+    let report = DeviceCheckReport {
+        device: device.name(),
+        n: args.n,
+        nlist: args.nlist,
+        dim,
+        pq_m: args.pq_m,
+        pq_bits: args.pq_bits,
+        compared: args.compare,
+        label_agreement,
+        label_near_ties: near_ties,
+        code_agreement,
+        l2_label_agreement: l2_agree as f64 / args.compare as f64,
+        kmeans_inertia_cpu: cpu_kmeans.inertia,
+        kmeans_inertia_device: device_kmeans.inertia,
+        upload_s,
+        assign_s,
+        encode_s,
+        assign_vectors_per_s: args.n as f64 / assign_s.max(1e-9),
+        encode_vectors_per_s: args.n as f64 / encode_s.max(1e-9),
+        assign_encode_vectors_per_s: args.n as f64 / (assign_s + encode_s).max(1e-9),
+        passed,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(passed)
+}

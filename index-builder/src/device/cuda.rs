@@ -1,0 +1,571 @@
+//! The CUDA twin of the build kernels: cuBLAS for the big GEMM, four small NVRTC kernels.
+//!
+//! Nothing here needs CUDA at build time: cudarc loads `libcuda`, `libcublas` and `libnvrtc` when
+//! a backend is opened (found on the loader path, e.g. `LD_LIBRARY_PATH` pointing into the
+//! `nvidia-*-cu13` pip wheels), and the kernels are compiled for the GPU that answers.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use clipedge_linalg::ProductQuantizer;
+use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+
+use super::{DeviceError, Metric};
+
+/// Centroids kept per vector from the fp16 GEMM and rescored in fp32. Four absorb fp16's
+/// rounding (relative error ~1e-3 on a dot) for all but vectors whose best few centroids score
+/// alike — where either answer is as good.
+pub const CANDIDATES: usize = 4;
+/// fp32 scores of one (batch × centroid chunk) GEMM: bounded so the distance matrix is never
+/// materialised for a whole batch against a large centroid set.
+const SCORE_BUFFER_FLOATS: usize = 256 << 20;
+/// Vectors per GEMM batch (the host hands over larger slices; they are cut to this).
+const MAX_BATCH_ROWS: usize = 16384;
+/// The PQ kernel keeps a residual sub-vector in registers.
+const MAX_DSUB: usize = 64;
+
+const KERNELS: &str = r#"
+#define CANDIDATES 4
+#define MAX_DSUB 64
+#define NO_INDEX 0x7fffffff
+// Spelled out: NVRTC compiles without the host math headers that define INFINITY.
+#define POS_INF __int_as_float(0x7f800000)
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ bool better(float a, int ai, float b, int bi) {
+    return a > b || (a == b && ai < bi);
+}
+
+// Inserts (value, index) into a list sorted best first, dropping the worst.
+__device__ __forceinline__ void insert(float* vals, int* idx, float value, int index) {
+    if (!better(value, index, vals[CANDIDATES - 1], idx[CANDIDATES - 1])) return;
+    int slot = CANDIDATES - 1;
+    while (slot > 0 && better(value, index, vals[slot - 1], idx[slot - 1])) {
+        vals[slot] = vals[slot - 1];
+        idx[slot] = idx[slot - 1];
+        slot--;
+    }
+    vals[slot] = value;
+    idx[slot] = index;
+}
+
+extern "C" __global__ void to_half(const float* __restrict__ x, unsigned short* __restrict__ y,
+                                   unsigned long long n) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x[i]));
+    y[i] = h;
+}
+
+// One warp per row: the best CANDIDATES of (scores[row][c] + bias[offset + c]) over this chunk,
+// merged with the row's candidates from earlier chunks.
+extern "C" __global__ void top_candidates(const float* __restrict__ scores, int rows, int cols,
+                                          int offset, const float* __restrict__ bias,
+                                          float* best_vals, int* best_idx, int first_chunk) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float vals[CANDIDATES];
+    int idx[CANDIDATES];
+    for (int r = 0; r < CANDIDATES; r++) { vals[r] = NEG_INF; idx[r] = NO_INDEX; }
+    if (!first_chunk && lane < CANDIDATES) {
+        insert(vals, idx, best_vals[row * CANDIDATES + lane], best_idx[row * CANDIDATES + lane]);
+    }
+    const float* line = scores + (size_t)row * cols;
+    for (int c = lane; c < cols; c += 32) {
+        insert(vals, idx, line[c] + bias[offset + c], offset + c);
+    }
+    for (int r = 0; r < CANDIDATES; r++) {
+        float head = vals[0];
+        int head_index = idx[0];
+        for (int step = 16; step > 0; step >>= 1) {
+            float other = __shfl_xor_sync(0xffffffff, head, step);
+            int other_index = __shfl_xor_sync(0xffffffff, head_index, step);
+            if (better(other, other_index, head, head_index)) { head = other; head_index = other_index; }
+        }
+        if (idx[0] == head_index && head_index != NO_INDEX) {
+            for (int s = 0; s + 1 < CANDIDATES; s++) { vals[s] = vals[s + 1]; idx[s] = idx[s + 1]; }
+            vals[CANDIDATES - 1] = NEG_INF;
+            idx[CANDIDATES - 1] = NO_INDEX;
+        }
+        if (lane == 0) { best_vals[row * CANDIDATES + r] = head; best_idx[row * CANDIDATES + r] = head_index; }
+    }
+}
+
+// One warp per row: exact fp32 scores of the candidates; the best wins (ties to the lower index).
+extern "C" __global__ void rescore(const float* __restrict__ x, int rows, int dim,
+                                   const float* __restrict__ centroids, const float* __restrict__ bias,
+                                   const int* __restrict__ candidates, int* labels, float* dots) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* v = x + (size_t)row * dim;
+    float best = NEG_INF;
+    float best_dot = 0.0f;
+    int best_index = NO_INDEX;
+    for (int r = 0; r < CANDIDATES; r++) {
+        int c = candidates[row * CANDIDATES + r];
+        if (c == NO_INDEX) continue;
+        const float* w = centroids + (size_t)c * dim;
+        float sum = 0.0f;
+        for (int d = lane; d < dim; d += 32) sum += v[d] * w[d];
+        for (int step = 16; step > 0; step >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, step);
+        float score = sum + bias[c];
+        if (better(score, c, best, best_index)) { best = score; best_dot = sum; best_index = c; }
+    }
+    if (lane == 0) { labels[row] = best_index; dots[row] = best_dot; }
+}
+
+// Block (rows tile, sub-quantizer): the codebook of one sub-quantizer in shared memory, one
+// thread per row. Compiled without FMA contraction and fed the host's norms, so distances round
+// exactly like the CPU encoder's `norm - 2 * (0 + x0*c0 + x1*c1 + ...)`.
+extern "C" __global__ void pq_encode(const float* __restrict__ x, int rows, int dim,
+                                     const int* __restrict__ labels, const float* __restrict__ coarse,
+                                     const float* __restrict__ codebooks, const float* __restrict__ norms,
+                                     int m, int ksub, int dsub, unsigned char* codes) {
+    extern __shared__ float book[];
+    int sub = blockIdx.y;
+    for (int i = threadIdx.x; i < ksub * dsub; i += blockDim.x) {
+        book[i] = codebooks[(size_t)sub * ksub * dsub + i];
+    }
+    __syncthreads();
+    int row = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= rows) return;
+    float residual[MAX_DSUB];
+    const float* v = x + (size_t)row * dim + sub * dsub;
+    const float* c = coarse + (size_t)labels[row] * dim + sub * dsub;
+    for (int d = 0; d < dsub; d++) residual[d] = v[d] - c[d];
+    float best = POS_INF;
+    int best_code = 0;
+    for (int k = 0; k < ksub; k++) {
+        const float* entry = book + k * dsub;
+        float product = 0.0f;
+        for (int d = 0; d < dsub; d++) product += residual[d] * entry[d];
+        float distance = norms[sub * ksub + k] - 2.0f * product;
+        if (distance < best) { best = distance; best_code = k; }
+    }
+    codes[(size_t)row * m + sub] = (unsigned char)best_code;
+}
+"#;
+
+fn cuda_error(operation: &'static str, error: impl std::fmt::Debug) -> DeviceError {
+    DeviceError::Cuda {
+        operation,
+        message: format!("{error:?}"),
+    }
+}
+
+pub struct CudaBackend {
+    _context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    to_half: CudaFunction,
+    top_candidates: CudaFunction,
+    rescore: CudaFunction,
+    pq_encode: CudaFunction,
+    name: String,
+}
+
+pub struct DeviceCentroids {
+    dim: usize,
+    count: usize,
+    fp32: CudaSlice<f32>,
+    fp16: CudaSlice<u16>,
+    /// Added to each inner product: 0 (inner product) or `-‖c‖² / 2` (L2, as a maximisation).
+    bias: CudaSlice<f32>,
+    metric: Metric,
+    /// Host copy of the squared norms (L2 distances are reported as `‖x‖² − 2·x·c + ‖c‖²`).
+    norms: Vec<f32>,
+}
+
+pub struct DeviceCodebook {
+    m: usize,
+    ksub: usize,
+    dsub: usize,
+    centroids: CudaSlice<f32>,
+    norms: CudaSlice<f32>,
+}
+
+fn libraries_present() -> Result<(), DeviceError> {
+    // SAFETY: these only try to dlopen the libraries by name.
+    let present = unsafe {
+        [
+            ("libcuda", cudarc::driver::sys::is_culib_present()),
+            ("libcublas", blas_sys::is_culib_present()),
+            ("libnvrtc", cudarc::nvrtc::sys::is_culib_present()),
+        ]
+    };
+    let missing: Vec<&str> = present
+        .iter()
+        .filter(|(_, found)| !found)
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DeviceError::CudaUnavailable {
+        reason: format!(
+            "{} not found on the library path (LD_LIBRARY_PATH)",
+            missing.join(", ")
+        ),
+    })
+}
+
+impl CudaBackend {
+    pub fn open() -> Result<CudaBackend, DeviceError> {
+        libraries_present()?;
+        // cudarc panics on a library that loads but lacks a symbol (an older CUDA); that must be
+        // a fallback to the CPU, not a crash.
+        catch_unwind(AssertUnwindSafe(CudaBackend::open_inner)).unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+                .unwrap_or_else(|| "the cuda libraries panicked while loading".to_string());
+            Err(DeviceError::CudaUnavailable { reason })
+        })
+    }
+
+    fn open_inner() -> Result<CudaBackend, DeviceError> {
+        let context = CudaContext::new(0).map_err(|error| DeviceError::CudaUnavailable {
+            reason: format!("no gpu answered: {error:?}"),
+        })?;
+        let (major, minor) = context
+            .compute_capability()
+            .map_err(|error| cuda_error("query compute capability", error))?;
+        let name = context
+            .name()
+            .map_err(|error| cuda_error("query device name", error))?;
+        let stream = context.default_stream();
+        let blas =
+            CudaBlas::new(stream.clone()).map_err(|error| cuda_error("cublas init", error))?;
+        // PTX for this GPU's own virtual architecture: never newer than what the driver knows.
+        let ptx = compile_ptx_with_opts(
+            KERNELS,
+            CompileOptions {
+                fmad: Some(false),
+                options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+                ..Default::default()
+            },
+        )
+        .map_err(|error| cuda_error("nvrtc compile", error))?;
+        let module = context
+            .load_module(ptx)
+            .map_err(|error| cuda_error("load kernels", error))?;
+        let function = |name: &str| {
+            module
+                .load_function(name)
+                .map_err(|error| cuda_error("load kernel", error))
+        };
+        Ok(CudaBackend {
+            to_half: function("to_half")?,
+            top_candidates: function("top_candidates")?,
+            rescore: function("rescore")?,
+            pq_encode: function("pq_encode")?,
+            _context: context,
+            stream,
+            blas,
+            name: format!("cuda: {name} (sm_{major}{minor})"),
+        })
+    }
+
+    pub fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn upload<T: cudarc::driver::DeviceRepr>(
+        &self,
+        host: &[T],
+    ) -> Result<CudaSlice<T>, DeviceError> {
+        self.stream
+            .clone_htod(host)
+            .map_err(|error| cuda_error("copy to device", error))
+    }
+
+    fn half_of(&self, fp32: &CudaSlice<f32>, len: usize) -> Result<CudaSlice<u16>, DeviceError> {
+        let mut fp16 = self
+            .stream
+            .alloc_zeros::<u16>(len.max(1))
+            .map_err(|error| cuda_error("allocate", error))?;
+        let n = len as u64;
+        let mut launch = self.stream.launch_builder(&self.to_half);
+        launch.arg(fp32).arg(&mut fp16).arg(&n);
+        // SAFETY: the kernel reads `len` floats and writes `len` halves, both allocated so.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(len.max(1) as u32)) }
+            .map_err(|error| cuda_error("launch to_half", error))?;
+        Ok(fp16)
+    }
+
+    pub fn upload_centroids(
+        &self,
+        host: &[f32],
+        dim: usize,
+        metric: Metric,
+    ) -> Result<DeviceCentroids, DeviceError> {
+        let count = host.len() / dim;
+        let norms: Vec<f32> = host
+            .chunks_exact(dim)
+            .map(|centroid| clipedge_linalg::dot::dot(centroid, centroid))
+            .collect();
+        let bias: Vec<f32> = match metric {
+            Metric::InnerProduct => vec![0.0; count],
+            Metric::L2 => norms.iter().map(|norm| -0.5 * norm).collect(),
+        };
+        let fp32 = self.upload(host)?;
+        let fp16 = self.half_of(&fp32, host.len())?;
+        Ok(DeviceCentroids {
+            dim,
+            count,
+            fp32,
+            fp16,
+            bias: self.upload(&bias)?,
+            metric,
+            norms,
+        })
+    }
+
+    pub fn upload_codebook(&self, pq: &ProductQuantizer) -> Result<DeviceCodebook, DeviceError> {
+        if pq.dsub > MAX_DSUB {
+            return Err(DeviceError::Input(format!(
+                "the gpu encoder handles sub-vectors of up to {MAX_DSUB} dimensions, got {}",
+                pq.dsub
+            )));
+        }
+        Ok(DeviceCodebook {
+            m: pq.m,
+            ksub: pq.ksub,
+            dsub: pq.dsub,
+            centroids: self.upload(&pq.centroids)?,
+            norms: self.upload(pq.norms())?,
+        })
+    }
+
+    pub fn search(
+        &self,
+        centroids: &DeviceCentroids,
+        data: &[f32],
+    ) -> Result<(Vec<u32>, Vec<f32>), DeviceError> {
+        let dim = centroids.dim;
+        let rows = data.len() / dim;
+        let mut labels = Vec::with_capacity(rows);
+        let mut values = Vec::with_capacity(rows);
+        let chunk_cols = centroids.count.min(SCORE_BUFFER_FLOATS / MAX_BATCH_ROWS);
+        let batch_rows = MAX_BATCH_ROWS.min((SCORE_BUFFER_FLOATS / chunk_cols).max(1));
+        let mut scores = self
+            .stream
+            .alloc_zeros::<f32>(batch_rows * chunk_cols)
+            .map_err(|error| cuda_error("allocate scores", error))?;
+        for batch in data.chunks(batch_rows * dim) {
+            let (batch_labels, batch_dots) =
+                self.search_batch(centroids, batch, &mut scores, chunk_cols)?;
+            for (row, (label, product)) in batch
+                .chunks_exact(dim)
+                .zip(batch_labels.into_iter().zip(batch_dots))
+            {
+                let label = label as u32;
+                let value = match centroids.metric {
+                    Metric::InnerProduct => product,
+                    Metric::L2 => (clipedge_linalg::dot::dot(row, row) - 2.0 * product
+                        + centroids.norms[label as usize])
+                        .max(0.0),
+                };
+                labels.push(label);
+                values.push(value);
+            }
+        }
+        Ok((labels, values))
+    }
+
+    fn search_batch(
+        &self,
+        centroids: &DeviceCentroids,
+        batch: &[f32],
+        scores: &mut CudaSlice<f32>,
+        chunk_cols: usize,
+    ) -> Result<(Vec<i32>, Vec<f32>), DeviceError> {
+        let dim = centroids.dim;
+        let rows = batch.len() / dim;
+        let x32 = self.upload(batch)?;
+        let x16 = self.half_of(&x32, batch.len())?;
+        let mut best_vals = self
+            .stream
+            .alloc_zeros::<f32>(rows * CANDIDATES)
+            .map_err(|error| cuda_error("allocate", error))?;
+        let mut best_idx = self
+            .stream
+            .alloc_zeros::<i32>(rows * CANDIDATES)
+            .map_err(|error| cuda_error("allocate", error))?;
+        let warps_config = LaunchConfig {
+            grid_dim: ((rows * 32).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut offset = 0usize;
+        while offset < centroids.count {
+            let cols = chunk_cols.min(centroids.count - offset);
+            self.scores_gemm(centroids, &x16, rows, offset, cols, scores)?;
+            let (rows_i, cols_i, offset_i, first) = (
+                rows as i32,
+                cols as i32,
+                offset as i32,
+                i32::from(offset == 0),
+            );
+            let mut launch = self.stream.launch_builder(&self.top_candidates);
+            launch
+                .arg(&*scores)
+                .arg(&rows_i)
+                .arg(&cols_i)
+                .arg(&offset_i)
+                .arg(&centroids.bias)
+                .arg(&mut best_vals)
+                .arg(&mut best_idx)
+                .arg(&first);
+            // SAFETY: scores hold rows × cols floats of this chunk; the candidate buffers
+            // rows × CANDIDATES; bias covers every centroid.
+            unsafe { launch.launch(warps_config) }
+                .map_err(|error| cuda_error("launch top_candidates", error))?;
+            offset += cols;
+        }
+        let mut labels = self
+            .stream
+            .alloc_zeros::<i32>(rows)
+            .map_err(|error| cuda_error("allocate", error))?;
+        let mut dots = self
+            .stream
+            .alloc_zeros::<f32>(rows)
+            .map_err(|error| cuda_error("allocate", error))?;
+        let (rows_i, dim_i) = (rows as i32, dim as i32);
+        let mut launch = self.stream.launch_builder(&self.rescore);
+        launch
+            .arg(&x32)
+            .arg(&rows_i)
+            .arg(&dim_i)
+            .arg(&centroids.fp32)
+            .arg(&centroids.bias)
+            .arg(&best_idx)
+            .arg(&mut labels)
+            .arg(&mut dots);
+        // SAFETY: x32 is rows × dim, centroids count × dim, candidates index below count.
+        unsafe { launch.launch(warps_config) }
+            .map_err(|error| cuda_error("launch rescore", error))?;
+        let labels = self
+            .stream
+            .clone_dtoh(&labels)
+            .map_err(|error| cuda_error("copy to host", error))?;
+        let dots = self
+            .stream
+            .clone_dtoh(&dots)
+            .map_err(|error| cuda_error("copy to host", error))?;
+        Ok((labels, dots))
+    }
+
+    /// `scores[row][c] = x[row] · centroid[offset + c]` for `cols` centroids, fp16 in, fp32 out.
+    fn scores_gemm(
+        &self,
+        centroids: &DeviceCentroids,
+        x16: &CudaSlice<u16>,
+        rows: usize,
+        offset: usize,
+        cols: usize,
+        scores: &mut CudaSlice<f32>,
+    ) -> Result<(), DeviceError> {
+        let dim = centroids.dim;
+        let chunk = centroids.fp16.slice(offset * dim..(offset + cols) * dim);
+        let (a, _read_a) = chunk.device_ptr(&self.stream);
+        let (b, _read_b) = x16.device_ptr(&self.stream);
+        let (c, _write_c) = scores.device_ptr_mut(&self.stream);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Column-major view: scoresᵀ (cols × rows) = chunk (cols × dim, stored as dim × cols,
+        // hence transposed) · xᵀ (dim × rows) — i.e. row-major scores[rows][cols].
+        // SAFETY: the pointers cover cols × dim, rows × dim and rows × cols elements.
+        unsafe {
+            blas_result::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                cols as i32,
+                rows as i32,
+                dim as i32,
+                (&alpha as *const f32).cast(),
+                a as *const _,
+                blas_sys::cudaDataType::CUDA_R_16F,
+                dim as i32,
+                b as *const _,
+                blas_sys::cudaDataType::CUDA_R_16F,
+                dim as i32,
+                (&beta as *const f32).cast(),
+                c as *mut _,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                cols as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|error| cuda_error("cublas gemm", error))
+    }
+
+    pub fn encode_residuals(
+        &self,
+        codebook: &DeviceCodebook,
+        coarse: &DeviceCentroids,
+        data: &[f32],
+        labels: &[u32],
+    ) -> Result<Vec<u8>, DeviceError> {
+        let dim = coarse.dim;
+        let mut codes = Vec::with_capacity(labels.len() * codebook.m);
+        for (batch, batch_labels) in data
+            .chunks(MAX_BATCH_ROWS * dim)
+            .zip(labels.chunks(MAX_BATCH_ROWS))
+        {
+            let rows = batch_labels.len();
+            let x = self.upload(batch)?;
+            let signed: Vec<i32> = batch_labels.iter().map(|label| *label as i32).collect();
+            let labels_device = self.upload(&signed)?;
+            let mut out = self
+                .stream
+                .alloc_zeros::<u8>(rows * codebook.m)
+                .map_err(|error| cuda_error("allocate", error))?;
+            let (rows_i, dim_i, m_i, ksub_i, dsub_i) = (
+                rows as i32,
+                dim as i32,
+                codebook.m as i32,
+                codebook.ksub as i32,
+                codebook.dsub as i32,
+            );
+            let config = LaunchConfig {
+                grid_dim: (rows.div_ceil(256) as u32, codebook.m as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: (codebook.ksub * codebook.dsub * 4) as u32,
+            };
+            let mut launch = self.stream.launch_builder(&self.pq_encode);
+            launch
+                .arg(&x)
+                .arg(&rows_i)
+                .arg(&dim_i)
+                .arg(&labels_device)
+                .arg(&coarse.fp32)
+                .arg(&codebook.centroids)
+                .arg(&codebook.norms)
+                .arg(&m_i)
+                .arg(&ksub_i)
+                .arg(&dsub_i)
+                .arg(&mut out);
+            // SAFETY: x is rows × dim, labels index the coarse centroids (checked by the caller),
+            // the codebook holds m × ksub × dsub floats and out rows × m bytes.
+            unsafe { launch.launch(config) }
+                .map_err(|error| cuda_error("launch pq_encode", error))?;
+            codes.extend(
+                self.stream
+                    .clone_dtoh(&out)
+                    .map_err(|error| cuda_error("copy to host", error))?,
+            );
+        }
+        Ok(codes)
+    }
+}
