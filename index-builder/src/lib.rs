@@ -12,10 +12,22 @@
 //! The CPU path here is the reference; a GPU box runs the same stages with GPU k-means.
 
 mod build;
+mod gate;
+mod lifecycle;
 mod progress;
+#[cfg(test)]
+mod test_support;
 
 pub use build::{
     build_index, content_hash, publish, train, write_generation, BuildConfig, BuildError,
     BuildReport, TrainedIndex, VectorSet,
+};
+pub use gate::{
+    decide, evaluate_recall, live_recall, read_gate_record, write_gate_record, ExactTopK,
+    GateDecision, GateError, GateRecord, GATE_FILE,
+};
+pub use lifecycle::{
+    current_generation, gc, list_generations, rollback, GcOptions, GcReport, GenerationInfo,
+    KeepReason, LifecycleError, RollbackReport,
 };
 pub use progress::{NoProgress, Progress};
