@@ -135,6 +135,13 @@ impl ExactTopK {
             )));
         }
         let rows = (vectors.len() / dim) as u64;
+        // A NaN would outrank every real neighbour under the total order used for ties.
+        if let Some(position) = vectors.iter().position(|value| !value.is_finite()) {
+            return Err(GateError::Input(format!(
+                "vector {} has a non-finite value",
+                first_id.saturating_add((position / dim) as u64)
+            )));
+        }
         if first_id.checked_add(rows).is_none() {
             return Err(GateError::Input(format!(
                 "ids from {first_id} overflow u64 for a batch of {rows} vectors"
@@ -503,6 +510,9 @@ mod tests {
         assert_eq!(top.query_count(), 3);
         assert!(top.add_batch(&[1.0; 4], 0).is_err());
         assert!(top.add_batch(&[1.0; 6], u64::MAX).is_err());
+        let with_nan = top.add_batch(&[1.0, 1.0, 1.0, 1.0, f32::NAN, 1.0], 40);
+        let message = with_nan.expect_err("NaN refused").to_string();
+        assert!(message.contains("vector 41"), "{message}");
         assert!(top.add_batch(&[1.0; 6], 0).is_ok());
     }
 

@@ -15,6 +15,7 @@ use clipedge_format::{
     CURRENT_OBJECT, FORMAT_VERSION,
 };
 use clipedge_storage::{Storage, StorageError, Versioned};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{info, warn};
@@ -204,7 +205,8 @@ pub enum KeepReason {
     WithinGrace,
     /// Among the newest `keep` complete generations.
     NewestComplete,
-    /// Neither its name nor a manifest says when it was written: left alone.
+    /// Nothing says when it was written (no manifest, no time in its name, no write time
+    /// from the backend): left alone.
     UnknownAge,
 }
 
@@ -267,6 +269,16 @@ pub async fn gc(storage: &Storage, options: &GcOptions) -> Result<GcReport, Life
                 Some(_) => None,
             }
         };
+        // A rollback may have pointed CURRENT here since the gc started: look again right
+        // before deleting (this narrows the race to one GET; it cannot close it).
+        let keep_reason = match keep_reason {
+            None if !options.dry_run
+                && current_generation(storage).await?.as_deref() == Some(info.name.as_str()) =>
+            {
+                Some(KeepReason::Current)
+            }
+            keep_reason => keep_reason,
+        };
         if let Some(reason) = keep_reason {
             report.kept.push(info.name.clone());
             report.kept_reasons.insert(info.name.clone(), reason);
@@ -290,18 +302,23 @@ pub async fn gc(storage: &Storage, options: &GcOptions) -> Result<GcReport, Life
     Ok(report)
 }
 
-/// Deletes the manifest first, then every other object of the generation.
+/// Deletes the manifest first, then every other object of the generation (several at once:
+/// a large generation has thousands of shards, one round trip each).
 async fn delete_generation(storage: &Storage, info: &GenerationInfo) -> Result<(), LifecycleError> {
     let manifest_name = generation_path(&info.name, MANIFEST_FILE);
     if info.complete {
         storage.delete(&manifest_name).await?;
     }
-    for object in &info.objects {
-        if *object == manifest_name {
-            continue;
-        }
-        storage.delete(object).await?;
-    }
+    let concurrency = storage.config().max_concurrency.max(1);
+    stream::iter(
+        info.objects
+            .iter()
+            .filter(|object| **object != manifest_name),
+    )
+    .map(|object| storage.delete(object))
+    .buffer_unordered(concurrency)
+    .try_collect::<()>()
+    .await?;
     Ok(())
 }
 
