@@ -412,13 +412,89 @@ pub async fn read_gate_record(
 }
 
 /// The recall recorded for the generation `CURRENT` names: what a new generation is compared
-/// against. `None` when nothing is published or the live generation has no gate record.
+/// against, so read it before publishing. `None` when nothing is published or the live
+/// generation has no gate record.
 pub async fn live_recall(storage: &Storage) -> Result<Option<f64>, GateError> {
     let Some(current) = crate::lifecycle::current_generation(storage).await? else {
         return Ok(None);
     };
     let record = read_gate_record(storage, &current).await?;
     Ok(record.map(|record| record.decision.recall_at_10))
+}
+
+/// How a generation is gated.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// Neighbours compared per query (10: the gate's figure is recall@10).
+    pub k: usize,
+    /// Search parameters the generation will be served with.
+    pub nprobe: usize,
+    pub rerank: usize,
+    pub min_recall: f64,
+    pub max_regression: f64,
+}
+
+impl GateConfig {
+    pub fn new(nprobe: usize, rerank: usize, min_recall: f64, max_regression: f64) -> Self {
+        GateConfig {
+            k: 10,
+            nprobe,
+            rerank,
+            min_recall,
+            max_regression,
+        }
+    }
+}
+
+/// The whole gate for an unpublished `generation`: measures its recall, compares it with the
+/// live generation's recorded recall, and stores the outcome as the generation's `gate.json`
+/// whether it passed or not (a failed generation is kept for inspection). Publishing, or not,
+/// is the caller's move.
+pub async fn gate_generation(
+    storage: &Storage,
+    generation: &str,
+    queries: &[f32],
+    truth: &[Vec<u64>],
+    config: &GateConfig,
+    now_unix_ms: u64,
+) -> Result<GateRecord, GateError> {
+    let recall = evaluate_recall(
+        storage,
+        generation,
+        queries,
+        truth,
+        config.k,
+        config.nprobe,
+        config.rerank,
+    )
+    .await?;
+    // A generation is never its own baseline (a gate run again after publishing).
+    let live = crate::lifecycle::current_generation(storage).await?;
+    let previous = match live {
+        Some(live) if live != generation => read_gate_record(storage, &live)
+            .await?
+            .map(|record| record.decision.recall_at_10),
+        _ => None,
+    };
+    let decision = decide(recall, previous, config.min_recall, config.max_regression);
+    let record = GateRecord {
+        generation: generation.to_string(),
+        queries: truth.len() as u64,
+        nprobe: u32::try_from(config.nprobe).unwrap_or(u32::MAX),
+        rerank: u32::try_from(config.rerank).unwrap_or(u32::MAX),
+        measured_unix_ms: now_unix_ms,
+        decision,
+    };
+    write_gate_record(storage, &record).await?;
+    info!(
+        generation,
+        passed = record.decision.passed,
+        recall = record.decision.recall_at_10,
+        previous = ?record.decision.previous_recall_at_10,
+        reason = %record.decision.reason,
+        "recall gate"
+    );
+    Ok(record)
 }
 
 #[cfg(test)]
@@ -646,6 +722,69 @@ mod tests {
         .await;
         let message = missing.expect_err("no such generation").to_string();
         assert!(message.contains("1000000000000-00000000"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_generation_that_regresses_from_the_live_one_fails_and_stays_unpublished() {
+        let (_dir, storage) = temp_storage();
+        let (base, queries) = dataset(3_000, 20, 15);
+        let live = build_generation(&storage, &base).await;
+        let mut top = ExactTopK::new(queries.clone(), DIM, 10).unwrap();
+        top.add_batch(&base, 0).unwrap();
+        let truth = top.finish();
+        let serving = GateConfig::new(NLIST, 50, 0.9, 0.02);
+        let first = gate_generation(&storage, &live, &queries, &truth, &serving, now_unix_ms())
+            .await
+            .unwrap();
+        assert!(first.decision.passed, "{}", first.decision.reason);
+        assert_eq!(
+            first.decision.previous_recall_at_10, None,
+            "never its own baseline"
+        );
+
+        // The next build, written but not published, is gated with one list only.
+        let vectors = crate::VectorSet::new(&base, DIM);
+        let trained = crate::train(&vectors, &quick_config(), &crate::NoProgress).unwrap();
+        let (manifest, _assign, _encode) = crate::write_generation(
+            &storage,
+            &vectors,
+            &trained,
+            &quick_config(),
+            &crate::NoProgress,
+        )
+        .await
+        .unwrap();
+        let narrow = GateConfig {
+            min_recall: 0.0,
+            ..GateConfig::new(1, 50, 0.9, 0.02)
+        };
+        let second = gate_generation(
+            &storage,
+            &manifest.generation,
+            &queries,
+            &truth,
+            &narrow,
+            now_unix_ms(),
+        )
+        .await
+        .unwrap();
+        assert!(!second.decision.passed, "{}", second.decision.reason);
+        assert_eq!(
+            second.decision.previous_recall_at_10,
+            Some(first.decision.recall_at_10)
+        );
+        assert!(second.decision.reason.contains("regresses"));
+        assert_eq!(
+            read_gate_record(&storage, &manifest.generation)
+                .await
+                .unwrap(),
+            Some(second)
+        );
+        assert_eq!(
+            crate::current_generation(&storage).await.unwrap(),
+            Some(live),
+            "the gate never moves CURRENT"
+        );
     }
 
     #[tokio::test]

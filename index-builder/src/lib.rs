@@ -23,8 +23,8 @@ pub use build::{
     BuildReport, TrainedIndex, VectorSet,
 };
 pub use gate::{
-    decide, evaluate_recall, live_recall, read_gate_record, write_gate_record, ExactTopK,
-    GateDecision, GateError, GateRecord, GATE_FILE,
+    decide, evaluate_recall, gate_generation, live_recall, read_gate_record, write_gate_record,
+    ExactTopK, GateConfig, GateDecision, GateError, GateRecord, GATE_FILE,
 };
 pub use lifecycle::{
     current_generation, gc, list_generations, rollback, GcOptions, GcReport, GenerationInfo,
