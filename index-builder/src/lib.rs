@@ -13,10 +13,22 @@
 
 mod build;
 pub mod device;
+mod gate;
+mod lifecycle;
 mod progress;
+#[cfg(test)]
+mod test_support;
 
 pub use build::{
     build_index, content_hash, publish, train, write_generation, BuildConfig, BuildError,
     BuildReport, TrainedIndex, VectorSet,
+};
+pub use gate::{
+    decide, evaluate_recall, gate_generation, live_recall, read_gate_record, write_gate_record,
+    ExactTopK, GateConfig, GateDecision, GateError, GateRecord, GATE_FILE,
+};
+pub use lifecycle::{
+    current_generation, gc, list_generations, rollback, GcOptions, GcReport, GenerationInfo,
+    KeepReason, LifecycleError, RollbackReport,
 };
 pub use progress::{NoProgress, Progress};

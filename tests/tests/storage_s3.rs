@@ -1,5 +1,6 @@
 //! `Storage` against a real S3-compatible server (s3s-fs) on 127.0.0.1: SigV4, range reads,
-//! create-only puts and `If-Match` pointer swaps, and retries when the server goes away.
+//! create-only puts, `If-Match` pointer swaps, idempotent deletes, and retries when the server
+//! goes away.
 //!
 //! `scripts/test.sh` installs s3s-fs and points `CLIPEDGE_S3S_FS` at it; without the binary this
 //! test fails and says how to get it.
@@ -94,6 +95,36 @@ async fn s3_round_trip_conditional_writes_and_outage() {
         storage.list("gen").await.unwrap(),
         vec!["gen/shard.bin".to_string()],
         "names are relative to the storage root"
+    );
+
+    // Deletes are idempotent: S3 answers a missing key with success, and so does Storage.
+    storage
+        .put_new("gen/manifest.json", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let listed = storage.list_objects("gen").await.unwrap();
+    let sizes: Vec<(&str, u64)> = listed
+        .iter()
+        .map(|object| (object.name.as_str(), object.bytes))
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![
+            ("gen/manifest.json", 2),
+            ("gen/shard.bin", payload.len() as u64)
+        ]
+    );
+    storage.delete("gen/manifest.json").await.unwrap();
+    storage.delete("gen/manifest.json").await.unwrap();
+    storage.delete("gen/never-written.bin").await.unwrap();
+    let deleted = storage.get("gen/manifest.json").await;
+    assert!(
+        matches!(deleted, Err(StorageError::NotFound { .. })),
+        "{deleted:?}"
+    );
+    assert_eq!(
+        storage.list("gen").await.unwrap(),
+        vec!["gen/shard.bin".to_string()]
     );
 
     // Server gone: the read fails after the configured retries, with the attempts counted.

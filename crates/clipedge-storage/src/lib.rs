@@ -16,4 +16,4 @@ pub use cache::ByteLru;
 pub use clipedge_format::coalesce_ranges;
 pub use error::StorageError;
 pub use stats::{IoCounters, IoStats};
-pub use store::{RangeRead, Storage, StorageConfig, Versioned};
+pub use store::{ObjectInfo, RangeRead, Storage, StorageConfig, Versioned};

@@ -7,6 +7,7 @@ pub struct IoStats {
     bytes_read: AtomicU64,
     puts: AtomicU64,
     bytes_written: AtomicU64,
+    deletes: AtomicU64,
     retries: AtomicU64,
 }
 
@@ -17,6 +18,7 @@ pub struct IoCounters {
     pub bytes_read: u64,
     pub puts: u64,
     pub bytes_written: u64,
+    pub deletes: u64,
     pub retries: u64,
 }
 
@@ -31,6 +33,10 @@ impl IoStats {
         self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    pub(crate) fn record_delete(&self) {
+        self.deletes.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn record_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
@@ -41,6 +47,7 @@ impl IoStats {
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
             puts: self.puts.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            deletes: self.deletes.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
         }
     }
@@ -55,6 +62,7 @@ impl std::ops::Sub for IoCounters {
             bytes_read: self.bytes_read - earlier.bytes_read,
             puts: self.puts - earlier.puts,
             bytes_written: self.bytes_written - earlier.bytes_written,
+            deletes: self.deletes - earlier.deletes,
             retries: self.retries - earlier.retries,
         }
     }

@@ -57,6 +57,16 @@ pub struct Versioned {
     pub version: Option<String>,
 }
 
+/// One object found by [`Storage::list_objects`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Name relative to the storage root.
+    pub name: String,
+    pub bytes: u64,
+    /// When the object was last written, as the backend reports it.
+    pub last_modified_unix_ms: Option<u64>,
+}
+
 /// Result of [`Storage::get_ranges`]: one buffer per requested range, in request order.
 #[derive(Debug, Clone)]
 pub struct RangeRead {
@@ -427,28 +437,54 @@ impl Storage {
         Ok(())
     }
 
+    /// Deletes an object. Idempotent: deleting an object that does not exist succeeds, so a
+    /// cleanup that was interrupted can simply run again.
+    pub async fn delete(&self, name: &str) -> Result<(), StorageError> {
+        let path = self.path(name);
+        let deleted = self.with_retries(name, || self.store.delete(&path)).await;
+        match deleted {
+            Ok(()) => {}
+            // S3 answers a missing key with success; a local directory with `NotFound`.
+            Err(StorageError::NotFound { .. }) => {
+                debug!(object = name, "object to delete was already gone");
+            }
+            Err(error) => return Err(error),
+        }
+        self.stats.record_delete();
+        Ok(())
+    }
+
     /// Names (relative to the root) of the objects under `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let objects = self.list_objects(prefix).await?;
+        Ok(objects.into_iter().map(|object| object.name).collect())
+    }
+
+    /// The objects under `prefix` with their sizes, sorted by name (relative to the root).
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         let path = self.path(prefix);
         let root_parts = self.root.parts().count();
-        let objects: Vec<_> = self
+        let listed: Vec<_> = self
             .with_retries(prefix, || {
                 self.store.list(Some(&path)).try_collect::<Vec<_>>()
             })
             .await?;
-        let mut names: Vec<String> = objects
+        let mut objects: Vec<ObjectInfo> = listed
             .into_iter()
-            .map(|meta| {
-                meta.location
+            .map(|meta| ObjectInfo {
+                name: meta
+                    .location
                     .parts()
                     .skip(root_parts)
                     .map(|part| part.as_ref().to_string())
                     .collect::<Vec<_>>()
-                    .join("/")
+                    .join("/"),
+                bytes: meta.size,
+                last_modified_unix_ms: u64::try_from(meta.last_modified.timestamp_millis()).ok(),
             })
             .collect();
-        names.sort();
-        Ok(names)
+        objects.sort_by(|left, right| left.name.cmp(&right.name));
+        Ok(objects)
     }
 }
 
@@ -520,5 +556,89 @@ mod tests {
         );
         let counters = storage.stats().snapshot();
         assert!(counters.gets >= 4 && counters.puts == 3, "{counters:?}");
+    }
+
+    async fn assert_delete_is_idempotent(storage: &Storage) {
+        storage
+            .put_new(
+                "generations/g1/shard-00000.bin",
+                Bytes::from_static(b"12345"),
+            )
+            .await
+            .unwrap();
+        storage
+            .put_new("generations/g1/manifest.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        storage
+            .put_new("generations/g10/manifest.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let listed = storage.list_objects("generations/g1").await.unwrap();
+        let sizes: Vec<(&str, u64)> = listed
+            .iter()
+            .map(|object| (object.name.as_str(), object.bytes))
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![
+                ("generations/g1/manifest.json", 2),
+                ("generations/g1/shard-00000.bin", 5),
+            ],
+            "a prefix matches whole path segments: g10 is not under g1"
+        );
+        assert!(listed
+            .iter()
+            .all(|object| object.last_modified_unix_ms.is_some_and(|ms| ms > 0)));
+
+        storage
+            .delete("generations/g1/manifest.json")
+            .await
+            .unwrap();
+        storage
+            .delete("generations/g1/manifest.json")
+            .await
+            .expect("deleting a deleted object succeeds");
+        storage
+            .delete("generations/never/written.bin")
+            .await
+            .expect("deleting a missing object succeeds");
+        let missing = storage.get("generations/g1/manifest.json").await;
+        assert!(
+            matches!(missing, Err(StorageError::NotFound { .. })),
+            "{missing:?}"
+        );
+        storage
+            .delete("generations/g1/shard-00000.bin")
+            .await
+            .unwrap();
+        assert!(storage.list("generations/g1").await.unwrap().is_empty());
+        assert_eq!(
+            storage.list("generations").await.unwrap(),
+            vec!["generations/g10/manifest.json".to_string()]
+        );
+        assert_eq!(storage.stats().snapshot().deletes, 4);
+        // A deleted name can be written again (create-only puts see it as absent).
+        storage
+            .put_new("generations/g1/manifest.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn local_directory_delete_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().to_str().unwrap()).unwrap();
+        assert_delete_is_idempotent(&storage).await;
+        assert!(
+            dir.path().join("generations/g10").is_dir(),
+            "deleting objects leaves other generations alone"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_delete_is_idempotent() {
+        let storage = Storage::open("memory://").unwrap();
+        assert_delete_is_idempotent(&storage).await;
     }
 }

@@ -1,0 +1,837 @@
+//! The recall gate: a new generation is published only if its recall@10 on a sample of
+//! queries, against exact ground truth over the whole input, is high enough and not much
+//! below the live generation's.
+//!
+//! - [`ExactTopK`] computes the ground truth while the input streams past, in memory
+//!   proportional to queries × k (never to the number of vectors).
+//! - [`evaluate_recall`] searches the new generation as a reader would.
+//! - [`decide`] applies the thresholds; [`write_gate_record`] stores the outcome as
+//!   `generations/<name>/gate.json`, which the next run reads to compare against.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashSet};
+
+use bytes::Bytes;
+use clipedge_format::generation_path;
+use clipedge_index::{IndexError, IndexReader, OpenOptions, SearchParams};
+use clipedge_storage::{Storage, StorageError};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tracing::info;
+
+/// The object a generation's gate outcome is stored in.
+pub const GATE_FILE: &str = "gate.json";
+
+#[derive(Debug, Error)]
+pub enum GateError {
+    #[error("invalid recall gate input: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot search generation {generation}: {source}")]
+    Index {
+        generation: String,
+        // Boxed: an index error is large, and every gate result would carry its size.
+        source: Box<IndexError>,
+    },
+    #[error("unreadable gate record {object}: {source}")]
+    Record {
+        object: String,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Lifecycle(#[from] crate::LifecycleError),
+}
+
+/// A candidate neighbour; `Ord` says which is better: the higher score, then the lower id
+/// (so ties break the same way whatever order the vectors arrive in).
+#[derive(Debug, Clone, Copy)]
+struct Neighbour {
+    score: f32,
+    id: u64,
+}
+
+impl Ord for Neighbour {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.id.cmp(&self.id))
+    }
+}
+
+impl PartialOrd for Neighbour {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Neighbour {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Neighbour {}
+
+/// Bytes of base vectors scored against a task's queries before moving on: about half a
+/// core's L2 cache (tests use small tiles, so their batches cross tile boundaries).
+const TILE_BYTES: usize = if cfg!(test) { 4 << 10 } else { 512 << 10 };
+
+/// Offers `scores[i]` as the neighbour with id `first_id + i` to a heap of the best `k`.
+fn offer(heap: &mut BinaryHeap<Reverse<Neighbour>>, k: usize, scores: &[f32], first_id: u64) {
+    for (offset, &score) in scores.iter().enumerate() {
+        let candidate = Neighbour {
+            score,
+            id: first_id + offset as u64,
+        };
+        if heap.len() < k {
+            heap.push(Reverse(candidate));
+            continue;
+        }
+        let Some(Reverse(worst)) = heap.peek() else {
+            continue;
+        };
+        if candidate > *worst {
+            heap.pop();
+            heap.push(Reverse(candidate));
+        }
+    }
+}
+
+/// Exact top-`k` by inner product for a fixed set of queries, fed the base vectors batch by
+/// batch. Each query keeps a heap of its `k` best, so memory is O(queries × k) whatever the
+/// number of vectors, and the result does not depend on how the input was split.
+#[derive(Debug)]
+pub struct ExactTopK {
+    queries: Vec<f32>,
+    dim: usize,
+    k: usize,
+    /// Per query, its best `k` so far with the worst on top.
+    best: Vec<BinaryHeap<Reverse<Neighbour>>>,
+    vectors_seen: u64,
+}
+
+impl ExactTopK {
+    /// `queries` is row-major, `dim` wide.
+    pub fn new(queries: Vec<f32>, dim: usize, k: usize) -> Result<ExactTopK, GateError> {
+        if dim == 0 || !queries.len().is_multiple_of(dim) {
+            return Err(GateError::Input(format!(
+                "{} query floats do not form rows of dimension {dim}",
+                queries.len()
+            )));
+        }
+        if k == 0 {
+            return Err(GateError::Input("k must be at least 1".to_string()));
+        }
+        if let Some(position) = queries.iter().position(|value| !value.is_finite()) {
+            return Err(GateError::Input(format!(
+                "query {} has a non-finite value",
+                position / dim
+            )));
+        }
+        let query_count = queries.len() / dim;
+        Ok(ExactTopK {
+            queries,
+            dim,
+            k,
+            best: (0..query_count)
+                .map(|_| BinaryHeap::with_capacity(k + 1))
+                .collect(),
+            vectors_seen: 0,
+        })
+    }
+
+    pub fn query_count(&self) -> usize {
+        self.best.len()
+    }
+
+    pub fn vectors_seen(&self) -> u64 {
+        self.vectors_seen
+    }
+
+    /// Adds `vectors` (row-major, `dim` wide) with ids `first_id, first_id + 1, ...`.
+    pub fn add_batch(&mut self, vectors: &[f32], first_id: u64) -> Result<(), GateError> {
+        let dim = self.dim;
+        if !vectors.len().is_multiple_of(dim) {
+            return Err(GateError::Input(format!(
+                "a batch of {} floats does not form rows of dimension {dim}",
+                vectors.len()
+            )));
+        }
+        let rows = (vectors.len() / dim) as u64;
+        // A NaN would outrank every real neighbour under the total order used for ties.
+        if let Some(position) = vectors.iter().position(|value| !value.is_finite()) {
+            return Err(GateError::Input(format!(
+                "vector {} has a non-finite value",
+                first_id.saturating_add((position / dim) as u64)
+            )));
+        }
+        if first_id.checked_add(rows).is_none() {
+            return Err(GateError::Input(format!(
+                "ids from {first_id} overflow u64 for a batch of {rows} vectors"
+            )));
+        }
+        let k = self.k;
+        // Each task takes a few queries and walks the batch in cache-sized tiles, scoring its
+        // queries against one tile before the next: the batch is read from memory once per
+        // task rather than once per query.
+        let tile_rows = (TILE_BYTES / (dim * 4)).max(1);
+        let queries_per_task = self
+            .best
+            .len()
+            .div_ceil(4 * rayon::current_num_threads())
+            .max(1);
+        self.best
+            .par_chunks_mut(queries_per_task)
+            .zip(self.queries.par_chunks(queries_per_task * dim))
+            .for_each(|(heaps, queries)| {
+                let mut scores = Vec::with_capacity(tile_rows);
+                for (tile_index, tile) in vectors.chunks(tile_rows * dim).enumerate() {
+                    let tile_first_id = first_id + (tile_index * tile_rows) as u64;
+                    for (heap, query) in heaps.iter_mut().zip(queries.chunks_exact(dim)) {
+                        scores.clear();
+                        // Per pair this is exactly `dot`, whatever the batch or tile boundaries.
+                        clipedge_linalg::dot::dots_with_rows(query, tile, dim, &mut scores);
+                        offer(heap, k, &scores, tile_first_id);
+                    }
+                }
+            });
+        self.vectors_seen += rows;
+        Ok(())
+    }
+
+    /// The ids of each query's best `k` (fewer when fewer vectors were added), best first.
+    pub fn finish(self) -> Vec<Vec<u64>> {
+        self.best
+            .into_iter()
+            .map(|heap| {
+                let mut neighbours: Vec<Neighbour> = heap
+                    .into_iter()
+                    .map(|Reverse(neighbour)| neighbour)
+                    .collect();
+                neighbours.sort_by(|left, right| right.cmp(left));
+                neighbours
+                    .into_iter()
+                    .map(|neighbour| neighbour.id)
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Mean recall@k of `generation` over `queries` (row-major, the index's dimension):
+/// `|found ∩ truth| / k` per query, where `truth` holds each query's exact neighbours, best
+/// first (at least `k` of them unless the index holds fewer vectors).
+pub async fn evaluate_recall(
+    storage: &Storage,
+    generation: &str,
+    queries: &[f32],
+    truth: &[Vec<u64>],
+    k: usize,
+    nprobe: usize,
+    rerank: usize,
+) -> Result<f64, GateError> {
+    if k == 0 || nprobe == 0 {
+        return Err(GateError::Input(format!(
+            "k and nprobe must be at least 1, got k {k} and nprobe {nprobe}"
+        )));
+    }
+    let index_error = |source| GateError::Index {
+        generation: generation.to_string(),
+        source: Box::new(source),
+    };
+    let options = OpenOptions {
+        generation: Some(generation.to_string()),
+        ..OpenOptions::default()
+    };
+    let reader = IndexReader::open(storage.clone(), options)
+        .await
+        .map_err(index_error)?;
+    let dim = reader.manifest().dim as usize;
+    if queries.is_empty() || !queries.len().is_multiple_of(dim) {
+        return Err(GateError::Input(format!(
+            "{} query floats do not form rows of the index's dimension {dim}",
+            queries.len()
+        )));
+    }
+    let query_count = queries.len() / dim;
+    if truth.len() != query_count {
+        return Err(GateError::Input(format!(
+            "{} ground-truth rows for {query_count} queries",
+            truth.len()
+        )));
+    }
+    // Fewer vectors than k: the best possible answer is all of them.
+    let expected = k.min(usize::try_from(reader.manifest().count).unwrap_or(usize::MAX));
+    let params = SearchParams {
+        parallel: true,
+        ..SearchParams::new(k, nprobe, rerank)
+    };
+    let mut recall_sum = 0f64;
+    for (query, true_ids) in queries.chunks_exact(dim).zip(truth) {
+        if true_ids.len() < expected {
+            return Err(GateError::Input(format!(
+                "ground truth has {} neighbours for a query, recall@{k} needs {expected}",
+                true_ids.len()
+            )));
+        }
+        let relevant: HashSet<u64> = true_ids[..expected].iter().copied().collect();
+        let result = reader.search(query, &params).await.map_err(index_error)?;
+        let found = result
+            .hits
+            .iter()
+            .take(k)
+            .filter(|hit| relevant.contains(&hit.id))
+            .count();
+        recall_sum += found as f64 / expected.max(1) as f64;
+    }
+    let recall = recall_sum / query_count as f64;
+    info!(
+        generation,
+        queries = query_count,
+        k,
+        nprobe,
+        rerank,
+        recall,
+        "measured recall"
+    );
+    Ok(recall)
+}
+
+/// The gate's verdict on a new generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateDecision {
+    pub passed: bool,
+    pub recall_at_10: f64,
+    /// The live generation's recorded recall, if it has a gate record.
+    pub previous_recall_at_10: Option<f64>,
+    pub min_recall: f64,
+    pub max_regression: f64,
+    /// Why it passed or failed, in words.
+    pub reason: String,
+}
+
+/// Passes when `recall >= min_recall` and, if the live generation's recall is known,
+/// `recall >= previous - max_regression`. A recall that is not a number never passes.
+pub fn decide(
+    recall: f64,
+    previous: Option<f64>,
+    min_recall: f64,
+    max_regression: f64,
+) -> GateDecision {
+    let verdict = |passed: bool, reason: String| GateDecision {
+        passed,
+        recall_at_10: recall,
+        previous_recall_at_10: previous,
+        min_recall,
+        max_regression,
+        reason,
+    };
+    if !recall.is_finite() {
+        return verdict(false, format!("recall@10 is {recall}, not a measurement"));
+    }
+    if recall < min_recall {
+        return verdict(
+            false,
+            format!("recall@10 {recall:.4} is below the minimum {min_recall:.4}"),
+        );
+    }
+    let Some(previous) = previous.filter(|previous| previous.is_finite()) else {
+        return verdict(
+            true,
+            format!(
+                "recall@10 {recall:.4} meets the minimum {min_recall:.4} (no live recall to compare)"
+            ),
+        );
+    };
+    let floor = previous - max_regression;
+    if recall < floor {
+        return verdict(
+            false,
+            format!(
+                "recall@10 {recall:.4} regresses more than {max_regression:.4} from the live generation's {previous:.4}"
+            ),
+        );
+    }
+    verdict(
+        true,
+        format!(
+            "recall@10 {recall:.4} meets the minimum {min_recall:.4} and is within {max_regression:.4} of the live generation's {previous:.4}"
+        ),
+    )
+}
+
+/// `generations/<name>/gate.json`: the gate's decision and how recall was measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateRecord {
+    pub generation: String,
+    /// Queries recall was measured on.
+    pub queries: u64,
+    pub nprobe: u32,
+    pub rerank: u32,
+    pub measured_unix_ms: u64,
+    #[serde(flatten)]
+    pub decision: GateDecision,
+}
+
+/// Stores `record` as its generation's `gate.json` (create-only: a generation is gated once).
+pub async fn write_gate_record(storage: &Storage, record: &GateRecord) -> Result<(), GateError> {
+    clipedge_format::validate_generation_name(&record.generation).map_err(|source| {
+        GateError::Input(format!(
+            "invalid generation name {:?}: {source}",
+            record.generation
+        ))
+    })?;
+    let object = generation_path(&record.generation, GATE_FILE);
+    let mut bytes = serde_json::to_vec_pretty(record).map_err(|source| GateError::Record {
+        object: object.clone(),
+        source,
+    })?;
+    bytes.push(b'\n');
+    storage.put_new(&object, Bytes::from(bytes)).await?;
+    Ok(())
+}
+
+/// The gate record of `generation`, or `None` if it has none (built before the gate existed,
+/// or by `clipedge build`).
+pub async fn read_gate_record(
+    storage: &Storage,
+    generation: &str,
+) -> Result<Option<GateRecord>, GateError> {
+    clipedge_format::validate_generation_name(generation).map_err(|source| {
+        GateError::Input(format!("invalid generation name {generation:?}: {source}"))
+    })?;
+    let object = generation_path(generation, GATE_FILE);
+    let Some(versioned) = storage.get_if_exists(&object).await? else {
+        return Ok(None);
+    };
+    let record = serde_json::from_slice(&versioned.bytes)
+        .map_err(|source| GateError::Record { object, source })?;
+    Ok(Some(record))
+}
+
+/// The recall recorded for the generation `CURRENT` names: what a new generation is compared
+/// against, so read it before publishing. `None` when nothing is published or the live
+/// generation has no gate record.
+pub async fn live_recall(storage: &Storage) -> Result<Option<f64>, GateError> {
+    let Some(current) = crate::lifecycle::current_generation(storage).await? else {
+        return Ok(None);
+    };
+    let record = read_gate_record(storage, &current).await?;
+    Ok(record.map(|record| record.decision.recall_at_10))
+}
+
+/// How a generation is gated.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// Neighbours compared per query (10: the gate's figure is recall@10).
+    pub k: usize,
+    /// Search parameters the generation will be served with.
+    pub nprobe: usize,
+    pub rerank: usize,
+    pub min_recall: f64,
+    pub max_regression: f64,
+}
+
+impl GateConfig {
+    pub fn new(nprobe: usize, rerank: usize, min_recall: f64, max_regression: f64) -> Self {
+        GateConfig {
+            k: 10,
+            nprobe,
+            rerank,
+            min_recall,
+            max_regression,
+        }
+    }
+}
+
+/// The whole gate for an unpublished `generation`: measures its recall, compares it with the
+/// live generation's recorded recall, and stores the outcome as the generation's `gate.json`
+/// whether it passed or not (a failed generation is kept for inspection). Publishing, or not,
+/// is the caller's move.
+pub async fn gate_generation(
+    storage: &Storage,
+    generation: &str,
+    queries: &[f32],
+    truth: &[Vec<u64>],
+    config: &GateConfig,
+    now_unix_ms: u64,
+) -> Result<GateRecord, GateError> {
+    let recall = evaluate_recall(
+        storage,
+        generation,
+        queries,
+        truth,
+        config.k,
+        config.nprobe,
+        config.rerank,
+    )
+    .await?;
+    // A generation is never its own baseline (a gate run again after publishing).
+    let live = crate::lifecycle::current_generation(storage).await?;
+    let previous = match live {
+        Some(live) if live != generation => read_gate_record(storage, &live)
+            .await?
+            .map(|record| record.decision.recall_at_10),
+        _ => None,
+    };
+    let decision = decide(recall, previous, config.min_recall, config.max_regression);
+    let record = GateRecord {
+        generation: generation.to_string(),
+        queries: truth.len() as u64,
+        nprobe: u32::try_from(config.nprobe).unwrap_or(u32::MAX),
+        rerank: u32::try_from(config.rerank).unwrap_or(u32::MAX),
+        measured_unix_ms: now_unix_ms,
+        decision,
+    };
+    write_gate_record(storage, &record).await?;
+    info!(
+        generation,
+        passed = record.decision.passed,
+        recall = record.decision.recall_at_10,
+        previous = ?record.decision.previous_recall_at_10,
+        reason = %record.decision.reason,
+        "recall gate"
+    );
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use clipedge_datagen::{ClipLikeConfig, ClipLikeGenerator, QueryKind};
+
+    use super::*;
+    use crate::test_support::*;
+
+    /// Every score, sorted best first (ties to the lower id), cut at `k`.
+    fn brute_force(
+        base: &[f32],
+        queries: &[f32],
+        dim: usize,
+        k: usize,
+        first_id: u64,
+    ) -> Vec<Vec<u64>> {
+        queries
+            .chunks_exact(dim)
+            .map(|query| {
+                let mut scored: Vec<Neighbour> = base
+                    .chunks_exact(dim)
+                    .enumerate()
+                    .map(|(row, vector)| Neighbour {
+                        score: clipedge_linalg::dot::dot(query, vector),
+                        id: first_id + row as u64,
+                    })
+                    .collect();
+                scored.sort_by(|left, right| right.cmp(left));
+                scored
+                    .into_iter()
+                    .take(k)
+                    .map(|neighbour| neighbour.id)
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn streamed(
+        base: &[f32],
+        queries: &[f32],
+        dim: usize,
+        k: usize,
+        first_id: u64,
+        batch_rows: &[usize],
+    ) -> Vec<Vec<u64>> {
+        let mut top = ExactTopK::new(queries.to_vec(), dim, k).unwrap();
+        let mut row = 0usize;
+        for &rows in batch_rows {
+            top.add_batch(&base[row * dim..(row + rows) * dim], first_id + row as u64)
+                .unwrap();
+            row += rows;
+        }
+        assert_eq!(row * dim, base.len(), "the batches cover the base");
+        assert_eq!(top.vectors_seen(), row as u64);
+        top.finish()
+    }
+
+    #[test]
+    fn exact_top_k_equals_brute_force_however_the_input_is_batched() {
+        let (mut base, queries) = dataset(500, 7, 11);
+        // Exact duplicates tie: the lower id must win wherever the batches split.
+        base.copy_within(0..50 * DIM, 450 * DIM);
+        let expected = brute_force(&base, &queries, DIM, 10, 1_000);
+        assert_eq!(expected.len(), 7);
+        for batches in [
+            vec![500],
+            vec![1, 499],
+            vec![137, 0, 200, 163],
+            vec![1; 500],
+            vec![449, 2, 49],
+        ] {
+            assert_eq!(
+                streamed(&base, &queries, DIM, 10, 1_000, &batches),
+                expected,
+                "batches {:?}",
+                &batches[..batches.len().min(5)]
+            );
+        }
+        let ties_seen = expected
+            .iter()
+            .flatten()
+            .any(|id| (1_000..1_050).contains(id));
+        assert!(
+            ties_seen,
+            "the test wants a duplicated vector among the answers"
+        );
+        for ids in &expected {
+            for (rank, id) in ids.iter().enumerate() {
+                if (1_450..1_500).contains(id) {
+                    let twin = id - 450;
+                    assert!(
+                        ids[..rank].contains(&twin),
+                        "duplicate {id} ranks only after its lower-id twin {twin}: {ids:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exact_top_k_with_fewer_vectors_than_k_returns_them_all() {
+        let (base, queries) = dataset(4, 2, 12);
+        let expected = brute_force(&base, &queries, DIM, 10, 0);
+        assert_eq!(expected[0].len(), 4);
+        assert_eq!(streamed(&base, &queries, DIM, 10, 0, &[3, 1]), expected);
+    }
+
+    #[test]
+    fn exact_top_k_refuses_bad_shapes() {
+        assert!(ExactTopK::new(vec![0.0; 10], 3, 1).is_err());
+        assert!(ExactTopK::new(vec![0.0; 9], 3, 0).is_err());
+        assert!(ExactTopK::new(vec![0.0, f32::NAN, 0.0], 3, 1).is_err());
+        let mut top = ExactTopK::new(vec![0.0; 9], 3, 2).unwrap();
+        assert_eq!(top.query_count(), 3);
+        assert!(top.add_batch(&[1.0; 4], 0).is_err());
+        assert!(top.add_batch(&[1.0; 6], u64::MAX).is_err());
+        let with_nan = top.add_batch(&[1.0, 1.0, 1.0, 1.0, f32::NAN, 1.0], 40);
+        let message = with_nan.expect_err("NaN refused").to_string();
+        assert!(message.contains("vector 41"), "{message}");
+        assert!(top.add_batch(&[1.0; 6], 0).is_ok());
+    }
+
+    #[test]
+    fn decide_applies_the_minimum_and_the_regression_limit() {
+        // (recall, previous, passes)
+        let table = [
+            (0.97, None, true),
+            (0.94, None, false),
+            (0.95, None, true),
+            (0.97, Some(0.975), true),
+            (0.97, Some(0.985), false),
+            (0.96, Some(0.97), true),
+            (0.94, Some(0.90), false),
+            (0.99, Some(f64::NAN), true),
+            (f64::NAN, None, false),
+        ];
+        for (recall, previous, passes) in table {
+            let decision = decide(recall, previous, 0.95, 0.01);
+            assert_eq!(
+                decision.passed, passes,
+                "recall {recall}, previous {previous:?}: {}",
+                decision.reason
+            );
+            assert_eq!(decision.min_recall, 0.95);
+            assert_eq!(decision.max_regression, 0.01);
+            assert!(!decision.reason.is_empty());
+        }
+        let regressed = decide(0.96, Some(0.98), 0.95, 0.01);
+        assert!(
+            regressed.reason.contains("regresses"),
+            "{}",
+            regressed.reason
+        );
+        assert_eq!(regressed.previous_recall_at_10, Some(0.98));
+        let too_low = decide(0.90, None, 0.95, 0.01);
+        assert!(
+            too_low.reason.contains("below the minimum"),
+            "{}",
+            too_low.reason
+        );
+    }
+
+    #[test]
+    #[ignore = "throughput measurement, run by hand"]
+    fn exact_top_k_throughput() {
+        let dim = 512;
+        let generator = ClipLikeGenerator::new(ClipLikeConfig::new(dim, 1));
+        let base = generator.base(50_000);
+        let queries = generator.queries(1_000, QueryKind::InDistribution);
+        let mut top = ExactTopK::new(queries, dim, 10).unwrap();
+        let started = std::time::Instant::now();
+        for (batch, rows) in base.chunks(10_000 * dim).enumerate() {
+            top.add_batch(rows, (batch * 10_000) as u64).unwrap();
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!(
+            "50k x 1000 queries x 512: {seconds:.2} s, {:.0} vectors/s, {:.1} GFLOP/s",
+            50_000.0 / seconds,
+            2.0 * 50_000.0 * 1_000.0 * 512.0 / seconds / 1e9
+        );
+    }
+
+    #[tokio::test]
+    async fn recall_of_a_built_generation_rises_with_nprobe() {
+        let (_dir, storage) = temp_storage();
+        let (base, queries) = dataset(3_000, 30, 13);
+        let generation = build_generation(&storage, &base).await;
+        let mut top = ExactTopK::new(queries.clone(), DIM, 10).unwrap();
+        for (batch, rows) in base.chunks(700 * DIM).enumerate() {
+            top.add_batch(rows, (batch * 700) as u64).unwrap();
+        }
+        let truth = top.finish();
+
+        let exhaustive = evaluate_recall(&storage, &generation, &queries, &truth, 10, NLIST, 50)
+            .await
+            .unwrap();
+        let one_list = evaluate_recall(&storage, &generation, &queries, &truth, 10, 1, 50)
+            .await
+            .unwrap();
+        assert!(
+            exhaustive >= 0.95,
+            "all lists and a deep rerank: {exhaustive}"
+        );
+        assert!(
+            one_list < exhaustive - 0.1,
+            "one list {one_list}, all {exhaustive}"
+        );
+
+        let wrong_truth =
+            evaluate_recall(&storage, &generation, &queries, &truth[1..], 10, 1, 1).await;
+        assert!(
+            matches!(wrong_truth, Err(GateError::Input(_))),
+            "{wrong_truth:?}"
+        );
+        let missing = evaluate_recall(
+            &storage,
+            "1000000000000-00000000",
+            &queries,
+            &truth,
+            10,
+            1,
+            1,
+        )
+        .await;
+        let message = missing.expect_err("no such generation").to_string();
+        assert!(message.contains("1000000000000-00000000"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_generation_that_regresses_from_the_live_one_fails_and_stays_unpublished() {
+        let (_dir, storage) = temp_storage();
+        let (base, queries) = dataset(3_000, 20, 15);
+        let live = build_generation(&storage, &base).await;
+        let mut top = ExactTopK::new(queries.clone(), DIM, 10).unwrap();
+        top.add_batch(&base, 0).unwrap();
+        let truth = top.finish();
+        let serving = GateConfig::new(NLIST, 50, 0.9, 0.02);
+        let first = gate_generation(&storage, &live, &queries, &truth, &serving, now_unix_ms())
+            .await
+            .unwrap();
+        assert!(first.decision.passed, "{}", first.decision.reason);
+        assert_eq!(
+            first.decision.previous_recall_at_10, None,
+            "never its own baseline"
+        );
+
+        // The next build, written but not published, is gated with one list only.
+        let vectors = crate::VectorSet::new(&base, DIM);
+        let trained = crate::train(&vectors, &quick_config(), &crate::NoProgress).unwrap();
+        let (manifest, _assign, _encode) = crate::write_generation(
+            &storage,
+            &vectors,
+            &trained,
+            &quick_config(),
+            &crate::NoProgress,
+        )
+        .await
+        .unwrap();
+        let narrow = GateConfig {
+            min_recall: 0.0,
+            ..GateConfig::new(1, 50, 0.9, 0.02)
+        };
+        let second = gate_generation(
+            &storage,
+            &manifest.generation,
+            &queries,
+            &truth,
+            &narrow,
+            now_unix_ms(),
+        )
+        .await
+        .unwrap();
+        assert!(!second.decision.passed, "{}", second.decision.reason);
+        assert_eq!(
+            second.decision.previous_recall_at_10,
+            Some(first.decision.recall_at_10)
+        );
+        assert!(second.decision.reason.contains("regresses"));
+        assert_eq!(
+            read_gate_record(&storage, &manifest.generation)
+                .await
+                .unwrap(),
+            Some(second)
+        );
+        assert_eq!(
+            crate::current_generation(&storage).await.unwrap(),
+            Some(live),
+            "the gate never moves CURRENT"
+        );
+    }
+
+    #[tokio::test]
+    async fn gate_records_are_written_once_and_the_live_one_is_the_baseline() {
+        let (_dir, storage) = temp_storage();
+        assert_eq!(
+            live_recall(&storage).await.unwrap(),
+            None,
+            "nothing published"
+        );
+        let (base, _queries) = dataset(1_000, 1, 14);
+        let generation = build_generation(&storage, &base).await;
+        assert_eq!(live_recall(&storage).await.unwrap(), None, "no record yet");
+        assert_eq!(read_gate_record(&storage, &generation).await.unwrap(), None);
+
+        let record = GateRecord {
+            generation: generation.clone(),
+            queries: 100,
+            nprobe: 8,
+            rerank: 10,
+            measured_unix_ms: now_unix_ms(),
+            decision: decide(0.97, None, 0.95, 0.01),
+        };
+        write_gate_record(&storage, &record).await.unwrap();
+        assert_eq!(
+            read_gate_record(&storage, &generation).await.unwrap(),
+            Some(record.clone())
+        );
+        let stored = storage
+            .get(&generation_path(&generation, GATE_FILE))
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(
+            json["recall_at_10"],
+            serde_json::json!(0.97),
+            "flat JSON: {json}"
+        );
+        assert_eq!(json["passed"], serde_json::json!(true));
+        let again = write_gate_record(&storage, &record).await;
+        assert!(
+            matches!(
+                again,
+                Err(GateError::Storage(StorageError::AlreadyExists { .. }))
+            ),
+            "{again:?}"
+        );
+        assert_eq!(live_recall(&storage).await.unwrap(), Some(0.97));
+    }
+}
