@@ -2,9 +2,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clipedge_format::{
-    code_bytes, encode_codebooks, generation_path, BuildInfo, CatalogBuilder, Codebooks,
-    CurrentPointer, FileRef, GroupBlob, GroupEntry, ItemRecord, ListBlobBuilder, ListLocation,
-    Manifest, Metric, ModelInfo, PqParams, RerankData, RerankKind, RoutingTable, ShardRef,
+    code_bytes, encode_codebooks, generation_path, BuildInfo, CatalogBuilder, CatalogRef,
+    Codebooks, CurrentPointer, FileRef, GroupBlob, GroupEntry, ItemRecord, ListBlobBuilder,
+    ListLocation, Manifest, ModelInfo, PqParams, RerankData, RerankKind, RoutingTable, ShardRef,
     CURRENT_OBJECT, FORMAT_VERSION,
 };
 use clipedge_linalg::fastscan::pack_block_codes;
@@ -16,6 +16,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tracing::info;
 
+use crate::device::{Device, DeviceError, Metric};
 use crate::Progress;
 
 /// Independent, reproducible seeds for each seeded stage of one build.
@@ -24,7 +25,7 @@ fn derive_seed(seed: u64, stage: u64) -> u64 {
 }
 
 /// List blobs start at multiples of this inside a shard, so columns stay aligned in memory.
-const LIST_ALIGN: u64 = 64;
+pub(crate) const LIST_ALIGN: u64 = 64;
 /// Routing stays flat (one group per list) up to this many lists.
 const FLAT_ROUTING_MAX_LISTS: usize = 4096;
 /// Average lists per group when routing is two-level.
@@ -42,6 +43,16 @@ pub enum BuildError {
     Storage(#[from] StorageError),
     #[error("corrupt CURRENT pointer: {0}")]
     Pointer(#[from] clipedge_format::FormatError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("reading vectors: {0}")]
+    Source(String),
+    #[error("spill file {path}: {source}")]
+    Spill {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -170,7 +181,7 @@ impl TrainedIndex {
     }
 }
 
-fn validate(vectors: &VectorSet<'_>, config: &BuildConfig) -> Result<(), BuildError> {
+pub(crate) fn validate(vectors: &VectorSet<'_>, config: &BuildConfig) -> Result<(), BuildError> {
     let n = vectors.len();
     let dim = vectors.dim;
     if dim == 0 || !vectors.data.len().is_multiple_of(dim) {
@@ -250,8 +261,19 @@ fn validate(vectors: &VectorSet<'_>, config: &BuildConfig) -> Result<(), BuildEr
     Ok(())
 }
 
-/// Coarse quantizer, routing groups and PQ codebooks from a seeded sample.
+/// Coarse quantizer, routing groups and PQ codebooks from a seeded sample, on the CPU.
 pub fn train(
+    vectors: &VectorSet<'_>,
+    config: &BuildConfig,
+    progress: &dyn Progress,
+) -> Result<TrainedIndex, BuildError> {
+    train_on(&Device::cpu(), vectors, config, progress)
+}
+
+/// [`train`] with the coarse k-means assignments and the PQ sample's list assignment on
+/// `device` (the CPU device gives exactly [`train`]'s result).
+pub fn train_on(
+    device: &Device,
     vectors: &VectorSet<'_>,
     config: &BuildConfig,
     progress: &dyn Progress,
@@ -269,7 +291,8 @@ pub fn train(
     };
 
     progress.stage("train coarse k-means", u64::from(config.kmeans_iterations));
-    let coarse = KMeans::train(
+    let coarse = crate::device::train_kmeans(
+        device,
         &sample,
         dim,
         &KMeansConfig {
@@ -337,8 +360,9 @@ pub fn train(
     let pq_sample_rows = (256usize * (1 << config.pq_bits)).min(sample.len() / dim);
     let mut pq_rng = clipedge_linalg::kmeans::seeded_rng(derive_seed(config.seed, 4));
     let pq_sample = sample_rows(&sample, dim, pq_sample_rows, &mut pq_rng);
-    let labels =
-        clipedge_linalg::gemm::best_inner_product_centroids(&pq_sample, dim, &fine_centroids);
+    let fine_on_device = device.centroids(fine_centroids.clone(), dim, Metric::InnerProduct)?;
+    let (labels, _) = device.search(&fine_on_device, &pq_sample)?;
+    drop(fine_on_device);
     let mut residuals = pq_sample;
     for (row, label) in residuals.chunks_exact_mut(dim).zip(&labels) {
         let centroid = &fine_centroids[*label as usize * dim..(*label as usize + 1) * dim];
@@ -397,7 +421,7 @@ fn file_ref(path: &str, bytes: &[u8]) -> FileRef {
     }
 }
 
-fn list_blob_len(count: usize, dim: usize, config: &BuildConfig) -> u64 {
+pub(crate) fn list_blob_len(count: usize, dim: usize, config: &BuildConfig) -> u64 {
     let codes = code_bytes(count, config.pq_m, config.pq_bits);
     (32 + 24 * count + codes.next_multiple_of(8) + config.rerank.bytes_per_vector(dim) * count)
         as u64
@@ -447,11 +471,6 @@ fn encode_list(
             RerankKind::None => {}
         }
     }
-    let stored_codes = if config.pq_bits == 4 {
-        pack_block_codes(&codes, m)
-    } else {
-        codes
-    };
     let rerank_data = match config.rerank {
         RerankKind::Fp16 => RerankData::Fp16(fp16),
         RerankKind::Int8 => RerankData::Int8 {
@@ -460,22 +479,54 @@ fn encode_list(
         },
         RerankKind::None => RerankData::None,
     };
+    let columns = ListColumns {
+        ids: &ids,
+        content_hashes: &hashes,
+        metadata_refs: &metas,
+        codes,
+        rerank: &rerank_data,
+    };
+    assemble_list_blob(list_id, dim, config, columns)
+}
+
+/// The columns of one list, rows in input order; `codes` one byte per sub-quantizer.
+pub(crate) struct ListColumns<'a> {
+    pub ids: &'a [u64],
+    pub content_hashes: &'a [u64],
+    pub metadata_refs: &'a [u64],
+    pub codes: Vec<u8>,
+    pub rerank: &'a RerankData,
+}
+
+/// One list blob (docs/format.md), the same bytes whichever path computed its columns.
+pub(crate) fn assemble_list_blob(
+    list_id: u32,
+    dim: usize,
+    config: &BuildConfig,
+    columns: ListColumns<'_>,
+) -> Vec<u8> {
+    let m = config.pq_m;
+    let stored_codes = if config.pq_bits == 4 {
+        pack_block_codes(&columns.codes, m)
+    } else {
+        columns.codes
+    };
     ListBlobBuilder {
         list_id,
         dim,
         m,
         bits: config.pq_bits,
-        ids: &ids,
-        content_hashes: &hashes,
-        metadata_refs: &metas,
+        ids: columns.ids,
+        content_hashes: columns.content_hashes,
+        metadata_refs: columns.metadata_refs,
         codes: &stored_codes,
-        rerank: &rerank_data,
+        rerank: columns.rerank,
     }
     .encode()
 }
 
 /// A sortable, unique generation name: creation time then a per-process nonce.
-fn new_generation_name(now_ms: u64) -> String {
+pub(crate) fn new_generation_name(now_ms: u64) -> String {
     let nonce_input = format!("{}-{}-{:?}", std::process::id(), now_ms, SystemTime::now());
     let nonce = xxhash_rust::xxh3::xxh3_64(nonce_input.as_bytes()) as u32;
     format!("{now_ms:013}-{nonce:08x}")
@@ -610,6 +661,37 @@ pub async fn write_generation(
         None => None,
     };
 
+    let manifest = finish_generation(
+        storage,
+        &generation,
+        now_ms,
+        trained,
+        config,
+        n as u64,
+        &locations,
+        shards,
+        catalog,
+    )
+    .await?;
+    Ok((manifest, assign_seconds, encode_seconds))
+}
+
+/// Writes the group blobs, routing table, codebooks and, last, the manifest of a generation
+/// whose shards are written: from then on it is complete (not yet published).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn finish_generation(
+    storage: &Storage,
+    generation: &str,
+    now_ms: u64,
+    trained: &TrainedIndex,
+    config: &BuildConfig,
+    count: u64,
+    locations: &[ListLocation],
+    shards: Vec<ShardRef>,
+    catalog: Option<CatalogRef>,
+) -> Result<Manifest, BuildError> {
+    let dim = trained.dim;
+    let nlist = trained.nlist();
     let ngroups = trained.ngroups();
     let mut groups_file = Vec::new();
     let mut group_entries = Vec::with_capacity(ngroups);
@@ -654,12 +736,12 @@ pub async fn write_generation(
     });
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
-        generation: generation.clone(),
+        generation: generation.to_string(),
         created_unix_ms: now_ms,
         model: config.model.clone(),
         dim: dim as u32,
-        metric: Metric::InnerProduct,
-        count: n as u64,
+        metric: clipedge_format::Metric::InnerProduct,
+        count,
         nlist: nlist as u32,
         ngroups: ngroups as u32,
         pq: PqParams {
@@ -687,17 +769,17 @@ pub async fn write_generation(
         ("codebooks.bin", codebooks_file),
     ] {
         storage
-            .put_new(&generation_path(&generation, name), Bytes::from(bytes))
+            .put_new(&generation_path(generation, name), Bytes::from(bytes))
             .await?;
     }
     // The manifest goes last: a generation without one is an unfinished build, never read.
     storage
         .put_new(
-            &generation_path(&generation, "manifest.json"),
+            &generation_path(generation, "manifest.json"),
             Bytes::from(manifest.to_json()),
         )
         .await?;
-    Ok((manifest, assign_seconds, encode_seconds))
+    Ok(manifest)
 }
 
 /// Moves `CURRENT` to `generation` if nobody moved it since it was read.

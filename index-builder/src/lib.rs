@@ -15,12 +15,14 @@ mod build;
 pub mod device;
 mod gate;
 mod lifecycle;
+mod pipeline;
 mod progress;
+mod source;
 #[cfg(test)]
 mod test_support;
 
 pub use build::{
-    build_index, content_hash, publish, train, write_generation, BuildConfig, BuildError,
+    build_index, content_hash, publish, train, train_on, write_generation, BuildConfig, BuildError,
     BuildReport, TrainedIndex, VectorSet,
 };
 pub use gate::{
@@ -31,4 +33,6 @@ pub use lifecycle::{
     current_generation, gc, list_generations, rollback, GcOptions, GcReport, GenerationInfo,
     KeepReason, LifecycleError, RollbackReport,
 };
+pub use pipeline::{write_generation_streamed, StreamOptions, WriteSeconds};
 pub use progress::{NoProgress, Progress};
+pub use source::EmbeddingSource;

@@ -252,7 +252,139 @@ pub fn read_npy(path: &Path) -> Result<Matrix<f32>, VectorIoError> {
     parse_npy(&bytes, path)
 }
 
-fn parse_npy(bytes: &[u8], path: &Path) -> Result<Matrix<f32>, VectorIoError> {
+/// Element type of an `.npy` file this crate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NpyDtype {
+    /// `<f2`: what clip-retrieval writes its embeddings as.
+    F16,
+    F32,
+    F64,
+}
+
+impl NpyDtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            NpyDtype::F16 => 2,
+            NpyDtype::F32 => 4,
+            NpyDtype::F64 => 8,
+        }
+    }
+
+    /// Decodes `bytes` (a whole number of little-endian values) into `out`.
+    pub fn decode_into(self, bytes: &[u8], out: &mut Vec<f32>) {
+        match self {
+            NpyDtype::F16 => out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|value| half::f16::from_le_bytes([value[0], value[1]]).to_f32()),
+            ),
+            NpyDtype::F32 => out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|value| f32::from_le_bytes([value[0], value[1], value[2], value[3]])),
+            ),
+            NpyDtype::F64 => out.extend(bytes.chunks_exact(8).map(|value| {
+                let mut value_bytes = [0u8; 8];
+                value_bytes.copy_from_slice(value);
+                f64::from_le_bytes(value_bytes) as f32
+            })),
+        }
+    }
+}
+
+/// Where the rows of a 2-D `.npy` file are, read from its header alone (for streaming).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyLayout {
+    pub rows: u64,
+    pub dim: usize,
+    pub dtype: NpyDtype,
+    /// Byte offset of the first row.
+    pub data_offset: u64,
+}
+
+/// Reads and checks the header of a 2-D, C-order `.npy` of `<f2`, `<f4` or `<f8` without
+/// reading its data; a file shorter than its shape declares is refused (truncated copy).
+pub fn read_npy_layout(path: &Path) -> Result<NpyLayout, VectorIoError> {
+    use std::io::Read;
+    const FORMAT: &str = "npy";
+    let mut file = std::fs::File::open(path).map_err(|source| io_error("open", path, source))?;
+    let file_bytes = file
+        .metadata()
+        .map_err(|source| io_error("stat", path, source))?
+        .len();
+    let mut head = Vec::new();
+    Read::by_ref(&mut file)
+        .take(1 << 16)
+        .read_to_end(&mut head)
+        .map_err(|source| io_error("read", path, source))?;
+    let (header, data_start) = npy_header(&head, path)?;
+    let dtype = match header.descr.as_str() {
+        "<f2" => NpyDtype::F16,
+        "<f4" => NpyDtype::F32,
+        "<f8" => NpyDtype::F64,
+        other => {
+            return Err(malformed(
+                FORMAT,
+                path,
+                format!("unsupported dtype '{other}', expected '<f2', '<f4' or '<f8'"),
+            ))
+        }
+    };
+    let (rows, dim) = npy_shape(&header, path)?;
+    let expected = rows
+        .checked_mul(dim)
+        .and_then(|count| count.checked_mul(dtype.bytes() as u64));
+    let found = file_bytes.saturating_sub(data_start as u64);
+    if expected != Some(found) {
+        return Err(malformed(
+            FORMAT,
+            path,
+            format!(
+                "shape ({rows}, {dim}) of {} needs {} data bytes, found {found}",
+                header.descr,
+                expected.map_or_else(|| "too many".to_string(), |count| count.to_string()),
+            ),
+        ));
+    }
+    Ok(NpyLayout {
+        rows,
+        dim: dim as usize,
+        dtype,
+        data_offset: data_start as u64,
+    })
+}
+
+fn npy_shape(header: &NpyHeader, path: &Path) -> Result<(u64, u64), VectorIoError> {
+    const FORMAT: &str = "npy";
+    if header.fortran_order {
+        return Err(malformed(
+            FORMAT,
+            path,
+            "fortran-order arrays are not supported, save a C-order array (np.ascontiguousarray)",
+        ));
+    }
+    let [rows, dim] = header.shape[..] else {
+        return Err(malformed(
+            FORMAT,
+            path,
+            format!(
+                "expected a 2-d array, found shape {}",
+                format_shape(&header.shape)
+            ),
+        ));
+    };
+    if dim == 0 || dim > MAX_DIM as u64 {
+        return Err(malformed(
+            FORMAT,
+            path,
+            format!("dimension {dim} is not between 1 and {MAX_DIM}"),
+        ));
+    }
+    Ok((rows, dim))
+}
+
+/// The parsed header dictionary and the offset of the data.
+fn npy_header(bytes: &[u8], path: &Path) -> Result<(NpyHeader, usize), VectorIoError> {
     const FORMAT: &str = "npy";
     if bytes.is_empty() {
         return Err(malformed(FORMAT, path, "file is empty"));
@@ -294,7 +426,12 @@ fn parse_npy(bytes: &[u8], path: &Path) -> Result<Matrix<f32>, VectorIoError> {
         .map_err(|_| malformed(FORMAT, path, "header is not valid utf-8"))?;
     let header = NpyHeader::parse(header_text)
         .map_err(|problem| malformed(FORMAT, path, format!("invalid header: {problem}")))?;
+    Ok((header, data_start))
+}
 
+fn parse_npy(bytes: &[u8], path: &Path) -> Result<Matrix<f32>, VectorIoError> {
+    const FORMAT: &str = "npy";
+    let (header, data_start) = npy_header(bytes, path)?;
     let item_bytes = match header.descr.as_str() {
         "<f4" => 4,
         "<f8" => 8,
@@ -306,30 +443,7 @@ fn parse_npy(bytes: &[u8], path: &Path) -> Result<Matrix<f32>, VectorIoError> {
             ))
         }
     };
-    if header.fortran_order {
-        return Err(malformed(
-            FORMAT,
-            path,
-            "fortran-order arrays are not supported, save a C-order array (np.ascontiguousarray)",
-        ));
-    }
-    let [rows, dim] = header.shape[..] else {
-        return Err(malformed(
-            FORMAT,
-            path,
-            format!(
-                "expected a 2-d array, found shape {}",
-                format_shape(&header.shape)
-            ),
-        ));
-    };
-    if dim == 0 || dim > MAX_DIM as u64 {
-        return Err(malformed(
-            FORMAT,
-            path,
-            format!("dimension {dim} is not between 1 and {MAX_DIM}"),
-        ));
-    }
+    let (rows, dim) = npy_shape(&header, path)?;
     let data_bytes = &bytes[data_start..];
     let expected_bytes = rows
         .checked_mul(dim)
