@@ -35,4 +35,18 @@ pub use lifecycle::{
 };
 pub use pipeline::{write_generation_streamed, StreamOptions, WriteSeconds};
 pub use progress::{NoProgress, Progress};
+
+/// The gate searches with the API's defaults (`clipedge_api::DEFAULT_NPROBE`, `DEFAULT_RERANK`):
+/// a generation is judged as it will be served.
+pub const GATE_DEFAULT_NPROBE: usize = 16;
+pub const GATE_DEFAULT_RERANK: usize = 10;
 pub use source::EmbeddingSource;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_gate_searches_with_the_api_defaults() {
+        assert_eq!(super::GATE_DEFAULT_NPROBE, clipedge_api::DEFAULT_NPROBE);
+        assert_eq!(super::GATE_DEFAULT_RERANK, clipedge_api::DEFAULT_RERANK);
+    }
+}

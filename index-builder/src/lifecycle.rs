@@ -184,7 +184,8 @@ pub async fn current_generation(storage: &Storage) -> Result<Option<String>, Lif
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {
-    /// Complete generations to keep, newest first (`CURRENT` is kept in any case).
+    /// Servable generations to keep, newest first: complete and not refused by their recall
+    /// gate (`CURRENT` is kept in any case).
     pub keep: usize,
     /// Nothing written more recently than this is deleted: queries pin a generation while
     /// they run, and a build in progress writes for a long time before its manifest exists.
@@ -237,13 +238,21 @@ pub async fn gc(storage: &Storage, options: &GcOptions) -> Result<GcReport, Life
     let current = current_generation(storage).await?;
     let generations = list_generations(storage).await?;
     let grace_ms = u64::try_from(options.grace.as_millis()).unwrap_or(u64::MAX);
-    let newest_complete: HashSet<&str> = generations
-        .iter()
-        .rev()
-        .filter(|info| info.complete)
-        .take(options.keep)
-        .map(|info| info.name.as_str())
-        .collect();
+    // `keep` counts servable generations: one that failed its recall gate is no rollback
+    // target, so it must not push a good one out (it stays for inspection within the grace).
+    let mut newest_complete: HashSet<&str> = HashSet::new();
+    for info in generations.iter().rev().filter(|info| info.complete) {
+        if newest_complete.len() >= options.keep {
+            break;
+        }
+        let failed_gate = matches!(
+            crate::gate::read_gate_record(storage, &info.name).await,
+            Ok(Some(record)) if !record.decision.passed
+        );
+        if !failed_gate {
+            newest_complete.insert(info.name.as_str());
+        }
+    }
 
     let mut report = GcReport {
         dry_run: options.dry_run,

@@ -3,6 +3,9 @@
 //! Every command prints one JSON object as its last stdout line; logs and progress go to stderr.
 
 mod device_check;
+mod ops;
+mod progress;
+mod run;
 
 use std::process::ExitCode;
 
@@ -21,6 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The nightly job: ingest, train, assign/encode, write, recall gate, publish, GC.
+    Run(Box<run::RunArgs>),
+    /// Delete old generations (never CURRENT's, never one inside the grace period).
+    Gc(ops::GcArgs),
+    /// Point CURRENT back to an earlier generation.
+    Rollback(ops::RollbackArgs),
     /// Compare the GPU build kernels with the CPU reference and measure GPU throughput.
     DeviceCheck(device_check::DeviceCheckArgs),
 }
@@ -35,6 +44,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Run(args) => run::run(*args).map(ExitCode::from),
+        Command::Gc(args) => ops::run_gc(args).map(|()| ExitCode::SUCCESS),
+        Command::Rollback(args) => ops::run_rollback(args).map(|()| ExitCode::SUCCESS),
         Command::DeviceCheck(args) => device_check::run(args).map(|passed| {
             if passed {
                 ExitCode::SUCCESS

@@ -1,0 +1,287 @@
+//! The nightly job end to end, as its binary: a clip-retrieval folder in, a published and
+//! gated generation out; a failed gate, bad input and a killed run leave CURRENT serving.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use clipedge_datagen::{ClipLikeConfig, ClipLikeGenerator, QueryKind};
+use serde_json::Value;
+
+const DIM: usize = 32;
+
+fn builder() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clipedge-index-builder"));
+    command.env("CLIPEDGE_LOG", "warn");
+    command
+}
+
+fn write_f16_npy(path: &Path, data: &[f32], dim: usize) {
+    let rows = data.len() / dim;
+    let dict = format!("{{'descr': '<f2', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
+    let mut header = dict.into_bytes();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(b' ');
+    }
+    header.push(b'\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    for value in data {
+        bytes.extend_from_slice(&half::f16::from_f32(*value).to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A clip-retrieval output folder: image embeddings in `files` shards, text embeddings beside.
+fn clip_retrieval_folder(root: &Path, n: usize, files: usize) {
+    let generator = ClipLikeGenerator::new(ClipLikeConfig::new(DIM, 11));
+    let data = generator.base(n);
+    let image_folder = root.join("embeddings").join("img_emb");
+    let text_folder = root.join("embeddings").join("text_emb");
+    std::fs::create_dir_all(&image_folder).unwrap();
+    std::fs::create_dir_all(&text_folder).unwrap();
+    let per_file = n.div_ceil(files);
+    for (index, chunk) in data.chunks(per_file * DIM).enumerate() {
+        write_f16_npy(
+            &image_folder.join(format!("img_emb_{index}.npy")),
+            chunk,
+            DIM,
+        );
+    }
+    let texts = generator.queries(50, QueryKind::OutOfDistribution);
+    write_f16_npy(&text_folder.join("text_emb_0.npy"), &texts, DIM);
+}
+
+fn last_json(stdout: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().last().expect("a last stdout line");
+    serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"))
+}
+
+fn current(index: &Path) -> Option<String> {
+    let bytes = std::fs::read(index.join("CURRENT")).ok()?;
+    let pointer: Value = serde_json::from_slice(&bytes).unwrap();
+    Some(pointer["generation"].as_str().unwrap().to_string())
+}
+
+fn run_args(source: &Path, index: &Path) -> Vec<String> {
+    run_args_with(source, index, "32")
+}
+
+fn run_args_with(source: &Path, index: &Path, gate_nprobe: &str) -> Vec<String> {
+    [
+        "run",
+        "--device",
+        "cpu",
+        "--nlist",
+        "32",
+        "--pq-m",
+        "8",
+        "--pq-bits",
+        "8",
+        "--rerank-vectors",
+        "fp16",
+        "--gate-sample",
+        "100",
+        "--gate-nprobe",
+        gate_nprobe,
+        "--grace",
+        "0",
+        "--keep",
+        "2",
+        "--batch-rows",
+        "1000",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .chain([
+        "--source".to_string(),
+        source.display().to_string(),
+        "--out".to_string(),
+        index.display().to_string(),
+    ])
+    .collect()
+}
+
+#[test]
+fn the_nightly_job_publishes_gates_collects_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("laion-part");
+    clip_retrieval_folder(&source, 6000, 3);
+    let index = dir.path().join("index");
+
+    // First run: published, with a recall record and the gate's queries (image + text).
+    let first = builder().args(run_args(&source, &index)).output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let report = last_json(&first.stdout);
+    assert_eq!(report["published"], true);
+    assert_eq!(report["n"], 6000);
+    assert_eq!(report["gate_queries"], 150);
+    assert!(report["recall_at_10"].as_f64().unwrap() >= 0.95, "{report}");
+    assert!(report["previous_recall_at_10"].is_null());
+    assert!(report["device"].as_str().unwrap().starts_with("cpu"));
+    let first_generation = report["generation"].as_str().unwrap().to_string();
+    assert_eq!(current(&index).as_deref(), Some(first_generation.as_str()));
+    assert!(index
+        .join("generations")
+        .join(&first_generation)
+        .join("gate.json")
+        .exists());
+
+    // A second run that cannot reach the bar: refused with exit 3, CURRENT untouched.
+    let mut strict = run_args_with(&source, &index, "1");
+    strict.extend(["--min-recall", "1.0"].map(String::from));
+    let refused = builder().args(&strict).output().unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let report = last_json(&refused.stdout);
+    assert_eq!(report["published"], false);
+    assert!(report["previous_recall_at_10"].as_f64().is_some());
+    assert_eq!(current(&index).as_deref(), Some(first_generation.as_str()));
+
+    // A third, passing run publishes; the GC keeps two complete generations.
+    let third = builder().args(run_args(&source, &index)).output().unwrap();
+    assert!(
+        third.status.success(),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    let third_generation = last_json(&third.stdout)["generation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(current(&index).as_deref(), Some(third_generation.as_str()));
+
+    // Rollback goes to the newest older generation that passed its gate: the first.
+    let rollback = builder()
+        .args(["rollback", "--index", index.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        rollback.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rollback.stderr)
+    );
+    assert_eq!(current(&index).as_deref(), Some(first_generation.as_str()));
+
+    // gc --keep 1 keeps CURRENT (the first) and the newest complete one only.
+    let gc = builder()
+        .args([
+            "gc",
+            "--index",
+            index.to_str().unwrap(),
+            "--keep",
+            "1",
+            "--grace",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let remaining: Vec<String> = std::fs::read_dir(index.join("generations"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(remaining.contains(&first_generation), "{remaining:?}");
+    assert!(remaining.contains(&third_generation), "{remaining:?}");
+    assert_eq!(remaining.len(), 2, "{remaining:?}");
+}
+
+#[test]
+fn bad_input_stops_the_run_naming_the_file_and_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("laion-part");
+    clip_retrieval_folder(&source, 2000, 2);
+    // A truncated shard (a copy that stopped early).
+    let shard = source
+        .join("embeddings")
+        .join("img_emb")
+        .join("img_emb_1.npy");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
+    let index = dir.path().join("index");
+    let output = builder().args(run_args(&source, &index)).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("img_emb_1.npy"), "{stderr}");
+    assert!(current(&index).is_none());
+}
+
+/// Kills the job with SIGKILL once stderr shows `stage`, then checks CURRENT still names a
+/// servable generation and the next run succeeds.
+fn killed_during(stage: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("laion-part");
+    clip_retrieval_folder(&source, 20_000, 4);
+    let index = dir.path().join("index");
+    let first = builder().args(run_args(&source, &index)).output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let live = current(&index).unwrap();
+
+    let mut child = builder()
+        .args(run_args(&source, &index))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = false;
+    for line in stderr.lines() {
+        if line.unwrap().contains(stage) {
+            seen = true;
+            child.kill().unwrap();
+            break;
+        }
+    }
+    let _ = child.wait();
+    assert!(seen, "the run never reached {stage:?}");
+    assert_eq!(current(&index).as_deref(), Some(live.as_str()));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let storage = clipedge_storage::Storage::open(index.to_str().unwrap()).unwrap();
+    let reader = runtime
+        .block_on(clipedge_index::IndexReader::open(
+            storage,
+            clipedge_index::OpenOptions::default(),
+        ))
+        .unwrap();
+    assert_eq!(reader.manifest().generation, live);
+
+    let next = builder().args(run_args(&source, &index)).output().unwrap();
+    assert!(
+        next.status.success(),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    assert_ne!(current(&index).unwrap(), live);
+}
+
+#[test]
+fn a_run_killed_during_encode_leaves_current_serving() {
+    killed_during("progress: assign and encode: 2");
+}
+
+#[test]
+fn a_run_killed_while_writing_shards_leaves_current_serving() {
+    killed_during("progress: write shards: started");
+}
