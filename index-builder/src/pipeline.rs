@@ -40,7 +40,9 @@ const MAX_BUCKETS: u64 = 4096;
 /// Seconds per stage of a streamed write.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct WriteSeconds {
+    /// List assignment and PQ encoding (the device's part).
     pub assign_s: f64,
+    /// Rerank copies, content hashes and spill entries (the CPU's part).
     pub encode_s: f64,
     pub read_s: f64,
     pub truth_s: f64,
@@ -166,10 +168,9 @@ pub async fn write_generation_streamed(
         seconds.read_s += read_started.elapsed().as_secs_f64();
 
         let assign_started = Instant::now();
-        let (labels, _) = device.search(&coarse, &batch)?;
+        let (labels, codes) = device.assign_and_encode(&encoder, &batch)?;
         seconds.assign_s += assign_started.elapsed().as_secs_f64();
         let encode_started = Instant::now();
-        let codes = device.encode_residuals(&encoder, &batch, &labels)?;
         let entries = encode_entries(&batch, dim, start, &labels, &codes, config, &layout);
         seconds.encode_s += encode_started.elapsed().as_secs_f64();
 

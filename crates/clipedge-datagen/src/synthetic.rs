@@ -219,13 +219,46 @@ impl ClipLikeGenerator {
         }
     }
 
+    /// Rows `start..start + n` of [`Self::base`]'s sequence (`start` a multiple of
+    /// [`Self::ROWS_PER_CHUNK`]): a large set written file by file without holding it whole.
+    ///
+    /// # Panics
+    ///
+    /// If `start` is not a multiple of `ROWS_PER_CHUNK`.
+    pub fn base_from(&self, start: usize, n: usize) -> Vec<f32> {
+        assert!(
+            start.is_multiple_of(ROWS_PER_CHUNK),
+            "base_from starts at a multiple of {ROWS_PER_CHUNK} rows"
+        );
+        let style = RowStyle {
+            modality_mean: &self.image_mean,
+            spread: self.config.cluster_spread,
+            noise: self.config.noise,
+        };
+        self.generate_from(start / ROWS_PER_CHUNK, n, DOMAIN_BASE, &style)
+    }
+
+    /// Rows are drawn in seeded chunks of this many.
+    pub const ROWS_PER_CHUNK: usize = ROWS_PER_CHUNK;
+
     fn generate(&self, n: usize, domain: u64, style: &RowStyle) -> Vec<f32> {
+        self.generate_from(0, n, domain, style)
+    }
+
+    fn generate_from(
+        &self,
+        first_chunk: usize,
+        n: usize,
+        domain: u64,
+        style: &RowStyle,
+    ) -> Vec<f32> {
         let dim = self.config.dim;
         let mut output = vec![0f32; n * dim];
         output
             .par_chunks_mut(ROWS_PER_CHUNK * dim)
             .enumerate()
             .for_each(|(chunk_index, chunk)| {
+                let chunk_index = first_chunk + chunk_index;
                 let chunk_seed = derive_seed(self.config.seed, domain, chunk_index as u64);
                 let mut rng = ChaCha8Rng::seed_from_u64(chunk_seed);
                 let mut latent = vec![0f32; self.config.rank];
@@ -470,5 +503,15 @@ mod tests {
             in_distribution_score - out_of_distribution_score > 0.25,
             "in-distribution {in_distribution_score}, out-of-distribution {out_of_distribution_score}"
         );
+    }
+
+    #[test]
+    fn base_from_continues_the_base_sequence() {
+        let generator = ClipLikeGenerator::new(ClipLikeConfig::new(8, 3));
+        let rows = ClipLikeGenerator::ROWS_PER_CHUNK;
+        let whole = generator.base(3 * rows);
+        let mut pieces = generator.base_from(0, rows);
+        pieces.extend(generator.base_from(rows, 2 * rows));
+        assert_eq!(whole, pieces);
     }
 }

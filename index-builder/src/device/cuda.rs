@@ -355,12 +355,7 @@ impl CudaBackend {
         let rows = data.len() / dim;
         let mut labels = Vec::with_capacity(rows);
         let mut values = Vec::with_capacity(rows);
-        let chunk_cols = centroids.count.min(SCORE_BUFFER_FLOATS / MAX_BATCH_ROWS);
-        let batch_rows = MAX_BATCH_ROWS.min((SCORE_BUFFER_FLOATS / chunk_cols).max(1));
-        let mut scores = self
-            .stream
-            .alloc_zeros::<f32>(batch_rows * chunk_cols)
-            .map_err(|error| cuda_error("allocate scores", error))?;
+        let (mut scores, chunk_cols, batch_rows) = self.score_buffer(centroids.count)?;
         for batch in data.chunks(batch_rows * dim) {
             let (batch_labels, batch_dots) =
                 self.search_batch(centroids, batch, &mut scores, chunk_cols)?;
@@ -389,10 +384,36 @@ impl CudaBackend {
         scores: &mut CudaSlice<f32>,
         chunk_cols: usize,
     ) -> Result<(Vec<i32>, Vec<f32>), DeviceError> {
-        let dim = centroids.dim;
-        let rows = batch.len() / dim;
         let x32 = self.upload(batch)?;
-        let x16 = self.half_of(&x32, batch.len())?;
+        let (labels, dots) = self.search_on_device(
+            centroids,
+            &x32,
+            batch.len() / centroids.dim,
+            scores,
+            chunk_cols,
+        )?;
+        let labels = self
+            .stream
+            .clone_dtoh(&labels)
+            .map_err(|error| cuda_error("copy to host", error))?;
+        let dots = self
+            .stream
+            .clone_dtoh(&dots)
+            .map_err(|error| cuda_error("copy to host", error))?;
+        Ok((labels, dots))
+    }
+
+    /// Labels and inner products of `rows` vectors already on the device.
+    fn search_on_device(
+        &self,
+        centroids: &DeviceCentroids,
+        x32: &CudaSlice<f32>,
+        rows: usize,
+        scores: &mut CudaSlice<f32>,
+        chunk_cols: usize,
+    ) -> Result<(CudaSlice<i32>, CudaSlice<f32>), DeviceError> {
+        let dim = centroids.dim;
+        let x16 = self.half_of(x32, rows * dim)?;
         let mut best_vals = self
             .stream
             .alloc_zeros::<f32>(rows * CANDIDATES)
@@ -443,7 +464,7 @@ impl CudaBackend {
         let (rows_i, dim_i) = (rows as i32, dim as i32);
         let mut launch = self.stream.launch_builder(&self.rescore);
         launch
-            .arg(&x32)
+            .arg(x32)
             .arg(&rows_i)
             .arg(&dim_i)
             .arg(&centroids.fp32)
@@ -454,15 +475,52 @@ impl CudaBackend {
         // SAFETY: x32 is rows × dim, centroids count × dim, candidates index below count.
         unsafe { launch.launch(warps_config) }
             .map_err(|error| cuda_error("launch rescore", error))?;
-        let labels = self
-            .stream
-            .clone_dtoh(&labels)
-            .map_err(|error| cuda_error("copy to host", error))?;
-        let dots = self
-            .stream
-            .clone_dtoh(&dots)
-            .map_err(|error| cuda_error("copy to host", error))?;
         Ok((labels, dots))
+    }
+
+    fn score_buffer(&self, count: usize) -> Result<(CudaSlice<f32>, usize, usize), DeviceError> {
+        let chunk_cols = count.min(SCORE_BUFFER_FLOATS / MAX_BATCH_ROWS);
+        let batch_rows = MAX_BATCH_ROWS.min((SCORE_BUFFER_FLOATS / chunk_cols).max(1));
+        let scores = self
+            .stream
+            .alloc_zeros::<f32>(batch_rows * chunk_cols)
+            .map_err(|error| cuda_error("allocate scores", error))?;
+        Ok((scores, chunk_cols, batch_rows))
+    }
+
+    /// List assignment and residual PQ codes in one pass: each batch crosses the bus once and
+    /// its labels never leave the device before the encoder reads them.
+    pub fn search_and_encode(
+        &self,
+        coarse: &DeviceCentroids,
+        codebook: &DeviceCodebook,
+        data: &[f32],
+    ) -> Result<(Vec<u32>, Vec<u8>), DeviceError> {
+        let dim = coarse.dim;
+        let rows_total = data.len() / dim;
+        let (mut scores, chunk_cols, batch_rows) = self.score_buffer(coarse.count)?;
+        let mut labels = Vec::with_capacity(rows_total);
+        let mut codes = Vec::with_capacity(rows_total * codebook.m);
+        for batch in data.chunks(batch_rows * dim) {
+            let rows = batch.len() / dim;
+            let x32 = self.upload(batch)?;
+            let (batch_labels, _) =
+                self.search_on_device(coarse, &x32, rows, &mut scores, chunk_cols)?;
+            let batch_codes = self.encode_on_device(codebook, coarse, &x32, &batch_labels, rows)?;
+            labels.extend(
+                self.stream
+                    .clone_dtoh(&batch_labels)
+                    .map_err(|error| cuda_error("copy to host", error))?
+                    .into_iter()
+                    .map(|label| label as u32),
+            );
+            codes.extend(
+                self.stream
+                    .clone_dtoh(&batch_codes)
+                    .map_err(|error| cuda_error("copy to host", error))?,
+            );
+        }
+        Ok((labels, codes))
     }
 
     /// `scores[row][c] = x[row] · centroid[offset + c]` for `cols` centroids, fp16 in, fp32 out.
@@ -523,43 +581,11 @@ impl CudaBackend {
             .chunks(MAX_BATCH_ROWS * dim)
             .zip(labels.chunks(MAX_BATCH_ROWS))
         {
-            let rows = batch_labels.len();
             let x = self.upload(batch)?;
             let signed: Vec<i32> = batch_labels.iter().map(|label| *label as i32).collect();
             let labels_device = self.upload(&signed)?;
-            let mut out = self
-                .stream
-                .alloc_zeros::<u8>(rows * codebook.m)
-                .map_err(|error| cuda_error("allocate", error))?;
-            let (rows_i, dim_i, m_i, ksub_i, dsub_i) = (
-                rows as i32,
-                dim as i32,
-                codebook.m as i32,
-                codebook.ksub as i32,
-                codebook.dsub as i32,
-            );
-            let config = LaunchConfig {
-                grid_dim: (rows.div_ceil(256) as u32, codebook.m as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: (codebook.ksub * codebook.dsub * 4) as u32,
-            };
-            let mut launch = self.stream.launch_builder(&self.pq_encode);
-            launch
-                .arg(&x)
-                .arg(&rows_i)
-                .arg(&dim_i)
-                .arg(&labels_device)
-                .arg(&coarse.fp32)
-                .arg(&codebook.centroids)
-                .arg(&codebook.norms)
-                .arg(&m_i)
-                .arg(&ksub_i)
-                .arg(&dsub_i)
-                .arg(&mut out);
-            // SAFETY: x is rows × dim, labels index the coarse centroids (checked by the caller),
-            // the codebook holds m × ksub × dsub floats and out rows × m bytes.
-            unsafe { launch.launch(config) }
-                .map_err(|error| cuda_error("launch pq_encode", error))?;
+            let out =
+                self.encode_on_device(codebook, coarse, &x, &labels_device, batch_labels.len())?;
             codes.extend(
                 self.stream
                     .clone_dtoh(&out)
@@ -567,5 +593,48 @@ impl CudaBackend {
             );
         }
         Ok(codes)
+    }
+
+    fn encode_on_device(
+        &self,
+        codebook: &DeviceCodebook,
+        coarse: &DeviceCentroids,
+        x: &CudaSlice<f32>,
+        labels: &CudaSlice<i32>,
+        rows: usize,
+    ) -> Result<CudaSlice<u8>, DeviceError> {
+        let mut out = self
+            .stream
+            .alloc_zeros::<u8>((rows * codebook.m).max(1))
+            .map_err(|error| cuda_error("allocate", error))?;
+        let (rows_i, dim_i, m_i, ksub_i, dsub_i) = (
+            rows as i32,
+            coarse.dim as i32,
+            codebook.m as i32,
+            codebook.ksub as i32,
+            codebook.dsub as i32,
+        );
+        let config = LaunchConfig {
+            grid_dim: (rows.div_ceil(256) as u32, codebook.m as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: (codebook.ksub * codebook.dsub * 4) as u32,
+        };
+        let mut launch = self.stream.launch_builder(&self.pq_encode);
+        launch
+            .arg(x)
+            .arg(&rows_i)
+            .arg(&dim_i)
+            .arg(labels)
+            .arg(&coarse.fp32)
+            .arg(&codebook.centroids)
+            .arg(&codebook.norms)
+            .arg(&m_i)
+            .arg(&ksub_i)
+            .arg(&dsub_i)
+            .arg(&mut out);
+        // SAFETY: x is rows × dim, labels index the coarse centroids (checked by the caller or
+        // produced by the search), the codebook holds m × ksub × dsub floats, out rows × m bytes.
+        unsafe { launch.launch(config) }.map_err(|error| cuda_error("launch pq_encode", error))?;
+        Ok(out)
     }
 }

@@ -251,6 +251,45 @@ impl Device {
         })
     }
 
+    /// [`Device::search`] under the inner product, then [`Device::encode_residuals`] with the
+    /// labels found: the build's hot loop (a GPU moves each batch across the bus once).
+    pub fn assign_and_encode(
+        &self,
+        encoder: &Encoder<'_>,
+        data: &[f32],
+    ) -> Result<(Vec<u32>, Vec<u8>), DeviceError> {
+        if encoder.coarse.metric != Metric::InnerProduct {
+            return Err(DeviceError::Input(
+                "lists are assigned by inner product".to_string(),
+            ));
+        }
+        match &self.backend {
+            Backend::Cpu => {
+                let (labels, _) = self.search(encoder.coarse, data)?;
+                let codes = self.encode_residuals(encoder, data, &labels)?;
+                Ok((labels, codes))
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(cuda) => {
+                if !data.len().is_multiple_of(encoder.coarse.dim) {
+                    return Err(DeviceError::Input(format!(
+                        "{} floats do not form rows of dimension {}",
+                        data.len(),
+                        encoder.coarse.dim
+                    )));
+                }
+                let (Some(codebook), Some(coarse)) =
+                    (encoder.device.as_ref(), encoder.coarse.device.as_ref())
+                else {
+                    return Err(DeviceError::Input(
+                        "the encoder was prepared on another device".to_string(),
+                    ));
+                };
+                cuda.search_and_encode(coarse, codebook, data)
+            }
+        }
+    }
+
     /// PQ codes (`rows × m`, one byte per sub-quantizer) of `data − coarse[labels[row]]`.
     pub fn encode_residuals(
         &self,

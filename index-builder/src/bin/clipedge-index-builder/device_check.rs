@@ -65,6 +65,9 @@ struct DeviceCheckReport {
     assign_vectors_per_s: f64,
     encode_vectors_per_s: f64,
     assign_encode_vectors_per_s: f64,
+    /// One pass of [`Device::assign_and_encode`] (what the build runs).
+    fused_s: f64,
+    fused_vectors_per_s: f64,
     passed: bool,
 }
 
@@ -126,7 +129,13 @@ pub fn run(args: DeviceCheckArgs) -> anyhow::Result<bool> {
     let encode_started = Instant::now();
     let codes = device.encode_residuals(&encoder, &data, &labels)?;
     let encode_s = encode_started.elapsed().as_secs_f64();
-    eprintln!("device: assign {assign_s:.2}s, encode {encode_s:.2}s");
+    let fused_started = Instant::now();
+    let (fused_labels, fused_codes) = device.assign_and_encode(&encoder, &data)?;
+    let fused_s = fused_started.elapsed().as_secs_f64();
+    if fused_labels != labels || fused_codes != codes {
+        bail!("assign_and_encode disagrees with search + encode_residuals on the same device");
+    }
+    eprintln!("device: assign {assign_s:.2}s, encode {encode_s:.2}s, both fused {fused_s:.2}s");
 
     // The CPU reference on a prefix.
     let compare = &data[..args.compare * dim];
@@ -209,6 +218,8 @@ pub fn run(args: DeviceCheckArgs) -> anyhow::Result<bool> {
         assign_vectors_per_s: args.n as f64 / assign_s.max(1e-9),
         encode_vectors_per_s: args.n as f64 / encode_s.max(1e-9),
         assign_encode_vectors_per_s: args.n as f64 / (assign_s + encode_s).max(1e-9),
+        fused_s,
+        fused_vectors_per_s: args.n as f64 / fused_s.max(1e-9),
         passed,
     };
     println!("{}", serde_json::to_string(&report)?);

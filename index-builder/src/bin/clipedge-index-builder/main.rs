@@ -6,6 +6,7 @@ mod device_check;
 mod ops;
 mod progress;
 mod run;
+mod synth;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ enum Command {
     Gc(ops::GcArgs),
     /// Point CURRENT back to an earlier generation.
     Rollback(ops::RollbackArgs),
+    /// Write a seeded CLIP-like embedding folder in clip-retrieval's layout (float16).
+    Synth(synth::SynthArgs),
     /// Compare the GPU build kernels with the CPU reference and measure GPU throughput.
     DeviceCheck(device_check::DeviceCheckArgs),
 }
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Run(args) => run::run(*args).map(ExitCode::from),
+        Command::Synth(args) => synth::run(args).map(|()| ExitCode::SUCCESS),
         Command::Gc(args) => ops::run_gc(args).map(|()| ExitCode::SUCCESS),
         Command::Rollback(args) => ops::run_rollback(args).map(|()| ExitCode::SUCCESS),
         Command::DeviceCheck(args) => device_check::run(args).map(|passed| {
