@@ -1,6 +1,6 @@
 //! The whole serverless query path, end to end on real components: the Worker built for wasm32
 //! and run by `wrangler dev` (workerd), the scanner under `cargo lambda watch`, s3s-fs as S3,
-//! all brought up by `clipedge local-stack up` (the command developers use). The same index is
+//! all brought up by `clipedge-dev local-stack up` (the command developers use). The same index is
 //! served in-process by `clipedge serve`, and the two must answer alike.
 //!
 //! Needs the built Worker (`scripts/build-worker.sh`, run by `scripts/test.sh`).
@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use clipedge_format::{CurrentPointer, GroupBlob, Manifest, RoutingTable};
-use clipedge_tests::api_cases::{bad_searches, build_demo_index, clipedge, EmbeddedServer};
-use clipedge_tests::lambda_harness::workspace_root;
+use clipedge_tests::api_cases::{bad_searches, build_demo_index, EmbeddedServer};
+use clipedge_tests::lambda_harness::{workspace_binary, workspace_root};
 use serde_json::{json, Value};
 
 fn worker_build() -> PathBuf {
@@ -26,7 +26,12 @@ fn worker_build() -> PathBuf {
     build
 }
 
-/// `clipedge local-stack up`, and `down` when dropped (pass or fail).
+/// The developer tool that runs the local stack.
+fn clipedge_dev() -> PathBuf {
+    workspace_binary("clipedge-dev", "clipedge-dev")
+}
+
+/// `clipedge-dev local-stack up`, and `down` when dropped (pass or fail).
 struct Stack {
     state: PathBuf,
     info: Value,
@@ -44,7 +49,7 @@ impl Stack {
         vars: &[&str],
         flags: &[&str],
     ) -> Stack {
-        let mut command = Command::new(clipedge());
+        let mut command = Command::new(clipedge_dev());
         command
             .current_dir(workspace_root())
             .args(["local-stack", "up", "--port", "0", "--model", model])
@@ -58,7 +63,7 @@ impl Stack {
             command.args(["--var", var]);
         }
         command.args(flags);
-        let output = command.output().expect("run clipedge local-stack up");
+        let output = command.output().expect("run clipedge-dev local-stack up");
         assert!(
             output.status.success(),
             "local-stack up failed:\n{}",
@@ -92,7 +97,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let _ = Command::new(clipedge())
+        let _ = Command::new(clipedge_dev())
             .args(["local-stack", "down", "--state"])
             .arg(&self.state)
             .status();

@@ -28,6 +28,19 @@ pub const MAX_NPROBE: usize = 4096;
 pub const DEFAULT_RERANK: usize = 10;
 pub const MAX_RERANK: usize = 50;
 
+/// What shows on the page next to the results when the index is the caption-embedding demo.
+pub const DEMO_LABEL: &str = "demo model: caption embeddings (all-MiniLM-L6-v2); deploy a CLIP export for pixel-based search";
+
+/// The page's label for an index embedded with the model named `model_name`: the demo's
+/// explanation for MiniLM (captions, not pixels), else the model's name. Both fronts show it
+/// (`clipedge serve` directly, the Worker through `CLIPEDGE_LABEL`).
+pub fn model_label(model_name: &str) -> String {
+    if model_name.to_ascii_lowercase().contains("minilm") {
+        return DEMO_LABEL.to_string();
+    }
+    format!("model: {model_name}")
+}
+
 /// The body of `POST /v1/search`, as sent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

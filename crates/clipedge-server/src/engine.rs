@@ -14,9 +14,6 @@ use clipedge_text::{TextEncoder, TextError};
 use thiserror::Error;
 use tracing::{info, warn};
 
-/// What shows on the page next to the results when the index is the caption-embedding demo.
-pub const DEMO_LABEL: &str = "demo model: caption embeddings (all-MiniLM-L6-v2); deploy a CLIP export for pixel-based search";
-
 #[derive(Debug, Error)]
 pub enum EngineError {
     #[error("cannot open index {location}")]
