@@ -2,7 +2,7 @@
 """The edge Worker inside workerd: the text tower's encode time by token count, the cold start
 (model fetch, model build, first query), per-stage timings, isolate memory and the .wasm size.
 
-The stack is the developers' one: `clipedge local-stack up` (s3s-fs + `cargo lambda watch` with
+The stack is the developers' one: `clipedge-dev local-stack up` (s3s-fs + `cargo lambda watch` with
 the scanner + `wrangler dev` running worker/build), on loopback. The index is synthetic
 (`clipedge datagen` + `clipedge build`), stamped with the model's fingerprint so the Worker
 accepts text queries; the model is a B/32-architecture text tower for the int8 engine
@@ -142,7 +142,8 @@ def summary(values: list[float]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clipedge", required=True, help="the clipedge binary (its clipedge-scanner beside it)")
+    parser.add_argument("--clipedge", required=True,
+                        help="the clipedge binary (clipedge-dev and clipedge-scanner beside it)")
     parser.add_argument("--model", type=Path, required=True, help="a CLIP-family int8 model package")
     parser.add_argument("--n", type=int, default=100_000, help="index vectors")
     parser.add_argument("--nlist", type=int, default=512)
@@ -155,6 +156,8 @@ def main() -> None:
     args = parser.parse_args()
     try:
         clipedge = check_clipedge(args.clipedge)
+        # The local stack is a developer tool, built into the same directory as clipedge.
+        clipedge_dev = check_clipedge(str(Path(clipedge).with_name("clipedge-dev")))
         card = card_of(args.model)
         words = single_token_words(args.model)
         work = args.work or Path(tempfile.mkdtemp(prefix="clipedge-edge-bench-"))
@@ -181,9 +184,9 @@ def main() -> None:
         serial = 0
         for cold_round in range(args.colds):
             state = work / f"stack-{cold_round}"
-            subprocess.run([clipedge, "local-stack", "down", "--state", str(state)],
+            subprocess.run([clipedge_dev, "local-stack", "down", "--state", str(state)],
                            capture_output=True, cwd=REPO)
-            stack = json.loads(run([clipedge, "local-stack", "up", "--port", "0", "--index", str(index),
+            stack = json.loads(run([clipedge_dev, "local-stack", "up", "--port", "0", "--index", str(index),
                                     "--model", str(args.model), "--state", str(state)],
                                    cwd=REPO).strip().splitlines()[-1])
             try:
@@ -216,7 +219,7 @@ def main() -> None:
                 if peak:
                     rss.append(peak)
             finally:
-                subprocess.run([clipedge, "local-stack", "down", "--state", str(state)],
+                subprocess.run([clipedge_dev, "local-stack", "down", "--state", str(state)],
                                capture_output=True, cwd=REPO)
 
         stages = ["load", "encode", "probe", "scan", "merge", "total", "client"]

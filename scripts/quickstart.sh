@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The README's first command: build the CLI, generate a seeded CLIP-like data set, build an index
-# into a local directory (no cloud account) and search it with text-like queries; then build the
-# demo index that `clipedge demo` serves.
+# The synthetic walk-through (README "Build and search synthetic data"): build the CLI, generate a
+# seeded CLIP-like data set, build an index into a local directory (no cloud account) and search it
+# with text-like queries; then build the demo index that `clipedge demo` (scripts/demo.sh) serves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-100000}"

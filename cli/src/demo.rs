@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use clipedge_server::demo::ensure_demo_index;
 
+use crate::demo_index::ensure_demo_index;
 use crate::serve::{default_label, load_encoder, runtime, serve_index};
 
 #[derive(Args)]

@@ -6,8 +6,8 @@
 mod build;
 mod datagen;
 mod demo;
+mod demo_index;
 mod embed;
-mod local_stack;
 mod model;
 mod progress;
 mod search;
@@ -42,9 +42,12 @@ enum Command {
     Model(model::ModelArgs),
     /// Build the bundled demo dataset into a local index (once, cached) and serve it.
     Demo(demo::DemoArgs),
-    /// Run the serverless stack locally: S3 server, Lambda emulator with the scanner, and the
-    /// edge Worker under wrangler dev; `up` publishes an index and prints the Worker's URL.
-    LocalStack(local_stack::LocalStackArgs),
+    /// Moved to the developer tool: `clipedge-dev local-stack up|down` (not shown in help).
+    #[command(hide = true, disable_help_flag = true)]
+    LocalStack {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
 }
 
 fn main() {
@@ -64,7 +67,10 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Embed(args) => embed::run(args),
         Command::Model(args) => model::run(args),
-        Command::LocalStack(args) => local_stack::run(args),
+        Command::LocalStack { .. } => Err(anyhow::anyhow!(
+            "local-stack is a developer tool now: run `clipedge-dev local-stack ...` \
+             (cargo build -p clipedge-dev; the binary sits beside clipedge)"
+        )),
     };
     if let Err(error) = outcome {
         eprintln!("error: {error:#}");

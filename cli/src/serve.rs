@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use clipedge_server::{Engine, DEMO_LABEL};
+use clipedge_server::Engine;
 use clipedge_text::TextEncoder;
 
 #[derive(Args)]
@@ -24,12 +24,7 @@ pub struct ServeArgs {
 
 /// The page's label: the MiniLM demo model embeds captions, and says so.
 pub(crate) fn default_label(encoder: &TextEncoder) -> String {
-    let name = &encoder.card().name;
-    if name.to_ascii_lowercase().contains("minilm") {
-        DEMO_LABEL.to_string()
-    } else {
-        format!("model: {name}")
-    }
+    clipedge_api::model_label(&encoder.card().name)
 }
 
 pub(crate) fn load_encoder(model: &PathBuf) -> anyhow::Result<Arc<TextEncoder>> {

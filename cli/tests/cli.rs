@@ -475,6 +475,15 @@ fn usage_errors_exit_with_code_2() {
     run_failing(&["datagen", "--out", "x", "--n", "ten"], 2);
 }
 
+#[test]
+fn local_stack_points_to_the_developer_tool() {
+    assert_fails_with(
+        &["local-stack", "up", "--port", "0"],
+        &["clipedge-dev local-stack"],
+    );
+    assert_fails_with(&["local-stack", "--help"], &["clipedge-dev"]);
+}
+
 /// The package-time steps reproduce the committed tiny-clip package: `pack-tokenizer` on a copy
 /// whose card names neither int8 file writes the same `tokenizer.bin`, names both files and
 /// restores the committed fingerprint; `fingerprint --check` then agrees and fails once a

@@ -14,9 +14,9 @@ use clipedge_index::{IndexError, IndexReader, OpenOptions, SearchStats};
 use clipedge_linalg::dot::dots_with_rows;
 use clipedge_linalg::TopK;
 use clipedge_protocol::{
-    decode_request, encode_response, verify, Candidate, Encoding, GroupResult, ListResult,
-    ProtocolError, ScanRequest, ScanResponse, ScanStats, ScanStatus, ScanTargets,
-    MAX_REQUEST_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    decode_request, encode_response, verify, Encoding, GroupResult, ListResult, ProtocolError,
+    ScanRequest, ScanResponse, ScanStats, ScanStatus, ScanTargets, MAX_REQUEST_BYTES,
+    SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 use clipedge_storage::{ByteLru, Storage, StorageError};
 use futures::stream::{self, StreamExt};
@@ -359,16 +359,7 @@ impl Scanner {
             generation: request.generation.clone(),
             groups,
             lists: list_results,
-            candidates: hits
-                .into_iter()
-                .map(|hit| Candidate {
-                    id: hit.id,
-                    score: hit.score,
-                    content_hash: hit.content_hash,
-                    metadata_ref: hit.metadata_ref,
-                    list_id: hit.list_id,
-                })
-                .collect(),
+            candidates: hits,
             stats,
         })
     }

@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clipedge_format::{generation_path, GroupBlob, ListView, RerankKind};
+use clipedge_format::{generation_path, GroupBlob, Hit, ListView, RerankKind};
 use clipedge_index::route::ProbedList;
-use clipedge_index::scan::{self, Hit, QueryTables};
+use clipedge_index::scan::{self, QueryTables};
 use clipedge_index::IndexReader;
 use clipedge_linalg::dot::dots_with_rows;
 

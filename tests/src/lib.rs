@@ -3,6 +3,7 @@
 //! storage roots in temporary directories, and searching a whole query set into an id matrix
 //! for recall against brute force.
 
+pub mod api_cases;
 pub mod lambda_harness;
 
 use std::collections::BTreeMap;

@@ -1,22 +1,18 @@
 //! The whole serverless query path, end to end on real components: the Worker built for wasm32
 //! and run by `wrangler dev` (workerd), the scanner under `cargo lambda watch`, s3s-fs as S3,
-//! all brought up by `clipedge local-stack up` (the command developers use). The same index is
+//! all brought up by `clipedge-dev local-stack up` (the command developers use). The same index is
 //! served in-process by `clipedge serve`, and the two must answer alike.
 //!
 //! Needs the built Worker (`scripts/build-worker.sh`, run by `scripts/test.sh`).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use clipedge_format::{CurrentPointer, GroupBlob, Manifest, RoutingTable};
+use clipedge_tests::api_cases::{bad_searches, build_demo_index, EmbeddedServer};
 use clipedge_tests::lambda_harness::{workspace_binary, workspace_root};
 use serde_json::{json, Value};
-
-fn clipedge() -> PathBuf {
-    workspace_binary("clipedge", "clipedge")
-}
 
 fn worker_build() -> PathBuf {
     let build = std::env::var("CLIPEDGE_WORKER_BUILD")
@@ -30,7 +26,12 @@ fn worker_build() -> PathBuf {
     build
 }
 
-/// `clipedge local-stack up`, and `down` when dropped (pass or fail).
+/// The developer tool that runs the local stack.
+fn clipedge_dev() -> PathBuf {
+    workspace_binary("clipedge-dev", "clipedge-dev")
+}
+
+/// `clipedge-dev local-stack up`, and `down` when dropped (pass or fail).
 struct Stack {
     state: PathBuf,
     info: Value,
@@ -48,7 +49,7 @@ impl Stack {
         vars: &[&str],
         flags: &[&str],
     ) -> Stack {
-        let mut command = Command::new(clipedge());
+        let mut command = Command::new(clipedge_dev());
         command
             .current_dir(workspace_root())
             .args(["local-stack", "up", "--port", "0", "--model", model])
@@ -62,7 +63,7 @@ impl Stack {
             command.args(["--var", var]);
         }
         command.args(flags);
-        let output = command.output().expect("run clipedge local-stack up");
+        let output = command.output().expect("run clipedge-dev local-stack up");
         assert!(
             output.status.success(),
             "local-stack up failed:\n{}",
@@ -96,52 +97,10 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let _ = Command::new(clipedge())
+        let _ = Command::new(clipedge_dev())
             .args(["local-stack", "down", "--state"])
             .arg(&self.state)
             .status();
-    }
-}
-
-/// `clipedge serve` on a free port, killed when dropped.
-struct Embedded {
-    child: Child,
-    url: String,
-}
-
-impl Embedded {
-    fn start(index: &Path) -> Embedded {
-        let mut child = Command::new(clipedge())
-            .current_dir(workspace_root())
-            .args([
-                "serve",
-                "--model",
-                "models/tiny-clip",
-                "--bind",
-                "127.0.0.1:0",
-                "--index",
-            ])
-            .arg(index)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start clipedge serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let listening: Value = serde_json::from_str(&line).expect("serve prints where it listens");
-        Embedded {
-            url: listening["listening"].as_str().unwrap().to_string(),
-            child,
-        }
-    }
-}
-
-impl Drop for Embedded {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -239,22 +198,6 @@ fn duplicate_pair() -> (u64, u64) {
     panic!("the demo dataset has no duplicate items");
 }
 
-/// The demo dataset embedded with `model` into an index at `dir` (`clipedge demo --build-only`:
-/// cached by dataset and model, so a second call with the same directory is quick).
-fn build_demo_index(dir: &Path, model: &str) {
-    let built = Command::new(clipedge())
-        .current_dir(workspace_root())
-        .args(["demo", "--build-only", "--model", model, "--dir"])
-        .arg(dir)
-        .output()
-        .expect("run clipedge demo --build-only");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -308,7 +251,7 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
         ],
     );
     let edge = stack.url().to_string();
-    let embedded = Embedded::start(&index);
+    let embedded = EmbeddedServer::start(&index, "models/tiny-clip");
     let generation = CurrentPointer::from_json(&std::fs::read(index.join("CURRENT")).unwrap())
         .unwrap()
         .generation;
@@ -436,58 +379,23 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
         "{with_ids:?}"
     );
 
-    // Bad input: the documented 4xx, the same as the embedded server's.
-    let long_text = "a".repeat(1001);
-    let bad_requests = [
-        (json!({"text": ""}).to_string(), 400, "empty_text"),
-        (json!({"text": long_text}).to_string(), 400, "text_too_long"),
-        (
-            json!({"text": "dog", "k": 0}).to_string(),
-            400,
-            "k_out_of_range",
-        ),
-        (
-            json!({"text": "dog", "k": 101}).to_string(),
-            400,
-            "k_out_of_range",
-        ),
-        (
-            json!({"text": "dog", "nprobe": 0}).to_string(),
-            400,
-            "nprobe_out_of_range",
-        ),
-        (
-            json!({"vector": [1.0, 2.0]}).to_string(),
-            400,
-            "vector_dimension",
-        ),
-        (json!({"id": 99_999_999}).to_string(), 404, "unknown_id"),
-        (
-            json!({"text": "dog", "id": 3}).to_string(),
-            400,
-            "invalid_query",
-        ),
-        ("{not json".to_string(), 400, "invalid_json"),
-        (
-            format!("{{\"text\": \"{}\"}}", "x".repeat(70_000)),
-            413,
-            "payload_too_large",
-        ),
-    ];
-    for (body, status, code) in bad_requests {
+    // Bad input: the documented 4xx, the same as the embedded server's (one table for both).
+    for case in bad_searches() {
         for base in [&edge, &embedded.url] {
-            let answer = call(&runtime, format!("{base}/v1/search"), Some(body.clone()));
-            assert_eq!(
-                answer.status,
-                status,
-                "{base} {}: {}",
-                &body[..body.len().min(60)],
-                answer.body
+            let answer = call(
+                &runtime,
+                format!("{base}/v1/search"),
+                Some(case.body.clone()),
             );
             assert_eq!(
-                answer.body["error"]["code"], code,
-                "{base}: {}",
-                answer.body
+                answer.status, case.status,
+                "{base} {}: {}",
+                case.what, answer.body
+            );
+            assert_eq!(
+                answer.body["error"]["code"], case.code,
+                "{base} {}: {}",
+                case.what, answer.body
             );
             assert!(!answer.body["error"]["message"].as_str().unwrap().is_empty());
         }
@@ -602,7 +510,7 @@ fn the_edge_worker_reads_through_an_r2_binding() {
         &["--r2"],
     );
     let edge = stack.url().to_string();
-    let embedded = Embedded::start(&index);
+    let embedded = EmbeddedServer::start(&index, "models/tiny-clip");
     let health = call(&runtime, format!("{edge}/v1/health"), None);
     assert_eq!(health.status, 200, "{}", health.body);
     for (query, tolerance) in [

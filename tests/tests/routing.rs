@@ -85,7 +85,7 @@ async fn probing_every_group_gives_the_same_hits_as_flat_routing() {
                     .search(query, &params(nprobe, Some(ngroups)))
                     .await
                     .unwrap();
-                let strip = |hits: &[clipedge_index::Hit]| -> Vec<(u64, f32, u64, u64)> {
+                let strip = |hits: &[clipedge_format::Hit]| -> Vec<(u64, f32, u64, u64)> {
                     hits.iter()
                         .map(|hit| (hit.id, hit.score, hit.content_hash, hit.metadata_ref))
                         .collect()
@@ -103,7 +103,7 @@ async fn probing_every_group_gives_the_same_hits_as_flat_routing() {
             let automatic = grouped.search(query, &params(NLIST, None)).await.unwrap();
             let expected = flat.search(query, &params(NLIST, None)).await.unwrap();
             let ids =
-                |hits: &[clipedge_index::Hit]| hits.iter().map(|hit| hit.id).collect::<Vec<_>>();
+                |hits: &[clipedge_format::Hit]| hits.iter().map(|hit| hit.id).collect::<Vec<_>>();
             assert_eq!(ids(&automatic.hits), ids(&expected.hits), "{kind:?}");
         }
     }

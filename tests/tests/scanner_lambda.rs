@@ -10,12 +10,11 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clipedge_datagen::QueryKind;
-use clipedge_format::{generation_path, GroupBlob, RerankKind};
-use clipedge_index::scan::Hit;
+use clipedge_format::{generation_path, GroupBlob, Hit, RerankKind};
 use clipedge_index::{route, IndexReader, OpenOptions, SearchParams};
 use clipedge_index_builder::BuildConfig;
 use clipedge_protocol::{
-    decode_response, sign, Candidate, Encoding, ScanRequest, ScanResponse, ScanStatus, ScanTargets,
+    decode_response, sign, Encoding, ScanRequest, ScanResponse, ScanStatus, ScanTargets,
     SignedRequest, MAX_REQUEST_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 use clipedge_storage::Storage;
@@ -122,7 +121,7 @@ fn request(generation: &str, query: &[f32], targets: ScanTargets) -> ScanRequest
     }
 }
 
-fn assert_same(candidates: &[Candidate], hits: &[Hit], context: &str) {
+fn assert_same(candidates: &[Hit], hits: &[Hit], context: &str) {
     assert_eq!(candidates.len(), hits.len(), "{context}: candidate count");
     for (rank, (candidate, hit)) in candidates.iter().zip(hits).enumerate() {
         let same = candidate.id == hit.id

@@ -9,8 +9,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use clipedge_api::{
-    locate_item, merge, resolve_url, ApiError, ErrorCode, HealthResponse, Query, QueryStats,
-    SearchResponse, SearchResult, Timings, ValidSearch,
+    locate_item, merge, resolve_url, text_encode_error, ApiError, ErrorCode, HealthResponse, Item,
+    Query, QueryStats, SearchResponse, Timings, ValidSearch,
 };
 use clipedge_format::{
     coalesce_ranges, decode_record, generation_path, record_range, CatalogEntry, CurrentPointer,
@@ -18,7 +18,7 @@ use clipedge_format::{
     CURRENT_OBJECT,
 };
 use clipedge_index::route::auto_group_probe;
-use clipedge_text::{ModelCard, PackageBytes, TextEncoder, TextError};
+use clipedge_text::{ModelCard, PackageBytes, TextEncoder};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::clock::{monotonic_ms, since, unix_ms};
@@ -114,8 +114,8 @@ impl<'a> RequestContext<'a> {
     }
 
     fn stats(&self) -> QueryStats {
-        let (gets, bytes) = self.objects.counters();
-        QueryStats { gets, bytes }
+        let (gets, bytes_read) = self.objects.counters();
+        QueryStats { gets, bytes_read }
     }
 
     /// The generation `CURRENT` names, from the isolate's cache while it is fresh.
@@ -422,7 +422,7 @@ impl<'a> RequestContext<'a> {
     }
 
     /// `GET /v1/items/{id}`: caption and URL of one item.
-    pub async fn item(&mut self, id: u64) -> Result<SearchResult, ApiError> {
+    pub async fn item(&mut self, id: u64) -> Result<Item, ApiError> {
         let generation = self.generation().await?;
         let entry = self.lookup(&generation, id).await?;
         let record = self
@@ -430,7 +430,7 @@ impl<'a> RequestContext<'a> {
             .await?
             .pop()
             .unwrap_or_default();
-        Ok(SearchResult {
+        Ok(Item {
             id,
             score: 1.0,
             url: resolve_url("/", &record.url),
@@ -477,14 +477,7 @@ impl<'a> RequestContext<'a> {
                         isolate().embeddings.put(key, encoding.embedding.clone());
                         Ok(encoding.embedding)
                     }
-                    Err(TextError::EmptyInput) => {
-                        Err(ApiError::new(ErrorCode::EmptyText, "text is empty"))
-                    }
-                    Err(TextError::NoTokens) => Err(ApiError::new(
-                        ErrorCode::EmptyText,
-                        "text has nothing the model can read",
-                    )),
-                    Err(error) => Err(internal("text encoding failed", error)),
+                    Err(error) => Err(text_encode_error(error)),
                 }
             }
         }
@@ -550,7 +543,7 @@ impl<'a> RequestContext<'a> {
         let results = merged
             .iter()
             .zip(records)
-            .map(|(hit, record)| SearchResult {
+            .map(|(hit, record)| Item {
                 id: hit.id,
                 score: hit.score,
                 url: if record.url.is_empty() {
@@ -570,7 +563,7 @@ impl<'a> RequestContext<'a> {
             timings,
             stats: QueryStats {
                 gets: own.gets + fan_out.gets,
-                bytes: own.bytes + fan_out.bytes,
+                bytes_read: own.bytes_read + fan_out.bytes_read,
             },
         })
     }

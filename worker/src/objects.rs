@@ -43,7 +43,7 @@ enum Backend {
 pub struct Objects {
     backend: Backend,
     gets: Cell<u64>,
-    bytes: Cell<u64>,
+    bytes_read: Cell<u64>,
 }
 
 fn failed(key: &str, reason: impl std::fmt::Display) -> ObjectError {
@@ -87,13 +87,13 @@ impl Objects {
         Ok(Objects {
             backend,
             gets: Cell::new(0),
-            bytes: Cell::new(0),
+            bytes_read: Cell::new(0),
         })
     }
 
     /// GETs and bytes read so far.
     pub fn counters(&self) -> (u64, u64) {
-        (self.gets.get(), self.bytes.get())
+        (self.gets.get(), self.bytes_read.get())
     }
 
     /// The whole object, or the bytes `range` of it.
@@ -125,7 +125,8 @@ impl Objects {
                 credentials,
             } => get_s3(bucket, credentials.as_ref(), key, range.clone(), limit).await?,
         };
-        self.bytes.set(self.bytes.get() + bytes.len() as u64);
+        self.bytes_read
+            .set(self.bytes_read.get() + bytes.len() as u64);
         if let Some(range) = range {
             let expected = range.end - range.start;
             if bytes.len() as u64 != expected {

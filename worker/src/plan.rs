@@ -3,8 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use clipedge_api::Candidate;
-use clipedge_format::RoutingTable;
+use clipedge_format::{Hit, RoutingTable};
 use clipedge_protocol::{ScanResponse, ScanStatus, ScanTargets};
 
 /// The groups one scanner call scans.
@@ -141,13 +140,13 @@ pub fn retry_targets(batch: &Batch, response: &ScanResponse) -> Vec<ScanTargets>
 /// Everything the scanner calls of one query brought back.
 #[derive(Debug, Default)]
 pub struct FanOut {
-    pub candidates: Vec<Candidate>,
+    pub candidates: Vec<Hit>,
     failed_groups: BTreeSet<u32>,
     scanned_groups: BTreeSet<u32>,
     failed_lists: BTreeSet<u32>,
     scanned_lists: BTreeSet<u32>,
     pub gets: u64,
-    pub bytes: u64,
+    pub bytes_read: u64,
     pub calls: u32,
     /// One line per failed call, group or list, for the error message and the logs.
     pub errors: Vec<String>,
@@ -158,14 +157,8 @@ impl FanOut {
     pub fn add_response(&mut self, response: &ScanResponse) {
         self.calls += 1;
         self.gets += response.stats.gets;
-        self.bytes += response.stats.bytes_read;
-        self.candidates
-            .extend(response.candidates.iter().map(|candidate| Candidate {
-                id: candidate.id,
-                score: candidate.score,
-                content_hash: candidate.content_hash,
-                metadata_ref: candidate.metadata_ref,
-            }));
+        self.bytes_read += response.stats.bytes_read;
+        self.candidates.extend_from_slice(&response.candidates);
         for group in &response.groups {
             if group.status.is_ok() {
                 self.scanned_groups.insert(group.group_id);

@@ -12,7 +12,8 @@ pub mod web;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use clipedge_format::CatalogRef;
+use clipedge_format::{CatalogRef, Hit};
+use clipedge_text::TextError;
 use serde::{Deserialize, Serialize};
 
 /// Longest accepted `text`, in Unicode scalar values (the tower truncates to its token limit).
@@ -26,6 +27,19 @@ pub const MAX_NPROBE: usize = 4096;
 /// Candidates reranked exactly = `k * rerank`.
 pub const DEFAULT_RERANK: usize = 10;
 pub const MAX_RERANK: usize = 50;
+
+/// What shows on the page next to the results when the index is the caption-embedding demo.
+pub const DEMO_LABEL: &str = "demo model: caption embeddings (all-MiniLM-L6-v2); deploy a CLIP export for pixel-based search";
+
+/// The page's label for an index embedded with the model named `model_name`: the demo's
+/// explanation for MiniLM (captions, not pixels), else the model's name. Both fronts show it
+/// (`clipedge serve` directly, the Worker through `CLIPEDGE_LABEL`).
+pub fn model_label(model_name: &str) -> String {
+    if model_name.to_ascii_lowercase().contains("minilm") {
+        return DEMO_LABEL.to_string();
+    }
+    format!("model: {model_name}")
+}
 
 /// The body of `POST /v1/search`, as sent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -315,42 +329,62 @@ impl SearchRequest {
     }
 }
 
-/// One candidate from a scan, before merge: what ranking and de-duplication need.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Candidate {
-    pub id: u64,
-    pub score: f32,
-    pub content_hash: u64,
-    pub metadata_ref: u64,
-}
-
-/// Merges candidate lists (one per scanner call, or one in-process scan) into the best `k`:
-/// by score, ties by id; the same id from two lists counts once; with `dedup`, only the best
-/// candidate of each content hash is kept (the same image indexed twice shows once).
-pub fn merge(candidate_lists: &[Vec<Candidate>], k: usize, dedup: bool) -> Vec<Candidate> {
-    let mut all: Vec<Candidate> = candidate_lists.iter().flatten().copied().collect();
-    all.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+/// Merges hit lists (one per scanner call, or one in-process scan) into the best `k`: by score,
+/// ties by id then list id, so the order in which answers arrived does not matter; NaN scores
+/// rank last; the same id from two lists counts once; with `dedup`, only the best hit of each
+/// content hash is kept (the same image indexed twice shows once). The one merge of the query
+/// path: the Worker and `clipedge serve` both call it.
+pub fn merge(hit_lists: &[Vec<Hit>], k: usize, dedup: bool) -> Vec<Hit> {
+    let mut all: Vec<Hit> = hit_lists.iter().flatten().copied().collect();
+    all.sort_by(rank_order);
     let mut seen_ids = HashSet::new();
     let mut seen_hashes = HashSet::new();
     let mut merged = Vec::with_capacity(k.min(all.len()));
-    for candidate in all {
+    for hit in all {
         if merged.len() == k {
             break;
         }
-        if !seen_ids.insert(candidate.id) {
+        if !seen_ids.insert(hit.id) {
             continue;
         }
-        if dedup && !seen_hashes.insert(candidate.content_hash) {
+        if dedup && !seen_hashes.insert(hit.content_hash) {
             continue;
         }
-        merged.push(candidate);
+        merged.push(hit);
     }
     merged
 }
 
-/// One result as the client sees it.
+/// Best first: a NaN score (`total_cmp` would put it above every number) after every number,
+/// then higher score, then smaller id, then smaller list id.
+fn rank_order(a: &Hit, b: &Hit) -> std::cmp::Ordering {
+    a.score
+        .is_nan()
+        .cmp(&b.score.is_nan())
+        .then_with(|| b.score.total_cmp(&a.score))
+        .then(a.id.cmp(&b.id))
+        .then(a.list_id.cmp(&b.list_id))
+}
+
+/// The API's answer to a text the tower could not encode: a text with nothing the model can
+/// read is the client's mistake (400 `empty_text`), anything else is ours. Both fronts map
+/// encoder errors through here, so they answer the same.
+pub fn text_encode_error(error: TextError) -> ApiError {
+    match error {
+        TextError::EmptyInput => ApiError::new(ErrorCode::EmptyText, "text is empty"),
+        TextError::NoTokens => {
+            ApiError::new(ErrorCode::EmptyText, "text has nothing the model can read")
+        }
+        other => ApiError::new(
+            ErrorCode::Internal,
+            format!("text encoding failed: {other}"),
+        ),
+    }
+}
+
+/// One item as the client sees it: a search result, or the answer of `GET /v1/items/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SearchResult {
+pub struct Item {
     pub id: u64,
     pub score: f32,
     pub url: String,
@@ -374,13 +408,15 @@ pub struct Timings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryStats {
     pub gets: u64,
-    pub bytes: u64,
+    /// Named `bytes_read` like every other I/O counter; `bytes` on the wire, as documented.
+    #[serde(rename = "bytes")]
+    pub bytes_read: u64,
 }
 
 /// The body of a successful `POST /v1/search`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchResponse {
-    pub results: Vec<SearchResult>,
+    pub results: Vec<Item>,
     /// Some lists could not be scanned (named in `failed_lists`); the results are the rest.
     pub partial: bool,
     pub failed_lists: Vec<u32>,
@@ -544,12 +580,13 @@ mod tests {
         assert_eq!(search.query, Query::Text("해변을 달리는 개 🐕".to_string()));
     }
 
-    fn candidate(id: u64, score: f32, content_hash: u64) -> Candidate {
-        Candidate {
+    fn candidate(id: u64, score: f32, content_hash: u64) -> Hit {
+        Hit {
             id,
             score,
             content_hash,
             metadata_ref: id * 10,
+            list_id: (id % 7) as u32,
         }
     }
 
@@ -564,7 +601,7 @@ mod tests {
             ],
             vec![],
         ];
-        let ids = |merged: Vec<Candidate>| merged.iter().map(|c| c.id).collect::<Vec<_>>();
+        let ids = |merged: Vec<Hit>| merged.iter().map(|c| c.id).collect::<Vec<_>>();
         assert_eq!(ids(merge(&lists, 10, true)), vec![1, 4, 2]);
         assert_eq!(ids(merge(&lists, 10, false)), vec![1, 3, 4, 2]);
         assert_eq!(ids(merge(&lists, 2, false)), vec![1, 3]);
@@ -572,6 +609,39 @@ mod tests {
         // Equal scores: lower id first, whatever the input order.
         let ties = vec![vec![candidate(9, 0.5, 1)], vec![candidate(3, 0.5, 2)]];
         assert_eq!(ids(merge(&ties, 2, true)), vec![3, 9]);
+        // The order in which answers arrive does not matter.
+        let reversed: Vec<Vec<Hit>> = lists.iter().rev().cloned().collect();
+        assert_eq!(merge(&lists, 10, true), merge(&reversed, 10, true));
+    }
+
+    #[test]
+    fn nan_scores_rank_last() {
+        let lists = vec![
+            vec![candidate(1, f32::NAN, 100), candidate(2, -0.5, 200)],
+            vec![candidate(3, 0.25, 300), candidate(4, -f32::NAN, 400)],
+        ];
+        let ids: Vec<u64> = merge(&lists, 10, true).iter().map(|c| c.id).collect();
+        assert_eq!(&ids[..2], &[3, 2], "{ids:?}");
+        assert_eq!(ids.len(), 4);
+        let top: Vec<u64> = merge(&lists, 2, false).iter().map(|c| c.id).collect();
+        assert_eq!(top, vec![3, 2]);
+    }
+
+    #[test]
+    fn texts_the_tower_cannot_read_are_the_clients_mistake() {
+        for error in [TextError::EmptyInput, TextError::NoTokens] {
+            let answer = text_encode_error(error);
+            assert_eq!((answer.code, answer.status()), (ErrorCode::EmptyText, 400));
+        }
+        let failure = text_encode_error(TextError::Inference {
+            reason: "out of memory".to_string(),
+        });
+        assert_eq!(failure.code, ErrorCode::Internal);
+        assert!(
+            failure.message.contains("out of memory"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]
@@ -605,7 +675,7 @@ mod tests {
     #[test]
     fn responses_serialize_with_the_documented_fields() {
         let response = SearchResponse {
-            results: vec![SearchResult {
+            results: vec![Item {
                 id: 1,
                 score: 0.5,
                 url: "/media/a.webp".to_string(),
@@ -616,7 +686,7 @@ mod tests {
             timings: Timings::default(),
             stats: QueryStats {
                 gets: 2,
-                bytes: 100,
+                bytes_read: 100,
             },
         };
         let json: serde_json::Value = serde_json::to_value(&response).unwrap();
@@ -628,5 +698,6 @@ mod tests {
         }
         assert_eq!(json["results"][0]["caption"], "a cat");
         assert_eq!(json["stats"]["gets"], 2);
+        assert_eq!(json["stats"]["bytes"], 100, "the wire name stays bytes");
     }
 }

@@ -9,6 +9,7 @@ mod catalog;
 mod codebook;
 mod error;
 mod group;
+mod hit;
 mod le;
 mod list;
 mod manifest;
@@ -23,6 +24,7 @@ pub use catalog::{
 pub use codebook::{decode_codebooks, encode_codebooks, Codebooks};
 pub use error::FormatError;
 pub use group::{GroupBlob, ListLocation, LIST_LOCATION_BYTES};
+pub use hit::Hit;
 pub use list::{ListBlobBuilder, ListExpectation, ListView, RerankData, LIST_MAGIC};
 pub use manifest::{
     BuildInfo, FileRef, Manifest, Metric, ModelInfo, PqParams, RerankKind, ShardRef, FORMAT_VERSION,

@@ -20,4 +20,3 @@ pub mod scan;
 pub use error::IndexError;
 #[cfg(feature = "reader")]
 pub use reader::{IndexReader, OpenOptions, SearchParams, SearchResult, SearchStats};
-pub use scan::Hit;

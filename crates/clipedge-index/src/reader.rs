@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use clipedge_format::{
-    decode_codebooks, generation_path, CurrentPointer, GroupBlob, ListExpectation, ListView,
+    decode_codebooks, generation_path, CurrentPointer, GroupBlob, Hit, ListExpectation, ListView,
     Manifest, RerankKind, RoutingTable, CURRENT_OBJECT,
 };
 use clipedge_linalg::ProductQuantizer;
@@ -12,7 +12,7 @@ use clipedge_storage::{ByteLru, Storage, StorageError};
 use tracing::debug;
 
 use crate::route::{self, ProbedList};
-use crate::scan::{self, Hit, QueryTables};
+use crate::scan::{self, QueryTables};
 use crate::IndexError;
 
 /// How an [`IndexReader`] holds the index in memory.

@@ -1,18 +1,8 @@
 //! Scanning lists and reranking candidates. No I/O: works on verified [`ListView`]s.
 
-use clipedge_format::{ListView, RerankKind};
+use clipedge_format::{Hit, ListView, RerankKind};
 use clipedge_linalg::fastscan::{self, QuantizedLut};
 use clipedge_linalg::{rerank, scan8, ProductQuantizer, Scored, TopK};
-
-/// A search result: the vector's id and what the caller needs to show and de-duplicate it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Hit {
-    pub id: u64,
-    pub score: f32,
-    pub content_hash: u64,
-    pub metadata_ref: u64,
-    pub list_id: u32,
-}
 
 /// The query's lookup tables, built once and shared by every list (by-residual inner-product
 /// tables do not depend on the list: the list's part is the bias `<query, centroid>`).

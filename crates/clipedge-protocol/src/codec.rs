@@ -222,7 +222,8 @@ pub fn decode_response(bytes: &[u8], encoding: Encoding) -> Result<ScanResponse,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Candidate, ListResult, ScanStats, ScanStatus, ScanTargets};
+    use crate::{ListResult, ScanStats, ScanStatus, ScanTargets};
+    use clipedge_format::Hit;
 
     pub(crate) fn sample_request() -> ScanRequest {
         ScanRequest {
@@ -251,7 +252,7 @@ mod tests {
                 cached: false,
                 detail: "checksum mismatch in list 4".to_string(),
             }],
-            candidates: vec![Candidate {
+            candidates: vec![Hit {
                 id: u64::MAX,
                 score: -0.123_456_79,
                 content_hash: 0xdead_beef_cafe_f00d,
@@ -264,6 +265,25 @@ mod tests {
                 ..ScanStats::default()
             },
         }
+    }
+
+    /// The bytes of a response as the protocol has always encoded it: a change here breaks
+    /// deployed scanners and callers (`docs/protocol.md`).
+    #[test]
+    fn the_response_frame_keeps_its_bytes() {
+        let binary = encode_response(&sample_response(), Encoding::Binary).unwrap();
+        let hex: String = binary.iter().map(|byte| format!("{byte:02x}")).collect();
+        assert_eq!(
+            hex,
+            "4345535201000000057265712d31016700010402001b636865636b73756d206d69736d61746368\
+             20696e206c697374203401fdffffffffffffffffead6fcbdfd0df0fecaefbeadde110303fd0000\
+             0000000100000000000000000000000000000000000000000000"
+        );
+        let json = encode_response(&sample_response(), Encoding::Json).unwrap();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"{"request_id":"req-1","generation":"g","groups":[],"lists":[{"list_id":4,"status":"Corrupt","cached":false,"detail":"checksum mismatch in list 4"}],"candidates":[{"id":18446744073709551615,"score":-0.12345679,"content_hash":16045690984503111693,"metadata_ref":17,"list_id":3}],"stats":{"gets":3,"bytes_read":1099511627776,"list_cache_hits":0,"lists_scanned":0,"codes_scanned":0,"generation_cached":false,"fetch_ms":0.0,"scan_ms":0.0,"rerank_ms":0.0,"total_ms":0.0}}"#
+        );
     }
 
     #[test]

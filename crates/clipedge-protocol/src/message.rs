@@ -1,5 +1,6 @@
 //! The request and response of one scanner invocation.
 
+use clipedge_format::Hit;
 use serde::{Deserialize, Serialize};
 
 use crate::ProtocolError;
@@ -132,17 +133,6 @@ pub struct ListResult {
     pub detail: String,
 }
 
-/// One candidate: enough to show it (metadata reference) and to de-duplicate it (content hash).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Candidate {
-    pub id: u64,
-    /// Exact inner product when reranked, else the PQ estimate.
-    pub score: f32,
-    pub content_hash: u64,
-    pub metadata_ref: u64,
-    pub list_id: u32,
-}
-
 /// Where the invocation's time and bytes went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScanStats {
@@ -172,7 +162,7 @@ pub struct ScanResponse {
     /// One entry per list the scanner chose or was given, in scan order.
     pub lists: Vec<ListResult>,
     /// The top `k` over the lists that were scanned, best first.
-    pub candidates: Vec<Candidate>,
+    pub candidates: Vec<Hit>,
     pub stats: ScanStats,
 }
 

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clipedge_api::{
-    locate_item, merge, resolve_url, ApiError, Candidate, ErrorCode, HealthResponse, Query,
-    QueryStats, SearchResponse, SearchResult, Timings, ValidSearch,
+    locate_item, merge, resolve_url, text_encode_error, ApiError, ErrorCode, HealthResponse, Item,
+    Query, QueryStats, SearchResponse, Timings, ValidSearch,
 };
 use clipedge_format::{decode_record, generation_path, record_range, CatalogRef, ItemRecord};
 use clipedge_index::{IndexError, IndexReader, OpenOptions, SearchParams};
@@ -13,9 +13,6 @@ use clipedge_storage::Storage;
 use clipedge_text::{TextEncoder, TextError};
 use thiserror::Error;
 use tracing::{info, warn};
-
-/// What shows on the page next to the results when the index is the caption-embedding demo.
-pub const DEMO_LABEL: &str = "demo model: caption embeddings (all-MiniLM-L6-v2); deploy a CLIP export for pixel-based search";
 
 #[derive(Debug, Error)]
 pub enum EngineError {
@@ -171,7 +168,7 @@ impl Engine {
     ) -> Result<clipedge_format::CatalogEntry, ApiError> {
         let (catalog, range, index) = locate_item(self.catalog(), id)?;
         stats.gets += 1;
-        stats.bytes += range.end - range.start;
+        stats.bytes_read += range.end - range.start;
         let block = self
             .storage()
             .get_range(&self.catalog_object(catalog), range)
@@ -207,7 +204,7 @@ impl Engine {
             .await
             .map_err(|error| internal("catalog read failed", error))?;
         stats.gets += read.requests as u64;
-        stats.bytes += read.bytes;
+        stats.bytes_read += read.bytes;
         read.parts
             .iter()
             .map(|bytes| {
@@ -217,14 +214,14 @@ impl Engine {
     }
 
     /// Caption and URL of one item, for the page's "more like this" header.
-    pub async fn item(&self, id: u64) -> Result<SearchResult, ApiError> {
+    pub async fn item(&self, id: u64) -> Result<Item, ApiError> {
         let mut stats = QueryStats::default();
         let entry = self.lookup(id, &mut stats).await?;
         let record = self
             .records(&[entry.metadata_ref], &mut stats)
             .await?
             .remove(0);
-        Ok(SearchResult {
+        Ok(Item {
             id,
             score: 1.0,
             url: resolve_url(&self.root_base, &record.url),
@@ -250,13 +247,9 @@ impl Engine {
                 let encoding = tokio::task::spawn_blocking(move || encoder.encode(&text))
                     .await
                     .map_err(|error| internal("text encoder task failed", error))?;
-                match encoding {
-                    Ok(encoding) => Ok(encoding.embedding),
-                    Err(TextError::EmptyInput) => {
-                        Err(ApiError::new(ErrorCode::EmptyText, "text is empty"))
-                    }
-                    Err(error) => Err(internal("text encoding failed", error)),
-                }
+                encoding
+                    .map(|encoding| encoding.embedding)
+                    .map_err(text_encode_error)
             }
             Query::Id(id) => {
                 let entry = self.lookup(id, stats).await?;
@@ -270,7 +263,7 @@ impl Engine {
                         },
                     )?;
                 stats.gets += read_stats.gets;
-                stats.bytes += read_stats.bytes_read;
+                stats.bytes_read += read_stats.bytes_read;
                 vector.ok_or_else(|| {
                     warn!(
                         id,
@@ -307,25 +300,15 @@ impl Engine {
         timings.scan =
             (index_stats.fetch_us + index_stats.scan_us + index_stats.rerank_us) as f64 / 1e3;
         stats.gets += index_stats.gets;
-        stats.bytes += index_stats.bytes_read;
+        stats.bytes_read += index_stats.bytes_read;
 
-        let hits: Vec<Candidate> = found
-            .hits
-            .iter()
-            .map(|hit| Candidate {
-                id: hit.id,
-                score: hit.score,
-                content_hash: hit.content_hash,
-                metadata_ref: hit.metadata_ref,
-            })
-            .collect();
-        let merged = merge(&[hits], search.k, search.dedup);
+        let merged = merge(&[found.hits], search.k, search.dedup);
         let refs: Vec<u64> = merged.iter().map(|hit| hit.metadata_ref).collect();
         let records = self.records(&refs, &mut stats).await?;
         let results = merged
             .iter()
             .zip(records)
-            .map(|(hit, record)| SearchResult {
+            .map(|(hit, record)| Item {
                 id: hit.id,
                 score: hit.score,
                 url: if record.url.is_empty() {

@@ -5,13 +5,14 @@
 //!   de-duplicate (`clipedge-api`) → captions and image URLs from the generation's catalog.
 //! - [`router`]: `POST /v1/search`, `GET /v1/health`, `GET /v1/items/{id}`, `GET /media/…` (the
 //!   index root's images), the page at `/`, CORS.
-//! - [`demo`]: builds the bundled demo dataset into a cached index.
+//!
+//! Building indexes is not its job (the CLI's `clipedge demo` builds the demo index), so the
+//! server depends on nothing above the query crates.
 
-pub mod demo;
 mod engine;
 mod http;
 
-pub use engine::{Engine, EngineError, DEMO_LABEL};
+pub use engine::{Engine, EngineError};
 pub use http::router;
 
 use std::net::SocketAddr;

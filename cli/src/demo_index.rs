@@ -1,5 +1,6 @@
 //! The bundled demo: `demo/items.jsonl` + `demo/images/` → captions embedded with the text
 //! model → an index with a catalog and its images under `media/`, built once and cached.
+//! It lives in the CLI, beside `build`, so the embedded server does not depend on the builder.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -1,6 +1,6 @@
-//! `clipedge local-stack up|down`: the whole serverless stack on this machine, for a developer,
-//! a demo or the end-to-end tests: s3s-fs (S3), `cargo lambda watch` with the scanner attached
-//! (Lambda) and `wrangler dev` running the built Worker (workerd).
+//! `clipedge-dev local-stack up|down`: the whole serverless stack on this machine, for a
+//! developer, a demo or the end-to-end tests: s3s-fs (S3), `cargo lambda watch` with the scanner
+//! attached (Lambda) and `wrangler dev` running the built Worker (workerd).
 //!
 //! `up` starts the three, publishes an index and its text model to the S3 server, waits until
 //! the Worker answers `/v1/health` through the whole chain, writes `stack.json` into the state
@@ -17,12 +17,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
+use clipedge_api::model_label;
 use clipedge_format::{CurrentPointer, CURRENT_OBJECT};
-use clipedge_server::demo::ensure_demo_index;
 use clipedge_storage::{Storage, StorageError};
+use clipedge_text::TextEncoder;
 use serde::{Deserialize, Serialize};
-
-use crate::serve::{default_label, load_encoder, runtime};
 
 const BUCKET: &str = "clipedge";
 const INDEX_PREFIX: &str = "indexes/local";
@@ -142,13 +141,30 @@ fn scanner_binary() -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var("CLIPEDGE_SCANNER_BIN") {
         return Ok(PathBuf::from(path));
     }
-    // `clipedge` and `clipedge-scanner` are built into the same target directory.
-    let own = std::env::current_exe().context("locating the clipedge binary")?;
-    let sibling = own.with_file_name("clipedge-scanner");
+    sibling_binary("clipedge-scanner", "clipedge-lambda")
+}
+
+/// `clipedge`, for the demo index build (`clipedge demo --build-only`).
+fn clipedge_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("CLIPEDGE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    sibling_binary("clipedge", "clipedge")
+}
+
+/// A binary built into the same target directory and profile as this one.
+fn sibling_binary(name: &str, package: &str) -> anyhow::Result<PathBuf> {
+    let own = std::env::current_exe().context("locating the clipedge-dev binary")?;
+    let sibling = own.with_file_name(name);
     if !sibling.exists() {
         bail!(
-            "{} is missing: cargo build -p clipedge-lambda --bin clipedge-scanner (same profile), or set CLIPEDGE_SCANNER_BIN",
-            sibling.display()
+            "{} is missing: cargo build -p {package} --bin {name} (same profile), or set {}",
+            sibling.display(),
+            if name == "clipedge" {
+                "CLIPEDGE_BIN"
+            } else {
+                "CLIPEDGE_SCANNER_BIN"
+            }
         );
     }
     Ok(sibling)
@@ -225,7 +241,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     let state = absolute(&args.state)?;
     if state.join(STACK_FILE).exists() {
         bail!(
-            "{} exists: a stack may be running; run `clipedge local-stack down --state {}` first",
+            "{} exists: a stack may be running; run `clipedge-dev local-stack down --state {}` first",
             state.join(STACK_FILE).display(),
             args.state.display()
         );
@@ -254,16 +270,16 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     )?;
     let scanner = scanner_binary()?;
 
-    let encoder = load_encoder(&args.model)?;
-    let runtime = runtime()?;
+    let encoder = TextEncoder::load(&args.model)
+        .with_context(|| format!("loading text model {}", args.model.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let index_dir = match &args.index {
         Some(dir) => dir.clone(),
         None => {
             let dir = PathBuf::from("data/demo-index");
-            let demo = runtime
-                .block_on(ensure_demo_index(Path::new("demo"), &encoder, &dir))
-                .context("building the demo index")?;
-            eprintln!("demo index: {} items in {}", demo.items, dir.display());
+            build_demo_index(&args.model, &dir)?;
             dir
         }
     };
@@ -295,7 +311,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             std::fs::write(state.join(STACK_FILE), &json)?;
             println!("{}", serde_json::to_string(&stack)?);
             eprintln!(
-                "worker: {}  (stop with: clipedge local-stack down --state {})",
+                "worker: {}  (stop with: clipedge-dev local-stack down --state {})",
                 stack.worker_url,
                 args.state.display()
             );
@@ -324,6 +340,28 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             )))
         }
     }
+}
+
+/// The bundled demo embedded with `model` into `dir` by `clipedge demo --build-only` (cached:
+/// rebuilt only when the dataset or the model changes).
+fn build_demo_index(model: &Path, dir: &Path) -> anyhow::Result<()> {
+    let clipedge = clipedge_binary()?;
+    let output = Command::new(&clipedge)
+        .args(["demo", "--build-only", "--model"])
+        .arg(model)
+        .arg("--dir")
+        .arg(dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} demo --build-only", clipedge.display()))?;
+    if !output.status.success() {
+        bail!("building the demo index in {} failed", dir.display());
+    }
+    eprintln!(
+        "demo index: {}",
+        String::from_utf8_lossy(&output.stdout).trim()
+    );
+    Ok(())
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -448,7 +486,7 @@ fn start_and_publish(
         ("CLIPEDGE_MODEL_PREFIX".into(), model_prefix.clone()),
         ("CLIPEDGE_S3_ENDPOINT".into(), s3_endpoint.clone()),
         ("CLIPEDGE_SCANNER_URLS".into(), scanner_url.clone()),
-        ("CLIPEDGE_LABEL".into(), default_label(encoder)),
+        ("CLIPEDGE_LABEL".into(), model_label(&encoder.card().name)),
     ];
     if args.r2 {
         vars.push(("CLIPEDGE_R2_BINDING".into(), R2_BINDING.into()));
@@ -468,7 +506,7 @@ fn start_and_publish(
     let worker_dir = state.join("worker");
     std::fs::create_dir_all(&worker_dir)?;
     let mut config = format!(
-        "# Written by `clipedge local-stack up`: the prebuilt Worker with this stack's settings.\n\
+        "# Written by `clipedge-dev local-stack up`: the prebuilt Worker with this stack's settings.\n\
          name = \"clipedge-local\"\nmain = {:?}\ncompatibility_date = \"2025-09-01\"\n\n[vars]\n",
         worker_entry.display().to_string()
     );
