@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::{dot, gemm, par, LinalgError};
 
+/// Rows per parallel task of the k-means++ distance updates.
 const SUM_CHUNK_ROWS: usize = 4096;
 /// k-means++ seeds from at most this many sampled points per centroid.
 const PLUS_PLUS_POINTS_PER_CENTROID: usize = 16;
@@ -221,35 +222,37 @@ fn kmeans_plus_plus(data: &[f32], dim: usize, k: usize, rng: &mut ChaCha8Rng) ->
     centroids
 }
 
+/// Per-cluster sums (f64) and counts. Rows are bucketed by cluster first (a counting sort that
+/// keeps input order), then each cluster sums its own rows, clusters in parallel. The earlier
+/// scheme — a `k × dim` partial per 4,096-row chunk, reduced one after another — zeroed and
+/// added 64 MB per chunk at k = 16,384: about 7 s of each Lloyd iteration over 1M points.
 fn cluster_sums(data: &[f32], dim: usize, k: usize, labels: &[u32]) -> (Vec<f64>, Vec<u64>) {
-    let partials = par::map_chunks(labels, SUM_CHUNK_ROWS, |chunk_index, chunk_labels| {
-        let start = chunk_index * SUM_CHUNK_ROWS;
-        let mut sums = vec![0f64; k * dim];
-        let mut counts = vec![0u64; k];
-        for (offset, &label) in chunk_labels.iter().enumerate() {
-            let row = start + offset;
-            let label = label as usize;
-            counts[label] += 1;
-            for (s, x) in sums[label * dim..(label + 1) * dim]
-                .iter_mut()
-                .zip(&data[row * dim..(row + 1) * dim])
-            {
+    let mut counts = vec![0u64; k];
+    for &label in labels {
+        counts[label as usize] += 1;
+    }
+    let mut starts = Vec::with_capacity(k + 1);
+    starts.push(0usize);
+    for count in &counts {
+        starts.push(starts[starts.len() - 1] + *count as usize);
+    }
+    let mut next = starts.clone();
+    let mut members = vec![0u32; labels.len()];
+    for (row, &label) in labels.iter().enumerate() {
+        members[next[label as usize]] = row as u32;
+        next[label as usize] += 1;
+    }
+    let per_cluster = par::map_range(k, |cluster| {
+        let mut sum = vec![0f64; dim];
+        for &row in &members[starts[cluster]..starts[cluster + 1]] {
+            let row = row as usize;
+            for (s, x) in sum.iter_mut().zip(&data[row * dim..(row + 1) * dim]) {
                 *s += *x as f64;
             }
         }
-        (sums, counts)
+        sum
     });
-    let mut sums = vec![0f64; k * dim];
-    let mut counts = vec![0u64; k];
-    for (partial_sums, partial_counts) in partials {
-        for (s, p) in sums.iter_mut().zip(partial_sums) {
-            *s += p;
-        }
-        for (c, p) in counts.iter_mut().zip(partial_counts) {
-            *c += p;
-        }
-    }
-    (sums, counts)
+    (per_cluster.concat(), counts)
 }
 
 /// Gives each empty cluster half of a large cluster: the donor's centroid is copied and
