@@ -465,6 +465,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_nightly_config_parses() {
+        let settings: Settings =
+            toml::from_str(include_str!("../../../deploy/nightly.toml")).unwrap();
+        assert_eq!(settings.nlist, Some(65_536));
+        assert_eq!(settings.grace.as_deref(), Some("1h"));
+        assert!(toml::from_str::<Settings>("nlsit = 3").is_err());
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One nightly rebuild: find the CUDA libraries, sync the embeddings, run the job.
+# Exit codes are the job's: 0 published, 3 refused by the recall gate, 2 error.
+set -euo pipefail
+: "${CLIPEDGE_INDEX:?}" "${CLIPEDGE_EMBEDDINGS_REMOTE:?}" "${CLIPEDGE_WORK:?}" "${CLIPEDGE_BIN:?}"
+
+# cuBLAS and NVRTC from the pip wheels (python3 -m pip install nvidia-cublas nvidia-cuda-nvrtc);
+# the driver provides libcuda. Never put a CUDA stubs/ folder on the path.
+if cuda_lib=$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "lib"))' 2>/dev/null); then
+  export LD_LIBRARY_PATH="$cuda_lib:${LD_LIBRARY_PATH:-}"
+fi
+
+mkdir -p "$CLIPEDGE_WORK/embeddings" "$CLIPEDGE_WORK/spill"
+# The job reads local files; sources on s3:// are synced first (aws cli or rclone).
+aws s3 sync --only-show-errors ${AWS_ENDPOINT_URL:+--endpoint-url "$AWS_ENDPOINT_URL"} \
+  "$CLIPEDGE_EMBEDDINGS_REMOTE" "$CLIPEDGE_WORK/embeddings"
+
+exec "$CLIPEDGE_BIN" run \
+  --source "$CLIPEDGE_WORK/embeddings" \
+  --out "$CLIPEDGE_INDEX" \
+  --device auto \
+  --config "${CLIPEDGE_CONFIG:-/opt/clipedge/nightly.toml}" \
+  --spill-dir "$CLIPEDGE_WORK/spill"
