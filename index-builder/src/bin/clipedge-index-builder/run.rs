@@ -208,14 +208,22 @@ fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Text embeddings next to the image ones (clip-retrieval's `text_emb/`), if any.
+/// Text embeddings next to the image ones (clip-retrieval's `text_emb/`), if any holds a
+/// `.npy` (clip-retrieval leaves the folder empty when it computed none).
 fn text_embeddings(source: &Path) -> Option<PathBuf> {
+    let holds_npy = |folder: &Path| {
+        std::fs::read_dir(folder).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|entry| entry.path().extension().and_then(|ext| ext.to_str()) == Some("npy"))
+        })
+    };
     [
         source.join("embeddings").join("text_emb"),
         source.join("text_emb"),
     ]
     .into_iter()
-    .find(|folder| folder.is_dir())
+    .find(|folder| folder.is_dir() && holds_npy(folder))
 }
 
 /// Returns the exit code.
@@ -471,6 +479,16 @@ mod tests {
         assert_eq!(settings.nlist, Some(65_536));
         assert_eq!(settings.grace.as_deref(), Some("1h"));
         assert!(toml::from_str::<Settings>("nlsit = 3").is_err());
+    }
+
+    #[test]
+    fn an_empty_text_emb_folder_is_no_query_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("embeddings").join("text_emb");
+        std::fs::create_dir_all(&folder).unwrap();
+        assert_eq!(text_embeddings(dir.path()), None);
+        std::fs::write(folder.join("text_emb_0.npy"), b"").unwrap();
+        assert_eq!(text_embeddings(dir.path()), Some(folder));
     }
 
     #[test]

@@ -59,7 +59,6 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     let image_folder = args.out.join("embeddings").join("img_emb");
     let text_folder = args.out.join("embeddings").join("text_emb");
     std::fs::create_dir_all(&image_folder)?;
-    std::fs::create_dir_all(&text_folder)?;
     let files = args.n.div_ceil(rows_per_file);
     // clip-retrieval zero-pads N to the width of the largest index.
     let width = files.to_string().len().max(1);
@@ -72,6 +71,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         eprintln!("synth: wrote {} ({rows} rows)", path.display());
     }
     if args.text > 0 {
+        std::fs::create_dir_all(&text_folder)?;
         let texts = generator.queries(args.text, QueryKind::OutOfDistribution);
         write_f16_npy(&text_folder.join("text_emb_0.npy"), &texts, args.dim)?;
     }
