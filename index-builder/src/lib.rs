@@ -15,6 +15,7 @@ mod build;
 pub mod device;
 mod gate;
 mod lifecycle;
+mod metadata;
 mod pipeline;
 mod progress;
 mod source;
@@ -40,6 +41,7 @@ pub use progress::{NoProgress, Progress};
 /// a generation is judged as it will be served.
 pub const GATE_DEFAULT_NPROBE: usize = 16;
 pub const GATE_DEFAULT_RERANK: usize = 10;
+pub use metadata::MetadataReader;
 pub use source::EmbeddingSource;
 
 #[cfg(test)]

@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use clipedge_format::{generation_path, ListLocation, Manifest, RerankData, RerankKind, ShardRef};
+use clipedge_format::{
+    append_catalog_record, catalog_head, catalog_records_offset, generation_path, CatalogRef,
+    ListLocation, Manifest, RerankData, RerankKind, ShardRef, CATALOG_BLOCK_ITEMS,
+};
 use clipedge_linalg::rerank;
 use clipedge_storage::Storage;
 use rayon::prelude::*;
@@ -30,12 +33,15 @@ use crate::build::{
     ListColumns, LIST_ALIGN,
 };
 use crate::device::{Device, Metric};
+use crate::metadata::MetadataReader;
 use crate::source::EmbeddingSource;
 use crate::{BuildConfig, BuildError, ExactTopK, Progress, TrainedIndex};
 
 /// Spill buckets are sized to about this many bytes (one is held in memory at a time).
 const BUCKET_TARGET_BYTES: u64 = 512 << 20;
 const MAX_BUCKETS: u64 = 4096;
+/// Bytes of a spill entry before its codes.
+const ENTRY_HEAD: usize = 28;
 
 /// Seconds per stage of a streamed write.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -73,9 +79,9 @@ struct EntryLayout {
 }
 
 impl EntryLayout {
-    /// list u32 | row u64 | content hash u64 | codes (m bytes) | rerank copy.
+    /// list u32 | row u64 | content hash u64 | metadata ref u64 | codes (m bytes) | rerank copy.
     fn bytes(&self) -> usize {
-        4 + 8 + 8 + self.m + self.rerank_bytes
+        ENTRY_HEAD + self.m + self.rerank_bytes
     }
 }
 
@@ -155,6 +161,12 @@ pub async fn write_generation_streamed(
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut seconds = WriteSeconds::default();
+    // Records are laid out as the vectors stream past: each row's metadata reference goes into
+    // its list entry, like the in-memory path's catalog.
+    let mut catalog = match source.metadata_reader() {
+        Some(reader) => Some(CatalogSpill::new(reader, n, &spill.0)?),
+        None => None,
+    };
     let coarse = device.centroids(trained.fine_centroids.clone(), dim, Metric::InnerProduct)?;
     let encoder = device.encoder(&trained.pq, &coarse)?;
     progress.stage("assign and encode", n);
@@ -171,7 +183,20 @@ pub async fn write_generation_streamed(
         let (labels, codes) = device.assign_and_encode(&encoder, &batch)?;
         seconds.assign_s += assign_started.elapsed().as_secs_f64();
         let encode_started = Instant::now();
-        let entries = encode_entries(&batch, dim, start, &labels, &codes, config, &layout);
+        let batch_refs = match catalog.as_mut() {
+            Some(catalog) => Some(catalog.add_batch(rows, &labels)?),
+            None => None,
+        };
+        let entries = encode_entries(
+            &batch,
+            dim,
+            start,
+            &labels,
+            &codes,
+            batch_refs.as_deref(),
+            config,
+            &layout,
+        );
         seconds.encode_s += encode_started.elapsed().as_secs_f64();
 
         if let Some(truth) = truth.as_deref_mut() {
@@ -232,6 +257,10 @@ pub async fn write_generation_streamed(
     }
     let (locations, shards) = shards_writer.finish().await?;
     debug_assert_eq!(locations.len(), nlist);
+    let catalog_ref = match catalog {
+        Some(catalog) => Some(catalog.finish(storage, &generation).await?),
+        None => None,
+    };
     let manifest = finish_generation(
         storage,
         &generation,
@@ -241,7 +270,7 @@ pub async fn write_generation_streamed(
         n,
         &locations,
         shards,
-        None,
+        catalog_ref,
     )
     .await?;
     seconds.write_s += write_started.elapsed().as_secs_f64();
@@ -249,12 +278,14 @@ pub async fn write_generation_streamed(
 }
 
 /// The spill entries of one batch, in row order.
+#[allow(clippy::too_many_arguments)]
 fn encode_entries(
     batch: &[f32],
     dim: usize,
     first_row: u64,
     labels: &[u32],
     codes: &[u8],
+    metadata_refs: Option<&[u64]>,
     config: &BuildConfig,
     layout: &EntryLayout,
 ) -> Vec<u8> {
@@ -269,8 +300,10 @@ fn encode_entries(
             entry[..4].copy_from_slice(&labels[index].to_le_bytes());
             entry[4..12].copy_from_slice(&(first_row + index as u64).to_le_bytes());
             entry[12..20].copy_from_slice(&content_hash(vector).to_le_bytes());
-            entry[20..20 + m].copy_from_slice(&codes[index * m..(index + 1) * m]);
-            let rerank_slot = &mut entry[20 + m..];
+            let metadata_ref = metadata_refs.map_or(first_row + index as u64, |refs| refs[index]);
+            entry[20..28].copy_from_slice(&metadata_ref.to_le_bytes());
+            entry[ENTRY_HEAD..ENTRY_HEAD + m].copy_from_slice(&codes[index * m..(index + 1) * m]);
+            let rerank_slot = &mut entry[ENTRY_HEAD + m..];
             match config.rerank {
                 RerankKind::Fp16 => {
                     for (slot, half) in rerank_slot
@@ -304,6 +337,7 @@ fn list_blob_from_entries(
     let count = entries.len();
     let mut ids = Vec::with_capacity(count);
     let mut hashes = Vec::with_capacity(count);
+    let mut metas = Vec::with_capacity(count);
     let mut codes = Vec::with_capacity(count * m);
     let mut fp16 = Vec::new();
     let mut scales = Vec::new();
@@ -315,8 +349,11 @@ fn list_blob_from_entries(
         hashes.push(u64::from_le_bytes(
             entry[12..20].try_into().expect("8 bytes"),
         ));
-        codes.extend_from_slice(&entry[20..20 + m]);
-        let rerank_slot = &entry[20 + m..];
+        metas.push(u64::from_le_bytes(
+            entry[20..28].try_into().expect("8 bytes"),
+        ));
+        codes.extend_from_slice(&entry[ENTRY_HEAD..ENTRY_HEAD + m]);
+        let rerank_slot = &entry[ENTRY_HEAD + m..];
         match config.rerank {
             RerankKind::Fp16 => fp16.extend(
                 rerank_slot
@@ -337,17 +374,109 @@ fn list_blob_from_entries(
         RerankKind::Int8 => RerankData::Int8 { scales, values },
         RerankKind::None => RerankData::None,
     };
-    // Without a catalog a vector's metadata reference is its row, as in the in-memory path.
     let columns = ListColumns {
         ids: &ids,
         content_hashes: &hashes,
-        metadata_refs: &ids,
+        metadata_refs: &metas,
         codes,
         rerank: &rerank_data,
     };
     let blob = assemble_list_blob(list_id, dim, config, columns);
     debug_assert_eq!(blob.len() as u64, list_blob_len(count, dim, config));
     blob
+}
+
+/// The catalog of a streamed build: records appended to a local file as rows stream past, each
+/// row's list and metadata reference kept for the id table (12 bytes a row in memory; the
+/// catalog is one object, so its size — not this — is what bounds a catalogued build).
+struct CatalogSpill {
+    reader: MetadataReader,
+    records_offset: u64,
+    records_path: PathBuf,
+    records: BufWriter<File>,
+    records_written: u64,
+    lists: Vec<u32>,
+    refs: Vec<u64>,
+    json: Vec<Vec<u8>>,
+    stored: Vec<u8>,
+}
+
+impl CatalogSpill {
+    fn new(reader: MetadataReader, items: u64, spill_dir: &Path) -> Result<Self, BuildError> {
+        let records_path = spill_dir.join("catalog-records.bin");
+        let file =
+            File::create(&records_path).map_err(|error| spill_error(&records_path, error))?;
+        Ok(CatalogSpill {
+            reader,
+            records_offset: catalog_records_offset(items),
+            records_path,
+            records: BufWriter::with_capacity(1 << 20, file),
+            records_written: 0,
+            lists: Vec::with_capacity(items as usize),
+            refs: Vec::with_capacity(items as usize),
+            json: Vec::new(),
+            stored: Vec::new(),
+        })
+    }
+
+    /// Reads and stores the next `rows` records; returns their metadata references.
+    fn add_batch(&mut self, rows: usize, labels: &[u32]) -> Result<Vec<u64>, BuildError> {
+        self.json.clear();
+        self.reader.next_records(rows, &mut self.json)?;
+        self.stored.clear();
+        let mut refs = Vec::with_capacity(rows);
+        for json in &self.json {
+            let written = self.records_written + self.stored.len() as u64;
+            let metadata_ref =
+                append_catalog_record(json, self.records_offset, &mut self.stored, written)
+                    .map_err(|error| BuildError::Input(error.to_string()))?;
+            refs.push(metadata_ref);
+        }
+        self.records
+            .write_all(&self.stored)
+            .map_err(|error| spill_error(&self.records_path, error))?;
+        self.records_written += self.stored.len() as u64;
+        self.lists.extend_from_slice(labels);
+        self.refs.extend_from_slice(&refs);
+        Ok(refs)
+    }
+
+    /// Writes `catalog.bin` (header, id table, then the spilled records) into the generation.
+    async fn finish(self, storage: &Storage, generation: &str) -> Result<CatalogRef, BuildError> {
+        let CatalogSpill {
+            records_offset,
+            records_path,
+            records,
+            lists,
+            refs,
+            ..
+        } = self;
+        records
+            .into_inner()
+            .map_err(|error| spill_error(&records_path, error.into_error()))?;
+        let items = refs.len() as u64;
+        let mut bytes =
+            catalog_head(&lists, &refs).map_err(|error| BuildError::Input(error.to_string()))?;
+        drop((lists, refs));
+        File::open(&records_path)
+            .and_then(|mut file| file.read_to_end(&mut bytes))
+            .map_err(|error| spill_error(&records_path, error))?;
+        let catalog = CatalogRef {
+            path: "catalog.bin".to_string(),
+            bytes: bytes.len() as u64,
+            crc32: clipedge_format::checksum(&bytes),
+            items,
+            block_items: CATALOG_BLOCK_ITEMS,
+            records_offset,
+        };
+        storage
+            .put_new(
+                &generation_path(generation, &catalog.path),
+                Bytes::from(bytes),
+            )
+            .await?;
+        Ok(catalog)
+    }
 }
 
 /// Appends list blobs (64-byte aligned) to shard objects, closing a shard once it reaches the

@@ -4,7 +4,9 @@
 //!   `.npy` files directly in the folder), float16 or float32, concatenated in the order of `N`;
 //! - a single `.npy` (`<f2`, `<f4`, `<f8`) or `.fvecs` file.
 //!
-//! Row `r` of the concatenation is the vector's id. Every file's header is checked when the
+//! Row `r` of the concatenation is the vector's id. A clip-retrieval folder's
+//! `metadata/metadata_N.parquet` files, when present, are paired with the embedding files by `N`
+//! and must hold as many rows; they become the generation's catalog. Every file's header is checked when the
 //! source opens (shape against file size, one dimension for all), so a truncated or mismatched
 //! file stops the run before any work; a NaN or infinity stops it when read, naming the file
 //! and row.
@@ -53,6 +55,8 @@ pub struct EmbeddingSource {
     files: Vec<SourceFile>,
     dim: usize,
     rows: u64,
+    /// `metadata_N.parquet` of each file, row-aligned, when the folder has them.
+    metadata: Option<Vec<PathBuf>>,
 }
 
 fn source_error(path: &Path, problem: impl std::fmt::Display) -> BuildError {
@@ -98,13 +102,12 @@ impl EmbeddingSource {
             }
             // img_emb_2 before img_emb_10 whether or not N is zero-padded.
             files.sort_by(|a, b| (shard_number(a), a).cmp(&(shard_number(b), b)));
-            if root.join("metadata").is_dir() {
-                tracing::warn!(
-                    folder = %root.display(),
-                    "metadata parquet files are not ingested yet: the generation gets no catalog"
-                );
+            let mut source = EmbeddingSource::from_files(files)?;
+            let metadata_folder = root.join("metadata");
+            if metadata_folder.is_dir() {
+                source.attach_metadata(&metadata_folder)?;
             }
-            return EmbeddingSource::from_files(files);
+            return Ok(source);
         }
         Err(source_error(
             root,
@@ -157,7 +160,69 @@ impl EmbeddingSource {
                 "the input files hold no vectors".to_string(),
             ));
         }
-        Ok(EmbeddingSource { files, dim, rows })
+        Ok(EmbeddingSource {
+            files,
+            dim,
+            rows,
+            metadata: None,
+        })
+    }
+
+    /// Pairs each `…_N.npy` with the `…_N.parquet` of `folder` (same `N`) and checks that they
+    /// hold the same number of rows: a mismatch stops the run here, naming both files.
+    fn attach_metadata(&mut self, folder: &Path) -> Result<(), BuildError> {
+        let entries = std::fs::read_dir(folder).map_err(|error| source_error(folder, error))?;
+        let mut parquet_by_number = std::collections::BTreeMap::new();
+        for entry in entries {
+            let path = entry.map_err(|error| source_error(folder, error))?.path();
+            if path.extension().and_then(|ext| ext.to_str()) != Some("parquet") {
+                continue;
+            }
+            if let Some(number) = shard_number(&path) {
+                parquet_by_number.insert(number, path);
+            }
+        }
+        let mut paired = Vec::with_capacity(self.files.len());
+        for file in &self.files {
+            let Some(number) = shard_number(&file.path) else {
+                return Err(source_error(
+                    &file.path,
+                    "cannot pair it with a metadata file: its name does not end in _N.npy",
+                ));
+            };
+            let Some(parquet) = parquet_by_number.get(&number) else {
+                return Err(source_error(
+                    folder,
+                    format!("no metadata_{number}.parquet for {}", file.path.display()),
+                ));
+            };
+            let parquet_rows = crate::metadata::parquet_rows(parquet)?;
+            if parquet_rows != file.rows {
+                return Err(source_error(
+                    parquet,
+                    format!(
+                        "{parquet_rows} metadata rows for the {} embeddings of {}",
+                        file.rows,
+                        file.path.display()
+                    ),
+                ));
+            }
+            paired.push(parquet.clone());
+        }
+        self.metadata = Some(paired);
+        Ok(())
+    }
+
+    /// Whether catalog records come with the vectors (clip-retrieval's `metadata/` folder).
+    pub fn has_metadata(&self) -> bool {
+        self.metadata.is_some()
+    }
+
+    /// A reader of the records of rows `0, 1, …` in order, when the source has metadata.
+    pub fn metadata_reader(&self) -> Option<crate::metadata::MetadataReader> {
+        self.metadata
+            .clone()
+            .map(crate::metadata::MetadataReader::new)
     }
 
     pub fn dim(&self) -> usize {

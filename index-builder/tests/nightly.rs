@@ -285,3 +285,150 @@ fn a_run_killed_during_encode_leaves_current_serving() {
 fn a_run_killed_while_writing_shards_leaves_current_serving() {
     killed_during("progress: write shards: started");
 }
+
+/// clip-retrieval's `metadata/metadata_N.parquet`: url, caption (null every 7th row), width.
+fn write_metadata_parquet(path: &Path, first_row: usize, rows: usize) {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    use std::sync::Arc;
+
+    let schema = Arc::new(
+        parse_message_type(
+            "message schema { REQUIRED BYTE_ARRAY url (UTF8); OPTIONAL BYTE_ARRAY caption (UTF8); REQUIRED INT64 width; }",
+        )
+        .unwrap(),
+    );
+    let properties = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(file, schema, properties).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let ids: Vec<usize> = (first_row..first_row + rows).collect();
+    let urls: Vec<ByteArray> = ids
+        .iter()
+        .map(|id| ByteArray::from(format!("https://img.example/{id}.jpg").as_str()))
+        .collect();
+    let mut column = group.next_column().unwrap().unwrap();
+    column
+        .typed::<ByteArrayType>()
+        .write_batch(&urls, None, None)
+        .unwrap();
+    column.close().unwrap();
+    let levels: Vec<i16> = ids.iter().map(|id| i16::from(id % 7 != 0)).collect();
+    let captions: Vec<ByteArray> = ids
+        .iter()
+        .filter(|id| *id % 7 != 0)
+        .map(|id| ByteArray::from(format!("caption of image {id}").as_str()))
+        .collect();
+    let mut column = group.next_column().unwrap().unwrap();
+    column
+        .typed::<ByteArrayType>()
+        .write_batch(&captions, Some(&levels), None)
+        .unwrap();
+    column.close().unwrap();
+    let widths: Vec<i64> = ids.iter().map(|id| *id as i64).collect();
+    let mut column = group.next_column().unwrap().unwrap();
+    column
+        .typed::<Int64Type>()
+        .write_batch(&widths, None, None)
+        .unwrap();
+    column.close().unwrap();
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+/// The record of `id` in a generation's `catalog.bin`, through its id table.
+fn catalog_record(catalog: &[u8], id: usize) -> Value {
+    let block = id / 256;
+    let entry = 32 + block * (256 * 16 + 4) + (id % 256) * 16;
+    let metadata_ref = u64::from_le_bytes(catalog[entry + 8..entry + 16].try_into().unwrap());
+    let range = clipedge_format::record_range(metadata_ref);
+    let stored = &catalog[range.start as usize..range.end as usize];
+    serde_json::from_slice(&stored[..stored.len() - 4]).unwrap()
+}
+
+#[test]
+fn metadata_parquet_files_become_the_catalog_and_search_results_carry_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("laion-part");
+    clip_retrieval_folder(&source, 3000, 2);
+    let metadata = source.join("metadata");
+    std::fs::create_dir_all(&metadata).unwrap();
+    write_metadata_parquet(&metadata.join("metadata_0.parquet"), 0, 1500);
+    write_metadata_parquet(&metadata.join("metadata_1.parquet"), 1500, 1500);
+    let index = dir.path().join("index");
+    let output = builder().args(run_args(&source, &index)).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let generation = last_json(&output.stdout)["generation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let catalog = std::fs::read(
+        index
+            .join("generations")
+            .join(&generation)
+            .join("catalog.bin"),
+    )
+    .unwrap();
+    for id in [0usize, 1, 255, 256, 1499, 1500, 2999] {
+        let record = catalog_record(&catalog, id);
+        assert_eq!(record["url"], format!("https://img.example/{id}.jpg"));
+        let caption = if id % 7 == 0 {
+            String::new()
+        } else {
+            format!("caption of image {id}")
+        };
+        assert_eq!(record["caption"], caption);
+        assert_eq!(record["width"], id as u64);
+    }
+
+    // A search for a stored vector finds it, and its hit points at its own record.
+    let data = ClipLikeGenerator::new(ClipLikeConfig::new(DIM, 11)).base(3000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let storage = clipedge_storage::Storage::open(index.to_str().unwrap()).unwrap();
+    let reader = runtime
+        .block_on(clipedge_index::IndexReader::open(
+            storage,
+            clipedge_index::OpenOptions::default(),
+        ))
+        .unwrap();
+    for id in [7usize, 1234, 2500] {
+        let query = &data[id * DIM..(id + 1) * DIM];
+        let result = runtime
+            .block_on(reader.search(query, &clipedge_index::SearchParams::new(1, 32, 10)))
+            .unwrap();
+        let hit = &result.hits[0];
+        assert_eq!(hit.id, id as u64);
+        let range = clipedge_format::record_range(hit.metadata_ref);
+        let record =
+            clipedge_format::decode_record(&catalog[range.start as usize..range.end as usize])
+                .unwrap();
+        assert_eq!(record.url, format!("https://img.example/{id}.jpg"));
+    }
+
+    // Metadata that does not match its embeddings stops the run, naming the file.
+    write_metadata_parquet(&metadata.join("metadata_1.parquet"), 1500, 1499);
+    let output = builder()
+        .args(run_args(&source, &dir.path().join("index2")))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("metadata_1.parquet") && stderr.contains("1499"),
+        "{stderr}"
+    );
+}

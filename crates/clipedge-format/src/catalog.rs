@@ -179,12 +179,65 @@ pub struct CatalogBuilder {
     records_offset: u64,
 }
 
+/// Where the records of a catalog of `items` ids start: after the header and the id table.
+pub fn catalog_records_offset(items: u64) -> u64 {
+    let blocks = items.div_ceil(CATALOG_BLOCK_ITEMS as u64);
+    CATALOG_HEADER_BYTES + items * CATALOG_ENTRY_BYTES + blocks * 4
+}
+
+/// Appends one stored record — a JSON object, then its CRC-32 — to `out`, and returns its
+/// metadata reference given where `out`'s records region starts in the catalog. Writers that
+/// stream records to disk (the nightly job) and [`CatalogBuilder`] store records alike.
+pub fn append_catalog_record(
+    json: &[u8],
+    records_offset: u64,
+    out: &mut Vec<u8>,
+    written_before: u64,
+) -> Result<u64, FormatError> {
+    let metadata_ref = pack_metadata_ref(records_offset + written_before, json.len() as u64 + 4)?;
+    out.extend_from_slice(json);
+    out.extend_from_slice(&crate::checksum(json).to_le_bytes());
+    Ok(metadata_ref)
+}
+
+/// The header and id table of a catalog (everything before the records), from each id's list
+/// and metadata reference.
+pub fn catalog_head(list_ids: &[u32], refs: &[u64]) -> Result<Vec<u8>, FormatError> {
+    if list_ids.len() != refs.len() {
+        return Err(FormatError::invalid(
+            "catalog",
+            format!("{} list ids for {} records", list_ids.len(), refs.len()),
+        ));
+    }
+    let items = refs.len() as u64;
+    let records_offset = catalog_records_offset(items);
+    let mut bytes = Vec::with_capacity(records_offset as usize);
+    bytes.extend_from_slice(CATALOG_MAGIC);
+    bytes.extend_from_slice(&crate::FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&CATALOG_BLOCK_ITEMS.to_le_bytes());
+    bytes.extend_from_slice(&items.to_le_bytes());
+    bytes.extend_from_slice(&records_offset.to_le_bytes());
+    for (lists, refs) in list_ids
+        .chunks(CATALOG_BLOCK_ITEMS as usize)
+        .zip(refs.chunks(CATALOG_BLOCK_ITEMS as usize))
+    {
+        let block_start = bytes.len();
+        for (list_id, metadata_ref) in lists.iter().zip(refs) {
+            bytes.extend_from_slice(&list_id.to_le_bytes());
+            bytes.extend_from_slice(&0u32.to_le_bytes());
+            bytes.extend_from_slice(&metadata_ref.to_le_bytes());
+        }
+        let crc = crate::checksum(&bytes[block_start..]);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+    }
+    debug_assert_eq!(bytes.len() as u64, records_offset);
+    Ok(bytes)
+}
+
 impl CatalogBuilder {
     /// Serializes the records of ids `0..records.len()`.
     pub fn new(records: &[ItemRecord]) -> Result<CatalogBuilder, FormatError> {
-        let items = records.len() as u64;
-        let blocks = items.div_ceil(CATALOG_BLOCK_ITEMS as u64);
-        let records_offset = CATALOG_HEADER_BYTES + items * CATALOG_ENTRY_BYTES + blocks * 4;
+        let records_offset = catalog_records_offset(records.len() as u64);
         let mut bytes = Vec::new();
         let mut refs = Vec::with_capacity(records.len());
         for record in records {
@@ -192,11 +245,13 @@ impl CatalogBuilder {
                 what: "catalog record".to_string(),
                 source,
             })?;
-            let offset = records_offset + bytes.len() as u64;
-            refs.push(pack_metadata_ref(offset, json.len() as u64 + 4)?);
-            let crc = crate::checksum(&json);
-            bytes.extend_from_slice(&json);
-            bytes.extend_from_slice(&crc.to_le_bytes());
+            let written = bytes.len() as u64;
+            refs.push(append_catalog_record(
+                &json,
+                records_offset,
+                &mut bytes,
+                written,
+            )?);
         }
         Ok(CatalogBuilder {
             records: bytes,
@@ -227,26 +282,7 @@ impl CatalogBuilder {
             ));
         }
         let items = self.refs.len() as u64;
-        let mut bytes = Vec::with_capacity(self.records_offset as usize + self.records.len());
-        bytes.extend_from_slice(CATALOG_MAGIC);
-        bytes.extend_from_slice(&crate::FORMAT_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&CATALOG_BLOCK_ITEMS.to_le_bytes());
-        bytes.extend_from_slice(&items.to_le_bytes());
-        bytes.extend_from_slice(&self.records_offset.to_le_bytes());
-        for (lists, refs) in list_ids
-            .chunks(CATALOG_BLOCK_ITEMS as usize)
-            .zip(self.refs.chunks(CATALOG_BLOCK_ITEMS as usize))
-        {
-            let block_start = bytes.len();
-            for (list_id, metadata_ref) in lists.iter().zip(refs) {
-                bytes.extend_from_slice(&list_id.to_le_bytes());
-                bytes.extend_from_slice(&0u32.to_le_bytes());
-                bytes.extend_from_slice(&metadata_ref.to_le_bytes());
-            }
-            let crc = crate::checksum(&bytes[block_start..]);
-            bytes.extend_from_slice(&crc.to_le_bytes());
-        }
-        debug_assert_eq!(bytes.len() as u64, self.records_offset);
+        let mut bytes = catalog_head(list_ids, &self.refs)?;
         bytes.extend_from_slice(&self.records);
         let catalog = CatalogRef {
             path: path.to_string(),

@@ -18,8 +18,9 @@ mod ranges;
 mod routing;
 
 pub use catalog::{
-    decode_record, pack_metadata_ref, record_range, CatalogBuilder, CatalogEntry, CatalogRef,
-    ItemRecord, CATALOG_BLOCK_ITEMS, CATALOG_MAGIC,
+    append_catalog_record, catalog_head, catalog_records_offset, decode_record, pack_metadata_ref,
+    record_range, CatalogBuilder, CatalogEntry, CatalogRef, ItemRecord, CATALOG_BLOCK_ITEMS,
+    CATALOG_MAGIC,
 };
 pub use codebook::{decode_codebooks, encode_codebooks, Codebooks};
 pub use error::FormatError;
