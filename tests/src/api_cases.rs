@@ -1,7 +1,7 @@
 //! Requests both `/v1` fronts (`clipedge serve` and the edge Worker) must refuse the same way:
 //! one table, run against each front by the tests, so their answers cannot drift apart.
 
-use crate::lambda_harness::{workspace_binary, workspace_root};
+use crate::lambda_harness::{tool, workspace_binary, workspace_root};
 
 /// A bad `POST /v1/search` body with the status and error code every front answers it with.
 pub struct BadSearch {
@@ -442,4 +442,32 @@ async fn v1_embedding_probe(client: &reqwest::Client, base: &str) -> Vec<f32> {
     let dim = health["dim"].as_u64().expect("a dimension") as usize;
     let value = 1.0 / (dim as f32).sqrt();
     vec![value; dim]
+}
+
+/// Runs clip-retrieval's own `ClipClient` (its `clip_client.py`, loaded as a file by
+/// `tests/clip_client/check.py`) against `{base}/knn-service`. scripts/test.sh caches the file
+/// and a Python with `requests` (`CLIPEDGE_CLIP_CLIENT`, `CLIPEDGE_CLIP_PYTHON`).
+pub fn run_clip_client(base: &str, indice_name: &str) {
+    let client = tool(
+        "CLIPEDGE_CLIP_CLIENT",
+        "clip-retrieval/2.45.0/clip_client.py",
+        "clip-retrieval's clip_client.py",
+    );
+    let python = std::env::var("CLIPEDGE_CLIP_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let output = std::process::Command::new(&python)
+        .current_dir(workspace_root())
+        .arg("tests/clip_client/check.py")
+        .arg(&client)
+        .arg(format!("{base}/knn-service"))
+        .arg(indice_name)
+        .output()
+        .unwrap_or_else(|error| panic!("run {python}: {error}"));
+    assert!(
+        output.status.success(),
+        "ClipClient against {base}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen = String::from_utf8_lossy(&output.stdout);
+    assert!(seen.contains("\"by_text\": "), "{seen}");
 }

@@ -3,7 +3,7 @@
 //! without the Worker, so every test run checks the embedded front.
 
 use clipedge_tests::api_cases::{
-    bad_searches, build_demo_index, check_clip_retrieval_front, EmbeddedServer,
+    bad_searches, build_demo_index, check_clip_retrieval_front, run_clip_client, EmbeddedServer,
 };
 
 #[test]
@@ -55,4 +55,5 @@ fn serve_answers_clip_retrieval_clients() {
         .unwrap();
     let name = runtime.block_on(check_clip_retrieval_front(&server.url));
     assert_eq!(name, "demo-index", "named after the index directory");
+    run_clip_client(&server.url, &name);
 }

@@ -23,7 +23,7 @@ use std::cell::Cell;
 
 use clipedge_api::clip_retrieval::{
     knn_results, metadata_entries, not_applied_header, parse_knn_request, parse_metadata_request,
-    NOT_APPLIED_HEADER,
+    IndexShape, NOT_APPLIED_HEADER,
 };
 use clipedge_api::web::{media_content_type, media_not_found, media_object, MEDIA_CACHE_CONTROL};
 use clipedge_api::{
@@ -272,7 +272,8 @@ async fn knn_service(request: &mut Request, context: &mut RequestContext<'_>) ->
         Err(error) => return error_response(&error),
     };
     let known_indexes = [context.config.index_name.clone()];
-    let knn = match parsed.validate(generation.manifest.dim as usize, &known_indexes) {
+    let shape = IndexShape::of(&generation.manifest);
+    let knn = match parsed.validate(shape, &known_indexes) {
         Ok(knn) => knn,
         Err(error) => return error_response(&error),
     };

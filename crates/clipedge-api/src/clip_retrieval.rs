@@ -9,12 +9,13 @@
 //! `ClipClient` POSTs `json.dumps` of all fourteen keys, `null` for unused inputs, without a
 //! content-type header: the body is parsed whatever the header says.
 
+use clipedge_format::Manifest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
     parse_body, ApiError, ErrorCode, Item, Query, SearchRequest, ValidSearch, DEFAULT_NPROBE,
-    DEFAULT_RERANK, MAX_BODY_BYTES,
+    DEFAULT_RERANK, MAX_BODY_BYTES, MAX_NPROBE,
 };
 
 /// Most ids one knn answer may carry (`num_result_ids`).
@@ -31,6 +32,36 @@ pub const MAX_RERANK_CANDIDATES: usize = 100_000;
 pub const DEFAULT_INDEX_NAME: &str = "default";
 /// Response header naming the accepted flags this answer did not apply.
 pub const NOT_APPLIED_HEADER: &str = "x-clipedge-not-applied";
+
+/// What the knn validation needs to know of the searched generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexShape {
+    pub dim: usize,
+    /// Vectors in the generation.
+    pub count: u64,
+    /// Fine lists in the generation.
+    pub nlist: u32,
+}
+
+impl IndexShape {
+    pub fn of(manifest: &Manifest) -> IndexShape {
+        IndexShape {
+            dim: manifest.dim as usize,
+            count: manifest.count,
+            nlist: manifest.nlist,
+        }
+    }
+
+    /// Lists to probe for `candidates`: the `/v1` default, widened for large answers until
+    /// the probed lists hold about twice the candidates on average (clip_back widens faiss'
+    /// nprobe the same way for large `num_result_ids`).
+    pub fn nprobe_for(&self, candidates: usize) -> usize {
+        let mean_list_len = (self.count / u64::from(self.nlist.max(1))).max(1);
+        let wanted_lists = (2 * candidates as u64).div_ceil(mean_list_len);
+        let nprobe = usize::try_from(wanted_lists).unwrap_or(MAX_NPROBE);
+        nprobe.clamp(DEFAULT_NPROBE, MAX_NPROBE)
+    }
+}
 
 /// The name clip-retrieval clients select an index by (`indice_name`): the last segment of its
 /// location (`s3://bucket/laion/` → `laion`, `./demo-index` → `demo-index`).
@@ -191,7 +222,11 @@ impl KnnRequest {
     ///
     /// Text (non-empty) wins over `image`/`image_url`, which win over `embedding_input`;
     /// image inputs are refused (422 `image_search_unsupported`): there is no image tower.
-    pub fn validate(self, dim: usize, known_indexes: &[String]) -> Result<KnnSearch, ApiError> {
+    pub fn validate(
+        self,
+        index: IndexShape,
+        known_indexes: &[String],
+    ) -> Result<KnnSearch, ApiError> {
         let index_name = check_index_name(self.indice_name.as_deref(), known_indexes)?;
         let Some(num_images) = self.num_images else {
             return Err(invalid("num_images is required"));
@@ -250,7 +285,7 @@ impl KnnRequest {
             ));
         };
         let dedup = self.deduplicate.unwrap_or(false);
-        let one_result = query_request.validate(dim)?;
+        let one_result = query_request.validate(index.dim)?;
         let query: Query = one_result.query;
 
         let candidates = candidates_for(num_result_ids, dedup);
@@ -258,7 +293,7 @@ impl KnnRequest {
         let search = ValidSearch {
             query,
             k: num_result_ids,
-            nprobe: DEFAULT_NPROBE,
+            nprobe: index.nprobe_for(candidates),
             rerank,
             dedup,
             records: num_images.min(num_result_ids),
@@ -367,8 +402,14 @@ mod tests {
         vec!["laion".to_string()]
     }
 
+    const SHAPE: IndexShape = IndexShape {
+        dim: 4,
+        count: 1_000_000,
+        nlist: 1_000,
+    };
+
     fn validate(json: &str) -> Result<KnnSearch, ApiError> {
-        parse_knn_request(json.as_bytes())?.validate(4, &known())
+        parse_knn_request(json.as_bytes())?.validate(SHAPE, &known())
     }
 
     fn code(json: &str) -> ErrorCode {
@@ -584,6 +625,32 @@ mod tests {
             not_applied_header(&["use_mclip", "use_safety_model"]).as_deref(),
             Some("use_mclip, use_safety_model")
         );
+    }
+
+    #[test]
+    fn large_answers_probe_more_lists() {
+        assert_eq!(SHAPE.nprobe_for(40), DEFAULT_NPROBE);
+        assert_eq!(
+            SHAPE.nprobe_for(20_000),
+            40,
+            "lists of 1,000 hold 2 × 20,000"
+        );
+        let tiny_lists = IndexShape {
+            dim: 4,
+            count: 10,
+            nlist: 10,
+        };
+        assert_eq!(tiny_lists.nprobe_for(10_000), MAX_NPROBE);
+        let no_lists = IndexShape {
+            dim: 4,
+            count: 10,
+            nlist: 0,
+        };
+        assert_eq!(no_lists.nprobe_for(10_000), 2_000, "counted as one list");
+        let knn =
+            validate(r#"{"indice_name":"laion","num_images":3,"num_result_ids":10000,"text":"x"}"#)
+                .unwrap();
+        assert_eq!(knn.search.nprobe, 20);
     }
 
     #[test]

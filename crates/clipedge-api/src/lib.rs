@@ -6,6 +6,9 @@
 //! `POST /v1/search` takes exactly one of `text`, `vector` or `id` plus optional `k`, `nprobe`,
 //! `rerank` and `dedup`; the limits are the constants below. A bad request gets a 4xx with
 //! `{"error": {"code", "message"}}`, the code one of [`ErrorCode`].
+//!
+//! [`clip_retrieval`] maps clip-retrieval's `POST /knn-service` onto the same search and shapes
+//! its answer, plus `GET /indices-list` and `POST /metadata`.
 
 pub mod clip_retrieval;
 pub mod web;

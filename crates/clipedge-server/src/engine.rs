@@ -152,6 +152,11 @@ impl Engine {
         Ok(items)
     }
 
+    /// The served generation's manifest.
+    pub fn manifest(&self) -> &clipedge_format::Manifest {
+        self.reader.manifest()
+    }
+
     pub fn dim(&self) -> usize {
         self.reader.manifest().dim as usize
     }

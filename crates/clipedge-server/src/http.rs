@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use clipedge_api::clip_retrieval::{
     knn_results, metadata_entries, not_applied_header, parse_knn_request, parse_metadata_request,
-    NOT_APPLIED_HEADER,
+    IndexShape, NOT_APPLIED_HEADER,
 };
 use clipedge_api::web::{media_content_type, media_not_found, media_object, MEDIA_CACHE_CONTROL};
 use clipedge_api::{parse_search_request, server_timing, ApiError, ErrorCode};
@@ -71,7 +71,8 @@ async fn knn_service(State(engine): State<Arc<Engine>>, body: Bytes) -> Response
         Ok(request) => request,
         Err(error) => return error_response(&error),
     };
-    let knn = match request.validate(engine.dim(), &engine.index_names()) {
+    let shape = IndexShape::of(engine.manifest());
+    let knn = match request.validate(shape, &engine.index_names()) {
         Ok(knn) => knn,
         Err(error) => return error_response(&error),
     };
