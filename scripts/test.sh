@@ -50,6 +50,33 @@ if [ ! -f "$CLIPEDGE_PLAYWRIGHT_DIR/node_modules/playwright-core/package.json" ]
   npm install --prefix "$CLIPEDGE_PLAYWRIGHT_DIR" --no-audit --no-fund --silent playwright-core@1.65.1
 fi
 
+step "clip-retrieval's client (clip_client.py from the PyPI wheel) for the compatibility tests"
+# Only clip_client.py is taken from the wheel and loaded as a file (tests/clip_client/check.py):
+# the package itself would pull torch. It needs requests; a venv provides it when the system
+# Python lacks it. Cached: once both are there, this step needs no network.
+CLIP_CLIENT_DIR="$HOME/.cache/clipedge/clip-retrieval"
+CLIP_RETRIEVAL_VERSION=2.45.0
+export CLIPEDGE_CLIP_CLIENT="$CLIP_CLIENT_DIR/$CLIP_RETRIEVAL_VERSION/clip_client.py"
+if [ ! -f "$CLIPEDGE_CLIP_CLIENT" ]; then
+  wheel_dir="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --dest "$wheel_dir" "clip-retrieval==$CLIP_RETRIEVAL_VERSION"
+  mkdir -p "$(dirname "$CLIPEDGE_CLIP_CLIENT")"
+  python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("clip_retrieval/clip_client.py"))' \
+    "$wheel_dir"/clip_retrieval-*.whl > "$CLIPEDGE_CLIP_CLIENT.partial"
+  mv "$CLIPEDGE_CLIP_CLIENT.partial" "$CLIPEDGE_CLIP_CLIENT"
+  rm -rf "$wheel_dir"
+fi
+if python3 -c 'import requests' 2>/dev/null; then
+  export CLIPEDGE_CLIP_PYTHON=python3
+else
+  if [ ! -x "$CLIP_CLIENT_DIR/venv/bin/python" ] || ! "$CLIP_CLIENT_DIR/venv/bin/python" -c 'import requests' 2>/dev/null; then
+    rm -rf "$CLIP_CLIENT_DIR/venv"
+    python3 -m venv "$CLIP_CLIENT_DIR/venv"
+    "$CLIP_CLIENT_DIR/venv/bin/pip" install --quiet requests
+  fi
+  export CLIPEDGE_CLIP_PYTHON="$CLIP_CLIENT_DIR/venv/bin/python"
+fi
+
 step "edge Worker toolchain (worker-build, wasm-bindgen-cli, Node 22 + wrangler with workerd)"
 NPM_DIR="${CLIPEDGE_WORKER_NPM:-$HOME/.cache/clipedge/npm-worker}"
 source scripts/worker-tools.sh

@@ -20,6 +20,10 @@ pub struct ServeArgs {
     /// Text shown on the page under the search box (default: from the model).
     #[arg(long)]
     label: Option<String>,
+    /// Name clip-retrieval clients select the index by (`indice_name`; listed by
+    /// `GET /indices-list`). Default: the last segment of `--index`.
+    #[arg(long)]
+    index_name: Option<String>,
 }
 
 /// The page's label: the MiniLM demo model embeds captions, and says so.
@@ -45,8 +49,12 @@ pub(crate) async fn serve_index(
     encoder: Arc<TextEncoder>,
     bind: &str,
     label: &str,
+    index_name: Option<&str>,
 ) -> anyhow::Result<()> {
-    let engine = Engine::open(index, Some(encoder), "/", label).await?;
+    let mut engine = Engine::open(index, Some(encoder), "/", label).await?;
+    if let Some(name) = index_name {
+        engine = engine.with_name(name);
+    }
     let health = engine.health();
     let (listener, address) = clipedge_server::bind(bind)
         .await
@@ -56,6 +64,7 @@ pub(crate) async fn serve_index(
         "index": index,
         "generation": health.generation,
         "count": health.count,
+        "index_names": engine.index_names(),
     });
     println!("{line}");
     eprintln!(
@@ -70,5 +79,11 @@ pub(crate) async fn serve_index(
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let encoder = load_encoder(&args.model)?;
     let label = args.label.unwrap_or_else(|| default_label(&encoder));
-    runtime()?.block_on(serve_index(&args.index, encoder, &args.bind, &label))
+    runtime()?.block_on(serve_index(
+        &args.index,
+        encoder,
+        &args.bind,
+        &label,
+        args.index_name.as_deref(),
+    ))
 }

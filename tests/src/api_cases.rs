@@ -1,7 +1,7 @@
 //! Requests both `/v1` fronts (`clipedge serve` and the edge Worker) must refuse the same way:
 //! one table, run against each front by the tests, so their answers cannot drift apart.
 
-use crate::lambda_harness::{workspace_binary, workspace_root};
+use crate::lambda_harness::{tool, workspace_binary, workspace_root};
 
 /// A bad `POST /v1/search` body with the status and error code every front answers it with.
 pub struct BadSearch {
@@ -175,4 +175,299 @@ pub fn build_demo_index(dir: &std::path::Path, model: &str) {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
+}
+
+/// The keys `ClipClient` (clip-retrieval's client) always sends, `null` for unused inputs, with
+/// its defaults: a text search of `indice_name`.
+pub fn clip_client_body(indice_name: &str, text: &str, num_images: usize) -> serde_json::Value {
+    serde_json::json!({
+        "text": text,
+        "image": null,
+        "image_url": null,
+        "embedding_input": null,
+        "deduplicate": true,
+        "use_safety_model": true,
+        "use_violence_detector": true,
+        "indice_name": indice_name,
+        "use_mclip": false,
+        "aesthetic_score": 9,
+        "aesthetic_weight": 0.5,
+        "modality": "image",
+        "num_images": num_images,
+        "num_result_ids": num_images,
+    })
+}
+
+/// Bad `POST /knn-service` bodies for an index served as `indice_name`, with the answer every
+/// front gives (where `clip_back` answers a 500 traceback).
+pub fn bad_knn_requests(indice_name: &str) -> Vec<BadSearch> {
+    let with = |changes: serde_json::Value| {
+        let mut body = clip_client_body(indice_name, "a dog", 10);
+        for (key, value) in changes.as_object().expect("an object of changes") {
+            body[key] = value.clone();
+        }
+        body.to_string()
+    };
+    vec![
+        bad(
+            "no indice_name",
+            with(serde_json::json!({"indice_name": null})),
+            400,
+            "invalid_query",
+        ),
+        bad(
+            "unknown indice_name",
+            with(serde_json::json!({"indice_name": "laion5B"})),
+            404,
+            "unknown_index",
+        ),
+        bad(
+            "no num_images",
+            with(serde_json::json!({"num_images": null, "num_result_ids": null})),
+            400,
+            "invalid_query",
+        ),
+        bad(
+            "num_images 0",
+            with(serde_json::json!({"num_images": 0})),
+            400,
+            "k_out_of_range",
+        ),
+        bad(
+            "num_result_ids past the limit",
+            with(serde_json::json!({"num_result_ids": 10_001})),
+            400,
+            "k_out_of_range",
+        ),
+        bad(
+            "search by image",
+            with(serde_json::json!({"text": null, "image": "aGVsbG8="})),
+            422,
+            "image_search_unsupported",
+        ),
+        bad(
+            "search by image URL",
+            with(serde_json::json!({"text": null, "image_url": "https://example.com/a.jpg"})),
+            422,
+            "image_search_unsupported",
+        ),
+        bad(
+            "nothing to search",
+            with(serde_json::json!({"text": null})),
+            400,
+            "invalid_query",
+        ),
+        bad(
+            "embedding of the wrong dimension",
+            with(serde_json::json!({"text": null, "embedding_input": [0.5, 0.5]})),
+            400,
+            "vector_dimension",
+        ),
+        bad(
+            "aesthetic_score out of range",
+            with(serde_json::json!({"aesthetic_score": 12})),
+            400,
+            "invalid_query",
+        ),
+        bad(
+            "num_images not a number",
+            with(serde_json::json!({"num_images": "ten"})),
+            400,
+            "invalid_json",
+        ),
+        bad("not json", "{not json", 400, "invalid_json"),
+    ]
+}
+
+async fn post_without_content_type(
+    client: &reqwest::Client,
+    url: String,
+    body: String,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let response = client
+        .post(&url)
+        .body(body)
+        .send()
+        .await
+        .expect("http call");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("a body");
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: not JSON: {text}"));
+    (status, headers, json)
+}
+
+/// Checks a front's clip-retrieval endpoints (`/indices-list`, `/knn-service`, `/metadata`)
+/// over any index built from the demo dataset; returns the index name it serves.
+pub async fn check_clip_retrieval_front(base: &str) -> String {
+    let client = reqwest::Client::new();
+    let listed_text = client
+        .get(format!("{base}/indices-list"))
+        .send()
+        .await
+        .expect("indices-list")
+        .text()
+        .await
+        .expect("indices-list body");
+    let listed: serde_json::Value =
+        serde_json::from_str(&listed_text).expect("indices-list is JSON");
+    let names = listed.as_array().expect("a list of names");
+    assert_eq!(names.len(), 1, "{listed}");
+    let name = names[0].as_str().expect("a name").to_string();
+
+    // What ClipClient sends (no content type), with more ids than images.
+    let mut body = clip_client_body(&name, "a dog running on the beach", 5);
+    body["num_result_ids"] = serde_json::json!(12);
+    let (status, headers, answer) =
+        post_without_content_type(&client, format!("{base}/knn-service"), body.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer.as_array().expect("a list of results");
+    assert_eq!(results.len(), 12, "{answer}");
+    for (position, result) in results.iter().enumerate() {
+        assert!(result["id"].is_u64(), "{result}");
+        assert!(result["similarity"].is_f64(), "{result}");
+        let with_record = position < 5;
+        assert_eq!(
+            result.get("url").is_some(),
+            with_record,
+            "{position}: {result}"
+        );
+        assert_eq!(
+            result.get("caption").is_some(),
+            with_record,
+            "{position}: {result}"
+        );
+    }
+    let similarities: Vec<f64> = results
+        .iter()
+        .map(|result| result["similarity"].as_f64().unwrap())
+        .collect();
+    assert!(
+        similarities.windows(2).all(|pair| pair[0] >= pair[1]),
+        "{similarities:?}"
+    );
+    let not_applied = headers
+        .get("x-clipedge-not-applied")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        not_applied.contains("use_safety_model") && not_applied.contains("aesthetic_score"),
+        "{not_applied:?}"
+    );
+
+    // The same search through /v1 finds the same items with the same scores.
+    let (status, _, v1) = post_without_content_type(
+        &client,
+        format!("{base}/v1/search"),
+        serde_json::json!({"text": "a dog running on the beach", "k": 12}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{v1}");
+    let v1_ids: Vec<u64> = v1["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["id"].as_u64().unwrap())
+        .collect();
+    let knn_ids: Vec<u64> = results
+        .iter()
+        .map(|result| result["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(knn_ids, v1_ids);
+    assert_eq!(results[0]["caption"], v1["results"][0]["caption"]);
+
+    // /metadata answers the records of ids, in the order asked.
+    let asked = [knn_ids[1], knn_ids[0]];
+    let (status, _, metadata) = post_without_content_type(
+        &client,
+        format!("{base}/metadata"),
+        serde_json::json!({"ids": asked, "indice_name": name}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{metadata}");
+    assert_eq!(metadata[0]["id"], asked[0]);
+    assert_eq!(metadata[1]["metadata"]["caption"], results[0]["caption"]);
+    assert_eq!(metadata[1]["metadata"]["url"], results[0]["url"]);
+    let (status, _, unknown) = post_without_content_type(
+        &client,
+        format!("{base}/metadata"),
+        serde_json::json!({"ids": [99_999_999], "indice_name": name}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, &unknown["error"]["code"]),
+        (404, &serde_json::json!("unknown_id"))
+    );
+
+    // An embedding query, and a large answer: ids past num_images without records.
+    let mut body = clip_client_body(&name, "", 3);
+    body["text"] = serde_json::Value::Null;
+    body["embedding_input"] = serde_json::json!(v1_embedding_probe(&client, base).await);
+    body["num_result_ids"] = serde_json::json!(10_000);
+    body["deduplicate"] = serde_json::json!(false);
+    let (status, _, large) =
+        post_without_content_type(&client, format!("{base}/knn-service"), body.to_string()).await;
+    assert_eq!(status, 200, "{large}");
+    let large = large.as_array().unwrap();
+    assert!(large.len() > 12 && large.len() <= 10_000, "{}", large.len());
+    assert!(large[2].get("caption").is_some() && large[3].get("caption").is_none());
+
+    for case in bad_knn_requests(&name) {
+        let (status, _, body) =
+            post_without_content_type(&client, format!("{base}/knn-service"), case.body).await;
+        assert_eq!(status, case.status, "{}: {body}", case.what);
+        assert_eq!(body["error"]["code"], case.code, "{}: {body}", case.what);
+    }
+    let wrong_method = client
+        .get(format!("{base}/knn-service"))
+        .send()
+        .await
+        .expect("http call");
+    assert_eq!(wrong_method.status().as_u16(), 405);
+    name
+}
+
+/// A unit vector of the index's dimension (from `/v1/health`), to search by embedding.
+async fn v1_embedding_probe(client: &reqwest::Client, base: &str) -> Vec<f32> {
+    let health_text = client
+        .get(format!("{base}/v1/health"))
+        .send()
+        .await
+        .expect("health")
+        .text()
+        .await
+        .expect("health body");
+    let health: serde_json::Value = serde_json::from_str(&health_text).expect("health is JSON");
+    let dim = health["dim"].as_u64().expect("a dimension") as usize;
+    let value = 1.0 / (dim as f32).sqrt();
+    vec![value; dim]
+}
+
+/// Runs clip-retrieval's own `ClipClient` (its `clip_client.py`, loaded as a file by
+/// `tests/clip_client/check.py`) against `{base}/knn-service`. scripts/test.sh caches the file
+/// and a Python with `requests` (`CLIPEDGE_CLIP_CLIENT`, `CLIPEDGE_CLIP_PYTHON`).
+pub fn run_clip_client(base: &str, indice_name: &str) {
+    let client = tool(
+        "CLIPEDGE_CLIP_CLIENT",
+        "clip-retrieval/2.45.0/clip_client.py",
+        "clip-retrieval's clip_client.py",
+    );
+    let python = std::env::var("CLIPEDGE_CLIP_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let output = std::process::Command::new(&python)
+        .current_dir(workspace_root())
+        .arg("tests/clip_client/check.py")
+        .arg(&client)
+        .arg(format!("{base}/knn-service"))
+        .arg(indice_name)
+        .output()
+        .unwrap_or_else(|error| panic!("run {python}: {error}"));
+    assert!(
+        output.status.success(),
+        "ClipClient against {base}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen = String::from_utf8_lossy(&output.stdout);
+    assert!(seen.contains("\"by_text\": "), "{seen}");
 }

@@ -32,7 +32,7 @@ fn home_cache(relative: &str) -> PathBuf {
 }
 
 /// A tool from its environment variable, else its cached install; panics naming the fix.
-fn tool(env_name: &str, cached: &str, what: &str) -> PathBuf {
+pub(crate) fn tool(env_name: &str, cached: &str, what: &str) -> PathBuf {
     if let Ok(path) = std::env::var(env_name) {
         let path = PathBuf::from(path);
         assert!(

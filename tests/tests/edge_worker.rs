@@ -10,7 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use clipedge_format::{CurrentPointer, GroupBlob, Manifest, RoutingTable};
-use clipedge_tests::api_cases::{bad_searches, build_demo_index, EmbeddedServer};
+use clipedge_tests::api_cases::{
+    bad_searches, build_demo_index, check_clip_retrieval_front, run_clip_client, EmbeddedServer,
+};
 use clipedge_tests::lambda_harness::{workspace_binary, workspace_root};
 use serde_json::{json, Value};
 
@@ -402,6 +404,14 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
     }
     let wrong_method = call(&runtime, format!("{edge}/v1/search"), None);
     assert_eq!(wrong_method.status, 405);
+
+    // clip-retrieval's endpoints: the same checks on both fronts (ClipClient's body without a
+    // content type, metadata on the first num_images only, 10,000 ids, its bad inputs as 4xx).
+    let edge_name = runtime.block_on(check_clip_retrieval_front(&edge));
+    assert_eq!(edge_name, "local", "the last segment of CLIPEDGE_INDEX");
+    let embedded_name = runtime.block_on(check_clip_retrieval_front(&embedded.url));
+    assert_eq!(embedded_name, "index");
+    run_clip_client(&edge, &edge_name);
     let wrong_method = call(
         &runtime,
         format!("{edge}/v1/health"),

@@ -2,7 +2,9 @@
 //! table (`clipedge_tests::api_cases`) that `edge_worker.rs` runs against both fronts, here
 //! without the Worker, so every test run checks the embedded front.
 
-use clipedge_tests::api_cases::{bad_searches, build_demo_index, EmbeddedServer};
+use clipedge_tests::api_cases::{
+    bad_searches, build_demo_index, check_clip_retrieval_front, run_clip_client, EmbeddedServer,
+};
 
 #[test]
 fn serve_refuses_bad_searches_as_documented() {
@@ -37,4 +39,21 @@ fn serve_refuses_bad_searches_as_documented() {
             case.what
         );
     }
+}
+
+/// clip-retrieval's endpoints on `clipedge serve`: the shapes `ClipClient` expects, the same
+/// search as `/v1`, and 4xx (never a 500) for what `clip_back` answers with a traceback.
+#[test]
+fn serve_answers_clip_retrieval_clients() {
+    let work = tempfile::tempdir().unwrap();
+    let index = work.path().join("demo-index");
+    build_demo_index(&index, "models/tiny-clip");
+    let server = EmbeddedServer::start(&index, "models/tiny-clip");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = runtime.block_on(check_clip_retrieval_front(&server.url));
+    assert_eq!(name, "demo-index", "named after the index directory");
+    run_clip_client(&server.url, &name);
 }

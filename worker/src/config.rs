@@ -25,6 +25,9 @@ pub const MIN_LISTS_PER_CALL_VAR: &str = "CLIPEDGE_MIN_LISTS_PER_CALL";
 pub const SCANNER_TIMEOUT_VAR: &str = "CLIPEDGE_SCANNER_TIMEOUT_MS";
 pub const CURRENT_TTL_VAR: &str = "CLIPEDGE_CURRENT_TTL_MS";
 pub const LABEL_VAR: &str = "CLIPEDGE_LABEL";
+/// The name clip-retrieval clients select the index by (`indice_name`); default: the last
+/// segment of `CLIPEDGE_INDEX`.
+pub const INDEX_NAME_VAR: &str = "CLIPEDGE_INDEX_NAME";
 
 /// A Worker may hold 6 outgoing connections at once: more concurrent calls only queue.
 pub const MAX_CONCURRENT_CALLS: usize = 6;
@@ -73,6 +76,8 @@ pub struct WorkerConfig {
     pub scanner_timeout_ms: u32,
     pub current_ttl_ms: u64,
     pub label: String,
+    /// `indice_name` of the index for clip-retrieval clients.
+    pub index_name: String,
 }
 
 fn parse_number<T: std::str::FromStr>(
@@ -234,6 +239,9 @@ impl WorkerConfig {
             scanner_timeout_ms,
             current_ttl_ms,
             label: get(LABEL_VAR).unwrap_or_default(),
+            index_name: get(INDEX_NAME_VAR)
+                .map(|name| name.trim().to_string())
+                .unwrap_or_else(|| clipedge_api::clip_retrieval::index_name(index.trim())),
         })
     }
 
@@ -300,6 +308,14 @@ mod tests {
             }
         );
         assert!(config.scan_deadline_ms() < config.scanner_timeout_ms);
+        assert_eq!(config.index_name, "demo", "the index root's last segment");
+    }
+
+    #[test]
+    fn the_index_name_can_be_set() {
+        let mut named = BASE.to_vec();
+        named.push((INDEX_NAME_VAR, " laion5B "));
+        assert_eq!(config(&named).unwrap().index_name, "laion5B");
     }
 
     #[test]

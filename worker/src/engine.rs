@@ -9,8 +9,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use clipedge_api::{
-    locate_item, merge, resolve_url, text_encode_error, ApiError, ErrorCode, HealthResponse, Item,
-    Query, QueryStats, SearchResponse, Timings, ValidSearch,
+    items_with_records, locate_item, merge, resolve_url, text_encode_error, ApiError, ErrorCode,
+    HealthResponse, Item, Query, QueryStats, SearchResponse, Timings, ValidSearch,
 };
 use clipedge_format::{
     coalesce_ranges, decode_record, generation_path, record_range, CatalogEntry, CurrentPointer,
@@ -538,22 +538,13 @@ impl<'a> RequestContext<'a> {
             search.k,
             search.dedup,
         );
-        let refs: Vec<u64> = merged.iter().map(|hit| hit.metadata_ref).collect();
-        let records = self.records(generation, &refs).await?;
-        let results = merged
+        let refs: Vec<u64> = merged
             .iter()
-            .zip(records)
-            .map(|(hit, record)| Item {
-                id: hit.id,
-                score: hit.score,
-                url: if record.url.is_empty() {
-                    String::new()
-                } else {
-                    resolve_url("/", &record.url)
-                },
-                caption: record.caption,
-            })
+            .take(search.records)
+            .map(|hit| hit.metadata_ref)
             .collect();
+        let records = self.records(generation, &refs).await?;
+        let results = items_with_records(&merged, records, "/");
         timings.merge = since(merge_started);
         let own = self.stats();
         Ok(SearchResponse {

@@ -6,7 +6,11 @@
 //! `POST /v1/search` takes exactly one of `text`, `vector` or `id` plus optional `k`, `nprobe`,
 //! `rerank` and `dedup`; the limits are the constants below. A bad request gets a 4xx with
 //! `{"error": {"code", "message"}}`, the code one of [`ErrorCode`].
+//!
+//! [`clip_retrieval`] maps clip-retrieval's `POST /knn-service` onto the same search and shapes
+//! its answer, plus `GET /indices-list` and `POST /metadata`.
 
+pub mod clip_retrieval;
 pub mod web;
 
 use std::collections::HashSet;
@@ -80,6 +84,9 @@ pub struct ValidSearch {
     pub nprobe: usize,
     pub rerank: usize,
     pub dedup: bool,
+    /// How many of the first results get their catalog record (caption and URL); the rest
+    /// are answered with empty ones. `k` for `/v1`; clip-retrieval's `num_images`.
+    pub records: usize,
 }
 
 impl ValidSearch {
@@ -113,6 +120,10 @@ pub enum ErrorCode {
     UnknownId,
     /// The index cannot search by id (no catalog or no stored vectors).
     IdSearchUnsupported,
+    /// Search by image: the model package has no image tower.
+    ImageSearchUnsupported,
+    /// clip-retrieval's `indice_name` names no served index.
+    UnknownIndex,
     PayloadTooLarge,
     NotFound,
     MethodNotAllowed,
@@ -137,6 +148,8 @@ impl ErrorCode {
             ErrorCode::VectorNotFinite => "vector_not_finite",
             ErrorCode::UnknownId => "unknown_id",
             ErrorCode::IdSearchUnsupported => "id_search_unsupported",
+            ErrorCode::ImageSearchUnsupported => "image_search_unsupported",
+            ErrorCode::UnknownIndex => "unknown_index",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -149,11 +162,11 @@ impl ErrorCode {
     /// The HTTP status the code is answered with.
     pub fn status(self) -> u16 {
         match self {
-            ErrorCode::UnknownId | ErrorCode::NotFound => 404,
+            ErrorCode::UnknownId | ErrorCode::UnknownIndex | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::IdSearchUnsupported => 422,
+            ErrorCode::IdSearchUnsupported | ErrorCode::ImageSearchUnsupported => 422,
             ErrorCode::Internal => 500,
             ErrorCode::ScannersFailed => 502,
             _ => 400,
@@ -218,6 +231,15 @@ pub struct ErrorDetail {
 
 /// Parses a request body (size-checked first).
 pub fn parse_search_request(body: &[u8]) -> Result<SearchRequest, ApiError> {
+    parse_body(body, "search request")
+}
+
+/// Parses a JSON body of any content type, refusing bodies over [`MAX_BODY_BYTES`]; `what`
+/// names the expected shape in the error.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -230,7 +252,7 @@ pub fn parse_search_request(body: &[u8]) -> Result<SearchRequest, ApiError> {
     serde_json::from_slice(body).map_err(|error| {
         ApiError::new(
             ErrorCode::InvalidJson,
-            format!("request body is not a valid search request: {error}"),
+            format!("request body is not a valid {what}: {error}"),
         )
     })
 }
@@ -325,6 +347,7 @@ impl SearchRequest {
             nprobe,
             rerank,
             dedup: self.dedup.unwrap_or(true),
+            records: k,
         })
     }
 }
@@ -389,6 +412,33 @@ pub struct Item {
     pub score: f32,
     pub url: String,
     pub caption: String,
+}
+
+/// The merged hits as items: the first ones with their catalog `records` (URLs resolved
+/// against `root_base`, see [`resolve_url`]), the rest (past `records.len()`) with an empty
+/// caption and URL.
+pub fn items_with_records(
+    merged: &[Hit],
+    records: Vec<clipedge_format::ItemRecord>,
+    root_base: &str,
+) -> Vec<Item> {
+    debug_assert!(records.len() <= merged.len());
+    let mut records = records.into_iter();
+    let mut items = Vec::with_capacity(merged.len());
+    for hit in merged {
+        let (url, caption) = match records.next() {
+            Some(record) if record.url.is_empty() => (String::new(), record.caption),
+            Some(record) => (resolve_url(root_base, &record.url), record.caption),
+            None => (String::new(), String::new()),
+        };
+        items.push(Item {
+            id: hit.id,
+            score: hit.score,
+            url,
+            caption,
+        });
+    }
+    items
 }
 
 /// Milliseconds per stage of one query.

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clipedge_api::{
-    locate_item, merge, resolve_url, text_encode_error, ApiError, ErrorCode, HealthResponse, Item,
-    Query, QueryStats, SearchResponse, Timings, ValidSearch,
+    items_with_records, locate_item, merge, resolve_url, text_encode_error, ApiError, ErrorCode,
+    HealthResponse, Item, Query, QueryStats, SearchResponse, Timings, ValidSearch,
 };
 use clipedge_format::{decode_record, generation_path, record_range, CatalogRef, ItemRecord};
 use clipedge_index::{IndexError, IndexReader, OpenOptions, SearchParams};
@@ -57,6 +57,8 @@ pub struct Engine {
     encoder: Option<Arc<TextEncoder>>,
     root_base: String,
     label: String,
+    /// The name clip-retrieval clients select this index by (`indice_name`).
+    name: String,
 }
 
 fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
@@ -125,7 +127,34 @@ impl Engine {
             encoder,
             root_base: root_base.to_string(),
             label: label.to_string(),
+            name: clipedge_api::clip_retrieval::index_name(location),
         })
+    }
+
+    /// Serves the index under `name` for clip-retrieval clients (default: the last segment of
+    /// its location).
+    pub fn with_name(mut self, name: &str) -> Engine {
+        self.name = name.to_string();
+        self
+    }
+
+    /// The names `indice_name` may take (`GET /indices-list`).
+    pub fn index_names(&self) -> Vec<String> {
+        vec![self.name.clone()]
+    }
+
+    /// Caption and URL of each of `ids`, in order (clip-retrieval's `POST /metadata`).
+    pub async fn items(&self, ids: &[u64]) -> Result<Vec<Item>, ApiError> {
+        let mut items = Vec::with_capacity(ids.len());
+        for id in ids {
+            items.push(self.item(*id).await?);
+        }
+        Ok(items)
+    }
+
+    /// The served generation's manifest.
+    pub fn manifest(&self) -> &clipedge_format::Manifest {
+        self.reader.manifest()
     }
 
     pub fn dim(&self) -> usize {
@@ -303,22 +332,13 @@ impl Engine {
         stats.bytes_read += index_stats.bytes_read;
 
         let merged = merge(&[found.hits], search.k, search.dedup);
-        let refs: Vec<u64> = merged.iter().map(|hit| hit.metadata_ref).collect();
-        let records = self.records(&refs, &mut stats).await?;
-        let results = merged
+        let refs: Vec<u64> = merged
             .iter()
-            .zip(records)
-            .map(|(hit, record)| Item {
-                id: hit.id,
-                score: hit.score,
-                url: if record.url.is_empty() {
-                    String::new()
-                } else {
-                    resolve_url(&self.root_base, &record.url)
-                },
-                caption: record.caption,
-            })
+            .take(search.records)
+            .map(|hit| hit.metadata_ref)
             .collect();
+        let records = self.records(&refs, &mut stats).await?;
+        let results = items_with_records(&merged, records, &self.root_base);
         timings.merge = elapsed_ms(searched);
         Ok(SearchResponse {
             results,

@@ -8,6 +8,10 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use clipedge_api::clip_retrieval::{
+    knn_results, metadata_entries, not_applied_header, parse_knn_request, parse_metadata_request,
+    IndexShape, NOT_APPLIED_HEADER,
+};
 use clipedge_api::web::{media_content_type, media_not_found, media_object, MEDIA_CACHE_CONTROL};
 use clipedge_api::{parse_search_request, server_timing, ApiError, ErrorCode};
 use clipedge_storage::StorageError;
@@ -58,6 +62,58 @@ async fn search(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
             debug!(%error, "search failed");
             error_response(&error)
         }
+    }
+}
+
+/// clip-retrieval's `POST /knn-service`: the `/v1` search, answered as its list of results.
+async fn knn_service(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    let request = match parse_knn_request(&body) {
+        Ok(request) => request,
+        Err(error) => return error_response(&error),
+    };
+    let shape = IndexShape::of(engine.manifest());
+    let knn = match request.validate(shape, &engine.index_names()) {
+        Ok(knn) => knn,
+        Err(error) => return error_response(&error),
+    };
+    let records = knn.search.records;
+    let response = match engine.search(knn.search).await {
+        Ok(response) => response,
+        Err(error) => {
+            debug!(%error, "knn search failed");
+            return error_response(&error);
+        }
+    };
+    let mut http = json_response(StatusCode::OK, &knn_results(&response.results, records));
+    if let Ok(value) = HeaderValue::from_str(&server_timing(&response.timings)) {
+        http.headers_mut().insert("server-timing", value);
+    }
+    if let Some(not_applied) = not_applied_header(&knn.not_applied) {
+        if let Ok(value) = HeaderValue::from_str(&not_applied) {
+            http.headers_mut().insert(NOT_APPLIED_HEADER, value);
+        }
+    }
+    http
+}
+
+/// clip-retrieval's `GET /indices-list`.
+async fn indices_list(State(engine): State<Arc<Engine>>) -> Response {
+    json_response(StatusCode::OK, &engine.index_names())
+}
+
+/// clip-retrieval's `POST /metadata`.
+async fn metadata(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    let request = match parse_metadata_request(&body) {
+        Ok(request) => request,
+        Err(error) => return error_response(&error),
+    };
+    let ids = match request.validate(&engine.index_names()) {
+        Ok(ids) => ids,
+        Err(error) => return error_response(&error),
+    };
+    match engine.items(&ids).await {
+        Ok(items) => json_response(StatusCode::OK, &metadata_entries(items)),
+        Err(error) => error_response(&error),
     }
 }
 
@@ -130,11 +186,17 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([header::CONTENT_TYPE])
-        .expose_headers([header::HeaderName::from_static("server-timing")]);
+        .expose_headers([
+            header::HeaderName::from_static("server-timing"),
+            header::HeaderName::from_static(NOT_APPLIED_HEADER),
+        ]);
     Router::new()
         .route("/v1/search", post(search))
         .route("/v1/health", get(health))
         .route("/v1/items/{id}", get(item))
+        .route("/knn-service", post(knn_service))
+        .route("/indices-list", get(indices_list))
+        .route("/metadata", post(metadata))
         .route("/media/{*path}", get(media))
         .fallback(static_asset)
         .method_not_allowed_fallback(method_not_allowed)

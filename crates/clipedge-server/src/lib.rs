@@ -3,7 +3,8 @@
 //!
 //! - [`Engine`]: encode (`clipedge-text`) → probe, scan and rerank (`clipedge-index`) → merge and
 //!   de-duplicate (`clipedge-api`) → captions and image URLs from the generation's catalog.
-//! - [`router`]: `POST /v1/search`, `GET /v1/health`, `GET /v1/items/{id}`, `GET /media/…` (the
+//! - [`router`]: `POST /v1/search`, `GET /v1/health`, `GET /v1/items/{id}`, clip-retrieval's
+//!   `POST /knn-service`, `GET /indices-list` and `POST /metadata`, `GET /media/…` (the
 //!   index root's images), the page at `/`, CORS.
 //!
 //! Building indexes is not its job (the CLI's `clipedge demo` builds the demo index), so the

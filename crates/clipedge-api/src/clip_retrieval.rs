@@ -1,0 +1,665 @@
+//! clip-retrieval compatibility: `POST /knn-service`, `GET /indices-list` and `POST /metadata`
+//! in the shapes `clip_back` answers and `ClipClient` sends, mapped onto the `/v1` machinery.
+//!
+//! A knn request becomes a [`ValidSearch`] (the same validation of text and vectors, the same
+//! merge and de-duplication), and its answer is shaped back into clip-retrieval's list of
+//! `{"id", "similarity", "url", "caption"}`. Both fronts call this module, so they accept and
+//! refuse the same requests. No I/O, builds for wasm32.
+//!
+//! `ClipClient` POSTs `json.dumps` of all fourteen keys, `null` for unused inputs, without a
+//! content-type header: the body is parsed whatever the header says.
+
+use clipedge_format::Manifest;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    parse_body, ApiError, ErrorCode, Item, Query, SearchRequest, ValidSearch, DEFAULT_NPROBE,
+    DEFAULT_RERANK, MAX_BODY_BYTES, MAX_NPROBE,
+};
+
+/// Most ids one knn answer may carry (`num_result_ids`).
+pub const MAX_NUM_RESULT_IDS: usize = 10_000;
+/// Most results of one knn answer that carry their catalog record (`num_images`): each costs a
+/// catalog read, and the Worker's reads per request are limited.
+pub const MAX_NUM_IMAGES: usize = 1_000;
+/// Most ids one `POST /metadata` may ask for (each is an id-table read and a record read).
+pub const MAX_METADATA_IDS: usize = 100;
+/// The candidates a scanner may rerank for one request (the scanner protocol's
+/// `MAX_CANDIDATES`): large answers rerank fewer candidates per result.
+pub const MAX_RERANK_CANDIDATES: usize = 100_000;
+/// The name an index gets when its location has none to give.
+pub const DEFAULT_INDEX_NAME: &str = "default";
+/// Response header naming the accepted flags this answer did not apply.
+pub const NOT_APPLIED_HEADER: &str = "x-clipedge-not-applied";
+
+/// What the knn validation needs to know of the searched generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexShape {
+    pub dim: usize,
+    /// Vectors in the generation.
+    pub count: u64,
+    /// Fine lists in the generation.
+    pub nlist: u32,
+}
+
+impl IndexShape {
+    pub fn of(manifest: &Manifest) -> IndexShape {
+        IndexShape {
+            dim: manifest.dim as usize,
+            count: manifest.count,
+            nlist: manifest.nlist,
+        }
+    }
+
+    /// Lists to probe for `candidates`: the `/v1` default, widened for large answers until
+    /// the probed lists hold about twice the candidates on average (clip_back widens faiss'
+    /// nprobe the same way for large `num_result_ids`).
+    pub fn nprobe_for(&self, candidates: usize) -> usize {
+        let mean_list_len = (self.count / u64::from(self.nlist.max(1))).max(1);
+        let wanted_lists = (2 * candidates as u64).div_ceil(mean_list_len);
+        let nprobe = usize::try_from(wanted_lists).unwrap_or(MAX_NPROBE);
+        nprobe.clamp(DEFAULT_NPROBE, MAX_NPROBE)
+    }
+}
+
+/// The name clip-retrieval clients select an index by (`indice_name`): the last segment of its
+/// location (`s3://bucket/laion/` → `laion`, `./demo-index` → `demo-index`).
+pub fn index_name(location: &str) -> String {
+    let path = location
+        .split_once("://")
+        .map_or(location, |(_, rest)| rest);
+    let segment = path
+        .split(['/', '\\'])
+        .rev()
+        .find(|segment| !segment.is_empty() && *segment != "." && *segment != "..");
+    match segment {
+        Some(segment) => segment.to_string(),
+        None => DEFAULT_INDEX_NAME.to_string(),
+    }
+}
+
+/// The body of `POST /knn-service` as clip-retrieval sends it. Unknown keys are ignored, as
+/// `clip_back` ignores them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KnnRequest {
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub image_url: Option<String>,
+    #[serde(default)]
+    pub embedding_input: Option<Vec<f32>>,
+    #[serde(default)]
+    pub modality: Option<String>,
+    #[serde(default)]
+    pub num_images: Option<usize>,
+    #[serde(default)]
+    pub num_result_ids: Option<usize>,
+    #[serde(default)]
+    pub indice_name: Option<String>,
+    #[serde(default)]
+    pub use_mclip: Option<bool>,
+    #[serde(default)]
+    pub deduplicate: Option<bool>,
+    #[serde(default)]
+    pub use_safety_model: Option<bool>,
+    #[serde(default)]
+    pub use_violence_detector: Option<bool>,
+    /// `""` or 0–9 (a number or a numeric string, as `clip_back`'s `int()` accepts).
+    #[serde(default)]
+    pub aesthetic_score: Option<Value>,
+    /// `""` or a float (a number or a numeric string).
+    #[serde(default)]
+    pub aesthetic_weight: Option<Value>,
+}
+
+/// A knn request that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnnSearch {
+    /// The search to run: `k` is `num_result_ids`, `records` is `num_images`.
+    pub search: ValidSearch,
+    /// The `indice_name` asked for (checked against the served names).
+    pub index_name: String,
+    /// Flags the request turned on that this engine does not apply (for [`NOT_APPLIED_HEADER`]).
+    pub not_applied: Vec<&'static str>,
+}
+
+/// `{"ids", "indice_name"}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetadataRequest {
+    #[serde(default)]
+    pub ids: Option<Vec<u64>>,
+    #[serde(default)]
+    pub indice_name: Option<String>,
+}
+
+/// One knn result: `url` and `caption` only on the first `num_images`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnnResult {
+    pub id: u64,
+    pub similarity: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+}
+
+/// The catalog columns of one item, as `POST /metadata` answers them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemMetadata {
+    pub url: String,
+    pub caption: String,
+}
+
+/// One entry of the `POST /metadata` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetadataEntry {
+    pub id: u64,
+    pub metadata: ItemMetadata,
+}
+
+/// Parses a `POST /knn-service` body (size-checked first; any content type).
+pub fn parse_knn_request(body: &[u8]) -> Result<KnnRequest, ApiError> {
+    parse_body(body, "knn request")
+}
+
+/// Parses a `POST /metadata` body (size-checked first; any content type).
+pub fn parse_metadata_request(body: &[u8]) -> Result<MetadataRequest, ApiError> {
+    parse_body(body, "metadata request")
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidQuery, message)
+}
+
+/// `""`/`null` → not given; a number or a numeric string → its value.
+fn optional_number(value: Option<&Value>, name: &str) -> Result<Option<f64>, ApiError> {
+    let number = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) if text.trim().is_empty() => return Ok(None),
+        Some(Value::String(text)) => text.trim().parse::<f64>().ok(),
+        Some(Value::Number(number)) => number.as_f64(),
+        Some(_) => None,
+    };
+    match number {
+        Some(number) if number.is_finite() => Ok(Some(number)),
+        _ => Err(invalid(format!(
+            "{name} must be \"\" or a number, got {}",
+            value.map(Value::to_string).unwrap_or_default()
+        ))),
+    }
+}
+
+/// Checks that `name` is one of the served indexes: 400 when missing, 404 naming the known ones.
+pub fn check_index_name(name: Option<&str>, known: &[String]) -> Result<String, ApiError> {
+    let Some(name) = name else {
+        return Err(invalid(format!(
+            "indice_name is required (this server has {})",
+            known.join(", ")
+        )));
+    };
+    if !known.iter().any(|known_name| known_name == name) {
+        return Err(ApiError::new(
+            ErrorCode::UnknownIndex,
+            format!(
+                "no index named {name:?}; known: {}",
+                known
+                    .iter()
+                    .map(|known_name| format!("{known_name:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+impl KnnRequest {
+    /// Checks the request against the limits, the served index names and the index's
+    /// dimension, and turns it into a `/v1` search.
+    ///
+    /// Text (non-empty) wins over `image`/`image_url`, which win over `embedding_input`;
+    /// image inputs are refused (422 `image_search_unsupported`): there is no image tower.
+    pub fn validate(
+        self,
+        index: IndexShape,
+        known_indexes: &[String],
+    ) -> Result<KnnSearch, ApiError> {
+        let index_name = check_index_name(self.indice_name.as_deref(), known_indexes)?;
+        let Some(num_images) = self.num_images else {
+            return Err(invalid("num_images is required"));
+        };
+        if num_images == 0 || num_images > MAX_NUM_IMAGES {
+            return Err(ApiError::new(
+                ErrorCode::KOutOfRange,
+                format!("num_images must be in 1..={MAX_NUM_IMAGES}, got {num_images}"),
+            ));
+        }
+        let num_result_ids = self.num_result_ids.unwrap_or(num_images);
+        if num_result_ids == 0 || num_result_ids > MAX_NUM_RESULT_IDS {
+            return Err(ApiError::new(
+                ErrorCode::KOutOfRange,
+                format!("num_result_ids must be in 1..={MAX_NUM_RESULT_IDS}, got {num_result_ids}"),
+            ));
+        }
+        let aesthetic_score = optional_number(self.aesthetic_score.as_ref(), "aesthetic_score")?;
+        if let Some(score) = aesthetic_score {
+            if !(0.0..=9.0).contains(&score) || score.fract() != 0.0 {
+                return Err(invalid(format!(
+                    "aesthetic_score must be \"\" or an integer in 0..=9, got {score}"
+                )));
+            }
+        }
+        let aesthetic_weight = optional_number(self.aesthetic_weight.as_ref(), "aesthetic_weight")?;
+        if let Some(modality) = &self.modality {
+            if modality != "image" && modality != "text" {
+                return Err(invalid(format!(
+                    "modality must be \"image\" or \"text\", got {modality:?}"
+                )));
+            }
+        }
+
+        let text = self.text.filter(|text| !text.is_empty());
+        let has_image = self.image.is_some() || self.image_url.is_some();
+        let query_request = if let Some(text) = text {
+            SearchRequest {
+                text: Some(text),
+                ..SearchRequest::default()
+            }
+        } else if has_image {
+            return Err(ApiError::new(
+                ErrorCode::ImageSearchUnsupported,
+                "search by image (image, image_url) needs an image tower, and this index has \
+                 only a text tower: search by text or embedding_input",
+            ));
+        } else if let Some(vector) = self.embedding_input {
+            SearchRequest {
+                vector: Some(vector),
+                ..SearchRequest::default()
+            }
+        } else {
+            return Err(invalid(
+                "give one of text, image, image_url or embedding_input",
+            ));
+        };
+        let dedup = self.deduplicate.unwrap_or(false);
+        let one_result = query_request.validate(index.dim)?;
+        let query: Query = one_result.query;
+
+        let candidates = candidates_for(num_result_ids, dedup);
+        let rerank = (MAX_RERANK_CANDIDATES / candidates).clamp(1, DEFAULT_RERANK);
+        let search = ValidSearch {
+            query,
+            k: num_result_ids,
+            nprobe: index.nprobe_for(candidates),
+            rerank,
+            dedup,
+            records: num_images.min(num_result_ids),
+        };
+        debug_assert!(search.candidates() * search.rerank <= MAX_RERANK_CANDIDATES);
+
+        let mut not_applied = Vec::new();
+        if self.use_mclip == Some(true) {
+            not_applied.push("use_mclip");
+        }
+        if self.use_safety_model == Some(true) {
+            not_applied.push("use_safety_model");
+        }
+        if self.use_violence_detector == Some(true) {
+            not_applied.push("use_violence_detector");
+        }
+        if aesthetic_score.is_some() && aesthetic_weight.is_some_and(|weight| weight != 0.0) {
+            not_applied.push("aesthetic_score");
+        }
+        Ok(KnnSearch {
+            search,
+            index_name,
+            not_applied,
+        })
+    }
+}
+
+fn candidates_for(k: usize, dedup: bool) -> usize {
+    ValidSearch {
+        query: Query::Id(0),
+        k,
+        nprobe: DEFAULT_NPROBE,
+        rerank: DEFAULT_RERANK,
+        dedup,
+        records: 0,
+    }
+    .candidates()
+}
+
+impl MetadataRequest {
+    /// The ids to look up, checked against the limit and the served index names.
+    pub fn validate(self, known_indexes: &[String]) -> Result<Vec<u64>, ApiError> {
+        check_index_name(self.indice_name.as_deref(), known_indexes)?;
+        let Some(ids) = self.ids else {
+            return Err(invalid("ids is required"));
+        };
+        if ids.len() > MAX_METADATA_IDS {
+            return Err(ApiError::new(
+                ErrorCode::KOutOfRange,
+                format!(
+                    "ids has {} entries, the limit is {MAX_METADATA_IDS}",
+                    ids.len()
+                ),
+            ));
+        }
+        Ok(ids)
+    }
+}
+
+/// Shapes `/v1` results as clip-retrieval's answer: every result has `id` and `similarity`,
+/// the first `records` also `url` and `caption`.
+pub fn knn_results(items: &[Item], records: usize) -> Vec<KnnResult> {
+    let mut results = Vec::with_capacity(items.len());
+    for (position, item) in items.iter().enumerate() {
+        let with_record = position < records;
+        results.push(KnnResult {
+            id: item.id,
+            similarity: item.score,
+            url: with_record.then(|| item.url.clone()),
+            caption: with_record.then(|| item.caption.clone()),
+        });
+    }
+    results
+}
+
+/// Shapes looked-up items as the `POST /metadata` answer.
+pub fn metadata_entries(items: Vec<Item>) -> Vec<MetadataEntry> {
+    items
+        .into_iter()
+        .map(|item| MetadataEntry {
+            id: item.id,
+            metadata: ItemMetadata {
+                url: item.url,
+                caption: item.caption,
+            },
+        })
+        .collect()
+}
+
+/// The [`NOT_APPLIED_HEADER`] value, `None` when every flag asked for was applied.
+pub fn not_applied_header(not_applied: &[&str]) -> Option<String> {
+    if not_applied.is_empty() {
+        return None;
+    }
+    Some(not_applied.join(", "))
+}
+
+/// Largest body accepted by the clip-retrieval endpoints (the `/v1` limit).
+pub const MAX_KNN_BODY_BYTES: usize = MAX_BODY_BYTES;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known() -> Vec<String> {
+        vec!["laion".to_string()]
+    }
+
+    const SHAPE: IndexShape = IndexShape {
+        dim: 4,
+        count: 1_000_000,
+        nlist: 1_000,
+    };
+
+    fn validate(json: &str) -> Result<KnnSearch, ApiError> {
+        parse_knn_request(json.as_bytes())?.validate(SHAPE, &known())
+    }
+
+    fn code(json: &str) -> ErrorCode {
+        validate(json).unwrap_err().code
+    }
+
+    /// What `ClipClient.query(text=…)` sends with its defaults.
+    const CLIENT_TEXT: &str = r#"{"text": "a dog", "image": null, "image_url": null,
+        "embedding_input": null, "deduplicate": true, "use_safety_model": true,
+        "use_violence_detector": true, "indice_name": "laion", "use_mclip": false,
+        "aesthetic_score": 9, "aesthetic_weight": 0.5, "modality": "image", "num_images": 40,
+        "num_result_ids": 40}"#;
+
+    #[test]
+    fn the_clients_defaults_are_a_text_search() {
+        let knn = validate(CLIENT_TEXT).unwrap();
+        assert_eq!(knn.search.query, Query::Text("a dog".to_string()));
+        assert_eq!((knn.search.k, knn.search.records), (40, 40));
+        assert!(knn.search.dedup);
+        assert_eq!(knn.index_name, "laion");
+        assert_eq!(
+            knn.not_applied,
+            vec![
+                "use_safety_model",
+                "use_violence_detector",
+                "aesthetic_score"
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_and_precedence() {
+        let knn = validate(r#"{"indice_name":"laion","num_images":3,"embedding_input":[1,0,0,0]}"#)
+            .unwrap();
+        assert_eq!(knn.search.query, Query::Vector(vec![1.0, 0.0, 0.0, 0.0]));
+        assert_eq!((knn.search.k, knn.search.records), (3, 3));
+        assert!(!knn.search.dedup, "clip_back's default is no dedup");
+        assert!(knn.not_applied.is_empty());
+        // Text wins over the embedding; an empty text does not count.
+        let knn = validate(
+            r#"{"indice_name":"laion","num_images":3,"text":"x","embedding_input":[1,0,0,0]}"#,
+        )
+        .unwrap();
+        assert_eq!(knn.search.query, Query::Text("x".to_string()));
+        let knn = validate(
+            r#"{"indice_name":"laion","num_images":3,"text":"","embedding_input":[1,0,0,0]}"#,
+        )
+        .unwrap();
+        assert!(matches!(knn.search.query, Query::Vector(_)));
+        // Text wins over an image; an image wins over the embedding, and is refused.
+        let knn = validate(r#"{"indice_name":"laion","num_images":3,"text":"x","image":"AAAA"}"#)
+            .unwrap();
+        assert_eq!(knn.search.query, Query::Text("x".to_string()));
+        assert_eq!(
+            code(
+                r#"{"indice_name":"laion","num_images":3,"image_url":"http://x/a.png","embedding_input":[1,0,0,0]}"#
+            ),
+            ErrorCode::ImageSearchUnsupported
+        );
+        assert_eq!(ErrorCode::ImageSearchUnsupported.status(), 422);
+        // More ids than images: only the first carry records.
+        let knn =
+            validate(r#"{"indice_name":"laion","num_images":5,"num_result_ids":10000,"text":"x"}"#)
+                .unwrap();
+        assert_eq!((knn.search.k, knn.search.records), (10_000, 5));
+        assert!(knn.search.candidates() * knn.search.rerank <= MAX_RERANK_CANDIDATES);
+        let knn = validate(
+            r#"{"indice_name":"laion","num_images":5,"num_result_ids":10000,"text":"x","deduplicate":true}"#,
+        )
+        .unwrap();
+        assert!(knn.search.candidates() * knn.search.rerank <= MAX_RERANK_CANDIDATES);
+        assert!(knn.search.rerank >= 1);
+        // Aesthetic inputs as strings, as clip-front sends them.
+        let knn = validate(
+            r#"{"indice_name":"laion","num_images":1,"text":"x","aesthetic_score":"","aesthetic_weight":""}"#,
+        )
+        .unwrap();
+        assert!(knn.not_applied.is_empty());
+        let knn = validate(
+            r#"{"indice_name":"laion","num_images":1,"text":"x","aesthetic_score":"5","aesthetic_weight":"0.5","use_mclip":true}"#,
+        )
+        .unwrap();
+        assert_eq!(knn.not_applied, vec!["use_mclip", "aesthetic_score"]);
+    }
+
+    #[test]
+    fn bad_requests_are_400s_not_tracebacks() {
+        let base = |extra: &str| format!(r#"{{"indice_name":"laion","num_images":3,{extra}}}"#);
+        assert_eq!(
+            code(r#"{"num_images":3,"text":"x"}"#),
+            ErrorCode::InvalidQuery
+        );
+        assert_eq!(
+            code(r#"{"indice_name":"laion","text":"x"}"#),
+            ErrorCode::InvalidQuery
+        );
+        assert_eq!(
+            code(r#"{"indice_name":"other","num_images":3,"text":"x"}"#),
+            ErrorCode::UnknownIndex
+        );
+        let unknown = validate(r#"{"indice_name":"other","num_images":3,"text":"x"}"#).unwrap_err();
+        assert_eq!(unknown.status(), 404);
+        assert!(unknown.message.contains("\"laion\""), "{}", unknown.message);
+        assert_eq!(code(&base(r#""text":null"#)), ErrorCode::InvalidQuery);
+        assert_eq!(code(&base(r#""text":"  ""#)), ErrorCode::EmptyText);
+        assert_eq!(
+            code(&base(r#""embedding_input":[1,2]"#)),
+            ErrorCode::VectorDimension
+        );
+        assert_eq!(
+            code(&base(r#""embedding_input":"abc""#)),
+            ErrorCode::InvalidJson
+        );
+        assert_eq!(
+            code(&base(r#""text":"x","num_result_ids":10001"#)),
+            ErrorCode::KOutOfRange
+        );
+        assert_eq!(
+            code(r#"{"indice_name":"laion","num_images":1001,"text":"x"}"#),
+            ErrorCode::KOutOfRange
+        );
+        assert_eq!(
+            code(r#"{"indice_name":"laion","num_images":0,"text":"x"}"#),
+            ErrorCode::KOutOfRange
+        );
+        assert_eq!(
+            code(r#"{"indice_name":"laion","num_images":-1,"text":"x"}"#),
+            ErrorCode::InvalidJson
+        );
+        assert_eq!(
+            code(&base(r#""text":"x","aesthetic_score":10"#)),
+            ErrorCode::InvalidQuery
+        );
+        assert_eq!(
+            code(&base(r#""text":"x","aesthetic_score":"high""#)),
+            ErrorCode::InvalidQuery
+        );
+        assert_eq!(
+            code(&base(r#""text":"x","aesthetic_weight":[1]"#)),
+            ErrorCode::InvalidQuery
+        );
+        assert_eq!(
+            code(&base(r#""text":"x","modality":"audio""#)),
+            ErrorCode::InvalidQuery
+        );
+        assert_eq!(
+            code(&base(r#""text":"x","deduplicate":"yes""#)),
+            ErrorCode::InvalidJson
+        );
+        assert_eq!(code("[1, 2]"), ErrorCode::InvalidJson);
+        assert_eq!(code(""), ErrorCode::InvalidJson);
+        let huge = vec![b' '; MAX_KNN_BODY_BYTES + 1];
+        assert_eq!(
+            parse_knn_request(&huge).unwrap_err().code,
+            ErrorCode::PayloadTooLarge
+        );
+    }
+
+    #[test]
+    fn metadata_requests() {
+        let parse = |json: &str| parse_metadata_request(json.as_bytes())?.validate(&known());
+        assert_eq!(
+            parse(r#"{"ids":[3,1],"indice_name":"laion"}"#).unwrap(),
+            vec![3, 1]
+        );
+        assert_eq!(
+            parse(r#"{"ids":[3]}"#).unwrap_err().code,
+            ErrorCode::InvalidQuery
+        );
+        assert_eq!(
+            parse(r#"{"indice_name":"laion"}"#).unwrap_err().code,
+            ErrorCode::InvalidQuery
+        );
+        assert_eq!(
+            parse(r#"{"ids":["a"],"indice_name":"laion"}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidJson
+        );
+        let many = format!(
+            r#"{{"ids":{:?},"indice_name":"laion"}}"#,
+            (0..=MAX_METADATA_IDS as u64).collect::<Vec<_>>()
+        );
+        assert_eq!(parse(&many).unwrap_err().code, ErrorCode::KOutOfRange);
+    }
+
+    #[test]
+    fn answers_have_clip_retrievals_shape() {
+        let items: Vec<Item> = (0..3)
+            .map(|id| Item {
+                id,
+                score: 0.5,
+                url: format!("/media/{id}.webp"),
+                caption: format!("item {id}"),
+            })
+            .collect();
+        let json = serde_json::to_value(knn_results(&items, 2)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"id": 0, "similarity": 0.5, "url": "/media/0.webp", "caption": "item 0"},
+                {"id": 1, "similarity": 0.5, "url": "/media/1.webp", "caption": "item 1"},
+                {"id": 2, "similarity": 0.5},
+            ])
+        );
+        let json = serde_json::to_value(metadata_entries(items[..1].to_vec())).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{"id": 0, "metadata": {"url": "/media/0.webp", "caption": "item 0"}}])
+        );
+        assert_eq!(not_applied_header(&[]), None);
+        assert_eq!(
+            not_applied_header(&["use_mclip", "use_safety_model"]).as_deref(),
+            Some("use_mclip, use_safety_model")
+        );
+    }
+
+    #[test]
+    fn large_answers_probe_more_lists() {
+        assert_eq!(SHAPE.nprobe_for(40), DEFAULT_NPROBE);
+        assert_eq!(
+            SHAPE.nprobe_for(20_000),
+            40,
+            "lists of 1,000 hold 2 × 20,000"
+        );
+        let tiny_lists = IndexShape {
+            dim: 4,
+            count: 10,
+            nlist: 10,
+        };
+        assert_eq!(tiny_lists.nprobe_for(10_000), MAX_NPROBE);
+        let no_lists = IndexShape {
+            dim: 4,
+            count: 10,
+            nlist: 0,
+        };
+        assert_eq!(no_lists.nprobe_for(10_000), 2_000, "counted as one list");
+        let knn =
+            validate(r#"{"indice_name":"laion","num_images":3,"num_result_ids":10000,"text":"x"}"#)
+                .unwrap();
+        assert_eq!(knn.search.nprobe, 20);
+    }
+
+    #[test]
+    fn index_names_come_from_locations() {
+        assert_eq!(index_name("s3://bucket/laion/"), "laion");
+        assert_eq!(index_name("s3://bucket"), "bucket");
+        assert_eq!(index_name("./demo-index"), "demo-index");
+        assert_eq!(index_name("/tmp/x/idx/."), "idx");
+        assert_eq!(index_name(""), DEFAULT_INDEX_NAME);
+        assert_eq!(index_name("/"), DEFAULT_INDEX_NAME);
+    }
+}
