@@ -376,21 +376,7 @@ mod tests {
     use super::*;
 
     fn write_f16_npy(path: &Path, data: &[f32], dim: usize) {
-        let rows = data.len() / dim;
-        let dict =
-            format!("{{'descr': '<f2', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
-        let mut header = dict.into_bytes();
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(b' ');
-        }
-        header.push(b'\n');
-        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        bytes.extend_from_slice(&header);
-        for value in data {
-            bytes.extend_from_slice(&half::f16::from_f32(*value).to_le_bytes());
-        }
-        std::fs::write(path, bytes).unwrap();
+        clipedge_datagen::write_npy_f16(path, data, dim).unwrap();
     }
 
     fn rows(n: usize, dim: usize, offset: f32) -> Vec<f32> {

@@ -17,20 +17,7 @@ fn builder() -> Command {
 }
 
 fn write_f16_npy(path: &Path, data: &[f32], dim: usize) {
-    let rows = data.len() / dim;
-    let dict = format!("{{'descr': '<f2', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
-    let mut header = dict.into_bytes();
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(b' ');
-    }
-    header.push(b'\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(&header);
-    for value in data {
-        bytes.extend_from_slice(&half::f16::from_f32(*value).to_le_bytes());
-    }
-    std::fs::write(path, bytes).unwrap();
+    clipedge_datagen::write_npy_f16(path, data, dim).unwrap();
 }
 
 /// A clip-retrieval output folder: image embeddings in `files` shards, text embeddings beside.
@@ -63,6 +50,22 @@ fn current(index: &Path) -> Option<String> {
     let bytes = std::fs::read(index.join("CURRENT")).ok()?;
     let pointer: Value = serde_json::from_slice(&bytes).unwrap();
     Some(pointer["generation"].as_str().unwrap().to_string())
+}
+
+/// The index's live generation, opened as a front would, with the runtime it needs.
+fn open_reader(index: &Path) -> (tokio::runtime::Runtime, clipedge_index::IndexReader) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let storage = clipedge_storage::Storage::open(index.to_str().unwrap()).unwrap();
+    let reader = runtime
+        .block_on(clipedge_index::IndexReader::open(
+            storage,
+            clipedge_index::OpenOptions::default(),
+        ))
+        .unwrap();
+    (runtime, reader)
 }
 
 fn run_args(source: &Path, index: &Path) -> Vec<String> {
@@ -254,17 +257,7 @@ fn killed_during(stage: &str) {
     assert!(seen, "the run never reached {stage:?}");
     assert_eq!(current(&index).as_deref(), Some(live.as_str()));
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let storage = clipedge_storage::Storage::open(index.to_str().unwrap()).unwrap();
-    let reader = runtime
-        .block_on(clipedge_index::IndexReader::open(
-            storage,
-            clipedge_index::OpenOptions::default(),
-        ))
-        .unwrap();
+    let (_runtime, reader) = open_reader(&index);
     assert_eq!(reader.manifest().generation, live);
 
     let next = builder().args(run_args(&source, &index)).output().unwrap();
@@ -394,17 +387,7 @@ fn metadata_parquet_files_become_the_catalog_and_search_results_carry_them() {
 
     // A search for a stored vector finds it, and its hit points at its own record.
     let data = ClipLikeGenerator::new(ClipLikeConfig::new(DIM, 11)).base(3000);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let storage = clipedge_storage::Storage::open(index.to_str().unwrap()).unwrap();
-    let reader = runtime
-        .block_on(clipedge_index::IndexReader::open(
-            storage,
-            clipedge_index::OpenOptions::default(),
-        ))
-        .unwrap();
+    let (runtime, reader) = open_reader(&index);
     for id in [7usize, 1234, 2500] {
         let query = &data[id * DIM..(id + 1) * DIM];
         let result = runtime

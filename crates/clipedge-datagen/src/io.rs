@@ -494,9 +494,30 @@ fn format_shape(shape: &[u64]) -> String {
 
 /// Writes `data` (row-major, `dim` wide) as a version 1.0 `.npy` of `<f4` in C order.
 pub fn write_npy(path: &Path, data: &[f32], dim: usize) -> Result<(), VectorIoError> {
+    write_npy_as(path, data, dim, NpyDtype::F32)
+}
+
+/// Writes `data` as a version 1.0 `.npy` of `<f2` (float16, rounded to nearest): the layout
+/// clip-retrieval writes its embeddings in.
+pub fn write_npy_f16(path: &Path, data: &[f32], dim: usize) -> Result<(), VectorIoError> {
+    write_npy_as(path, data, dim, NpyDtype::F16)
+}
+
+fn write_npy_as(
+    path: &Path,
+    data: &[f32],
+    dim: usize,
+    dtype: NpyDtype,
+) -> Result<(), VectorIoError> {
     validate_shape(path, "npy", data.len(), dim)?;
     let rows = data.len() / dim;
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
+    let descr = match dtype {
+        NpyDtype::F16 => "<f2",
+        NpyDtype::F32 => "<f4",
+        NpyDtype::F64 => "<f8",
+    };
+    let dict =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
     // Magic (6) + version (2) + header length (2), then the dict padded with spaces and
     // ended by a newline so the data starts on a 64-byte boundary.
     let unpadded_len = 10 + dict.len() + 1;
@@ -518,7 +539,13 @@ pub fn write_npy(path: &Path, data: &[f32], dim: usize) -> Result<(), VectorIoEr
     for block in data.chunks(WRITE_BUFFER_BYTES / 4) {
         block_buffer.clear();
         for value in block {
-            block_buffer.extend_from_slice(&value.to_le_bytes());
+            match dtype {
+                NpyDtype::F16 => {
+                    block_buffer.extend_from_slice(&half::f16::from_f32(*value).to_le_bytes())
+                }
+                NpyDtype::F32 => block_buffer.extend_from_slice(&value.to_le_bytes()),
+                NpyDtype::F64 => block_buffer.extend_from_slice(&f64::from(*value).to_le_bytes()),
+            }
         }
         writer
             .write_all(&block_buffer)

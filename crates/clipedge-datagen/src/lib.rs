@@ -16,7 +16,7 @@ pub mod truth;
 
 pub use io::{
     read_fvecs, read_ivecs, read_npy, read_npy_layout, read_vectors, write_fvecs, write_ivecs,
-    write_npy, Matrix, NpyDtype, NpyLayout, VectorIoError,
+    write_npy, write_npy_f16, Matrix, NpyDtype, NpyLayout, VectorIoError,
 };
 pub use synthetic::{ClipLikeConfig, ClipLikeGenerator, QueryKind};
 pub use truth::{ground_truth, recall_at_k};

@@ -1,10 +1,9 @@
 //! `synth`: a seeded CLIP-like embedding folder in clip-retrieval's layout (float16), for
 //! benchmarks and GPU checks of the nightly job where no real embeddings can be downloaded.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use clipedge_datagen::{ClipLikeConfig, ClipLikeGenerator, QueryKind};
 
@@ -27,28 +26,6 @@ pub struct SynthArgs {
     seed: u64,
 }
 
-fn write_f16_npy(path: &Path, data: &[f32], dim: usize) -> anyhow::Result<()> {
-    let rows = data.len() / dim;
-    let dict = format!("{{'descr': '<f2', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
-    let mut header = dict.into_bytes();
-    // NumPy pads the header so the data starts on a 64-byte boundary.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(b' ');
-    }
-    header.push(b'\n');
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut writer = std::io::BufWriter::with_capacity(1 << 22, file);
-    writer.write_all(b"\x93NUMPY\x01\x00")?;
-    writer.write_all(&(header.len() as u16).to_le_bytes())?;
-    writer.write_all(&header)?;
-    for value in data {
-        writer.write_all(&half::f16::from_f32(*value).to_le_bytes())?;
-    }
-    writer.flush()?;
-    Ok(())
-}
-
 pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     if args.n == 0 || args.dim == 0 {
         bail!("--n and --dim must be positive");
@@ -67,13 +44,13 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         let rows = rows_per_file.min(args.n - start);
         let data = generator.base_from(start, rows);
         let path = image_folder.join(format!("img_emb_{file:0width$}.npy"));
-        write_f16_npy(&path, &data, args.dim)?;
+        clipedge_datagen::write_npy_f16(&path, &data, args.dim)?;
         eprintln!("synth: wrote {} ({rows} rows)", path.display());
     }
     if args.text > 0 {
         std::fs::create_dir_all(&text_folder)?;
         let texts = generator.queries(args.text, QueryKind::OutOfDistribution);
-        write_f16_npy(&text_folder.join("text_emb_0.npy"), &texts, args.dim)?;
+        clipedge_datagen::write_npy_f16(&text_folder.join("text_emb_0.npy"), &texts, args.dim)?;
     }
     println!(
         "{}",
