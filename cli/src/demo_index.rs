@@ -199,6 +199,7 @@ pub async fn ensure_demo_index(
         records.push(ItemRecord {
             caption: item.caption.clone(),
             url: media,
+            ..ItemRecord::default()
         });
     }
     let n = items.len();

@@ -400,6 +400,8 @@ fn metadata_parquet_files_become_the_catalog_and_search_results_carry_them() {
             clipedge_format::decode_record(&catalog[range.start as usize..range.end as usize])
                 .unwrap();
         assert_eq!(record.url, format!("https://img.example/{id}.jpg"));
+        // The other columns reach the fronts as the record's extra fields.
+        assert_eq!(record.extra["width"], id as u64);
     }
 
     // Metadata that does not match its embeddings stops the run, naming the file.

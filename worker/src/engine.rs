@@ -387,13 +387,7 @@ impl<'a> RequestContext<'a> {
         refs: &[u64],
     ) -> Result<Vec<ItemRecord>, ApiError> {
         let Some(catalog) = &generation.manifest.catalog else {
-            return Ok(vec![
-                ItemRecord {
-                    caption: String::new(),
-                    url: String::new(),
-                };
-                refs.len()
-            ]);
+            return Ok(vec![ItemRecord::default(); refs.len()]);
         };
         let ranges: Vec<std::ops::Range<u64>> = refs.iter().map(|r| record_range(*r)).collect();
         let spans = coalesce_ranges(&ranges, RECORD_COALESCE_GAP, u64::MAX);
@@ -435,6 +429,7 @@ impl<'a> RequestContext<'a> {
             score: 1.0,
             url: resolve_url("/", &record.url),
             caption: record.caption,
+            fields: record.extra,
         })
     }
 

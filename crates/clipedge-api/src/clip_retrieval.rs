@@ -144,6 +144,9 @@ pub struct KnnResult {
     pub url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caption: Option<String>,
+    /// The record's other catalog columns, beside `url` and `caption` as clip_back answers them.
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The catalog columns of one item, as `POST /metadata` answers them.
@@ -151,6 +154,8 @@ pub struct KnnResult {
 pub struct ItemMetadata {
     pub url: String,
     pub caption: String,
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One entry of the `POST /metadata` answer.
@@ -364,9 +369,26 @@ pub fn knn_results(items: &[Item], records: usize) -> Vec<KnnResult> {
             similarity: item.score,
             url: with_record.then(|| item.url.clone()),
             caption: with_record.then(|| item.caption.clone()),
+            fields: if with_record {
+                catalog_columns(&item.fields)
+            } else {
+                serde_json::Map::new()
+            },
         });
     }
     results
+}
+
+/// A record's extra columns without those named like the answer's own keys (a metadata column
+/// called `similarity` must not turn into a second `similarity`).
+fn catalog_columns(
+    fields: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    fields
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "id" | "similarity" | "url" | "caption"))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
 }
 
 /// Shapes looked-up items as the `POST /metadata` answer.
@@ -376,6 +398,7 @@ pub fn metadata_entries(items: Vec<Item>) -> Vec<MetadataEntry> {
         .map(|item| MetadataEntry {
             id: item.id,
             metadata: ItemMetadata {
+                fields: catalog_columns(&item.fields),
                 url: item.url,
                 caption: item.caption,
             },
@@ -604,21 +627,26 @@ mod tests {
                 score: 0.5,
                 url: format!("/media/{id}.webp"),
                 caption: format!("item {id}"),
+                fields: serde_json::Map::from_iter([
+                    ("key".to_string(), serde_json::json!(format!("{id:09}"))),
+                    // A column named like a key of the answer never overrides it.
+                    ("similarity".to_string(), serde_json::json!(0.99)),
+                ]),
             })
             .collect();
         let json = serde_json::to_value(knn_results(&items, 2)).unwrap();
         assert_eq!(
             json,
             serde_json::json!([
-                {"id": 0, "similarity": 0.5, "url": "/media/0.webp", "caption": "item 0"},
-                {"id": 1, "similarity": 0.5, "url": "/media/1.webp", "caption": "item 1"},
+                {"id": 0, "similarity": 0.5, "url": "/media/0.webp", "caption": "item 0", "key": "000000000"},
+                {"id": 1, "similarity": 0.5, "url": "/media/1.webp", "caption": "item 1", "key": "000000001"},
                 {"id": 2, "similarity": 0.5},
             ])
         );
         let json = serde_json::to_value(metadata_entries(items[..1].to_vec())).unwrap();
         assert_eq!(
             json,
-            serde_json::json!([{"id": 0, "metadata": {"url": "/media/0.webp", "caption": "item 0"}}])
+            serde_json::json!([{"id": 0, "metadata": {"url": "/media/0.webp", "caption": "item 0", "key": "000000000"}}])
         );
         assert_eq!(not_applied_header(&[]), None);
         assert_eq!(

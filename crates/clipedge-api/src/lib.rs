@@ -412,6 +412,10 @@ pub struct Item {
     pub score: f32,
     pub url: String,
     pub caption: String,
+    /// The catalog record's other fields (e.g. clip-retrieval's `key`, `width`, `height`);
+    /// absent when the record has none.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The merged hits as items: the first ones with their catalog `records` (URLs resolved
@@ -426,16 +430,21 @@ pub fn items_with_records(
     let mut records = records.into_iter();
     let mut items = Vec::with_capacity(merged.len());
     for hit in merged {
-        let (url, caption) = match records.next() {
-            Some(record) if record.url.is_empty() => (String::new(), record.caption),
-            Some(record) => (resolve_url(root_base, &record.url), record.caption),
-            None => (String::new(), String::new()),
+        let (url, caption, fields) = match records.next() {
+            Some(record) if record.url.is_empty() => (String::new(), record.caption, record.extra),
+            Some(record) => (
+                resolve_url(root_base, &record.url),
+                record.caption,
+                record.extra,
+            ),
+            None => Default::default(),
         };
         items.push(Item {
             id: hit.id,
             score: hit.score,
             url,
             caption,
+            fields,
         });
     }
     items
@@ -730,6 +739,7 @@ mod tests {
                 score: 0.5,
                 url: "/media/a.webp".to_string(),
                 caption: "a cat".to_string(),
+                fields: Default::default(),
             }],
             partial: false,
             failed_lists: vec![],

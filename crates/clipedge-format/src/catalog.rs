@@ -30,6 +30,10 @@ pub struct ItemRecord {
     pub caption: String,
     /// Image URL: absolute (`https://…`) or relative to the index root (`media/…`).
     pub url: String,
+    /// Any other fields of the record (clip-retrieval's metadata columns: `key`, `width`, …),
+    /// kept as stored so the API can return them.
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The manifest's `catalog` entry: where the catalog is and how its id table is cut.
@@ -305,6 +309,12 @@ mod tests {
             .map(|i| ItemRecord {
                 caption: format!("caption {i} ü"),
                 url: format!("media/{i}.webp"),
+                // Every third record carries extra columns, as clip-retrieval metadata does.
+                extra: if i % 3 == 0 {
+                    serde_json::Map::from_iter([("key".to_string(), serde_json::json!(i))])
+                } else {
+                    serde_json::Map::new()
+                },
             })
             .collect()
     }

@@ -215,13 +215,7 @@ impl Engine {
         stats: &mut QueryStats,
     ) -> Result<Vec<ItemRecord>, ApiError> {
         let Some(catalog) = self.catalog() else {
-            return Ok(vec![
-                ItemRecord {
-                    caption: String::new(),
-                    url: String::new(),
-                };
-                refs.len()
-            ]);
+            return Ok(vec![ItemRecord::default(); refs.len()]);
         };
         if refs.is_empty() {
             return Ok(Vec::new());
@@ -255,6 +249,7 @@ impl Engine {
             score: 1.0,
             url: resolve_url(&self.root_base, &record.url),
             caption: record.caption,
+            fields: record.extra,
         })
     }
 
