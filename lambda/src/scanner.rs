@@ -1,99 +1,28 @@
-//! One scanner invocation, from request bytes to response bytes, without the Lambda runtime.
+//! One scanner invocation, from request bytes to response bytes, without the Lambda runtime:
+//! size and signature checks, decoding, the generation (kept open across warm invocations),
+//! then `IndexReader::leaf_search` (the same leaf `IndexReader::search` ends in) and encoding.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clipedge_index::leaf::error_chain;
-use clipedge_index::{
-    IndexError, IndexReader, LeafRequest, LeafTargets, ListCache, OpenOptions, ReadPlan,
-};
+use clipedge_index::{IndexReader, LeafRequest, LeafTargets, ListCache, OpenOptions, ReadPlan};
 use clipedge_protocol::{
     decode_request, encode_response, verify, Encoding, GroupResult, ListResult, ProtocolError,
     ScanRequest, ScanResponse, ScanStats, ScanStatus, ScanTargets, MAX_REQUEST_BYTES,
     SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
-use clipedge_storage::{Storage, StorageError};
+use clipedge_storage::Storage;
 use http::HeaderMap;
 use lru::LruCache;
-use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::config::{Auth, ScannerConfig};
+use crate::reply::{Reply, RequestError};
 
 /// `groups.bin` up to this size is read whole when a generation is opened (one GET); larger
 /// ones are read group by group as requests name them.
 const PRELOAD_GROUPS_MAX_BYTES: u64 = 8 << 20;
-
-/// An HTTP answer: status, content type and body.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
-}
-
-impl Reply {
-    /// A JSON error body: `{"error": "...", "status": N}`.
-    pub fn error(status: u16, message: &str) -> Reply {
-        let body = serde_json::json!({ "error": message, "status": status });
-        Reply {
-            status,
-            content_type: "application/json",
-            body: body.to_string().into_bytes(),
-        }
-    }
-
-    /// The error message of an error reply.
-    pub fn error_message(&self) -> Option<String> {
-        let value: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        value.get("error")?.as_str().map(str::to_string)
-    }
-}
-
-/// Failures that end a whole request (per-list failures are statuses in the response).
-#[derive(Debug, Error)]
-enum RequestError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Corrupt(String),
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl RequestError {
-    fn status(&self) -> u16 {
-        match self {
-            RequestError::BadRequest(_) => 400,
-            RequestError::NotFound(_) => 404,
-            RequestError::Corrupt(_) => 500,
-            RequestError::Unavailable(_) => 503,
-        }
-    }
-
-    fn from_index(error: IndexError) -> RequestError {
-        let message = error_chain(&error);
-        match error {
-            // The leaf's refusals of a request (dimension, ids): the reason is the message.
-            IndexError::InvalidQuery { reason } | IndexError::InvalidParams { reason } => {
-                RequestError::BadRequest(reason)
-            }
-            IndexError::NoIndex { .. } | IndexError::Storage(StorageError::NotFound { .. }) => {
-                RequestError::NotFound(message)
-            }
-            IndexError::Storage(StorageError::InvalidLocation { .. }) => {
-                RequestError::BadRequest(message)
-            }
-            IndexError::Storage(StorageError::Range { .. })
-            | IndexError::Format(_)
-            | IndexError::Codebooks { .. } => RequestError::Corrupt(message),
-            IndexError::Storage(_) => RequestError::Unavailable(message),
-        }
-    }
-}
 
 /// The scanner state kept across warm invocations: open generations and verified lists.
 pub struct Scanner {
