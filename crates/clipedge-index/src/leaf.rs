@@ -258,7 +258,6 @@ impl IndexReader {
         let fetched = self
             .fetch_lists(&probed, request.deadline, request.reads, &mut state)
             .await;
-        let fetch_finished = Instant::now();
 
         // Lists that arrived verified, in probe order: a list's position among them is its
         // candidate slot, so ties break the same way for every caller.
@@ -287,6 +286,8 @@ impl IndexReader {
             });
         }
 
+        // Verifying the views is part of fetching: the scan time is the scan alone.
+        let fetch_finished = Instant::now();
         let vector_count = usize::try_from(self.manifest.count)
             .unwrap_or(usize::MAX)
             .max(1);
