@@ -6,7 +6,9 @@
 //! `main.rs` only wires it to `lambda_http` (a function URL).
 
 pub mod config;
+mod reply;
 mod scanner;
 
 pub use config::{Auth, ConfigError, ScannerConfig};
-pub use scanner::{Reply, Scanner};
+pub use reply::Reply;
+pub use scanner::Scanner;

@@ -5,12 +5,16 @@
 //!   lists inside them. The edge Worker runs the first half; scanners run the second.
 //! - [`scan`] (pure): build the query's lookup tables, scan list codes into a top-k of
 //!   candidates, rerank the candidates exactly with the rerank copies stored in the same lists.
-//! - [`IndexReader`]: the I/O around them for one process holding a whole index (CLI, embedded
-//!   server, scanner Lambda; feature `reader`, on by default): opens a generation, fetches group blobs and lists with one range
-//!   GET each (coalesced), verifies checksums and caches verified lists.
+//! - [`IndexReader`] (feature `reader`, on by default): opens a generation (manifest, routing
+//!   table, codebooks, group blobs). Its [`IndexReader::search`] is route + leaf.
+//! - [`leaf`] (feature `reader`): the leaf search every query path ends in, in process or in the
+//!   scanner Lambda: scan a set of groups or lists of one generation, reading what is not cached
+//!   (verified once, kept in a [`ListCache`]), with a status per group and list and a deadline.
 
 #[cfg(feature = "reader")]
 mod error;
+#[cfg(feature = "reader")]
+pub mod leaf;
 #[cfg(feature = "reader")]
 mod reader;
 pub mod route;
@@ -18,5 +22,7 @@ pub mod scan;
 
 #[cfg(feature = "reader")]
 pub use error::IndexError;
+#[cfg(feature = "reader")]
+pub use leaf::{LeafRequest, LeafResponse, LeafTargets, ListCache, ReadPlan};
 #[cfg(feature = "reader")]
 pub use reader::{IndexReader, OpenOptions, SearchParams, SearchResult, SearchStats};

@@ -1,8 +1,6 @@
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
 use clipedge_format::{
     decode_codebooks, generation_path, CurrentPointer, GroupBlob, Hit, ListExpectation, ListView,
     Manifest, RerankKind, RoutingTable, CURRENT_OBJECT,
@@ -11,8 +9,8 @@ use clipedge_linalg::ProductQuantizer;
 use clipedge_storage::{ByteLru, Storage, StorageError};
 use tracing::debug;
 
+use crate::leaf::{LeafRequest, LeafTargets, ListCache, ReadPlan};
 use crate::route::{self, ProbedList};
-use crate::scan::{self, QueryTables};
 use crate::IndexError;
 
 /// How an [`IndexReader`] holds the index in memory.
@@ -94,12 +92,15 @@ enum Groups {
 
 /// One opened generation of an index, ready to search. Cheap to share (`&self` searches).
 pub struct IndexReader {
-    storage: Storage,
-    manifest: Manifest,
-    routing: RoutingTable,
-    pq: ProductQuantizer,
+    pub(crate) storage: Storage,
+    pub(crate) manifest: Manifest,
+    pub(crate) routing: RoutingTable,
+    pub(crate) pq: ProductQuantizer,
     groups: Groups,
-    lists: Mutex<ByteLru<u32, Bytes>>,
+    /// Verified lists, this reader's own unless shared with [`IndexReader::with_list_cache`].
+    pub(crate) list_cache: ListCache,
+    /// This generation's part of the list cache's keys: index root and generation.
+    pub(crate) cache_key: Arc<str>,
 }
 
 fn missing_index(storage: &Storage, error: StorageError, object: &str) -> IndexError {
@@ -196,14 +197,26 @@ impl IndexReader {
             nlist = manifest.nlist,
             "opened index generation"
         );
+        let cache_key: Arc<str> = format!("{}\n{generation}", storage.location()).into();
         Ok(IndexReader {
             storage,
             manifest,
             routing,
             pq,
             groups,
-            lists: Mutex::new(ByteLru::new(options.list_cache_bytes)),
+            list_cache: ListCache::new(options.list_cache_bytes),
+            cache_key,
         })
+    }
+
+    /// Keeps verified lists in `cache` instead of this reader's own: several readers (the
+    /// generations a scanner holds open) then share one byte budget. Entries are keyed by index
+    /// root and generation, so readers of different generations never see each other's lists.
+    pub fn with_list_cache(self, cache: ListCache) -> IndexReader {
+        IndexReader {
+            list_cache: cache,
+            ..self
+        }
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -223,7 +236,7 @@ impl IndexReader {
         &self.pq
     }
 
-    fn object(&self, file: &str) -> String {
+    pub(crate) fn object(&self, file: &str) -> String {
         generation_path(&self.manifest.generation, file)
     }
 
@@ -275,45 +288,36 @@ impl IndexReader {
                 .map(|groups| groups.min(self.routing.ngroups())),
             parallel: params.parallel,
         };
-        let mut stats = SearchStats::default();
         let started = Instant::now();
         let group_ids = match params.group_probe {
             Some(count) => route::rank_groups(&self.routing, query, count),
             None => route::auto_group_probe(&self.routing, query, params.nprobe),
         };
-        let groups = self.load_groups(&group_ids, &mut stats).await?;
-        let probed = route::rank_lists(query, &groups, params.nprobe);
-        stats.groups_probed = group_ids.len();
         let routed = Instant::now();
-
-        let list_bytes = self.load_lists(&probed, &mut stats).await?;
-        let fetched = Instant::now();
-
-        let mut lists = Vec::with_capacity(probed.len());
-        for (probe, bytes) in probed.iter().zip(&list_bytes) {
-            let view = ListView::parse_verified(bytes, &self.expectation(probe))?;
-            stats.codes_scanned += view.count as u64;
-            lists.push((view, probe.bias));
-        }
-        stats.lists_scanned = lists.len();
-        let tables = QueryTables::new(&self.pq, query);
-        let rerank = params.rerank > 0 && self.manifest.rerank != RerankKind::None;
-        let candidate_count = if rerank {
-            params.k.saturating_mul(params.rerank).min(vector_count)
-        } else {
-            params.k
+        let leaf_request = LeafRequest {
+            query,
+            targets: LeafTargets::Groups {
+                group_ids: &group_ids,
+                nprobe: params.nprobe,
+            },
+            k: params.k,
+            rerank: params.rerank,
+            deadline: None,
+            reads: ReadPlan::Coalesced,
+            parallel: params.parallel,
         };
-        let candidates = scan::scan_lists(&tables, &lists, candidate_count, params.parallel);
-        stats.candidates = candidates.len();
-        let scanned = Instant::now();
-
-        let hits = scan::finish(query, &lists, &candidates, params.k, rerank);
-        let finished = Instant::now();
-        stats.route_us = (routed - started).as_micros() as u64;
-        stats.fetch_us = (fetched - routed).as_micros() as u64;
-        stats.scan_us = (scanned - fetched).as_micros() as u64;
-        stats.rerank_us = (finished - scanned).as_micros() as u64;
-        Ok(SearchResult { hits, stats })
+        let leaf = self.leaf_search(&leaf_request).await?;
+        // Without a deadline every list is read or failed: one failure fails the search.
+        if let Some(error) = leaf.first_error {
+            return Err(error);
+        }
+        let mut stats = leaf.stats;
+        stats.groups_probed = group_ids.len();
+        stats.route_us += (routed - started).as_micros() as u64;
+        Ok(SearchResult {
+            hits: leaf.hits,
+            stats,
+        })
     }
 
     /// The stored (rerank) copy of vector `id` in list `list_id`, decoded to f32: what "more
@@ -349,10 +353,8 @@ impl IndexReader {
             location: *location,
             bias: 0.0,
         };
-        let bytes = self
-            .load_lists(std::slice::from_ref(&probe), &mut stats)
-            .await?;
-        let view = ListView::parse_verified(&bytes[0], &self.expectation(&probe))?;
+        let bytes = self.fetch_list(&probe, &mut stats).await?;
+        let view = ListView::parse_verified(&bytes, &self.expectation(&probe))?;
         Ok((view.stored_vector(id), stats))
     }
 
@@ -365,7 +367,7 @@ impl IndexReader {
     /// The blobs of `group_ids` (fine centroids and list locations), in the given order: from
     /// memory when `groups.bin` was preloaded, else from the group cache or with range GETs
     /// (counted in `stats`).
-    pub async fn load_groups(
+    pub(crate) async fn load_groups(
         &self,
         group_ids: &[u32],
         stats: &mut SearchStats,
@@ -415,72 +417,6 @@ impl IndexReader {
             )?);
             cache.insert(group, blob.clone(), bytes.len() as u64);
             found[slot] = Some(blob);
-        }
-        Ok(found.into_iter().map(Option::unwrap).collect())
-    }
-
-    /// Verified bytes of each probed list, from the cache or with one range GET per list
-    /// (coalesced per shard, shards in parallel).
-    async fn load_lists(
-        &self,
-        probed: &[ProbedList],
-        stats: &mut SearchStats,
-    ) -> Result<Vec<Bytes>, IndexError> {
-        let mut found: Vec<Option<Bytes>> = {
-            let mut cache = self.lists.lock().expect("list cache lock");
-            probed
-                .iter()
-                .map(|probe| cache.get(&probe.list_id))
-                .collect()
-        };
-        stats.list_cache_hits = found.iter().filter(|bytes| bytes.is_some()).count();
-        let mut by_shard: HashMap<u32, Vec<usize>> = HashMap::new();
-        for (slot, probe) in probed.iter().enumerate() {
-            if found[slot].is_none() {
-                by_shard.entry(probe.location.shard).or_default().push(slot);
-            }
-        }
-        if by_shard.is_empty() {
-            return Ok(found.into_iter().map(Option::unwrap).collect());
-        }
-        let mut shard_reads = Vec::with_capacity(by_shard.len());
-        for (shard, slots) in &by_shard {
-            let Some(shard_ref) = self.manifest.shards.get(*shard as usize) else {
-                return Err(IndexError::Format(clipedge_format::FormatError::Invalid {
-                    what: "group blob".to_string(),
-                    reason: format!(
-                        "list names shard {shard}, manifest has {}",
-                        self.manifest.shards.len()
-                    ),
-                }));
-            };
-            let object = self.object(&shard_ref.path);
-            let ranges: Vec<_> = slots
-                .iter()
-                .map(|slot| {
-                    let location = probed[*slot].location;
-                    location.offset..location.offset + location.length as u64
-                })
-                .collect();
-            shard_reads.push(async move {
-                self.storage
-                    .get_ranges(&object, &ranges)
-                    .await
-                    .map(|read| (slots, read))
-            });
-        }
-        let reads = futures::future::try_join_all(shard_reads).await?;
-        let mut cache = self.lists.lock().expect("list cache lock");
-        for (slots, read) in reads {
-            stats.gets += read.requests as u64;
-            stats.bytes_read += read.bytes;
-            for (slot, bytes) in slots.iter().zip(read.parts) {
-                let probe = &probed[*slot];
-                // Full check once, on arrival; the cache then holds only verified lists.
-                ListView::parse(&bytes, &self.expectation(probe))?;
-                cache.insert(probe.list_id, bytes.clone(), bytes.len() as u64);
-                found[*slot] = Some(bytes);
-            }
         }
         Ok(found.into_iter().map(Option::unwrap).collect())
     }
