@@ -485,14 +485,7 @@ fn encode_list(
             RerankKind::None => {}
         }
     }
-    let rerank_data = match config.rerank {
-        RerankKind::Fp16 => RerankData::Fp16(fp16),
-        RerankKind::Int8 => RerankData::Int8 {
-            scales: int8_scales,
-            values: int8_values,
-        },
-        RerankKind::None => RerankData::None,
-    };
+    let rerank_data = rerank_data(config.rerank, fp16, int8_scales, int8_values);
     let columns = ListColumns {
         ids: &ids,
         content_hashes: &hashes,
@@ -501,6 +494,20 @@ fn encode_list(
         rerank: &rerank_data,
     };
     assemble_list_blob(list_id, dim, config, columns)
+}
+
+/// A list's rerank column of `kind` from the copies gathered for it.
+pub(crate) fn rerank_data(
+    kind: RerankKind,
+    fp16: Vec<u16>,
+    scales: Vec<f32>,
+    values: Vec<i8>,
+) -> RerankData {
+    match kind {
+        RerankKind::Fp16 => RerankData::Fp16(fp16),
+        RerankKind::Int8 => RerankData::Int8 { scales, values },
+        RerankKind::None => RerankData::None,
+    }
 }
 
 /// The columns of one list, rows in input order; `codes` one byte per sub-quantizer.

@@ -21,7 +21,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use clipedge_format::{
     append_catalog_record, catalog_head, catalog_records_offset, generation_path, CatalogRef,
-    ListLocation, Manifest, RerankData, RerankKind, ShardRef, CATALOG_BLOCK_ITEMS,
+    ListLocation, Manifest, RerankKind, ShardRef, CATALOG_BLOCK_ITEMS,
 };
 use clipedge_linalg::rerank;
 use clipedge_storage::Storage;
@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::build::{
     assemble_list_blob, content_hash, finish_generation, list_blob_len, new_generation_name,
-    ListColumns, LIST_ALIGN,
+    rerank_data, ListColumns, LIST_ALIGN,
 };
 use crate::device::{Device, Metric};
 use crate::metadata::MetadataReader;
@@ -369,11 +369,7 @@ fn list_blob_from_entries(
             RerankKind::None => {}
         }
     }
-    let rerank_data = match config.rerank {
-        RerankKind::Fp16 => RerankData::Fp16(fp16),
-        RerankKind::Int8 => RerankData::Int8 { scales, values },
-        RerankKind::None => RerankData::None,
-    };
+    let rerank_data = rerank_data(config.rerank, fp16, scales, values);
     let columns = ListColumns {
         ids: &ids,
         content_hashes: &hashes,

@@ -52,6 +52,17 @@ fn current(index: &Path) -> Option<String> {
     Some(pointer["generation"].as_str().unwrap().to_string())
 }
 
+/// Runs the builder with `args`, asserts it succeeded and returns its report (last stdout line).
+fn run_ok(args: &[String]) -> Value {
+    let output = builder().args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    last_json(&output.stdout)
+}
+
 /// The index's live generation, opened as a front would, with the runtime it needs.
 fn open_reader(index: &Path) -> (tokio::runtime::Runtime, clipedge_index::IndexReader) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -115,13 +126,7 @@ fn the_nightly_job_publishes_gates_collects_and_rolls_back() {
     let index = dir.path().join("index");
 
     // First run: published, with a recall record and the gate's queries (image + text).
-    let first = builder().args(run_args(&source, &index)).output().unwrap();
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    let report = last_json(&first.stdout);
+    let report = run_ok(&run_args(&source, &index));
     assert_eq!(report["published"], true);
     assert_eq!(report["n"], 6000);
     assert_eq!(report["gate_queries"], 150);
@@ -152,13 +157,7 @@ fn the_nightly_job_publishes_gates_collects_and_rolls_back() {
     assert_eq!(current(&index).as_deref(), Some(first_generation.as_str()));
 
     // A third, passing run publishes; the GC keeps two complete generations.
-    let third = builder().args(run_args(&source, &index)).output().unwrap();
-    assert!(
-        third.status.success(),
-        "{}",
-        String::from_utf8_lossy(&third.stderr)
-    );
-    let third_generation = last_json(&third.stdout)["generation"]
+    let third_generation = run_ok(&run_args(&source, &index))["generation"]
         .as_str()
         .unwrap()
         .to_string();
@@ -230,12 +229,7 @@ fn killed_during(stage: &str) {
     let source = dir.path().join("laion-part");
     clip_retrieval_folder(&source, 20_000, 4);
     let index = dir.path().join("index");
-    let first = builder().args(run_args(&source, &index)).output().unwrap();
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    run_ok(&run_args(&source, &index));
     let live = current(&index).unwrap();
 
     let mut child = builder()
@@ -260,12 +254,7 @@ fn killed_during(stage: &str) {
     let (_runtime, reader) = open_reader(&index);
     assert_eq!(reader.manifest().generation, live);
 
-    let next = builder().args(run_args(&source, &index)).output().unwrap();
-    assert!(
-        next.status.success(),
-        "{}",
-        String::from_utf8_lossy(&next.stderr)
-    );
+    run_ok(&run_args(&source, &index));
     assert_ne!(current(&index).unwrap(), live);
 }
 
@@ -356,13 +345,7 @@ fn metadata_parquet_files_become_the_catalog_and_search_results_carry_them() {
     write_metadata_parquet(&metadata.join("metadata_0.parquet"), 0, 1500);
     write_metadata_parquet(&metadata.join("metadata_1.parquet"), 1500, 1500);
     let index = dir.path().join("index");
-    let output = builder().args(run_args(&source, &index)).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let generation = last_json(&output.stdout)["generation"]
+    let generation = run_ok(&run_args(&source, &index))["generation"]
         .as_str()
         .unwrap()
         .to_string();
