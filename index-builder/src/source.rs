@@ -14,6 +14,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clipedge_datagen::{read_npy_layout, NpyDtype};
 use rand::Rng;
@@ -34,6 +35,8 @@ enum Encoding {
 #[derive(Debug, Clone)]
 struct SourceFile {
     path: PathBuf,
+    /// Opened once: a training sample reads hundreds of thousands of short runs of rows.
+    handle: Arc<File>,
     encoding: Encoding,
     rows: u64,
     first_row: u64,
@@ -143,7 +146,9 @@ impl EmbeddingSource {
                 }
                 Some(_) => {}
             }
+            let handle = File::open(&path).map_err(|error| source_error(&path, error))?;
             files.push(SourceFile {
+                handle: Arc::new(handle),
                 path,
                 encoding,
                 rows: file_rows,
@@ -268,8 +273,7 @@ impl EmbeddingSource {
             let local_count = (end - row).min(file.rows - local_start);
             let row_bytes = file.row_bytes(self.dim);
             bytes.resize((local_count * row_bytes) as usize, 0);
-            let handle = File::open(&file.path).map_err(|error| source_error(&file.path, error))?;
-            handle
+            file.handle
                 .read_exact_at(&mut bytes, file.data_offset + local_start * row_bytes)
                 .map_err(|error| source_error(&file.path, error))?;
             let decoded_from = out.len();
