@@ -263,8 +263,9 @@ pub(crate) fn validate(vectors: &VectorSet<'_>, config: &BuildConfig) -> Result<
 
 /// Up to this many lists the coarse k-means starts from k-means++; above it from a random
 /// sample (faiss's default everywhere). k-means++ seeding is `k` sequential passes over
-/// `16 · k` points: at 16,384 lists it ran over 200 s on a 16-core box (H100 run, 10M), at
-/// 4,096 lists about 10 s.
+/// `16 · k` points, so its cost grows with `k²`: with it, a 10M run's training at 16,384 lists
+/// had not finished after 240 s on a 16-core H100 box; with random init it took 142 s (most of
+/// that the since-fixed cluster sums).
 const PLUS_PLUS_MAX_LISTS: usize = 4096;
 
 fn coarse_init(nlist: usize) -> KMeansInit {
