@@ -4,10 +4,10 @@
 # Installs worker-build, wasm-bindgen-cli and wrangler (npm, with esbuild and workerd) into
 # ~/.cache/clipedge when missing. Prints the .wasm size raw and gzip at the end.
 #
-# CLIPEDGE_WASM_SIMD picks the int8 text kernels compiled in: `simd128` (default) or `relaxed`
-# (simd128 plus the relaxed int8 dot product). The relaxed kernel failed its bit-exactness test
-# under Node 20's experimental relaxed SIMD and was slower there, so it stays opt-in until it is
-# validated in workerd; a module with relaxed instructions does not load at all without them.
+# CLIPEDGE_WASM_SIMD picks the int8 text kernels compiled in: `relaxed` (default: simd128 plus
+# the relaxed int8 dot product, which workerd's V8 runs bit-identically to the scalar kernel and
+# about twice as fast at 77 tokens; `bash benches/wasm_engine.sh`) or `simd128` (for an engine
+# without relaxed SIMD: a module with relaxed instructions does not load at all there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +19,7 @@ install_worker_tools
 
 rustup target add wasm32-unknown-unknown >/dev/null
 cd worker
-case "${CLIPEDGE_WASM_SIMD:-simd128}" in
+case "${CLIPEDGE_WASM_SIMD:-relaxed}" in
   relaxed) target_features="+simd128,+relaxed-simd" ;;
   simd128) target_features="+simd128" ;;
   *) echo "CLIPEDGE_WASM_SIMD must be relaxed or simd128, not ${CLIPEDGE_WASM_SIMD}" >&2; exit 2 ;;

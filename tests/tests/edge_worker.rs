@@ -505,7 +505,9 @@ fn the_demo_page_works_in_chromium_through_the_edge_worker() {
 }
 
 /// The deployment's way of reading: the Worker takes the index and the model through an R2
-/// binding (wrangler's local R2) instead of presigned S3 GETs, and answers the same.
+/// binding (wrangler's local R2) instead of presigned S3 GETs, and answers the same. The
+/// isolate's embedding LRU is off here, so a repeated text must come from the data centre's
+/// Cache API layer (what a cold isolate meets), with the same answer and no encode.
 #[test]
 fn the_edge_worker_reads_through_an_r2_binding() {
     let runtime = runtime();
@@ -516,7 +518,7 @@ fn the_edge_worker_reads_through_an_r2_binding() {
         &index,
         &work.path().join("stack"),
         "models/tiny-clip",
-        &[],
+        &["CLIPEDGE_EMBED_CACHE_ENTRIES=0"],
         &["--r2"],
     );
     let edge = stack.url().to_string();
@@ -540,6 +542,35 @@ fn the_edge_worker_reads_through_an_r2_binding() {
             &format!("r2 {query}"),
         );
     }
+
+    // "a penguin" again, with extra whitespace: the Cache API answers, the encoder does not run.
+    let query = json!({"text": "  a   penguin ", "k": 10});
+    let repeated = search(&runtime, &edge, &query);
+    assert!(
+        repeated.server_timing.contains("encode-cache;desc=edge"),
+        "{}",
+        repeated.server_timing
+    );
+    assert!(
+        !repeated.server_timing.contains("tokens;desc="),
+        "{}",
+        repeated.server_timing
+    );
+    assert_same_results(
+        &repeated,
+        &search(&runtime, &embedded.url, &query),
+        1e-4,
+        "from the edge cache",
+    );
+    // Another text is encoded, not confused with a cached one.
+    let other = search(&runtime, &edge, &json!({"text": "a red apple", "k": 10}));
+    assert!(
+        other.server_timing.contains("tokens;desc=")
+            && !other.server_timing.contains("encode-cache"),
+        "{}",
+        other.server_timing
+    );
+
     let item = call(&runtime, format!("{edge}/v1/items/5"), None);
     assert_eq!(
         item.body,

@@ -24,6 +24,10 @@ pub const MAX_SCANNER_CALLS_VAR: &str = "CLIPEDGE_MAX_SCANNER_CALLS";
 pub const MIN_LISTS_PER_CALL_VAR: &str = "CLIPEDGE_MIN_LISTS_PER_CALL";
 pub const SCANNER_TIMEOUT_VAR: &str = "CLIPEDGE_SCANNER_TIMEOUT_MS";
 pub const CURRENT_TTL_VAR: &str = "CLIPEDGE_CURRENT_TTL_MS";
+/// Entries of the per-isolate text → embedding LRU (0 turns it off).
+pub const EMBED_CACHE_ENTRIES_VAR: &str = "CLIPEDGE_EMBED_CACHE_ENTRIES";
+/// How long the data centre's Cache API keeps an embedding, in seconds (0 turns it off).
+pub const EMBED_CACHE_TTL_VAR: &str = "CLIPEDGE_EMBED_CACHE_TTL_S";
 pub const LABEL_VAR: &str = "CLIPEDGE_LABEL";
 /// The name clip-retrieval clients select the index by (`indice_name`); default: the last
 /// segment of `CLIPEDGE_INDEX`.
@@ -75,6 +79,8 @@ pub struct WorkerConfig {
     pub min_lists_per_call: usize,
     pub scanner_timeout_ms: u32,
     pub current_ttl_ms: u64,
+    pub embed_cache_entries: usize,
+    pub embed_cache_ttl_s: u64,
     pub label: String,
     /// `indice_name` of the index for clip-retrieval clients.
     pub index_name: String,
@@ -226,6 +232,20 @@ impl WorkerConfig {
             |_| true,
             "milliseconds",
         )?;
+        let embed_cache_entries = parse_number(
+            EMBED_CACHE_ENTRIES_VAR,
+            get(EMBED_CACHE_ENTRIES_VAR),
+            crate::embed_cache::DEFAULT_CAPACITY,
+            |entries| *entries <= 100_000,
+            "0..=100000 entries",
+        )?;
+        let embed_cache_ttl_s = parse_number(
+            EMBED_CACHE_TTL_VAR,
+            get(EMBED_CACHE_TTL_VAR),
+            7 * 24 * 3600,
+            |seconds| *seconds <= 365 * 24 * 3600,
+            "0..=31536000 seconds",
+        )?;
         Ok(WorkerConfig {
             index: index.trim().to_string(),
             bucket,
@@ -238,6 +258,8 @@ impl WorkerConfig {
             min_lists_per_call,
             scanner_timeout_ms,
             current_ttl_ms,
+            embed_cache_entries,
+            embed_cache_ttl_s,
             label: get(LABEL_VAR).unwrap_or_default(),
             index_name: get(INDEX_NAME_VAR)
                 .map(|name| name.trim().to_string())

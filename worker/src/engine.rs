@@ -23,7 +23,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::clock::{monotonic_ms, since, unix_ms};
 use crate::config::WorkerConfig;
-use crate::embed_cache::{cache_key, EmbeddingCache};
+use crate::embed_cache::{cache_key, edge_cache_url, EmbeddingCache};
 use crate::objects::{ObjectError, Objects};
 use crate::plan::plan_batches;
 use crate::scanners::{self, ScanJob};
@@ -94,8 +94,8 @@ pub struct RequestContext<'a> {
     /// Of `load_ms`: fetching the model package, and building the encoder from it.
     pub model_fetch_ms: f64,
     pub model_build_ms: f64,
-    /// The query's embedding came from the isolate's cache (no encode).
-    pub embedding_cache_hit: bool,
+    /// Which cache layer gave the query's embedding (`isolate` or `edge`; no encode), if any.
+    pub embedding_cache_hit: Option<&'static str>,
     /// Positions the text tower ran for the query.
     pub encoded_tokens: Option<usize>,
 }
@@ -108,7 +108,7 @@ impl<'a> RequestContext<'a> {
             load_ms: 0.0,
             model_fetch_ms: 0.0,
             model_build_ms: 0.0,
-            embedding_cache_hit: false,
+            embedding_cache_hit: None,
             encoded_tokens: None,
         }
     }
@@ -442,11 +442,25 @@ impl<'a> RequestContext<'a> {
             Query::Vector(vector) => Ok(vector),
             Query::Id(id) => self.stored_vector(generation, id).await,
             Query::Text(text) => {
-                // Keyed by the index's model: only an encoder that matches it fills the cache.
-                let key = cache_key(&generation.manifest.model.fingerprint, &text);
-                if let Some(embedding) = isolate().embeddings.get(&key) {
-                    self.embedding_cache_hit = true;
+                // Keyed by the index's model: only an encoder that matches it fills the caches.
+                let fingerprint = &generation.manifest.model.fingerprint;
+                let key = cache_key(fingerprint, &text);
+                let embeddings = &isolate().embeddings;
+                embeddings.set_capacity(self.config.embed_cache_entries);
+                if let Some(embedding) = embeddings.get(&key) {
+                    self.embedding_cache_hit = Some("isolate");
                     return Ok(embedding.as_ref().clone());
+                }
+                let edge_url =
+                    (self.config.embed_cache_ttl_s > 0).then(|| edge_cache_url(fingerprint, &key));
+                #[cfg(target_arch = "wasm32")]
+                if let Some(url) = &edge_url {
+                    let dim = generation.manifest.dim as usize;
+                    if let Some(embedding) = crate::embed_cache::edge::get(url, dim).await {
+                        self.embedding_cache_hit = Some("edge");
+                        embeddings.put(key, embedding.clone());
+                        return Ok(embedding);
+                    }
                 }
                 let encoder = self.encoder().await?;
                 let card = encoder.card();
@@ -469,7 +483,18 @@ impl<'a> RequestContext<'a> {
                 match encoder.encode(&text) {
                     Ok(encoding) => {
                         self.encoded_tokens = Some(encoding.tokens);
-                        isolate().embeddings.put(key, encoding.embedding.clone());
+                        embeddings.put(key, encoding.embedding.clone());
+                        #[cfg(target_arch = "wasm32")]
+                        if let Some(url) = &edge_url {
+                            crate::embed_cache::edge::put(
+                                url,
+                                &encoding.embedding,
+                                self.config.embed_cache_ttl_s,
+                            )
+                            .await;
+                        }
+                        #[cfg(not(target_arch = "wasm32"))]
+                        let _ = edge_url;
                         Ok(encoding.embedding)
                     }
                     Err(error) => Err(text_encode_error(error)),

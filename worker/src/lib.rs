@@ -246,8 +246,8 @@ fn set_search_headers(
     if let Some(tokens) = context.encoded_tokens {
         timing.push_str(&format!(", tokens;desc={tokens}"));
     }
-    if context.embedding_cache_hit {
-        timing.push_str(", encode-cache;desc=hit");
+    if let Some(layer) = context.embedding_cache_hit {
+        timing.push_str(&format!(", encode-cache;desc={layer}"));
     }
     timing.push_str(&format!(", total;dur={:.2}", clock::since(started)));
     response.headers().set("server-timing", &timing)?;
