@@ -25,7 +25,7 @@ use crate::clock::{monotonic_ms, since, unix_ms};
 use crate::config::WorkerConfig;
 use crate::embed_cache::{cache_key, edge_cache_url, EmbeddingCache};
 use crate::objects::{ObjectError, Objects};
-use crate::plan::plan_batches;
+use crate::plan::plan_calls;
 use crate::scanners::{self, ScanJob};
 use crate::shared::LoadSlot;
 
@@ -519,12 +519,13 @@ impl<'a> RequestContext<'a> {
 
         let probe_started = monotonic_ms();
         let groups = auto_group_probe(&generation.routing, &query, search.nprobe);
-        let batches = plan_batches(
+        let calls = plan_calls(
             &generation.routing,
             &groups,
             search.nprobe,
             self.config.max_scanner_calls,
             self.config.min_lists_per_call,
+            &self.config.scanner_urls,
         );
         timings.probe = since(probe_started);
 
@@ -537,7 +538,7 @@ impl<'a> RequestContext<'a> {
             rerank: search.rerank as u32,
             request_id,
         };
-        let fan_out = scanners::scan(&job, &batches).await;
+        let fan_out = scanners::scan(&job, &calls).await;
         timings.scan = since(scan_started);
 
         let merge_started = monotonic_ms();

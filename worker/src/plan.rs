@@ -55,17 +55,54 @@ pub fn plan_batches(
     if groups.is_empty() {
         return Vec::new();
     }
+    let total_lists = lists_of(routing, groups).max(1);
+    let calls = call_count(
+        total_lists,
+        groups.len(),
+        nprobe,
+        max_calls,
+        min_lists_per_call,
+    );
+    split_into_calls(routing, groups, nprobe, total_lists, calls)
+}
+
+fn lists_of(routing: &RoutingTable, groups: &[u32]) -> usize {
+    groups
+        .iter()
+        .map(|group| group_lists(routing, *group).len())
+        .sum()
+}
+
+/// One call per `min_lists_per_call` scanned lists, at most `max_calls` and one per group.
+fn call_count(
+    total_lists: usize,
+    groups: usize,
+    nprobe: usize,
+    max_calls: usize,
+    min_lists_per_call: usize,
+) -> usize {
+    let scanned_lists = nprobe.min(total_lists).max(1);
+    scanned_lists
+        .div_ceil(min_lists_per_call.max(1))
+        .clamp(1, max_calls.max(1))
+        .min(groups.max(1))
+}
+
+/// [`plan_batches`]'s split of `groups` into `calls` batches; `total_lists` counts the lists of
+/// every group the query probes (which may be more than `groups`), so each call's share of
+/// `nprobe` is its share of the whole query.
+fn split_into_calls(
+    routing: &RoutingTable,
+    groups: &[u32],
+    nprobe: usize,
+    total_lists: usize,
+    calls: usize,
+) -> Vec<Batch> {
     let sizes: Vec<usize> = groups
         .iter()
         .map(|group| group_lists(routing, *group).len())
         .collect();
-    let total_lists: usize = sizes.iter().sum::<usize>().max(1);
-    let scanned_lists = nprobe.min(total_lists).max(1);
-    let calls = scanned_lists
-        .div_ceil(min_lists_per_call.max(1))
-        .clamp(1, max_calls.max(1))
-        .min(groups.len());
-
+    let calls = calls.clamp(1, groups.len().max(1));
     let mut order: Vec<usize> = (0..groups.len()).collect();
     // Stable: equal sizes keep their rank order.
     order.sort_by_key(|&index| std::cmp::Reverse(sizes[index]));
@@ -97,6 +134,139 @@ pub fn plan_batches(
                 nprobe: nprobe as u32,
                 lists,
             }
+        })
+        .collect()
+}
+
+/// A scanner call: its batch, the scanner function it goes to and the one a retry goes to
+/// (indices into `CLIPEDGE_SCANNER_URLS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub batch: Batch,
+    pub scanner: usize,
+    pub retry_scanner: usize,
+}
+
+/// A stable 64-bit hash of a scanner URL (FNV-1a): the same on every isolate and every target.
+fn url_hash(url: &str) -> u64 {
+    url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The rendezvous (highest random weight) score of `group` on a scanner: a splitmix64 finish
+/// of the pair, so adding or removing one function moves only the groups that it wins or held.
+fn rendezvous_score(group: u32, scanner_hash: u64) -> u64 {
+    let mut z = scanner_hash ^ (group as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `candidates` (scanner indices) ordered by their rendezvous score for `group`, best first.
+fn rendezvous_order(group: u32, hashes: &[u64], candidates: &[usize]) -> Vec<usize> {
+    let mut order = candidates.to_vec();
+    order.sort_by_key(|&scanner| {
+        (
+            std::cmp::Reverse(rendezvous_score(group, hashes[scanner])),
+            scanner,
+        )
+    });
+    order
+}
+
+/// [`plan_batches`] with cache affinity over several scanner functions: each routing group goes
+/// to the function that wins it by rendezvous hashing of (group, URL), so each function's warm
+/// cache holds its own share of the lists instead of every function caching everything, and
+/// its retry goes to the group's second choice.
+///
+/// A query whose groups prefer more functions than it has calls (small queries, or more than
+/// six functions) keeps the functions that win the most lists; its other groups go to their
+/// best function among those. Calls are shared among the functions in proportion to their
+/// lists, at least one each, and each call scans its share of `nprobe` as in [`plan_batches`].
+pub fn plan_calls(
+    routing: &RoutingTable,
+    groups: &[u32],
+    nprobe: usize,
+    max_calls: usize,
+    min_lists_per_call: usize,
+    scanner_urls: &[String],
+) -> Vec<Call> {
+    if scanner_urls.len() <= 1 {
+        return plan_batches(routing, groups, nprobe, max_calls, min_lists_per_call)
+            .into_iter()
+            .map(|batch| Call {
+                batch,
+                scanner: 0,
+                retry_scanner: 0,
+            })
+            .collect();
+    }
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    let hashes: Vec<u64> = scanner_urls.iter().map(|url| url_hash(url)).collect();
+    let everyone: Vec<usize> = (0..scanner_urls.len()).collect();
+    let total_lists = lists_of(routing, groups).max(1);
+    let calls = call_count(
+        total_lists,
+        groups.len(),
+        nprobe,
+        max_calls,
+        min_lists_per_call,
+    );
+
+    // Lists each function would win, to choose which functions this query calls.
+    let mut won = vec![0usize; scanner_urls.len()];
+    for &group in groups {
+        won[rendezvous_order(group, &hashes, &everyone)[0]] += group_lists(routing, group).len();
+    }
+    let mut called: Vec<usize> = everyone.iter().copied().filter(|&s| won[s] > 0).collect();
+    called.sort_by_key(|&scanner| (std::cmp::Reverse(won[scanner]), scanner));
+    called.truncate(calls);
+    called.sort_unstable();
+
+    // Each group (in rank order) to its best called function.
+    let mut parts: Vec<Vec<u32>> = vec![Vec::new(); scanner_urls.len()];
+    for &group in groups {
+        parts[rendezvous_order(group, &hashes, &called)[0]].push(group);
+    }
+    let part_lists: Vec<usize> = called
+        .iter()
+        .map(|&scanner| lists_of(routing, &parts[scanner]))
+        .collect();
+
+    // Calls per function: one each, the rest by largest share of lists.
+    let mut part_calls = vec![1usize; called.len()];
+    for _ in called.len()..calls {
+        let neediest = (0..called.len())
+            .max_by_key(|&part| {
+                // Its lists per call so far (integer, scaled), the most loaded first.
+                (
+                    part_lists[part] * 1_000 / part_calls[part],
+                    std::cmp::Reverse(part),
+                )
+            })
+            .unwrap_or(0);
+        part_calls[neediest] += 1;
+    }
+
+    called
+        .iter()
+        .zip(part_calls)
+        .flat_map(|(&scanner, part_calls)| {
+            let part = &parts[scanner];
+            let retry_scanner = rendezvous_order(part[0], &hashes, &everyone)
+                .into_iter()
+                .find(|&other| other != scanner)
+                .unwrap_or(scanner);
+            split_into_calls(routing, part, nprobe, total_lists, part_calls)
+                .into_iter()
+                .map(move |batch| Call {
+                    batch,
+                    scanner,
+                    retry_scanner,
+                })
         })
         .collect()
 }
@@ -281,6 +451,121 @@ mod tests {
         assert!(loads.iter().all(|load| *load == 50), "{loads:?}");
         for batch in &batches {
             assert_eq!(batch.nprobe, 8, "2 · 8 · 50/100 lists, capped by nprobe");
+        }
+    }
+
+    fn urls(count: usize) -> Vec<String> {
+        (0..count)
+            .map(|index| format!("https://scanner-{index}.lambda-url.us-east-1.on.aws/scan"))
+            .collect()
+    }
+
+    /// Where each group of `calls` went.
+    fn scanner_of_groups(calls: &[Call]) -> std::collections::BTreeMap<u32, usize> {
+        let mut placed = std::collections::BTreeMap::new();
+        for call in calls {
+            for &group in &call.batch.group_ids {
+                assert!(
+                    placed.insert(group, call.scanner).is_none(),
+                    "group {group} twice"
+                );
+            }
+        }
+        placed
+    }
+
+    #[test]
+    fn one_scanner_url_plans_exactly_like_plan_batches() {
+        let table = routing(&[40, 10, 10, 10, 10, 20]);
+        let calls = plan_calls(&table, &[0, 1, 2, 3, 4, 5], 8, 2, 1, &urls(1));
+        let batches = plan_batches(&table, &[0, 1, 2, 3, 4, 5], 8, 2, 1);
+        assert_eq!(
+            calls
+                .iter()
+                .map(|call| call.batch.clone())
+                .collect::<Vec<_>>(),
+            batches
+        );
+        assert!(calls
+            .iter()
+            .all(|call| call.scanner == 0 && call.retry_scanner == 0));
+    }
+
+    #[test]
+    fn each_group_goes_to_the_same_scanner_whatever_else_the_query_probes() {
+        let table = routing(&[4; 64]);
+        let scanners = urls(3);
+        // Every group alone (one call) fixes its home scanner.
+        let home: Vec<usize> = (0..64u32)
+            .map(|group| plan_calls(&table, &[group], 4, 6, 4, &scanners)[0].scanner)
+            .collect();
+        // Queries of 3 to 6 groups with calls to spare: each group still goes home.
+        for start in 0..40u32 {
+            let groups: Vec<u32> = (0..3 + start % 4)
+                .map(|i| (start * 7 + i * 13) % 64)
+                .collect();
+            let calls = plan_calls(&table, &groups, 64, 6, 1, &scanners);
+            assert!(calls.len() <= 6);
+            for (group, scanner) in scanner_of_groups(&calls) {
+                assert_eq!(scanner, home[group as usize], "group {group} in {groups:?}");
+            }
+            for call in &calls {
+                assert_ne!(call.retry_scanner, call.scanner, "a retry goes elsewhere");
+            }
+        }
+        // The shares are disjoint and roughly even.
+        for scanner in 0..3 {
+            let share = home.iter().filter(|&&home| home == scanner).count();
+            assert!(
+                (10..=35).contains(&share),
+                "scanner {scanner} holds {share} of 64"
+            );
+        }
+    }
+
+    #[test]
+    fn adding_a_scanner_moves_only_the_groups_it_wins() {
+        let table = routing(&[2; 200]);
+        let home = |scanners: &[String], group: u32| {
+            plan_calls(&table, &[group], 2, 6, 2, scanners)[0].scanner
+        };
+        let (three, four) = (urls(3), urls(4));
+        let mut moved = 0;
+        for group in 0..200 {
+            let after = home(&four, group);
+            if after == 3 {
+                moved += 1;
+            } else {
+                assert_eq!(
+                    after,
+                    home(&three, group),
+                    "group {group} moved between old scanners"
+                );
+            }
+        }
+        assert!(
+            (25..=80).contains(&moved),
+            "{moved} of 200 moved to the new scanner"
+        );
+    }
+
+    #[test]
+    fn a_small_query_stays_one_call_and_every_group_is_scanned_once() {
+        let table = routing(&[3; 32]);
+        let scanners = urls(6);
+        let groups: Vec<u32> = (0..8).collect();
+        // 4 lists at 4 lists per call: one call, even though the groups prefer several scanners.
+        let calls = plan_calls(&table, &groups, 4, 6, 4, &scanners);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(scanner_of_groups(&calls).len(), 8);
+        // A wide query: at most 6 calls, every group once, each call's lists its groups'.
+        let calls = plan_calls(&table, &(0..32).collect::<Vec<_>>(), 96, 6, 4, &scanners);
+        assert!(calls.len() <= 6 && calls.len() >= 2, "{}", calls.len());
+        assert_eq!(scanner_of_groups(&calls).len(), 32);
+        let lists: usize = calls.iter().map(|call| call.batch.lists.len()).sum();
+        assert_eq!(lists, 96);
+        for call in &calls {
+            assert!(call.batch.nprobe as usize <= call.batch.lists.len());
         }
     }
 

@@ -12,7 +12,7 @@ use worker::{Headers, Method, Request, RequestInit};
 use crate::clock::unix_ms;
 use crate::config::WorkerConfig;
 use crate::objects::fetch_with_timeout;
-use crate::plan::{retry_targets, Batch, FanOut};
+use crate::plan::{retry_targets, Call, FanOut};
 
 /// What every call of one query shares.
 pub struct ScanJob<'a> {
@@ -89,11 +89,13 @@ async fn call(
         .map_err(|error| format!("scanner {url}: undecodable answer: {error}"))
 }
 
-/// One batch: a call, then at most one retry (to the next scanner URL) of what failed.
-async fn run_batch(job: &ScanJob<'_>, batch: &Batch, index: usize) -> Vec<Attempt> {
+/// One batch: a call to its scanner function, then at most one retry of what failed (to the
+/// function the plan named for retries: the groups' second rendezvous choice).
+async fn run_batch(job: &ScanJob<'_>, planned: &Call, index: usize) -> Vec<Attempt> {
     let urls = &job.config.scanner_urls;
-    let first_url = &urls[index % urls.len()];
-    let retry_url = &urls[(index + 1) % urls.len()];
+    let batch = &planned.batch;
+    let first_url = &urls[planned.scanner % urls.len()];
+    let retry_url = &urls[planned.retry_scanner % urls.len()];
     let first = match call(job, first_url, batch.targets(), &format!("b{index}")).await {
         Ok(response) => response,
         Err(error) => {
@@ -137,12 +139,12 @@ async fn run_batch(job: &ScanJob<'_>, batch: &Batch, index: usize) -> Vec<Attemp
 }
 
 /// Runs every batch concurrently and folds the answers, failures included.
-pub async fn scan(job: &ScanJob<'_>, batches: &[Batch]) -> FanOut {
+pub async fn scan(job: &ScanJob<'_>, calls: &[Call]) -> FanOut {
     let attempts = join_all(
-        batches
+        calls
             .iter()
             .enumerate()
-            .map(|(index, batch)| run_batch(job, batch, index)),
+            .map(|(index, planned)| run_batch(job, planned, index)),
     )
     .await;
     let mut fan_out = FanOut::default();
