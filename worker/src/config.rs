@@ -16,7 +16,8 @@ pub const S3_ACCESS_KEY_VAR: &str = "CLIPEDGE_S3_ACCESS_KEY_ID";
 pub const S3_SECRET_KEY_VAR: &str = "CLIPEDGE_S3_SECRET_ACCESS_KEY";
 /// Key prefix of the text model package in the same bucket (`model.toml`, `tokenizer.json`, …).
 pub const MODEL_PREFIX_VAR: &str = "CLIPEDGE_MODEL_PREFIX";
-/// Comma-separated scanner function URLs; batches go round-robin, a retry goes to the next one.
+/// Comma-separated scanner function URLs; each routing group goes to the function that wins it
+/// by rendezvous hashing (cache affinity), a retry to its second choice (`plan::plan_calls`).
 pub const SCANNER_URLS_VAR: &str = "CLIPEDGE_SCANNER_URLS";
 /// Secret: the HMAC key shared with the scanners.
 pub const SCANNER_SECRET_VAR: &str = "CLIPEDGE_SCANNER_SECRET";
