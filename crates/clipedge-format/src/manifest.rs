@@ -190,7 +190,8 @@ impl Manifest {
                 format!("pq bits {} not in {{4, 8}}", self.pq.bits),
             ));
         }
-        if self.pq.m == 0 || self.pq.m * self.pq.dsub != self.dim {
+        // Checked: a hostile manifest's m * dsub may overflow u32.
+        if self.pq.m == 0 || self.pq.m.checked_mul(self.pq.dsub) != Some(self.dim) {
             return Err(FormatError::invalid(what, "pq.m * pq.dsub must equal dim"));
         }
         if self.pq.bits == 4 && !self.pq.m.is_multiple_of(2) {
