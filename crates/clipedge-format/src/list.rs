@@ -183,16 +183,33 @@ impl<'a> ListView<'a> {
                 "header disagrees with the manifest",
             ));
         }
-        let ids = reader.take(8 * count)?;
-        let hashes = reader.take(8 * count)?;
-        let metas = reader.take(8 * count)?;
-        let code_len = code_bytes(count, m, bits);
+        // Checked: on wasm32 (the Worker) usize is 32 bits, where a corrupt count or dimension
+        // would wrap these products into short slices that the accessors then overrun.
+        let overflows = || FormatError::invalid(&what, "list shape overflows");
+        let column_len = count.checked_mul(8).ok_or_else(overflows)?;
+        let ids = reader.take(column_len)?;
+        let hashes = reader.take(column_len)?;
+        let metas = reader.take(column_len)?;
+        let code_len = match bits {
+            4 => count.div_ceil(32).checked_mul(crate::fastscan_block_bytes(1)),
+            _ => Some(count),
+        }
+        .and_then(|len| len.checked_mul(m))
+        .ok_or_else(overflows)?;
+        debug_assert_eq!(code_len, code_bytes(count, m, bits));
         let codes = reader.take(code_len)?;
         reader.take(pad8(code_len) - code_len)?;
+        let values = count.checked_mul(dim).ok_or_else(overflows)?;
         let (rerank_scales, rerank_values) = match expected.rerank {
             RerankKind::None => (&[][..], &[][..]),
-            RerankKind::Fp16 => (&[][..], reader.take(2 * count * dim)?),
-            RerankKind::Int8 => (reader.take(4 * count)?, reader.take(count * dim)?),
+            RerankKind::Fp16 => (
+                &[][..],
+                reader.take(values.checked_mul(2).ok_or_else(overflows)?)?,
+            ),
+            RerankKind::Int8 => (
+                reader.take(count.checked_mul(4).ok_or_else(overflows)?)?,
+                reader.take(values)?,
+            ),
         };
         if reader.position() != bytes.len() {
             return Err(FormatError::invalid(&what, "trailing bytes"));
