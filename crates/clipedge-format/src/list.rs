@@ -191,7 +191,9 @@ impl<'a> ListView<'a> {
         let hashes = reader.take(column_len)?;
         let metas = reader.take(column_len)?;
         let code_len = match bits {
-            4 => count.div_ceil(32).checked_mul(crate::fastscan_block_bytes(1)),
+            4 => count
+                .div_ceil(32)
+                .checked_mul(crate::fastscan_block_bytes(1)),
             _ => Some(count),
         }
         .and_then(|len| len.checked_mul(m))
