@@ -205,3 +205,17 @@ impl Manifest {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`fuzz/regressions/manifest/`): `pq.m * pq.dsub` overflowed u32 in
+    /// `validate` (65536 * 65536 wraps to 0), a panic in debug builds.
+    #[test]
+    fn an_overflowing_pq_shape_is_invalid() {
+        let json = include_bytes!("../../../fuzz/regressions/manifest/pq-shape-overflow");
+        let error = Manifest::from_json(json).unwrap_err();
+        assert!(error.to_string().contains("pq.m * pq.dsub"), "{error}");
+    }
+}
