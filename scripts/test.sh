@@ -115,6 +115,8 @@ wasi_test() {
     | tee -a "$test_log"
 }
 wasi_test -p clipedge-linalg --no-default-features --lib
+# The format's decoders on a 32-bit usize, as the Worker runs them (lengths that overflow there).
+wasi_test -p clipedge-format
 
 step "tests"
 # cargo test builds the `clipedge` and `clipedge-scanner` binaries (their packages have

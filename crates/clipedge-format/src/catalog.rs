@@ -97,7 +97,8 @@ impl CatalogRef {
     }
 
     /// The byte range of the id-table block holding `id`, and the entry's index inside it;
-    /// `None` when the id is not in the table.
+    /// `None` when the id is not in the table (or, with a corrupt `items`, lies past any
+    /// addressable offset).
     pub fn block_range(&self, id: u64) -> Option<(std::ops::Range<u64>, usize)> {
         if id >= self.items || self.block_items == 0 {
             return None;
@@ -105,11 +106,11 @@ impl CatalogRef {
         let block = id / self.block_items as u64;
         let first = block * self.block_items as u64;
         let entries = (self.items - first).min(self.block_items as u64);
-        let start = CATALOG_HEADER_BYTES + block * self.block_stride();
-        Some((
-            start..start + entries * CATALOG_ENTRY_BYTES + 4,
-            (id - first) as usize,
-        ))
+        let start = block
+            .checked_mul(self.block_stride())?
+            .checked_add(CATALOG_HEADER_BYTES)?;
+        let end = start.checked_add(entries * CATALOG_ENTRY_BYTES + 4)?;
+        Some((start..end, (id - first) as usize))
     }
 
     /// Verifies an id-table block read at [`CatalogRef::block_range`] and returns one entry.
@@ -123,13 +124,10 @@ impl CatalogRef {
         }
         let (entries, crc) = block.split_at(block.len() - 4);
         FormatError::verify(what, entries, u32::from_le_bytes(crc.try_into().unwrap()))?;
-        let start = index * CATALOG_ENTRY_BYTES as usize;
-        let Some(entry) = entries.get(start..start + CATALOG_ENTRY_BYTES as usize) else {
-            return Err(FormatError::truncated(
-                what,
-                start + CATALOG_ENTRY_BYTES as usize,
-                entries.len(),
-            ));
+        let start = index.saturating_mul(CATALOG_ENTRY_BYTES as usize);
+        let end = start.saturating_add(CATALOG_ENTRY_BYTES as usize);
+        let Some(entry) = entries.get(start..end) else {
+            return Err(FormatError::truncated(what, end, entries.len()));
         };
         let mut reader = Reader::new(what, entry);
         let list_id = reader.u32()?;
@@ -356,6 +354,27 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, FormatError::Checksum { .. }), "{error}");
         assert!(decode_record(&[1, 2]).is_err());
+    }
+
+    /// Found by fuzzing (`fuzz/regressions/catalog/`): a catalog entry claiming 2^63 items made
+    /// the id-table offset of a large id overflow.
+    #[test]
+    fn ids_past_any_addressable_block_have_no_range() {
+        let catalog = CatalogRef {
+            path: "catalog.bin".to_string(),
+            bytes: 128,
+            crc32: 0,
+            items: u64::MAX,
+            block_items: 1,
+            records_offset: 0,
+        };
+        assert!(catalog.block_range(u64::MAX / 2).is_none());
+        assert_eq!(catalog.block_range(1).unwrap(), (52..72, 0));
+        let mut block = vec![0u8; 16];
+        block.extend_from_slice(&crate::checksum(&block).to_le_bytes());
+        assert!(catalog.decode_entry(&block, 0).is_ok());
+        let error = catalog.decode_entry(&block, usize::MAX).unwrap_err();
+        assert!(matches!(error, FormatError::Truncated { .. }), "{error}");
     }
 
     #[test]

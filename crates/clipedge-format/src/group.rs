@@ -53,14 +53,21 @@ impl GroupBlob {
     ) -> Result<GroupBlob, FormatError> {
         let what = format!(
             "group blob of lists {first_list}..{}",
-            first_list as usize + list_count
+            u64::from(first_list).saturating_add(list_count as u64)
         );
         FormatError::verify(&what, bytes, expected_crc32)?;
-        let expected_len = list_count * (dim * 4 + LIST_LOCATION_BYTES);
-        if bytes.len() != expected_len {
+        // Checked: the count and dimension come from the routing table, which may be corrupt.
+        let expected_len = dim
+            .checked_mul(4)
+            .and_then(|centroid| centroid.checked_add(LIST_LOCATION_BYTES))
+            .and_then(|entry| entry.checked_mul(list_count));
+        if expected_len != Some(bytes.len()) {
             return Err(FormatError::invalid(
                 &what,
-                format!("length {} != {expected_len}", bytes.len()),
+                format!(
+                    "length {} does not hold {list_count} lists of dimension {dim}",
+                    bytes.len()
+                ),
             ));
         }
         let (centroid_bytes, location_bytes) = bytes.split_at(list_count * dim * 4);
@@ -81,5 +88,23 @@ impl GroupBlob {
             centroids: f32s_from_le(centroid_bytes),
             lists,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`fuzz/regressions/group_blob/`): a list count and dimension whose
+    /// blob length overflows usize panicked instead of being refused.
+    #[test]
+    fn an_overflowing_shape_is_refused() {
+        let bytes = [0u8; LIST_LOCATION_BYTES];
+        let crc = crate::checksum(&bytes);
+        for (list_count, dim) in [(usize::MAX, 1), (2, usize::MAX / 4), (usize::MAX / 16, 3)] {
+            let error = GroupBlob::decode(&bytes, u32::MAX, list_count, dim, crc).unwrap_err();
+            assert!(error.to_string().contains("does not hold"), "{error}");
+        }
+        assert!(GroupBlob::decode(&bytes, 0, 1, 0, crc).is_ok());
     }
 }

@@ -183,16 +183,36 @@ impl<'a> ListView<'a> {
                 "header disagrees with the manifest",
             ));
         }
-        let ids = reader.take(8 * count)?;
-        let hashes = reader.take(8 * count)?;
-        let metas = reader.take(8 * count)?;
-        let code_len = code_bytes(count, m, bits);
+        // Checked: on wasm32 (the Worker) usize is 32 bits, where a corrupt count or dimension
+        // would wrap these products into short slices that the accessors then overrun. A length
+        // past usize is more than any buffer holds: truncated, as on 64-bit targets.
+        let overflows = || FormatError::truncated(&what, usize::MAX, bytes.len());
+        let column_len = count.checked_mul(8).ok_or_else(overflows)?;
+        let ids = reader.take(column_len)?;
+        let hashes = reader.take(column_len)?;
+        let metas = reader.take(column_len)?;
+        let code_len = match bits {
+            4 => count
+                .div_ceil(32)
+                .checked_mul(crate::fastscan_block_bytes(1)),
+            _ => Some(count),
+        }
+        .and_then(|len| len.checked_mul(m))
+        .ok_or_else(overflows)?;
+        debug_assert_eq!(code_len, code_bytes(count, m, bits));
         let codes = reader.take(code_len)?;
         reader.take(pad8(code_len) - code_len)?;
+        let values = count.checked_mul(dim).ok_or_else(overflows)?;
         let (rerank_scales, rerank_values) = match expected.rerank {
             RerankKind::None => (&[][..], &[][..]),
-            RerankKind::Fp16 => (&[][..], reader.take(2 * count * dim)?),
-            RerankKind::Int8 => (reader.take(4 * count)?, reader.take(count * dim)?),
+            RerankKind::Fp16 => (
+                &[][..],
+                reader.take(values.checked_mul(2).ok_or_else(overflows)?)?,
+            ),
+            RerankKind::Int8 => (
+                reader.take(count.checked_mul(4).ok_or_else(overflows)?)?,
+                reader.take(values)?,
+            ),
         };
         if reader.position() != bytes.len() {
             return Err(FormatError::invalid(&what, "trailing bytes"));
@@ -267,4 +287,34 @@ impl<'a> ListView<'a> {
 
 fn read_u64(column: &[u8], row: usize) -> u64 {
     u64::from_le_bytes(column[row * 8..row * 8 + 8].try_into().unwrap())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A count whose columns (`8 * count` bytes) overflow a 32-bit usize: on wasm32 (the
+    /// Worker) the product wrapped to 8 and the view claimed 2^29 + 1 rows of an 8-byte column.
+    /// Refused on every target (run under wasm32-wasip1 by `scripts/test.sh`).
+    #[test]
+    fn a_count_overflowing_32_bit_lengths_is_refused() {
+        let count = 0x2000_0001u32;
+        let mut bytes = Vec::from(*LIST_MAGIC);
+        for value in [crate::FORMAT_VERSION, 0, count, 4, 2] {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        bytes.extend_from_slice(&[8, rerank_tag(RerankKind::Fp16), 0, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[0u8; 64]);
+        let expected = ListExpectation {
+            list_id: 0,
+            count,
+            crc32: crate::checksum(&bytes),
+            dim: 4,
+            m: 2,
+            bits: 8,
+            rerank: RerankKind::Fp16,
+        };
+        let error = ListView::parse(&bytes, &expected).unwrap_err();
+        assert!(matches!(error, FormatError::Truncated { .. }), "{error}");
+    }
 }

@@ -190,7 +190,8 @@ impl Manifest {
                 format!("pq bits {} not in {{4, 8}}", self.pq.bits),
             ));
         }
-        if self.pq.m == 0 || self.pq.m * self.pq.dsub != self.dim {
+        // Checked: a hostile manifest's m * dsub may overflow u32.
+        if self.pq.m == 0 || self.pq.m.checked_mul(self.pq.dsub) != Some(self.dim) {
             return Err(FormatError::invalid(what, "pq.m * pq.dsub must equal dim"));
         }
         if self.pq.bits == 4 && !self.pq.m.is_multiple_of(2) {
@@ -202,5 +203,19 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`fuzz/regressions/manifest/`): `pq.m * pq.dsub` overflowed u32 in
+    /// `validate` (65536 * 65536 wraps to 0), a panic in debug builds.
+    #[test]
+    fn an_overflowing_pq_shape_is_invalid() {
+        let json = include_bytes!("../../../fuzz/regressions/manifest/pq-shape-overflow");
+        let error = Manifest::from_json(json).unwrap_err();
+        assert!(error.to_string().contains("pq.m * pq.dsub"), "{error}");
     }
 }

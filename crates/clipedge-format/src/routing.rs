@@ -87,7 +87,20 @@ impl RoutingTable {
         let ngroups = reader.u32()? as usize;
         let nlist = reader.u32()?;
         reader.take(8)?;
-        let centroids = reader.f32s(ngroups * dim)?;
+        let centroid_count = ngroups
+            .checked_mul(dim)
+            .ok_or_else(|| FormatError::invalid(what, "centroid count overflows"))?;
+        let centroids = reader.f32s(centroid_count)?;
+        // The entries must all be there before room is made for them: a corrupt count (with
+        // dim 0, nothing else bounds it) must not size an allocation.
+        let entries_len = ngroups.checked_mul(GROUP_ENTRY_BYTES);
+        if entries_len.is_none_or(|len| len > body.len() - reader.position()) {
+            return Err(FormatError::truncated(
+                what,
+                entries_len.unwrap_or(usize::MAX),
+                body.len(),
+            ));
+        }
         let mut groups = Vec::with_capacity(ngroups);
         let mut next_list = 0u32;
         for _ in 0..ngroups {
@@ -132,5 +145,25 @@ impl RoutingTable {
             centroids,
             groups,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`fuzz/regressions/routing/`): dim 0 and 2^31 groups in a 58-byte table
+    /// made the decoder reserve 64 GiB for the group entries before reading one.
+    #[test]
+    fn a_huge_group_count_is_refused_before_allocating() {
+        let mut bytes = Vec::from(*MAGIC);
+        bytes.extend_from_slice(&crate::FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&0x8000_0000u32.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 8 + GROUP_ENTRY_BYTES]);
+        push_trailer(&mut bytes);
+        let error = RoutingTable::decode(&bytes).unwrap_err();
+        assert!(matches!(error, FormatError::Truncated { .. }), "{error}");
     }
 }

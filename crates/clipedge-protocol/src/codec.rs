@@ -118,13 +118,15 @@ fn encode<T: Serialize>(
     Ok(encoded)
 }
 
-fn decode<T: DeserializeOwned>(
+/// `LIMIT` is the frame size limit of the direction, so it is also all a length prefix may make
+/// the decoder allocate (bincode allocates a string's claimed length before reading it).
+fn decode<T: DeserializeOwned, const LIMIT: usize>(
     bytes: &[u8],
     encoding: Encoding,
     what: &'static str,
     magic: [u8; 4],
-    limit: usize,
 ) -> Result<T, ProtocolError> {
+    let limit = LIMIT;
     if bytes.len() > limit {
         return Err(ProtocolError::TooLarge {
             what,
@@ -159,7 +161,7 @@ fn decode<T: DeserializeOwned>(
     }
     let payload = &bytes[FRAME_HEADER_BYTES..];
     // The byte limit also bounds what a length prefix may make the decoder allocate.
-    let config = bincode_config().with_limit::<{ MAX_RESPONSE_BYTES }>();
+    let config = bincode_config().with_limit::<LIMIT>();
     let (value, read): (T, usize) = bincode::serde::decode_from_slice(payload, config)
         .map_err(|error| malformed(error.to_string()))?;
     if read != payload.len() {
@@ -185,13 +187,8 @@ pub fn encode_request(request: &ScanRequest, encoding: Encoding) -> Result<Vec<u
 
 /// Decodes and validates a request.
 pub fn decode_request(bytes: &[u8], encoding: Encoding) -> Result<ScanRequest, ProtocolError> {
-    let request: ScanRequest = decode(
-        bytes,
-        encoding,
-        "scan request",
-        REQUEST_MAGIC,
-        MAX_REQUEST_BYTES,
-    )?;
+    let request: ScanRequest =
+        decode::<_, MAX_REQUEST_BYTES>(bytes, encoding, "scan request", REQUEST_MAGIC)?;
     request.validate()?;
     Ok(request)
 }
@@ -210,13 +207,7 @@ pub fn encode_response(
 }
 
 pub fn decode_response(bytes: &[u8], encoding: Encoding) -> Result<ScanResponse, ProtocolError> {
-    decode(
-        bytes,
-        encoding,
-        "scan response",
-        RESPONSE_MAGIC,
-        MAX_RESPONSE_BYTES,
-    )
+    decode::<_, MAX_RESPONSE_BYTES>(bytes, encoding, "scan response", RESPONSE_MAGIC)
 }
 
 #[cfg(test)]
@@ -353,6 +344,20 @@ mod tests {
         bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
         let error = decode_request(&bytes, Encoding::Binary).unwrap_err();
         assert!(matches!(error, ProtocolError::Malformed { .. }), "{error}");
+    }
+
+    /// Found by the fuzzing's allocation cap (`fuzz/regressions/scan_request/`): a request's
+    /// length prefix was checked against the 4 MiB response limit, so a 16-byte request could
+    /// make the scanner allocate up to 4 MiB. A claim over the request limit is now refused.
+    #[test]
+    fn a_request_length_prefix_is_held_to_the_request_limit() {
+        let mut bytes = Vec::from(REQUEST_MAGIC);
+        bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&[0, 0, 0xfc]);
+        bytes.extend_from_slice(&((MAX_REQUEST_BYTES + 1) as u32).to_le_bytes());
+        bytes.extend_from_slice(b"abc");
+        let error = decode_request(&bytes, Encoding::Binary).unwrap_err();
+        assert!(error.to_string().contains("LimitExceeded"), "{error}");
     }
 
     #[test]
