@@ -63,10 +63,14 @@ def per_query(args, n: int, nlist: int) -> dict:
     # Each call scans its share of the codes and pays the fixed per-call work.
     compute_ms = codes / max(args.calls, 1) / (args.codes_per_s / 1e3) + args.call_overhead_ms
     cold_lists = args.nprobe * (1 - args.warm_hit)
-    # A call's lists are fetched in parallel: a cold call waits one GET latency plus transfer.
-    cold_call_wait_ms = (args.get_latency_ms + list_bytes * (cold_lists / max(args.calls, 1)) / (args.call_mb_s * 1e3)) if cold_lists > 0 else 0.0
+    # A call with any cold list waits one GET latency plus the transfer of its cold lists (they
+    # are fetched in parallel); the chance that a call has one is 1 - warm_hit^(its lists).
+    lists_per_call = args.nprobe / max(args.calls, 1)
+    cold_call_chance = 1 - args.warm_hit ** lists_per_call if args.warm_hit < 1 else 0.0
+    cold_wait_ms = args.get_latency_ms + list_bytes * max(1.0, (1 - args.warm_hit) * lists_per_call / max(cold_call_chance, 1e-9)) / (args.call_mb_s * 1e3)
     # Lambda bills each invocation's duration rounded up to the millisecond.
-    call_ms = math.ceil(compute_ms + cold_call_wait_ms)
+    call_ms = (cold_call_chance * math.ceil(compute_ms + cold_wait_ms)
+               + (1 - cold_call_chance) * math.ceil(compute_ms))
     gb_s = args.calls * (args.lambda_mb / 1024) * (call_ms / 1e3)
     worker_cpu_ms = args.worker_overhead_ms + (1 - args.embed_hit) * args.encode_ms
     object_gets = cold_lists + args.catalog_gets
