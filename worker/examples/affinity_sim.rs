@@ -167,11 +167,17 @@ fn main() {
             }
             let outcome = replay(queries, functions, affinity);
             let scanned = (outcome.hits + outcome.gets).max(1) as f64;
-            let routing = if affinity { "rendezvous" } else { "round-robin" };
+            let routing = if affinity {
+                "rendezvous"
+            } else {
+                "round-robin"
+            };
             let hit_ratio = outcome.hits as f64 / scanned;
             let gets = outcome.gets as f64 / queries as f64;
             let calls = outcome.calls as f64 / queries as f64;
-            println!("{functions:>9}  {routing:<11}  {hit_ratio:>9.3}  {gets:>10.2}  {calls:>11.2}");
+            println!(
+                "{functions:>9}  {routing:<11}  {hit_ratio:>9.3}  {gets:>10.2}  {calls:>11.2}"
+            );
             rows.push(format!(
                 "{{\"functions\":{functions},\"routing\":\"{routing}\",\"hit_ratio\":{hit_ratio:.4},\"gets_per_query\":{gets:.3},\"calls_per_query\":{calls:.3}}}"
             ));
