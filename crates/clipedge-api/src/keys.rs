@@ -13,7 +13,7 @@ pub fn key_hash(key: &str) -> KeyHash {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// Lowercase hex of a key's hash, the form key tables and `clipedge key-hash` write.
+/// Lowercase hex of a key's hash, the form key tables hold (`printf %s KEY | sha256sum`).
 pub fn key_hash_hex(key: &str) -> String {
     hex(&key_hash(key))
 }
