@@ -218,7 +218,11 @@ impl AccessConfig {
             Some("keyed") => AuthMode::Keyed,
             Some("mixed") => AuthMode::Mixed,
             Some(other) => {
-                return Err(invalid(AUTH_MODE_VAR, other, "expected open, keyed or mixed"))
+                return Err(invalid(
+                    AUTH_MODE_VAR,
+                    other,
+                    "expected open, keyed or mixed",
+                ))
             }
         };
         let keys = match get(API_KEYS_VAR) {
@@ -259,10 +263,9 @@ impl AccessConfig {
                     .map(|origin| origin.trim().trim_end_matches('/').to_string())
                     .filter(|origin| !origin.is_empty())
                     .collect();
-                if let Some(bad) = origins
-                    .iter()
-                    .find(|origin| !(origin.starts_with("https://") || origin.starts_with("http://")))
-                {
+                if let Some(bad) = origins.iter().find(|origin| {
+                    !(origin.starts_with("https://") || origin.starts_with("http://"))
+                }) {
                     return Err(invalid(
                         CORS_ORIGINS_VAR,
                         bad,
@@ -388,14 +391,19 @@ mod tests {
         let config = access(&[]).unwrap();
         assert_eq!(config.mode, AuthMode::Open);
         assert_eq!(config.cors, CorsPolicy::Any);
-        assert!(config.limit_checks(&Caller::anonymous(), "1.2.3.4").is_empty());
+        assert!(config
+            .limit_checks(&Caller::anonymous(), "1.2.3.4")
+            .is_empty());
         for header in [None, Some("Bearer nope"), Some("Basic x")] {
             assert_eq!(config.caller(header).unwrap(), Caller::anonymous());
         }
         let keys = key_table();
         let config = access(&[(API_KEYS_VAR, &keys)]).unwrap();
         let caller = config.caller(Some("Bearer acme-secret-key")).unwrap();
-        assert_eq!(caller.name, "acme", "a known key is still accounted to its name");
+        assert_eq!(
+            caller.name, "acme",
+            "a known key is still accounted to its name"
+        );
     }
 
     #[test]
@@ -405,18 +413,30 @@ mod tests {
         assert_eq!(config.keys[0].monthly_quota, Some(1000));
         assert_eq!(config.keys[1].monthly_quota, None);
         let missing = config.caller(None).unwrap_err();
-        assert_eq!((missing.code, missing.status()), (ErrorCode::MissingApiKey, 401));
+        assert_eq!(
+            (missing.code, missing.status()),
+            (ErrorCode::MissingApiKey, 401)
+        );
         let malformed = config.caller(Some("acme-secret-key")).unwrap_err();
         assert_eq!(malformed.code, ErrorCode::MissingApiKey);
         let wrong = config.caller(Some("Bearer acme-secret-kex")).unwrap_err();
-        assert_eq!((wrong.code, wrong.status()), (ErrorCode::InvalidApiKey, 403));
+        assert_eq!(
+            (wrong.code, wrong.status()),
+            (ErrorCode::InvalidApiKey, 403)
+        );
         let caller = config.caller(Some("Bearer acme-secret-key")).unwrap();
-        assert_eq!((caller.name.as_str(), caller.tier.as_str()), ("acme", "pro"));
+        assert_eq!(
+            (caller.name.as_str(), caller.tier.as_str()),
+            ("acme", "pro")
+        );
         let key_id = caller.key_id.unwrap();
         assert_eq!(key_id.len(), HASH_PREFIX_HEX);
         assert!(key_hash_hex("acme-secret-key").starts_with(&key_id));
         // Hashes are matched whatever their case in the table.
-        assert_eq!(config.caller(Some("Bearer hobby-key")).unwrap().tier, "free");
+        assert_eq!(
+            config.caller(Some("Bearer hobby-key")).unwrap().tier,
+            "free"
+        );
         // No CORS unless origins are named.
         assert_eq!(config.allow_origin(Some("https://evil.example")), None);
     }
@@ -430,7 +450,10 @@ mod tests {
             config.caller(Some("Bearer revoked")).unwrap_err().code,
             ErrorCode::InvalidApiKey
         );
-        assert_eq!(config.caller(Some("Bearer hobby-key")).unwrap().name, "hobby");
+        assert_eq!(
+            config.caller(Some("Bearer hobby-key")).unwrap().name,
+            "hobby"
+        );
     }
 
     #[test]
@@ -475,7 +498,10 @@ mod tests {
             (vec![(AUTH_MODE_VAR, "keyed")], API_KEYS_VAR),
             (vec![(API_KEYS_VAR, "{}")], API_KEYS_VAR),
             (
-                vec![(API_KEYS_VAR, r#"[{"sha256": "abc", "name": "a", "tier": "t"}]"#)],
+                vec![(
+                    API_KEYS_VAR,
+                    r#"[{"sha256": "abc", "name": "a", "tier": "t"}]"#,
+                )],
                 API_KEYS_VAR,
             ),
             (vec![(TIER_LIMITS_VAR, "pro=RL_PRO/30")], TIER_LIMITS_VAR),

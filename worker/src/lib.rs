@@ -62,7 +62,10 @@ fn set_cors_headers(headers: &Headers, allow_origin: Option<&str>) -> Result<()>
         headers.set("vary", "Origin")?;
     }
     headers.set("access-control-allow-methods", "GET, POST, OPTIONS")?;
-    headers.set("access-control-allow-headers", "content-type, authorization")?;
+    headers.set(
+        "access-control-allow-headers",
+        "content-type, authorization",
+    )?;
     headers.set(
         "access-control-expose-headers",
         &format!("server-timing, retry-after, {NOT_APPLIED_HEADER}"),

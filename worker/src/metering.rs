@@ -145,7 +145,16 @@ mod tests {
             scanner_ms: 12.345,
             partial: false,
         };
-        let usage = Usage::new(&caller, "search", 200, 1_700_000_000_000, 2, 300, fan_out, 41.5);
+        let usage = Usage::new(
+            &caller,
+            "search",
+            200,
+            1_700_000_000_000,
+            2,
+            300,
+            fan_out,
+            41.5,
+        );
         assert_eq!((usage.queries, usage.gets, usage.bytes), (1, 12, 5300));
         assert_eq!(usage.scanner_ms, 12.35);
         let line: serde_json::Value = serde_json::from_str(&usage.to_json()).unwrap();
@@ -161,9 +170,27 @@ mod tests {
     #[test]
     fn failed_searches_and_lookups_are_not_queries() {
         let anonymous = Caller::anonymous();
-        let failed = Usage::new(&anonymous, "knn", 502, 0, 1, 10, FanOutUsage::default(), 3.0);
+        let failed = Usage::new(
+            &anonymous,
+            "knn",
+            502,
+            0,
+            1,
+            10,
+            FanOutUsage::default(),
+            3.0,
+        );
         assert_eq!(failed.queries, 0);
-        let item = Usage::new(&anonymous, "item", 200, 0, 2, 10, FanOutUsage::default(), 3.0);
+        let item = Usage::new(
+            &anonymous,
+            "item",
+            200,
+            0,
+            2,
+            10,
+            FanOutUsage::default(),
+            3.0,
+        );
         assert_eq!(item.queries, 0);
         assert_eq!(item.data_point_index(), ANONYMOUS);
         let line: serde_json::Value = serde_json::from_str(&item.to_json()).unwrap();

@@ -257,7 +257,14 @@ mod tests {
         );
         assert!(matches!(stale, Err(AuthError::Stale { .. })), "{stale:?}");
         let none: [&[u8]; 0] = [];
-        let nothing = verify_any(none, Some(&old.timestamp), Some(&old.signature), b"body", NOW, 1);
+        let nothing = verify_any(
+            none,
+            Some(&old.timestamp),
+            Some(&old.signature),
+            b"body",
+            NOW,
+            1,
+        );
         assert_eq!(nothing, Err(AuthError::BadSignature));
     }
 
