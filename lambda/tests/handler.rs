@@ -119,9 +119,7 @@ async fn handler_matches_the_reader_and_refuses_before_io() {
     let rotating = Scanner::new(
         ScannerConfig::from_lookup(|name| match name {
             "CLIPEDGE_SCANNER_SECRET" => Some("rotated-secret".to_string()),
-            "CLIPEDGE_SCANNER_SECRET_PREVIOUS" => {
-                Some(String::from_utf8(SECRET.to_vec()).unwrap())
-            }
+            "CLIPEDGE_SCANNER_SECRET_PREVIOUS" => Some(String::from_utf8(SECRET.to_vec()).unwrap()),
             _ => None,
         })
         .unwrap(),
