@@ -822,7 +822,7 @@ fn keys_rate_limits_and_usage_at_the_edge() {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         usage = log
             .lines()
-            .filter(|line| line.contains("clipedge_usage"))
+            .filter(|line| line.contains(r#""event":"clipedge_usage""#))
             .map(str::to_string)
             .collect();
         if usage.len() >= expected_lines {
