@@ -44,5 +44,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("{summary}");
     let label = default_label(&encoder);
     let index = args.dir.display().to_string();
-    runtime.block_on(serve_index(&index, encoder, &args.bind, &label, None))
+    runtime.block_on(serve_index(
+        &index,
+        encoder,
+        &args.bind,
+        &label,
+        None,
+        clipedge_server::ServeOptions::default(),
+    ))
 }

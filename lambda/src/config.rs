@@ -8,6 +8,8 @@ use thiserror::Error;
 
 /// Shared secret for request signatures.
 pub const SECRET_ENV: &str = "CLIPEDGE_SCANNER_SECRET";
+/// During a rotation: the secret being retired, still accepted (callers sign with the new one).
+pub const PREVIOUS_SECRET_ENV: &str = "CLIPEDGE_SCANNER_SECRET_PREVIOUS";
 /// `hmac` (default) or `none` (only behind a function URL with `AWS_IAM` auth).
 pub const AUTH_ENV: &str = "CLIPEDGE_SCANNER_AUTH";
 pub const MAX_SKEW_ENV: &str = "CLIPEDGE_MAX_SKEW_MS";
@@ -37,8 +39,12 @@ pub enum ConfigError {
 /// How requests are authenticated.
 #[derive(Clone)]
 pub enum Auth {
-    /// HMAC-SHA256 signatures (see `clipedge_protocol::auth`).
-    Hmac { secret: Vec<u8>, max_skew_ms: u64 },
+    /// HMAC-SHA256 signatures (see `clipedge_protocol::auth`) by any of `secrets`: the current
+    /// one, and during a rotation the previous one.
+    Hmac {
+        secrets: Vec<Vec<u8>>,
+        max_skew_ms: u64,
+    },
     /// No check: the function URL's `AWS_IAM` auth (SigV4 by the caller) guards the function.
     Disabled,
 }
@@ -46,8 +52,12 @@ pub enum Auth {
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Auth::Hmac { max_skew_ms, .. } => f
+            Auth::Hmac {
+                secrets,
+                max_skew_ms,
+            } => f
                 .debug_struct("Hmac")
+                .field("secrets", &secrets.len())
                 .field("max_skew_ms", max_skew_ms)
                 .finish_non_exhaustive(),
             Auth::Disabled => f.write_str("Disabled"),
@@ -76,7 +86,7 @@ impl ScannerConfig {
     pub fn with_secret(secret: &[u8]) -> ScannerConfig {
         ScannerConfig {
             auth: Auth::Hmac {
-                secret: secret.to_vec(),
+                secrets: vec![secret.to_vec()],
                 max_skew_ms: DEFAULT_MAX_SKEW_MS,
             },
             list_cache_bytes: 512 << 20,
@@ -110,7 +120,13 @@ impl ScannerConfig {
                 let Some(secret) = secret else {
                     return Err(ConfigError::MissingSecret { name: SECRET_ENV });
                 };
-                ScannerConfig::with_secret(secret.as_bytes())
+                let mut config = ScannerConfig::with_secret(secret.as_bytes());
+                if let Some(previous) = lookup(PREVIOUS_SECRET_ENV).filter(|s| !s.is_empty()) {
+                    if let Auth::Hmac { secrets, .. } = &mut config.auth {
+                        secrets.push(previous.into_bytes());
+                    }
+                }
+                config
             }
             "none" => ScannerConfig {
                 auth: Auth::Disabled,
@@ -221,6 +237,26 @@ mod tests {
             error.to_string().contains("expected hmac or none"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_previous_secret_is_accepted_during_a_rotation() {
+        let secrets = |config: ScannerConfig| match config.auth {
+            Auth::Hmac { secrets, .. } => secrets,
+            Auth::Disabled => panic!("hmac expected"),
+        };
+        let rotating = config(&[(SECRET_ENV, "new"), (PREVIOUS_SECRET_ENV, "old")]).unwrap();
+        assert_eq!(
+            format!("{:?}", rotating.auth),
+            "Hmac { secrets: 2, max_skew_ms: 300000, .. }",
+            "the debug form never shows a secret"
+        );
+        assert_eq!(secrets(rotating), vec![b"new".to_vec(), b"old".to_vec()]);
+        let settled = config(&[(SECRET_ENV, "new"), (PREVIOUS_SECRET_ENV, "")]).unwrap();
+        assert_eq!(secrets(settled), vec![b"new".to_vec()]);
+        // The previous secret alone is no configuration: the current one is required.
+        let error = config(&[(PREVIOUS_SECRET_ENV, "old")]).unwrap_err();
+        assert!(error.to_string().contains(SECRET_ENV), "{error}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clipedge_index::{IndexReader, LeafRequest, LeafTargets, ListCache, OpenOptions, ReadPlan};
 use clipedge_protocol::{
-    decode_request, encode_response, verify, Encoding, GroupResult, ListResult, ProtocolError,
+    decode_request, encode_response, verify_any, Encoding, GroupResult, ListResult, ProtocolError,
     ScanRequest, ScanResponse, ScanStats, ScanStatus, ScanTargets, MAX_REQUEST_BYTES,
     SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
@@ -76,12 +76,12 @@ impl Scanner {
             );
         }
         if let Auth::Hmac {
-            secret,
+            secrets,
             max_skew_ms,
         } = &self.config.auth
         {
-            let verified = verify(
-                secret,
+            let verified = verify_any(
+                secrets.iter().map(Vec::as_slice),
                 header(headers, TIMESTAMP_HEADER),
                 header(headers, SIGNATURE_HEADER),
                 body,

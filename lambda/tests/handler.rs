@@ -113,4 +113,46 @@ async fn handler_matches_the_reader_and_refuses_before_io() {
         assert_eq!(stale.status, 403, "{:?}", stale.error_message());
     }
     assert!(scanner.cached_list_bytes() > 0);
+
+    // A secret rotation: the scanner takes the new secret and still accepts the old one, so
+    // callers switch whenever they redeploy; a secret retired before that is refused.
+    let rotating = Scanner::new(
+        ScannerConfig::from_lookup(|name| match name {
+            "CLIPEDGE_SCANNER_SECRET" => Some("rotated-secret".to_string()),
+            "CLIPEDGE_SCANNER_SECRET_PREVIOUS" => Some(String::from_utf8(SECRET.to_vec()).unwrap()),
+            _ => None,
+        })
+        .unwrap(),
+    );
+    let query = &queries[..DIM];
+    let request = ScanRequest {
+        request_id: "rotation".to_string(),
+        index: root.clone(),
+        generation: report.generation.clone(),
+        query: query.to_vec(),
+        targets: ScanTargets::Groups {
+            group_ids: route::auto_group_probe(reader.routing(), query, 3),
+            nprobe: 3,
+        },
+        k: 5,
+        rerank: 4,
+        deadline_ms: 60_000,
+    };
+    for (signer, expected) in [
+        (SECRET, 200),
+        (b"rotated-secret".as_slice(), 200),
+        (b"retired-secret".as_slice(), 403),
+    ] {
+        let signed = SignedRequest::new(&request, Encoding::Binary, signer, NOW_MS).unwrap();
+        let reply = rotating
+            .handle_at(&headers(&signed), &signed.body, NOW_MS)
+            .await;
+        assert_eq!(
+            reply.status,
+            expected,
+            "signed with {:?}: {:?}",
+            String::from_utf8_lossy(signer),
+            reply.error_message()
+        );
+    }
 }

@@ -117,6 +117,11 @@ pub struct EmbeddedServer {
 
 impl EmbeddedServer {
     pub fn start(index: &std::path::Path, model: &str) -> EmbeddedServer {
+        EmbeddedServer::start_with(index, model, &[])
+    }
+
+    /// [`EmbeddedServer::start`] with more `clipedge serve` flags.
+    pub fn start_with(index: &std::path::Path, model: &str, flags: &[&str]) -> EmbeddedServer {
         use std::io::BufRead;
         let mut child = std::process::Command::new(clipedge())
             .current_dir(workspace_root())
@@ -129,6 +134,7 @@ impl EmbeddedServer {
                 "--index",
             ])
             .arg(index)
+            .args(flags)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -670,3 +670,266 @@ fn concurrent_first_requests_in_a_fresh_isolate_all_answer() {
         .count();
     assert_eq!(model_builds, 1, "the model must be built once per isolate");
 }
+
+/// One call with extra request headers: status, the response's headers and its JSON body.
+fn call_headers(
+    runtime: &tokio::runtime::Runtime,
+    url: String,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut request = match body {
+            Some(body) => client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+            None => client.get(url),
+        };
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("http call");
+        let status = response.status().as_u16();
+        let response_headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, response_headers, body)
+    })
+}
+
+/// The public-API front in workerd (mixed mode): a key from the hashed key table gets its
+/// tier's limit, a wrong key 403, a malformed header 401; anonymous callers are served until
+/// the anonymous tier's rate-limit binding (wrangler dev's simulation) answers 429 with
+/// `Retry-After`; health stays open; CORS echoes only the allowed origin; every metered answer
+/// leaves one usage line (key name and hash prefix, never the key or the query text) that
+/// `scripts/usage_report.py` sums. Then keyed mode: no key is 401 `missing_api_key`.
+#[test]
+fn keys_rate_limits_and_usage_at_the_edge() {
+    let runtime = runtime();
+    let work = tempfile::tempdir().unwrap();
+    let index = work.path().join("index");
+    build_demo_index(&index, "models/tiny-clip");
+    let key = "edge-test-key-7f3a9c";
+    let keys = json!([
+        {"sha256": clipedge_api::keys::key_hash_hex(key), "name": "acme", "tier": "pro",
+         "monthly_quota": 1000}
+    ])
+    .to_string();
+    let secret = format!("CLIPEDGE_API_KEYS={keys}");
+    let stack = Stack::up_with_model(
+        &index,
+        &work.path().join("stack"),
+        "models/tiny-clip",
+        &[
+            "CLIPEDGE_AUTH_MODE=mixed",
+            "CLIPEDGE_TIER_LIMITS=anonymous=RL_ANON/60,pro=RL_PRO/60",
+            "CLIPEDGE_CORS_ORIGINS=https://app.example.com",
+            "CLIPEDGE_USAGE_DATASET=USAGE",
+        ],
+        &[
+            "--secret",
+            &secret,
+            "--ratelimit",
+            "RL_ANON=3/60",
+            "--ratelimit",
+            "RL_PRO=100/60",
+            "--usage-dataset",
+            "USAGE",
+            // The Worker's console.log lines (the usage records) into logs/wrangler.log.
+            "--wrangler-log-level",
+            "log",
+        ],
+    );
+    let edge = stack.url().to_string();
+    let search_url = format!("{edge}/v1/search");
+    let query = json!({"text": "a penguin on the beach", "k": 5});
+    let bearer = format!("Bearer {key}");
+
+    // Health (the local stack polled it many times already) and the page are not limited.
+    for _ in 0..5 {
+        let (status, _, body) = call_headers(&runtime, format!("{edge}/v1/health"), None, &[]);
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _, _) = call_headers(&runtime, format!("{edge}/"), None, &[]);
+    assert_eq!(status, 200);
+
+    let (status, headers, body) = call_headers(
+        &runtime,
+        search_url.clone(),
+        Some(&query),
+        &[
+            ("authorization", bearer.as_str()),
+            ("origin", "https://app.example.com"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(!body["results"].as_array().unwrap().is_empty(), "{body}");
+    assert_eq!(
+        headers["access-control-allow-origin"], "https://app.example.com",
+        "an allowed origin is echoed"
+    );
+    let (_, headers, _) = call_headers(
+        &runtime,
+        search_url.clone(),
+        Some(&query),
+        &[
+            ("authorization", bearer.as_str()),
+            ("origin", "https://evil.example"),
+        ],
+    );
+    assert!(
+        headers.get("access-control-allow-origin").is_none(),
+        "another origin gets no CORS grant"
+    );
+
+    let (status, _, body) = call_headers(
+        &runtime,
+        search_url.clone(),
+        Some(&query),
+        &[("authorization", "Bearer not-a-key")],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    let (status, _, body) = call_headers(
+        &runtime,
+        search_url.clone(),
+        Some(&query),
+        &[("authorization", key)],
+    );
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "missing_api_key");
+
+    // Anonymous: the anonymous tier allows 3 a minute from this address. (Were the simulated
+    // window to roll over mid-loop, a few more would pass: at most two windows' worth.)
+    let mut anonymous_served = 0;
+    let mut refused = None;
+    for _ in 0..10 {
+        let (status, headers, body) = call_headers(&runtime, search_url.clone(), Some(&query), &[]);
+        match status {
+            200 => anonymous_served += 1,
+            429 => {
+                refused = Some((headers, body));
+                break;
+            }
+            other => panic!("anonymous search answered {other}: {body}"),
+        }
+    }
+    let (headers, body) = refused.expect("the anonymous tier's limit answers 429");
+    assert!(
+        (3..=6).contains(&anonymous_served),
+        "{anonymous_served} served before the limit"
+    );
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert_eq!(headers["retry-after"], "60");
+    // The key's own limit is separate: still served.
+    let (status, _, body) = call_headers(
+        &runtime,
+        search_url.clone(),
+        Some(&query),
+        &[("authorization", bearer.as_str())],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = call_headers(
+        &runtime,
+        format!("{edge}/v1/items/3"),
+        None,
+        &[("authorization", bearer.as_str())],
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // Usage: 3 keyed searches + 1 item lookup for acme, the answered anonymous searches (refused
+    // requests are not metered).
+    let expected_lines = 4 + anonymous_served;
+    let log_path = stack.state.join("logs/wrangler.log");
+    let mut usage = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        usage = log
+            .lines()
+            .filter(|line| line.contains(r#""event":"clipedge_usage""#))
+            .map(str::to_string)
+            .collect();
+        if usage.len() >= expected_lines {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(usage.len(), expected_lines, "{usage:#?}");
+    for line in &usage {
+        assert!(!line.contains(key), "a usage line holds the key: {line}");
+        assert!(
+            !line.contains("penguin"),
+            "a usage line holds the query: {line}"
+        );
+    }
+    let keyed: Value = usage
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(&line[line.find('{').unwrap()..]).unwrap())
+        .find(|record| record["key"] == "acme" && record["route"] == "search")
+        .unwrap();
+    assert_eq!(keyed["tier"], "pro");
+    assert_eq!(keyed["queries"], 1);
+    assert!(keyed["scanner_calls"].as_u64().unwrap() >= 1, "{keyed}");
+    assert!(keyed["gets"].as_u64().unwrap() >= 1, "{keyed}");
+    assert!(keyed["bytes"].as_u64().unwrap() > 0, "{keyed}");
+    assert!(clipedge_api::keys::key_hash_hex(key).starts_with(keyed["key_id"].as_str().unwrap()));
+
+    let report = Command::new("python3")
+        .arg(workspace_root().join("scripts/usage_report.py"))
+        .args(["--month", "all", "--json"])
+        .arg(&log_path)
+        .output()
+        .expect("run scripts/usage_report.py");
+    assert!(report.status.success(), "{report:?}");
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["keys"]["acme"]["queries"], 3, "{report}");
+    assert_eq!(report["keys"]["acme"]["requests"], 4, "{report}");
+    assert_eq!(
+        report["keys"]["anonymous"]["queries"], anonymous_served,
+        "{report}"
+    );
+    drop(stack);
+
+    // Keyed mode: no anonymous access at all.
+    let keyed_stack = Stack::up_with_model(
+        &index,
+        &work.path().join("keyed-stack"),
+        "models/tiny-clip",
+        &["CLIPEDGE_AUTH_MODE=keyed"],
+        &["--secret", &secret],
+    );
+    let keyed_url = format!("{}/v1/search", keyed_stack.url());
+    let (status, headers, body) = call_headers(
+        &runtime,
+        keyed_url.clone(),
+        Some(&query),
+        &[("origin", "https://app.example.com")],
+    );
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "missing_api_key");
+    assert!(
+        headers.get("access-control-allow-origin").is_none(),
+        "keyed mode grants no origin unless CLIPEDGE_CORS_ORIGINS names it"
+    );
+    let (status, _, body) = call_headers(
+        &runtime,
+        keyed_url,
+        Some(&query),
+        &[("authorization", bearer.as_str())],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = call_headers(
+        &runtime,
+        format!("{}/v1/health", keyed_stack.url()),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200, "health stays open in keyed mode");
+}

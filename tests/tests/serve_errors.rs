@@ -57,3 +57,70 @@ fn serve_answers_clip_retrieval_clients() {
     assert_eq!(name, "demo-index", "named after the index directory");
     run_clip_client(&server.url, &name);
 }
+
+/// `clipedge serve --api-key`: the query routes need `Authorization: Bearer KEY` (401 without,
+/// 403 with another key, the `/v1` error body either way); health and the page stay open.
+#[test]
+fn serve_with_an_api_key_refuses_other_callers() {
+    let work = tempfile::tempdir().unwrap();
+    let index = work.path().join("index");
+    build_demo_index(&index, "models/tiny-clip");
+    let server = EmbeddedServer::start_with(
+        &index,
+        "models/tiny-clip",
+        &[
+            "--api-key",
+            "serve-test-key",
+            "--max-concurrent-queries",
+            "2",
+        ],
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::new();
+    // Every call comes from a page on another origin: with a key set and no --cors-origins,
+    // no origin is granted.
+    let call = |method: &str, path: &str, key: Option<&str>| {
+        let mut request = match method {
+            "POST" => client
+                .post(format!("{}{path}", server.url))
+                .header("content-type", "application/json")
+                .body(r#"{"text": "a penguin", "k": 3}"#),
+            _ => client.get(format!("{}{path}", server.url)),
+        };
+        request = request.header("origin", "https://app.example.com");
+        if let Some(key) = key {
+            request = request.header("authorization", key);
+        }
+        runtime.block_on(async {
+            let response = request.send().await.expect("http call");
+            let status = response.status().as_u16();
+            assert!(
+                response
+                    .headers()
+                    .get("access-control-allow-origin")
+                    .is_none(),
+                "{path}: a keyed server grants no origin by default"
+            );
+            (status, response.text().await.unwrap())
+        })
+    };
+    for (method, path) in [("POST", "/v1/search"), ("GET", "/v1/items/1")] {
+        let (status, body) = call(method, path, None);
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains(r#""code":"missing_api_key""#), "{body}");
+        let (status, body) = call(method, path, Some("Bearer another-key"));
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.contains(r#""code":"invalid_api_key""#), "{body}");
+        let (status, body) = call(method, path, Some("Bearer serve-test-key"));
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, _) = call("POST", "/knn-service", None);
+    assert_eq!(status, 401);
+    for open in ["/v1/health", "/", "/indices-list"] {
+        let (status, body) = call("GET", open, None);
+        assert_eq!(status, 200, "{open} stays open: {body}");
+    }
+}

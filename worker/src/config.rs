@@ -24,6 +24,9 @@ pub const SCANNER_SECRET_VAR: &str = "CLIPEDGE_SCANNER_SECRET";
 pub const MAX_SCANNER_CALLS_VAR: &str = "CLIPEDGE_MAX_SCANNER_CALLS";
 pub const MIN_LISTS_PER_CALL_VAR: &str = "CLIPEDGE_MIN_LISTS_PER_CALL";
 pub const SCANNER_TIMEOUT_VAR: &str = "CLIPEDGE_SCANNER_TIMEOUT_MS";
+/// Milliseconds a request may take from arrival: the scanner fan-out (calls and retries) gets
+/// what is left of it, and unanswered lists are reported as failed when it runs out.
+pub const REQUEST_DEADLINE_VAR: &str = "CLIPEDGE_REQUEST_DEADLINE_MS";
 pub const CURRENT_TTL_VAR: &str = "CLIPEDGE_CURRENT_TTL_MS";
 /// Entries of the per-isolate text → embedding LRU (0 turns it off).
 pub const EMBED_CACHE_ENTRIES_VAR: &str = "CLIPEDGE_EMBED_CACHE_ENTRIES";
@@ -79,6 +82,7 @@ pub struct WorkerConfig {
     pub max_scanner_calls: usize,
     pub min_lists_per_call: usize,
     pub scanner_timeout_ms: u32,
+    pub request_deadline_ms: u32,
     pub current_ttl_ms: u64,
     pub embed_cache_entries: usize,
     pub embed_cache_ttl_s: u64,
@@ -226,6 +230,13 @@ impl WorkerConfig {
             |ms| (100..=60_000).contains(ms),
             "100..=60000 milliseconds",
         )?;
+        let request_deadline_ms = parse_number(
+            REQUEST_DEADLINE_VAR,
+            get(REQUEST_DEADLINE_VAR),
+            20_000,
+            |ms| (1_000..=120_000).contains(ms),
+            "1000..=120000 milliseconds",
+        )?;
         let current_ttl_ms = parse_number(
             CURRENT_TTL_VAR,
             get(CURRENT_TTL_VAR),
@@ -258,6 +269,7 @@ impl WorkerConfig {
             max_scanner_calls,
             min_lists_per_call,
             scanner_timeout_ms,
+            request_deadline_ms,
             current_ttl_ms,
             embed_cache_entries,
             embed_cache_ttl_s,
@@ -331,6 +343,7 @@ mod tests {
             }
         );
         assert!(config.scan_deadline_ms() < config.scanner_timeout_ms);
+        assert_eq!(config.request_deadline_ms, 20_000);
         assert_eq!(config.index_name, "demo", "the index root's last segment");
     }
 
@@ -366,6 +379,12 @@ mod tests {
         bad.retain(|(name, _)| *name != INDEX_VAR);
         bad.push((INDEX_VAR, "/local/dir"));
         assert!(config(&bad).unwrap_err().to_string().contains("s3://"));
+        let mut bad = BASE.to_vec();
+        bad.push((REQUEST_DEADLINE_VAR, "500"));
+        assert!(config(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains(REQUEST_DEADLINE_VAR));
         let mut half_keys = BASE.to_vec();
         half_keys.push((S3_ACCESS_KEY_VAR, "key"));
         assert!(config(&half_keys).is_err());

@@ -24,6 +24,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::clock::{monotonic_ms, since, unix_ms};
 use crate::config::WorkerConfig;
 use crate::embed_cache::{cache_key, edge_cache_url, EmbeddingCache};
+use crate::metering::FanOutUsage;
 use crate::objects::{ObjectError, Objects};
 use crate::plan::plan_calls;
 use crate::scanners::{self, ScanJob};
@@ -98,6 +99,11 @@ pub struct RequestContext<'a> {
     pub embedding_cache_hit: Option<&'static str>,
     /// Positions the text tower ran for the query.
     pub encoded_tokens: Option<usize>,
+    /// When the request must be answered by ([`monotonic_ms`] time; `CLIPEDGE_REQUEST_DEADLINE_MS`
+    /// from the context's creation).
+    pub deadline_ms: f64,
+    /// What the scanner fan-out of the request's search cost (usage metering).
+    pub fan_out_usage: FanOutUsage,
 }
 
 impl<'a> RequestContext<'a> {
@@ -110,6 +116,8 @@ impl<'a> RequestContext<'a> {
             model_build_ms: 0.0,
             embedding_cache_hit: None,
             encoded_tokens: None,
+            deadline_ms: monotonic_ms() + f64::from(config.request_deadline_ms),
+            fan_out_usage: FanOutUsage::default(),
         }
     }
 
@@ -537,12 +545,20 @@ impl<'a> RequestContext<'a> {
             k: search.candidates() as u32,
             rerank: search.rerank as u32,
             request_id,
+            deadline_ms: self.deadline_ms,
         };
         let fan_out = scanners::scan(&job, &calls).await;
         timings.scan = since(scan_started);
+        let failed_lists = fan_out.failed_lists(&generation.routing);
+        self.fan_out_usage = FanOutUsage {
+            calls: fan_out.calls,
+            gets: fan_out.gets,
+            bytes_read: fan_out.bytes_read,
+            scanner_ms: fan_out.scanner_ms,
+            partial: !failed_lists.is_empty(),
+        };
 
         let merge_started = monotonic_ms();
-        let failed_lists = fan_out.failed_lists(&generation.routing);
         if fan_out.lists_scanned() == 0 && !failed_lists.is_empty() {
             let first_error = fan_out.errors.first().cloned().unwrap_or_default();
             return Err(ApiError::new(

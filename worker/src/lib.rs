@@ -7,13 +7,20 @@
 //! and clip-retrieval's `POST /knn-service`, `GET /indices-list` and `POST /metadata` (shaped
 //! by `clipedge_api::clip_retrieval` over the same search).
 //!
-//! The modules without `worker` types (`config`, `plan`) are tested on the host; the rest runs
-//! in workerd, where `tests/tests/edge_worker.rs` drives it end to end.
+//! Metered routes (search, knn, items, metadata) pass the access gate first: the caller's key
+//! (`access`: open, keyed or mixed mode), then the rate-limit bindings of its tier and of its
+//! IP; each answer is then metered (`metering`). Health, the page, `/media/…` and
+//! `/indices-list` are open.
+//!
+//! The modules without `worker` types (`access`, `config`, `metering`, `plan`) are tested on
+//! the host; the rest runs in workerd, where `tests/tests/edge_worker.rs` drives it end to end.
 
+pub mod access;
 pub mod clock;
 pub mod config;
 pub mod embed_cache;
 pub mod engine;
+pub mod metering;
 pub mod objects;
 pub mod plan;
 pub mod scanners;
@@ -29,24 +36,39 @@ use clipedge_api::web::{media_content_type, media_not_found, media_object, MEDIA
 use clipedge_api::{
     parse_search_request, server_timing, web, ApiError, ErrorCode, SearchResponse, MAX_BODY_BYTES,
 };
-use worker::{event, Context, Env, Headers, Method, Request, Response, Result};
+use worker::{
+    event, AnalyticsEngineDataPointBuilder, Context, Env, Headers, Method, Request, Response,
+    Result,
+};
 
+use crate::access::{AccessConfig, Caller};
 use crate::clock::{monotonic_ms, unix_ms};
 use crate::config::WorkerConfig;
 use crate::engine::RequestContext;
+use crate::metering::Usage;
 use crate::objects::{ObjectError, Objects};
 
 thread_local! {
     static REQUEST_SEQUENCE: Cell<u64> = const { Cell::new(0) };
 }
 
-fn cors_headers(headers: &Headers) -> Result<()> {
-    headers.set("access-control-allow-origin", "*")?;
+/// CORS headers for a request whose origin the access settings allow (`allow_origin`).
+fn set_cors_headers(headers: &Headers, allow_origin: Option<&str>) -> Result<()> {
+    let Some(allow_origin) = allow_origin else {
+        return Ok(());
+    };
+    headers.set("access-control-allow-origin", allow_origin)?;
+    if allow_origin != "*" {
+        headers.set("vary", "Origin")?;
+    }
     headers.set("access-control-allow-methods", "GET, POST, OPTIONS")?;
-    headers.set("access-control-allow-headers", "content-type")?;
+    headers.set(
+        "access-control-allow-headers",
+        "content-type, authorization",
+    )?;
     headers.set(
         "access-control-expose-headers",
-        &format!("server-timing, {NOT_APPLIED_HEADER}"),
+        &format!("server-timing, retry-after, {NOT_APPLIED_HEADER}"),
     )?;
     Ok(())
 }
@@ -54,7 +76,6 @@ fn cors_headers(headers: &Headers) -> Result<()> {
 fn bytes_response(status: u16, content_type: &str, body: Vec<u8>) -> Result<Response> {
     let headers = Headers::new();
     headers.set("content-type", content_type)?;
-    cors_headers(&headers)?;
     Ok(Response::from_bytes(body)?
         .with_status(status)
         .with_headers(headers))
@@ -75,14 +96,16 @@ fn error_response(error: &ApiError) -> Result<Response> {
     )
 }
 
+/// A setting by name: a secret, else a var.
+fn setting(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|secret| secret.to_string())
+        .or_else(|_| env.var(name).map(|var| var.to_string()))
+        .ok()
+}
+
 fn config(env: &Env) -> std::result::Result<WorkerConfig, ApiError> {
-    WorkerConfig::from_lookup(|name| {
-        env.secret(name)
-            .map(|secret| secret.to_string())
-            .or_else(|_| env.var(name).map(|var| var.to_string()))
-            .ok()
-    })
-    .map_err(|error| {
+    WorkerConfig::from_lookup(|name| setting(env, name)).map_err(|error| {
         ApiError::new(
             ErrorCode::Internal,
             format!("worker misconfigured: {error}"),
@@ -98,13 +121,165 @@ fn request_id() -> String {
     format!("edge-{:x}-{sequence}", unix_ms())
 }
 
+fn access_config(env: &Env) -> std::result::Result<AccessConfig, ApiError> {
+    AccessConfig::from_lookup(|name| setting(env, name)).map_err(|error| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("worker misconfigured: {error}"),
+        )
+    })
+}
+
 #[event(fetch)]
-pub async fn fetch(mut request: Request, env: Env, _context: Context) -> Result<Response> {
+pub async fn fetch(request: Request, env: Env, _context: Context) -> Result<Response> {
+    let started = monotonic_ms();
+    // Checked before anything is served: a broken key table must not open the API.
+    let access = match access_config(&env) {
+        Ok(access) => access,
+        Err(error) => return error_response(&error),
+    };
+    let origin = request.headers().get("origin").ok().flatten();
+    let allow_origin = access.allow_origin(origin.as_deref());
+    let response = route(request, &env, &access, started).await?;
+    set_cors_headers(response.headers(), allow_origin.as_deref())?;
+    Ok(response)
+}
+
+/// The usage name of a metered route (`None`: open routes).
+fn metered_route(method: &Method, path: &str) -> Option<&'static str> {
+    match (method, path) {
+        (Method::Post, "/v1/search") => Some("search"),
+        (Method::Post, "/knn-service") => Some("knn"),
+        (Method::Post, "/metadata") => Some("metadata"),
+        (Method::Get, item) if item.starts_with("/v1/items/") => Some("item"),
+        _ => None,
+    }
+}
+
+/// Refused by the access gate: the error, and the seconds for `Retry-After` when rate limited.
+struct Refusal {
+    error: ApiError,
+    retry_after_s: Option<u32>,
+}
+
+impl Refusal {
+    fn response(&self) -> Result<Response> {
+        let response = error_response(&self.error)?;
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers()
+                .set("retry-after", &seconds.to_string())?;
+        }
+        Ok(response)
+    }
+}
+
+/// The access gate of a metered request: who is calling, then their tier's and their IP's rate
+/// limits (the Workers Rate Limiting bindings).
+async fn admit(
+    request: &Request,
+    env: &Env,
+    access: &AccessConfig,
+) -> std::result::Result<Caller, Refusal> {
+    let authorization = request.headers().get("authorization").ok().flatten();
+    let caller = access
+        .caller(authorization.as_deref())
+        .map_err(|error| Refusal {
+            error,
+            retry_after_s: None,
+        })?;
+    let client_ip = request
+        .headers()
+        .get("cf-connecting-ip")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "unknown".to_string());
+    for check in access.limit_checks(&caller, &client_ip) {
+        let limiter = env.rate_limiter(&check.binding).map_err(|_| Refusal {
+            error: ApiError::new(
+                ErrorCode::Internal,
+                format!(
+                    "worker misconfigured: rate-limit binding {} (named in {} or {}) is not \
+                     declared: add a [[ratelimits]] entry with that name",
+                    check.binding,
+                    access::TIER_LIMITS_VAR,
+                    access::IP_LIMIT_VAR
+                ),
+            ),
+            retry_after_s: None,
+        })?;
+        match limiter.limit(check.key.clone()).await {
+            Ok(outcome) if outcome.success => {}
+            Ok(_) => {
+                return Err(Refusal {
+                    error: ApiError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "rate limit of {} reached (tier {}); retry in {} s",
+                            caller.name, caller.tier, check.period_s
+                        ),
+                    ),
+                    retry_after_s: Some(check.period_s),
+                })
+            }
+            // The limiter is a guard, not the service: if it fails, answer rather than refuse.
+            Err(error) => worker::console_warn!(
+                "rate limiter {} failed, request let through: {error}",
+                check.binding
+            ),
+        }
+    }
+    Ok(caller)
+}
+
+/// Writes the usage of one metered request: a log line, and a data point when a dataset is bound.
+fn meter(
+    env: &Env,
+    access: &AccessConfig,
+    caller: &Caller,
+    route: &'static str,
+    response: &Response,
+    context: &RequestContext<'_>,
+    started: f64,
+) {
+    let (own_gets, own_bytes) = context.objects.counters();
+    let usage = Usage::new(
+        caller,
+        route,
+        response.status_code(),
+        unix_ms(),
+        own_gets,
+        own_bytes,
+        context.fan_out_usage,
+        clock::since(started),
+    );
+    worker::console_log!("{}", usage.to_json());
+    let Some(dataset) = &access.usage_dataset else {
+        return;
+    };
+    let written = env.analytics_engine(dataset).and_then(|dataset| {
+        let index = usage.data_point_index();
+        AnalyticsEngineDataPointBuilder::new()
+            .indexes([index.as_str()])
+            .blobs(usage.data_point_blobs())
+            .doubles(usage.data_point_doubles())
+            .write_to(&dataset)
+    });
+    if let Err(error) = written {
+        worker::console_warn!("usage data point not written to {dataset}: {error}");
+    }
+}
+
+async fn route(
+    mut request: Request,
+    env: &Env,
+    access: &AccessConfig,
+    started: f64,
+) -> Result<Response> {
     let path = request.path();
     let method = request.method();
     if method == Method::Options {
         let headers = Headers::new();
-        cors_headers(&headers)?;
         headers.set("access-control-max-age", "86400")?;
         return Ok(Response::empty()?.with_status(204).with_headers(headers));
     }
@@ -125,25 +300,48 @@ pub async fn fetch(mut request: Request, env: Env, _context: Context) -> Result<
             format!("no route {path}"),
         ));
     }
-    let config = match config(&env) {
+    let metered = metered_route(&method, &path);
+    let caller = match metered {
+        Some(_) => match admit(&request, env, access).await {
+            Ok(caller) => Some(caller),
+            Err(refusal) => return refusal.response(),
+        },
+        None => None,
+    };
+    let config = match config(env) {
         Ok(config) => config,
         Err(error) => return error_response(&error),
     };
-    let objects = match Objects::new(&config, &env) {
+    let objects = match Objects::new(&config, env) {
         Ok(objects) => objects,
         Err(error) => {
             return error_response(&ApiError::new(ErrorCode::Internal, error.to_string()))
         }
     };
     let mut context = RequestContext::new(&config, objects);
-    match (method, path.as_str()) {
-        (Method::Post, "/v1/search") => search(&mut request, &mut context).await,
-        (_, "/v1/search") => error_response(&method_not_allowed(&path)),
-        (Method::Post, "/knn-service") => knn_service(&mut request, &mut context).await,
+    let response = serve(&mut request, method, &path, &mut context).await?;
+    if let (Some(route), Some(caller)) = (metered, &caller) {
+        meter(env, access, caller, route, &response, &context, started);
+    }
+    Ok(response)
+}
+
+/// Answers a request that passed the gate.
+async fn serve(
+    request: &mut Request,
+    method: Method,
+    path: &str,
+    context: &mut RequestContext<'_>,
+) -> Result<Response> {
+    let config = context.config;
+    match (method, path) {
+        (Method::Post, "/v1/search") => search(request, context).await,
+        (_, "/v1/search") => error_response(&method_not_allowed(path)),
+        (Method::Post, "/knn-service") => knn_service(request, context).await,
         (Method::Get, "/indices-list") => json_response(200, &[&config.index_name]),
-        (Method::Post, "/metadata") => metadata(&mut request, &mut context).await,
+        (Method::Post, "/metadata") => metadata(request, context).await,
         (_, "/knn-service" | "/indices-list" | "/metadata") => {
-            error_response(&method_not_allowed(&path))
+            error_response(&method_not_allowed(path))
         }
         (Method::Get, "/v1/health") => match context.health().await {
             Ok(health) => json_response(200, &health),
@@ -163,7 +361,7 @@ pub async fn fetch(mut request: Request, env: Env, _context: Context) -> Result<
             }
         }
         (Method::Get, media) if media.starts_with("/media/") => {
-            media_response(&context, media.trim_start_matches("/media/")).await
+            media_response(context, media.trim_start_matches("/media/")).await
         }
         // The GET routes, asked with another method.
         (_, known)
@@ -171,7 +369,7 @@ pub async fn fetch(mut request: Request, env: Env, _context: Context) -> Result<
                 || known.starts_with("/v1/items/")
                 || known.starts_with("/media/") =>
         {
-            error_response(&method_not_allowed(&path))
+            error_response(&method_not_allowed(path))
         }
         _ => error_response(&ApiError::new(
             ErrorCode::NotFound,

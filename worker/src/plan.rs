@@ -318,6 +318,9 @@ pub struct FanOut {
     pub gets: u64,
     pub bytes_read: u64,
     pub calls: u32,
+    /// Milliseconds the answering scanners report spending (arrival to encoded answer): the
+    /// Lambda compute a query is metered by.
+    pub scanner_ms: f64,
     /// One line per failed call, group or list, for the error message and the logs.
     pub errors: Vec<String>,
 }
@@ -328,6 +331,7 @@ impl FanOut {
         self.calls += 1;
         self.gets += response.stats.gets;
         self.bytes_read += response.stats.bytes_read;
+        self.scanner_ms += f64::from(response.stats.total_ms);
         self.candidates.extend_from_slice(&response.candidates);
         for group in &response.groups {
             if group.status.is_ok() {

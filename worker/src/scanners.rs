@@ -9,7 +9,7 @@ use clipedge_protocol::{
 use futures::future::join_all;
 use worker::{Headers, Method, Request, RequestInit};
 
-use crate::clock::unix_ms;
+use crate::clock::{monotonic_ms, unix_ms};
 use crate::config::WorkerConfig;
 use crate::objects::fetch_with_timeout;
 use crate::plan::{retry_targets, Call, FanOut};
@@ -22,7 +22,12 @@ pub struct ScanJob<'a> {
     pub k: u32,
     pub rerank: u32,
     pub request_id: &'a str,
+    /// The request's deadline ([`monotonic_ms`] time): no call outlives it.
+    pub deadline_ms: f64,
 }
+
+/// A call with less time than this left is not made (its lists are reported failed).
+const MIN_CALL_MS: f64 = 100.0;
 
 /// One call's outcome as the fold needs it.
 enum Attempt {
@@ -41,6 +46,16 @@ async fn call(
     targets: ScanTargets,
     attempt: &str,
 ) -> Result<ScanResponse, String> {
+    // The call timeout, and the deadline the scanner answers by, shrink to what the request
+    // has left, so retries cannot carry a query past its deadline.
+    let left_ms = job.deadline_ms - monotonic_ms();
+    if left_ms < MIN_CALL_MS {
+        return Err(format!(
+            "scanner {url}: not called, the request deadline ({} ms) has passed",
+            job.config.request_deadline_ms
+        ));
+    }
+    let timeout_ms = f64::from(job.config.scanner_timeout_ms).min(left_ms) as u32;
     let request = ScanRequest {
         request_id: format!("{}-{attempt}", job.request_id),
         index: job.config.index.clone(),
@@ -49,7 +64,9 @@ async fn call(
         targets,
         k: job.k,
         rerank: job.rerank,
-        deadline_ms: job.config.scan_deadline_ms(),
+        // Short of the call timeout, as `WorkerConfig::scan_deadline_ms`: a slow scanner answers
+        // with what it has instead of being cut off with nothing.
+        deadline_ms: (timeout_ms.saturating_mul(4) / 5).max(50),
     };
     let signed = SignedRequest::new(
         &request,
@@ -71,7 +88,7 @@ async fn call(
         .with_body(Some(body.into()));
     let http =
         Request::new_with_init(url, &init).map_err(|error| format!("scanner {url}: {error}"))?;
-    let timeout = Duration::from_millis(job.config.scanner_timeout_ms as u64);
+    let timeout = Duration::from_millis(u64::from(timeout_ms));
     let mut response = fetch_with_timeout(http, timeout)
         .await
         .map_err(|reason| format!("scanner {url}: {reason}"))?;

@@ -11,6 +11,7 @@
 //! its answer, plus `GET /indices-list` and `POST /metadata`.
 
 pub mod clip_retrieval;
+pub mod keys;
 pub mod web;
 
 use std::collections::HashSet;
@@ -132,6 +133,16 @@ pub enum ErrorCode {
     Internal,
     /// Every scanner call failed.
     ScannersFailed,
+    /// The API wants a key (`Authorization: Bearer KEY`) and none was sent.
+    MissingApiKey,
+    /// The key sent is not one of the API's keys (or is revoked).
+    InvalidApiKey,
+    /// Over a rate limit; `Retry-After` says when to try again.
+    RateLimited,
+    /// The server is at its concurrency and queue limits; `Retry-After` says when to try again.
+    Overloaded,
+    /// The request ran past the server's deadline.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -156,6 +167,11 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Internal => "internal",
             ErrorCode::ScannersFailed => "scanners_failed",
+            ErrorCode::MissingApiKey => "missing_api_key",
+            ErrorCode::InvalidApiKey => "invalid_api_key",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Timeout => "timeout",
         }
     }
 
@@ -169,6 +185,11 @@ impl ErrorCode {
             ErrorCode::IdSearchUnsupported | ErrorCode::ImageSearchUnsupported => 422,
             ErrorCode::Internal => 500,
             ErrorCode::ScannersFailed => 502,
+            ErrorCode::MissingApiKey => 401,
+            ErrorCode::InvalidApiKey => 403,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Overloaded => 503,
+            ErrorCode::Timeout => 504,
             _ => 400,
         }
     }
@@ -631,6 +652,24 @@ mod tests {
             r#"{"error":{"code":"k_out_of_range","message":"k must be in 1..=100, got 0"}}"#
         );
         assert_eq!(ErrorCode::UnknownId.status(), 404);
+    }
+
+    #[test]
+    fn every_code_serializes_as_its_name() {
+        for (code, status) in [
+            (ErrorCode::MissingApiKey, 401),
+            (ErrorCode::InvalidApiKey, 403),
+            (ErrorCode::RateLimited, 429),
+            (ErrorCode::Overloaded, 503),
+            (ErrorCode::Timeout, 504),
+            (ErrorCode::ScannersFailed, 502),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&code).unwrap(),
+                format!("\"{}\"", code.as_str())
+            );
+            assert_eq!(code.status(), status, "{}", code.as_str());
+        }
     }
 
     #[test]

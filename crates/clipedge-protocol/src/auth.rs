@@ -155,6 +155,26 @@ pub fn verify(
     Ok(())
 }
 
+/// [`verify`] against each of `secrets` in turn (the current one, then the previous one during
+/// a rotation): accepted when the signature matches any of them.
+pub fn verify_any<'a>(
+    secrets: impl IntoIterator<Item = &'a [u8]>,
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now_ms: u64,
+    max_skew_ms: u64,
+) -> Result<(), AuthError> {
+    for secret in secrets {
+        match verify(secret, timestamp, signature, body, now_ms, max_skew_ms) {
+            Err(AuthError::BadSignature) => continue,
+            // Missing, malformed and stale do not depend on the secret: no other can help.
+            other => return other,
+        }
+    }
+    Err(AuthError::BadSignature)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +219,53 @@ mod tests {
             check(&moved_timestamp, b"body", NOW),
             Err(AuthError::BadSignature)
         );
+    }
+
+    #[test]
+    fn during_a_rotation_both_secrets_verify() {
+        let secrets: [&[u8]; 2] = [b"new secret", b"old secret"];
+        for signer in secrets {
+            let headers = sign(signer, NOW, b"body");
+            let verified = verify_any(
+                secrets,
+                Some(&headers.timestamp),
+                Some(&headers.signature),
+                b"body",
+                NOW,
+                DEFAULT_MAX_SKEW_MS,
+            );
+            assert_eq!(verified, Ok(()));
+        }
+        let retired = sign(b"retired secret", NOW, b"body");
+        let refused = verify_any(
+            secrets,
+            Some(&retired.timestamp),
+            Some(&retired.signature),
+            b"body",
+            NOW,
+            DEFAULT_MAX_SKEW_MS,
+        );
+        assert_eq!(refused, Err(AuthError::BadSignature));
+        let old = sign(b"old secret", NOW, b"body");
+        let stale = verify_any(
+            secrets,
+            Some(&old.timestamp),
+            Some(&old.signature),
+            b"body",
+            NOW + DEFAULT_MAX_SKEW_MS + 1,
+            DEFAULT_MAX_SKEW_MS,
+        );
+        assert!(matches!(stale, Err(AuthError::Stale { .. })), "{stale:?}");
+        let none: [&[u8]; 0] = [];
+        let nothing = verify_any(
+            none,
+            Some(&old.timestamp),
+            Some(&old.signature),
+            b"body",
+            NOW,
+            1,
+        );
+        assert_eq!(nothing, Err(AuthError::BadSignature));
     }
 
     #[test]

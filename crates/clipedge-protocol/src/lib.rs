@@ -21,7 +21,8 @@ pub mod codec;
 mod message;
 
 pub use auth::{
-    sign, verify, AuthError, SignedHeaders, DEFAULT_MAX_SKEW_MS, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    sign, verify, verify_any, AuthError, SignedHeaders, DEFAULT_MAX_SKEW_MS, SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
 };
 pub use client::SignedRequest;
 pub use codec::{

@@ -16,9 +16,10 @@ use clipedge_api::web::{media_content_type, media_not_found, media_object, MEDIA
 use clipedge_api::{parse_search_request, server_timing, ApiError, ErrorCode};
 use clipedge_storage::StorageError;
 use serde::Serialize;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::debug;
 
+use crate::guard::{guard_layer, Guard, ServeOptions};
 use crate::Engine;
 
 fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
@@ -31,7 +32,7 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
-fn error_response(error: &ApiError) -> Response {
+pub(crate) fn error_response(error: &ApiError) -> Response {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
@@ -180,23 +181,47 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
     ))
 }
 
-/// The whole HTTP surface of one engine.
+/// The whole HTTP surface of one engine, with the default [`ServeOptions`] (no key).
 pub fn router(engine: Arc<Engine>) -> Router {
+    router_with(engine, ServeOptions::default())
+}
+
+/// The whole HTTP surface of one engine. The query routes (search, knn, items, metadata) sit
+/// behind the [`Guard`] (key, concurrency, deadline); health, `indices-list`, media and the page
+/// stay open.
+pub fn router_with(engine: Arc<Engine>, options: ServeOptions) -> Router {
+    // Any origin for an open server; with a key, only the origins named (none by default:
+    // callers with a key are servers, not pages).
+    let allow_origin = match (&options.cors_origins, options.api_key_hash.is_some()) {
+        (Some(origins), _) if origins.iter().any(|origin| origin == "*") => AllowOrigin::any(),
+        (Some(origins), _) => AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        ),
+        (None, false) => AllowOrigin::any(),
+        (None, true) => AllowOrigin::list(Vec::<HeaderValue>::new()),
+    };
     let cors = CorsLayer::new()
-        .allow_origin(Any)
+        .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
         .expose_headers([
             header::HeaderName::from_static("server-timing"),
+            header::RETRY_AFTER,
             header::HeaderName::from_static(NOT_APPLIED_HEADER),
         ]);
-    Router::new()
+    let guard = Arc::new(Guard::new(options));
+    let queries = Router::new()
         .route("/v1/search", post(search))
-        .route("/v1/health", get(health))
         .route("/v1/items/{id}", get(item))
         .route("/knn-service", post(knn_service))
-        .route("/indices-list", get(indices_list))
         .route("/metadata", post(metadata))
+        .route_layer(axum::middleware::from_fn_with_state(guard, guard_layer));
+    Router::new()
+        .merge(queries)
+        .route("/v1/health", get(health))
+        .route("/indices-list", get(indices_list))
         .route("/media/{*path}", get(media))
         .fallback(static_asset)
         .method_not_allowed_fallback(method_not_allowed)

@@ -6,22 +6,35 @@
 //! - [`router`]: `POST /v1/search`, `GET /v1/health`, `GET /v1/items/{id}`, clip-retrieval's
 //!   `POST /knn-service`, `GET /indices-list` and `POST /metadata`, `GET /media/…` (the
 //!   index root's images), the page at `/`, CORS.
+//! - [`ServeOptions`]: an optional API key and the overload limits (concurrent queries, queue,
+//!   deadline) in front of the query routes.
 //!
 //! Building indexes is not its job (the CLI's `clipedge demo` builds the demo index), so the
 //! server depends on nothing above the query crates.
 
 mod engine;
+mod guard;
 mod http;
 
 pub use engine::{Engine, EngineError};
-pub use http::router;
+pub use guard::ServeOptions;
+pub use http::{router, router_with};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Serves `engine` on `listener` until ctrl-c (or SIGTERM).
+/// Serves `engine` on `listener` until ctrl-c (or SIGTERM), with the default options.
 pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>) -> std::io::Result<()> {
-    axum::serve(listener, router(engine))
+    serve_with(listener, engine, ServeOptions::default()).await
+}
+
+/// Serves `engine` on `listener` with `options` until ctrl-c (or SIGTERM).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with(engine, options))
         .with_graceful_shutdown(shutdown_signal())
         .await
 }

@@ -73,6 +73,39 @@ struct UpArgs {
     /// scanners still read S3. `media/` is not copied (images then 404 at the edge).
     #[arg(long)]
     r2: bool,
+    /// Extra Worker secrets, NAME=VALUE (written to .dev.vars, e.g. CLIPEDGE_API_KEYS).
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    secrets: Vec<String>,
+    /// A rate-limit binding, NAME=LIMIT/PERIOD_S (period 10 or 60): a `[[ratelimits]]` entry,
+    /// simulated by wrangler dev.
+    #[arg(long = "ratelimit", value_name = "NAME=LIMIT/PERIOD_S")]
+    ratelimits: Vec<String>,
+    /// An Analytics Engine dataset binding NAME for usage data points (wrangler dev accepts
+    /// the writes and keeps nothing; the usage log lines are in wrangler.log at
+    /// `--wrangler-log-level log`).
+    #[arg(long)]
+    usage_dataset: Option<String>,
+    /// wrangler dev's log level in logs/wrangler.log: `log` adds the Worker's console.log lines
+    /// (the usage records) and a line per request.
+    #[arg(long, default_value = "warn")]
+    wrangler_log_level: String,
+}
+
+/// `NAME=LIMIT/PERIOD_S` → the `[[ratelimits]]` entry (namespace ids: 1001, 1002, … in order).
+fn ratelimit_entry(assignment: &str, namespace_id: usize) -> anyhow::Result<String> {
+    let parsed = assignment.split_once('=').and_then(|(name, limit)| {
+        let (limit, period) = limit.split_once('/')?;
+        let limit: u32 = limit.trim().parse().ok()?;
+        let period: u32 = period.trim().parse().ok()?;
+        (matches!(period, 10 | 60) && limit > 0).then(|| (name.trim().to_string(), limit, period))
+    });
+    let Some((name, limit, period)) = parsed else {
+        bail!("--ratelimit {assignment:?}: expected NAME=LIMIT/PERIOD_S with a period of 10 or 60");
+    };
+    Ok(format!(
+        "\n[[ratelimits]]\nname = {name:?}\nnamespace_id = \"{namespace_id}\"\n\
+         simple = {{ limit = {limit}, period = {period} }}\n"
+    ))
 }
 
 #[derive(Args)]
@@ -498,11 +531,25 @@ fn start_and_publish(
         vars.retain(|(existing, _)| existing != name);
         vars.push((name.to_string(), value.to_string()));
     }
-    let secrets = [
-        ("CLIPEDGE_S3_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-        ("CLIPEDGE_S3_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-        ("CLIPEDGE_SCANNER_SECRET", scanner_secret),
+    let mut secrets = vec![
+        (
+            "CLIPEDGE_S3_ACCESS_KEY_ID".to_string(),
+            ACCESS_KEY.to_string(),
+        ),
+        (
+            "CLIPEDGE_S3_SECRET_ACCESS_KEY".to_string(),
+            SECRET_KEY.to_string(),
+        ),
+        ("CLIPEDGE_SCANNER_SECRET".to_string(), scanner_secret),
     ];
+    for assignment in &args.secrets {
+        let Some((name, value)) = assignment.split_once('=') else {
+            // Not echoed: it may be the secret itself.
+            bail!("--secret: expected NAME=VALUE");
+        };
+        secrets.retain(|(existing, _)| existing != name);
+        secrets.push((name.to_string(), value.to_string()));
+    }
     let worker_dir = state.join("worker");
     std::fs::create_dir_all(&worker_dir)?;
     let mut config = format!(
@@ -516,6 +563,14 @@ fn start_and_publish(
     if args.r2 {
         config.push_str(&format!(
             "\n[[r2_buckets]]\nbinding = {R2_BINDING:?}\nbucket_name = {BUCKET:?}\n"
+        ));
+    }
+    for (position, assignment) in args.ratelimits.iter().enumerate() {
+        config.push_str(&ratelimit_entry(assignment, 1001 + position)?);
+    }
+    if let Some(dataset) = &args.usage_dataset {
+        config.push_str(&format!(
+            "\n[[analytics_engine_datasets]]\nbinding = {dataset:?}\ndataset = \"clipedge_usage\"\n"
         ));
     }
     std::fs::write(worker_dir.join("wrangler.toml"), config)?;
@@ -569,11 +624,8 @@ fn start_and_publish(
         .args(["--inspector-port", &inspector_port.to_string()])
         .args(["--persist-to"])
         .arg(state.join("wrangler-state"))
-        .args([
-            "--show-interactive-dev-session=false",
-            "--log-level",
-            "warn",
-        ])
+        .args(["--show-interactive-dev-session=false", "--log-level"])
+        .arg(&args.wrangler_log_level)
         .current_dir(&worker_dir);
     quiet_wrangler(&mut command, logs);
     spawn(
