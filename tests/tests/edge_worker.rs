@@ -326,6 +326,10 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
             assert!(from_edge.body["timings"][stage].is_number());
         }
         assert!(from_edge.body["stats"]["gets"].as_u64().unwrap() >= 1);
+        // What the query cost in scanner invocations is in the answer (each is billed).
+        assert!(from_edge.body["stats"]["scanner_calls"].as_u64().unwrap() >= 1);
+        assert!(from_edge.body["stats"]["scanner_ms"].as_f64().unwrap() >= 0.0);
+        assert_eq!(from_embedded.body["stats"]["scanner_calls"], 0);
     }
 
     // Items and their images come through the edge too.

@@ -123,7 +123,11 @@ impl<'a> RequestContext<'a> {
 
     fn stats(&self) -> QueryStats {
         let (gets, bytes_read) = self.objects.counters();
-        QueryStats { gets, bytes_read }
+        QueryStats {
+            gets,
+            bytes_read,
+            ..QueryStats::default()
+        }
     }
 
     /// The generation `CURRENT` names, from the isolate's cache while it is fresh.
@@ -592,6 +596,8 @@ impl<'a> RequestContext<'a> {
             stats: QueryStats {
                 gets: own.gets + fan_out.gets,
                 bytes_read: own.bytes_read + fan_out.bytes_read,
+                scanner_calls: fan_out.calls,
+                scanner_ms: fan_out.scanner_ms,
             },
         })
     }

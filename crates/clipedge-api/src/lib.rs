@@ -484,13 +484,20 @@ pub struct Timings {
     pub merge: f64,
 }
 
-/// Object-storage traffic of one query.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What one query cost in billed units: object-storage traffic, and at the edge the scanner
+/// invocations and their compute (the figures `benches/cost.py` prices).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueryStats {
     pub gets: u64,
     /// Named `bytes_read` like every other I/O counter; `bytes` on the wire, as documented.
     #[serde(rename = "bytes")]
     pub bytes_read: u64,
+    /// Scanner Lambda invocations, answered or not (0 in-process).
+    #[serde(default)]
+    pub scanner_calls: u32,
+    /// The scanners' own reported milliseconds, summed over calls (0 in-process).
+    #[serde(default)]
+    pub scanner_ms: f64,
 }
 
 /// The body of a successful `POST /v1/search`.
@@ -786,12 +793,18 @@ mod tests {
             stats: QueryStats {
                 gets: 2,
                 bytes_read: 100,
+                scanner_calls: 3,
+                scanner_ms: 1.5,
             },
         };
         let json: serde_json::Value = serde_json::to_value(&response).unwrap();
         for field in ["results", "partial", "failed_lists", "timings", "stats"] {
             assert!(json.get(field).is_some(), "{field}");
         }
+        assert_eq!(
+            json["stats"],
+            serde_json::json!({"gets": 2, "bytes": 100, "scanner_calls": 3, "scanner_ms": 1.5})
+        );
         for field in ["encode", "probe", "scan", "merge"] {
             assert!(json["timings"].get(field).is_some(), "{field}");
         }
