@@ -753,7 +753,9 @@ fn process_matches(process: &StackProcess) -> bool {
 }
 
 /// SIGTERM to the process's group, SIGKILL after 5 s; only when the PID still runs the command
-/// it was started with.
+/// it was started with. Returns once the process has exited (gone or a zombie), not merely when
+/// its command line is gone: an exiting process drops its command line before it is done, and
+/// `up` right after must not meet it still holding its port.
 fn stop_group(process: &StackProcess) -> bool {
     if !process_matches(process) {
         return false;
@@ -764,18 +766,28 @@ fn stop_group(process: &StackProcess) -> bool {
             .stderr(Stdio::null())
             .status();
     };
-    signal("TERM");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if !process_matches(process) || is_zombie(process.pid) {
-            return true;
+    let exited_within = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        loop {
+            if is_zombie(process.pid) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(100));
+    };
+    signal("TERM");
+    if exited_within(Duration::from_secs(5)) {
+        return true;
     }
     signal("KILL");
+    exited_within(Duration::from_secs(2));
     true
 }
 
+/// Whether `pid` has exited: a zombie, or no such process (its `/proc` entry is gone).
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|stat| {
