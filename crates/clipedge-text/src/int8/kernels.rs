@@ -315,7 +315,7 @@ mod avx2 {
 
     #[target_feature(enable = "avx2")]
     #[inline]
-    unsafe fn hsum(v: __m256i) -> i32 {
+    pub(super) unsafe fn hsum(v: __m256i) -> i32 {
         let sum128 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
         let sum64 = _mm_add_epi32(sum128, _mm_unpackhi_epi64(sum128, sum128));
         let sum32 = _mm_add_epi32(sum64, _mm_shuffle_epi32(sum64, 0b01));
@@ -381,96 +381,75 @@ mod avx2 {
 mod vnni {
     use std::arch::x86_64::*;
 
+    use super::avx2::hsum as hsum_256;
     use super::{dot_scalar, Gemm};
 
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn hsum_256(v: __m256i) -> i32 {
-        let sum128 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let sum64 = _mm_add_epi32(sum128, _mm_unpackhi_epi64(sum128, sum128));
-        let sum32 = _mm_add_epi32(sum64, _mm_shuffle_epi32(sum64, 0b01));
-        _mm_cvtsi128_si32(sum32)
-    }
-
-    /// One `R × T` block, 32 columns per step.
-    #[target_feature(enable = "avx2,avxvnni")]
-    #[inline]
-    unsafe fn block_256<const R: usize, const T: usize>(
-        g: &Gemm,
-        row: usize,
-        token: usize,
-        out: &mut [i32],
-    ) {
-        let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
-        let main = cols & !31;
-        let weight_ptr: [*const u8; R] =
-            std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
-        let act_ptr: [*const u8; T] =
-            std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
-        let mut acc = [[_mm256_setzero_si256(); T]; R];
-        let mut k = 0;
-        while k < main {
-            let mut a = [_mm256_setzero_si256(); T];
-            for j in 0..T {
-                a[j] = _mm256_loadu_si256(act_ptr[j].add(k) as *const __m256i);
-            }
-            for i in 0..R {
-                let w = _mm256_loadu_si256(weight_ptr[i].add(k) as *const __m256i);
-                for j in 0..T {
-                    acc[i][j] = _mm256_dpbusd_avx_epi32(acc[i][j], a[j], w);
+    /// One `R × T` register block of `vpdpbusd` over `$step` columns a step: the 256- and
+    /// 512-bit kernels differ only in the register type and its intrinsics.
+    macro_rules! vnni_block {
+        ($name:ident, $features:literal, $vector:ty, $zero:ident, $load:ident, $dot:ident,
+         $hsum:ident, $step:literal) => {
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn $name<const R: usize, const T: usize>(
+                g: &Gemm,
+                row: usize,
+                token: usize,
+                out: &mut [i32],
+            ) {
+                let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
+                let main = cols & !($step - 1);
+                let weight_ptr: [*const u8; R] =
+                    std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
+                let act_ptr: [*const u8; T] =
+                    std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
+                let mut acc = [[$zero(); T]; R];
+                let mut k = 0;
+                while k < main {
+                    let mut a = [$zero(); T];
+                    for j in 0..T {
+                        a[j] = $load(act_ptr[j].add(k) as *const $vector);
+                    }
+                    for i in 0..R {
+                        let w = $load(weight_ptr[i].add(k) as *const $vector);
+                        for j in 0..T {
+                            acc[i][j] = $dot(acc[i][j], a[j], w);
+                        }
+                    }
+                    k += $step;
+                }
+                for i in 0..R {
+                    let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
+                    for j in 0..T {
+                        let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
+                        out[(token + j) * rows + row + i] =
+                            $hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
+                    }
                 }
             }
-            k += 32;
-        }
-        for i in 0..R {
-            let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
-            for j in 0..T {
-                let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
-                out[(token + j) * rows + row + i] =
-                    hsum_256(acc[i][j]) + dot_scalar(weight_tail, act_tail);
-            }
-        }
+        };
     }
 
-    /// One `R × T` block, 64 columns per step.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    #[inline]
-    unsafe fn block_512<const R: usize, const T: usize>(
-        g: &Gemm,
-        row: usize,
-        token: usize,
-        out: &mut [i32],
-    ) {
-        let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
-        let main = cols & !63;
-        let weight_ptr: [*const u8; R] =
-            std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
-        let act_ptr: [*const u8; T] =
-            std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
-        let mut acc = [[_mm512_setzero_si512(); T]; R];
-        let mut k = 0;
-        while k < main {
-            let mut a = [_mm512_setzero_si512(); T];
-            for j in 0..T {
-                a[j] = _mm512_loadu_si512(act_ptr[j].add(k) as *const __m512i);
-            }
-            for i in 0..R {
-                let w = _mm512_loadu_si512(weight_ptr[i].add(k) as *const __m512i);
-                for j in 0..T {
-                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a[j], w);
-                }
-            }
-            k += 64;
-        }
-        for i in 0..R {
-            let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
-            for j in 0..T {
-                let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
-                out[(token + j) * rows + row + i] =
-                    _mm512_reduce_add_epi32(acc[i][j]) + dot_scalar(weight_tail, act_tail);
-            }
-        }
-    }
+    vnni_block!(
+        block_256,
+        "avx2,avxvnni",
+        __m256i,
+        _mm256_setzero_si256,
+        _mm256_loadu_si256,
+        _mm256_dpbusd_avx_epi32,
+        hsum_256,
+        32
+    );
+    vnni_block!(
+        block_512,
+        "avx512f,avx512bw,avx512vnni",
+        __m512i,
+        _mm512_setzero_si512,
+        _mm512_loadu_si512,
+        _mm512_dpbusd_epi32,
+        _mm512_reduce_add_epi32,
+        64
+    );
 
     /// 4 rows × 2 tokens: 8 accumulators + 2 activations + 1 weight of the 16 ymm registers.
     #[target_feature(enable = "avx2,avxvnni")]
