@@ -110,6 +110,7 @@ struct Answer {
     status: u16,
     body: Value,
     server_timing: String,
+    headers: reqwest::header::HeaderMap,
 }
 
 fn call(runtime: &tokio::runtime::Runtime, url: String, body: Option<String>) -> Answer {
@@ -118,21 +119,34 @@ fn call(runtime: &tokio::runtime::Runtime, url: String, body: Option<String>) ->
 
 /// One GET (no body) or JSON POST; the status, the JSON body (or its text) and Server-Timing.
 async fn call_with(client: &reqwest::Client, url: String, body: Option<String>) -> Answer {
-    let request = match body {
+    call_with_headers(client, url, body, &[]).await
+}
+
+/// [`call_with`] with request headers added; the answer keeps the response headers too.
+async fn call_with_headers(
+    client: &reqwest::Client,
+    url: String,
+    body: Option<String>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut request = match body {
         Some(body) => client
             .post(url)
             .header("content-type", "application/json")
             .body(body),
         None => client.get(url),
     };
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     let response = request
         .timeout(Duration::from_secs(60))
         .send()
         .await
         .expect("http call");
     let status = response.status().as_u16();
-    let server_timing = response
-        .headers()
+    let headers = response.headers().clone();
+    let server_timing = headers
         .get("server-timing")
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
@@ -143,6 +157,7 @@ async fn call_with(client: &reqwest::Client, url: String, body: Option<String>) 
         status,
         body,
         server_timing,
+        headers,
     }
 }
 
@@ -682,29 +697,14 @@ fn call_headers(
     body: Option<&Value>,
     headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let mut request = match body {
-            Some(body) => client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body.to_string()),
-            None => client.get(url),
-        };
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .expect("http call");
-        let status = response.status().as_u16();
-        let response_headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, response_headers, body)
-    })
+    let client = reqwest::Client::new();
+    let answer = runtime.block_on(call_with_headers(
+        &client,
+        url,
+        body.map(Value::to_string),
+        headers,
+    ));
+    (answer.status, answer.headers, answer.body)
 }
 
 /// The public-API front in workerd (mixed mode): a key from the hashed key table gets its
