@@ -15,6 +15,9 @@ use std::num::NonZeroUsize;
 use clipedge_format::{GroupEntry, RoutingTable};
 use clipedge_worker::plan::{plan_batches, plan_calls, Call};
 use lru::LruCache;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Zipf};
 
 const GROUPS: u32 = 256;
 const LISTS_PER_GROUP: u32 = 64;
@@ -25,22 +28,6 @@ const NPROBE: usize = 64;
 /// One instance's list cache, in lists (a 10M-vector index with 16,384 lists of ~610 vectors
 /// at 4-bit m 64 plus int8 rerank copies is ~0.36 MiB a list: ~2,800 lists in a 1 GiB cache).
 const CACHE_LISTS: usize = 2_800;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 fn routing() -> RoutingTable {
     let groups = (0..GROUPS)
@@ -62,13 +49,13 @@ fn routing() -> RoutingTable {
 }
 
 /// Each distinct query probes groups near a popular "topic": text queries cluster.
-fn query_groups(rng: &mut Rng) -> Vec<Vec<u32>> {
+fn query_groups(rng: &mut ChaCha8Rng) -> Vec<Vec<u32>> {
     (0..DISTINCT_QUERIES)
         .map(|_| {
-            let topic = (rng.unit().powi(2) * GROUPS as f64) as u32;
+            let topic = (rng.random::<f64>().powi(2) * GROUPS as f64) as u32;
             let mut groups: Vec<u32> = Vec::new();
             while groups.len() < GROUPS_PER_QUERY {
-                let offset = (rng.next() % 9) as i64 - 4;
+                let offset = rng.random_range(-4i64..=4);
                 let group = (topic as i64 + offset).rem_euclid(GROUPS as i64) as u32;
                 if !groups.contains(&group) {
                     groups.push(group);
@@ -79,16 +66,6 @@ fn query_groups(rng: &mut Rng) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn zipf_sampler(n: usize) -> Vec<f64> {
-    let mut cumulative = Vec::with_capacity(n);
-    let mut sum = 0.0;
-    for rank in 1..=n {
-        sum += 1.0 / rank as f64;
-        cumulative.push(sum);
-    }
-    cumulative.iter().map(|value| value / sum).collect()
-}
-
 struct Outcome {
     hits: u64,
     gets: u64,
@@ -97,9 +74,9 @@ struct Outcome {
 
 fn replay(queries: usize, functions: usize, affinity: bool) -> Outcome {
     let table = routing();
-    let mut rng = Rng(42);
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
     let pool = query_groups(&mut rng);
-    let zipf = zipf_sampler(pool.len());
+    let zipf = Zipf::new(pool.len() as f64, 1.0).expect("a valid Zipf(1.0)");
     let urls: Vec<String> = (0..functions)
         .map(|index| format!("https://scanner-{index}.example/scan"))
         .collect();
@@ -112,8 +89,8 @@ fn replay(queries: usize, functions: usize, affinity: bool) -> Outcome {
         calls: 0,
     };
     for _ in 0..queries {
-        let draw = rng.unit();
-        let query = zipf.partition_point(|&p| p < draw).min(pool.len() - 1);
+        // Zipf draws ranks 1..=n; rank 1 is the most popular query.
+        let query = zipf.sample(&mut rng) as usize - 1;
         let calls: Vec<Call> = if affinity {
             plan_calls(&table, &pool[query], NPROBE, 6, 8, &urls)
         } else {
