@@ -48,17 +48,22 @@ PRICES_READ = "2026-11"
 SCALES = {"10M": (10_000_000, 16_384), "100M": (100_000_000, 65_536), "1B": (1_000_000_000, 262_144)}
 
 
-def bytes_per_vector(args) -> float:
+def list_bytes_per_vector(args) -> float:
+    """A vector's share of its list blob: code, refs and rerank copy (docs/format.md)."""
     codes = args.pq_m * args.pq_bits / 8
-    refs = 24  # id, content hash, metadata reference: u64 each (docs/format.md, list blob)
+    refs = 24  # id, content hash, metadata reference: u64 each
     rerank = {"none": 0, "int8": args.dim + 4, "fp16": 2 * args.dim}[args.rerank_vectors]
+    return codes + refs + rerank
+
+
+def bytes_per_vector(args) -> float:
     catalog = 16 + args.record_bytes  # id-table entry + caption/URL record
-    return codes + refs + rerank + catalog
+    return list_bytes_per_vector(args) + catalog
 
 
 def per_query(args, n: int, nlist: int) -> dict:
     vectors_per_list = n / nlist
-    list_bytes = vectors_per_list * (args.pq_m * args.pq_bits / 8 + 24 + {"none": 0, "int8": args.dim + 4, "fp16": 2 * args.dim}[args.rerank_vectors])
+    list_bytes = vectors_per_list * list_bytes_per_vector(args)
     codes = args.nprobe * vectors_per_list
     # Each call scans its share of the codes and pays the fixed per-call work.
     compute_ms = codes / max(args.calls, 1) / (args.codes_per_s / 1e3) + args.call_overhead_ms

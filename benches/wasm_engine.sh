@@ -78,20 +78,25 @@ build simd128 "+simd128"
 build relaxed "+simd128,+relaxed-simd"
 
 results="$work/results.jsonl"
+# Appends one host's JSON answer to the results, tagged with the build and the V8 flags.
+record() { # build flags
+  python3 -c 'import json, sys; r = json.load(sys.stdin); r.update(build=sys.argv[1], flags=sys.argv[2]); print(json.dumps(r))' \
+    "$1" "$2" >>"$results"
+}
 if [ "$CHECK" = 1 ]; then
   for name in simd128 relaxed; do
-    run_workerd "$name" "" | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(build='$name', flags='default'); print(json.dumps(r))" >>"$results"
+    run_workerd "$name" "" | record "$name" default
   done
   exec python3 benches/wasm-engine/host/table.py --check "$results"
 fi
 for name in simd128 relaxed; do
   echo "workerd $name (default flags)" >&2
-  run_workerd "$name" "" | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(build='$name', flags='default'); print(json.dumps(r))" >>"$results"
+  run_workerd "$name" "" | record "$name" default
   echo "workerd $name (--no-liftoff)" >&2
-  run_workerd "$name" '"--no-liftoff"' | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(build='$name', flags='--no-liftoff'); print(json.dumps(r))" >>"$results"
+  run_workerd "$name" '"--no-liftoff"' | record "$name" --no-liftoff
   if [ -n "$NODE" ]; then
     echo "node $name" >&2
-    "$NODE" benches/wasm-engine/host/node.mjs "$work/$name.wasm" "$RUNS" | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(build='$name', flags='default'); print(json.dumps(r))" >>"$results"
+    "$NODE" benches/wasm-engine/host/node.mjs "$work/$name.wasm" "$RUNS" | record "$name" default
   fi
 done
 python3 benches/wasm-engine/host/table.py "$results"
