@@ -1,8 +1,8 @@
 //! What the scanner answers over HTTP: a reply, and the failures that end a whole request.
 
 use clipedge_index::leaf::error_chain;
-use clipedge_index::IndexError;
-use clipedge_storage::StorageError;
+use clipedge_index::{GenerationError, IndexError};
+use clipedge_storage::{SourceError, StorageError};
 use thiserror::Error;
 
 /// An HTTP answer: status, content type and body.
@@ -71,6 +71,29 @@ impl RequestError {
             | IndexError::Format(_)
             | IndexError::Codebooks { .. } => RequestError::Corrupt(message),
             IndexError::Storage(_) => RequestError::Unavailable(message),
+            IndexError::Source(source) => source_request_error(&source, message),
+            IndexError::Generation(generation) => match generation {
+                GenerationError::NoIndex { .. } => RequestError::NotFound(message),
+                GenerationError::Source { source, .. } => source_request_error(&source, message),
+                GenerationError::Format { .. } | GenerationError::Inconsistent { .. } => {
+                    RequestError::Corrupt(message)
+                }
+                GenerationError::NoCatalog
+                | GenerationError::UnknownId { .. }
+                | GenerationError::NoVectorCopies => RequestError::BadRequest(message),
+            },
+        }
+    }
+}
+
+/// A failed object read as the scanner's answer: missing, corrupt (a short range), or a
+/// backend that may answer on a retry.
+fn source_request_error(error: &SourceError, message: String) -> RequestError {
+    match error {
+        SourceError::NotFound { .. } => RequestError::NotFound(message),
+        SourceError::Range { .. } => RequestError::Corrupt(message),
+        SourceError::TooLarge { .. } | SourceError::Failed { .. } => {
+            RequestError::Unavailable(message)
         }
     }
 }

@@ -165,6 +165,18 @@ fn search(runtime: &tokio::runtime::Runtime, base: &str, body: &Value) -> Answer
     call(runtime, format!("{base}/v1/search"), Some(body.to_string()))
 }
 
+/// The Worker's object source (presigned GETs, or the R2 binding) passes the suite every
+/// backend passes (`clipedge_io::conformance`), run inside workerd.
+fn assert_object_source_conforms(runtime: &tokio::runtime::Runtime, edge: &str) {
+    let suite = call(
+        runtime,
+        format!("{edge}/v1/conformance/object-source"),
+        None,
+    );
+    assert_eq!(suite.status, 200, "{}", suite.body);
+    assert_eq!(suite.body["passed"], true, "{}", suite.body);
+}
+
 fn ids(answer: &Answer) -> Vec<u64> {
     answer.body["results"]
         .as_array()
@@ -257,17 +269,20 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
     let index = work.path().join("index");
     build_demo_index(&index, "models/tiny-clip");
 
-    let stack = Stack::up(
+    let stack = Stack::up_with_model(
         &index,
         &work.path().join("stack"),
+        "models/tiny-clip",
         &[
             "CLIPEDGE_SCANNER_TIMEOUT_MS=2000",
             "CLIPEDGE_MIN_LISTS_PER_CALL=2",
             // Read CURRENT on every request, so the generation switch below shows at once.
             "CLIPEDGE_CURRENT_TTL_MS=0",
         ],
+        &["--conformance"],
     );
     let edge = stack.url().to_string();
+    assert_object_source_conforms(&runtime, &edge);
     let embedded = EmbeddedServer::start(&index, "models/tiny-clip");
     let generation = CurrentPointer::from_json(&std::fs::read(index.join("CURRENT")).unwrap())
         .unwrap()
@@ -538,9 +553,10 @@ fn the_edge_worker_reads_through_an_r2_binding() {
         &work.path().join("stack"),
         "models/tiny-clip",
         &["CLIPEDGE_EMBED_CACHE_ENTRIES=0"],
-        &["--r2"],
+        &["--r2", "--conformance"],
     );
     let edge = stack.url().to_string();
+    assert_object_source_conforms(&runtime, &edge);
     let embedded = EmbeddedServer::start(&index, "models/tiny-clip");
     let health = call(&runtime, format!("{edge}/v1/health"), None);
     assert_eq!(health.status, 200, "{}", health.body);

@@ -1,13 +1,13 @@
 //! `Storage` against a real S3-compatible server (s3s-fs) on 127.0.0.1: SigV4, range reads,
-//! create-only puts, `If-Match` pointer swaps, idempotent deletes, and retries when the server
-//! goes away.
+//! create-only puts, `If-Match` pointer swaps, idempotent deletes, retries when the server
+//! goes away, and the object-source conformance suite.
 //!
 //! `scripts/test.sh` installs s3s-fs and points `CLIPEDGE_S3S_FS` at it; without the binary this
 //! test fails and says how to get it.
 
 use std::time::Duration;
 
-use clipedge_storage::{Bytes, Storage, StorageConfig, StorageError};
+use clipedge_storage::{Bytes, ObjectSource, Storage, StorageConfig, StorageError};
 use clipedge_tests::lambda_harness::S3Server;
 
 #[tokio::test]
@@ -55,6 +55,13 @@ async fn s3_round_trip_conditional_writes_and_outage() {
         storage.get("gen/shard.bin").await.unwrap().len(),
         payload.len()
     );
+
+    // The object-source suite every reader's backend passes (clipedge_io::conformance).
+    let suite = Storage::open("s3://bucket/conformance").unwrap();
+    for (key, bytes) in clipedge_io::conformance::objects() {
+        suite.put_new(&key, bytes).await.unwrap();
+    }
+    clipedge_io::conformance::check(&suite).await.unwrap();
 
     let missing = storage.get("gen/none").await;
     assert!(

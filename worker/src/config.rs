@@ -32,6 +32,10 @@ pub const CURRENT_TTL_VAR: &str = "CLIPEDGE_CURRENT_TTL_MS";
 pub const EMBED_CACHE_ENTRIES_VAR: &str = "CLIPEDGE_EMBED_CACHE_ENTRIES";
 /// How long the data centre's Cache API keeps an embedding, in seconds (0 turns it off).
 pub const EMBED_CACHE_TTL_VAR: &str = "CLIPEDGE_EMBED_CACHE_TTL_S";
+/// A bucket prefix holding `clipedge_io::conformance::objects()`: turns on
+/// `GET /v1/conformance/object-source`, which runs the object-source suite against the Worker's own
+/// source (R2 binding or presigned GETs) inside workerd. Unset in production.
+pub const CONFORMANCE_PREFIX_VAR: &str = "CLIPEDGE_CONFORMANCE_PREFIX";
 pub const LABEL_VAR: &str = "CLIPEDGE_LABEL";
 /// The name clip-retrieval clients select the index by (`indice_name`); default: the last
 /// segment of `CLIPEDGE_INDEX`.
@@ -89,6 +93,8 @@ pub struct WorkerConfig {
     pub label: String,
     /// `indice_name` of the index for clip-retrieval clients.
     pub index_name: String,
+    /// See [`CONFORMANCE_PREFIX_VAR`].
+    pub conformance_prefix: Option<String>,
 }
 
 fn parse_number<T: std::str::FromStr>(
@@ -277,6 +283,7 @@ impl WorkerConfig {
             index_name: get(INDEX_NAME_VAR)
                 .map(|name| name.trim().to_string())
                 .unwrap_or_else(|| clipedge_api::clip_retrieval::index_name(index.trim())),
+            conformance_prefix: get(CONFORMANCE_PREFIX_VAR).map(|prefix| prefix.trim().to_string()),
         })
     }
 

@@ -9,23 +9,19 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use clipedge_api::{
-    items_with_records, locate_item, merge, resolve_url, text_encode_error, ApiError, ErrorCode,
-    HealthResponse, Item, Query, QueryStats, SearchResponse, Timings, ValidSearch,
-};
-use clipedge_format::{
-    coalesce_ranges, decode_record, generation_path, record_range, CatalogEntry, CurrentPointer,
-    FormatError, GroupBlob, ItemRecord, ListView, Manifest, RerankKind, RoutingTable,
-    CURRENT_OBJECT,
+    generation_error, items_with_records, merge, resolve_url, text_encode_error, ApiError,
+    ErrorCode, HealthResponse, Item, Query, QueryStats, SearchResponse, Timings, ValidSearch,
 };
 use clipedge_index::route::auto_group_probe;
+use clipedge_index::{current_generation, Generation};
+use clipedge_io::{Counted, ObjectSource, Prefixed};
 use clipedge_text::{ModelCard, PackageBytes, TextEncoder};
-use futures::{StreamExt, TryStreamExt};
 
 use crate::clock::{monotonic_ms, since, unix_ms};
 use crate::config::WorkerConfig;
 use crate::embed_cache::{cache_key, edge_cache_url, EmbeddingCache};
 use crate::metering::FanOutUsage;
-use crate::objects::{ObjectError, Objects};
+use crate::objects::{Objects, SourceError};
 use crate::plan::plan_calls;
 use crate::scanners::{self, ScanJob};
 use crate::shared::LoadSlot;
@@ -35,15 +31,6 @@ use crate::shared::LoadSlot;
 pub const MAX_MODEL_BYTES: u64 = 80 * 1024 * 1024;
 const MAX_TOKENIZER_BYTES: u64 = 8 * 1024 * 1024;
 const MAX_CARD_BYTES: u64 = 64 * 1024;
-
-/// Records of the top k that lie this close together are read with one GET.
-const RECORD_COALESCE_GAP: u64 = 64 * 1024;
-
-/// One generation of the index, as the edge holds it.
-pub struct Generation {
-    pub manifest: Manifest,
-    pub routing: RoutingTable,
-}
 
 #[derive(Default)]
 struct Isolate {
@@ -66,14 +53,6 @@ fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, format!("{context}: {error}"))
 }
 
-fn object_error(context: &str, error: ObjectError) -> ApiError {
-    internal(context, error)
-}
-
-fn format_error(context: &str, error: FormatError) -> ApiError {
-    internal(context, error)
-}
-
 /// The wasm linear memory in bytes: the part of the isolate's 128 MB this module holds.
 pub fn memory_bytes() -> Option<u64> {
     #[cfg(target_arch = "wasm32")]
@@ -89,7 +68,8 @@ pub fn memory_bytes() -> Option<u64> {
 /// One request's view: configuration, object reads (counted), and what it loaded cold.
 pub struct RequestContext<'a> {
     pub config: &'a WorkerConfig,
-    pub objects: Objects,
+    /// The request's own reads (counted for `stats` and metering).
+    pub objects: Counted<Objects>,
     /// Milliseconds spent loading the model or a generation in this request (cold start).
     pub load_ms: f64,
     /// Of `load_ms`: fetching the model package, and building the encoder from it.
@@ -110,7 +90,7 @@ impl<'a> RequestContext<'a> {
     pub fn new(config: &'a WorkerConfig, objects: Objects) -> Self {
         RequestContext {
             config,
-            objects,
+            objects: Counted::new(objects),
             load_ms: 0.0,
             model_fetch_ms: 0.0,
             model_build_ms: 0.0,
@@ -122,12 +102,17 @@ impl<'a> RequestContext<'a> {
     }
 
     fn stats(&self) -> QueryStats {
-        let (gets, bytes_read) = self.objects.counters();
+        let reads = self.objects.counts();
         QueryStats {
-            gets,
-            bytes_read,
+            gets: reads.gets,
+            bytes_read: reads.bytes_read,
             ..QueryStats::default()
         }
+    }
+
+    /// The index root in the bucket: what the generation reader reads.
+    fn index(&self) -> Prefixed<&Counted<Objects>> {
+        Prefixed::new(&self.objects, &self.config.index_prefix)
     }
 
     /// The generation `CURRENT` names, from the isolate's cache while it is fresh.
@@ -139,27 +124,16 @@ impl<'a> RequestContext<'a> {
             return Ok(fresh);
         }
         let started = monotonic_ms();
-        let pointer_key = self.config.index_key(CURRENT_OBJECT);
-        let pointer_bytes = match self.objects.get(&pointer_key, None).await {
-            Ok(bytes) => bytes,
-            Err(ObjectError::NotFound { .. }) => {
-                return Err(ApiError::new(
-                    ErrorCode::Internal,
-                    format!(
-                        "no index at {}: the CURRENT object is missing",
-                        self.config.index
-                    ),
-                ))
-            }
-            Err(error) => return Err(object_error("cannot read the index pointer", error)),
-        };
-        let pointer = CurrentPointer::from_json(&pointer_bytes)
-            .map_err(|error| format_error("corrupt CURRENT pointer", error))?;
+        let live = current_generation(&self.index())
+            .await
+            .map_err(generation_error)?;
         let isolate = isolate();
         let (generation, outcome) = isolate
             .generation
-            .get_or_load(&pointer.generation, || {
-                self.load_generation(&pointer.generation)
+            .get_or_load(&live, || async {
+                Generation::open(&self.index(), &live)
+                    .await
+                    .map_err(generation_error)
             })
             .await?;
         isolate.generation_checked_unix_ms.set(Some(unix_ms()));
@@ -176,41 +150,6 @@ impl<'a> RequestContext<'a> {
             return None;
         }
         isolate.generation.ready_any()
-    }
-
-    async fn load_generation(&self, name: &str) -> Result<Generation, ApiError> {
-        let manifest_key = self
-            .config
-            .index_key(&generation_path(name, "manifest.json"));
-        let manifest_bytes = self
-            .objects
-            .get(&manifest_key, None)
-            .await
-            .map_err(|error| object_error("cannot read the manifest", error))?;
-        let manifest = Manifest::from_json(&manifest_bytes)
-            .map_err(|error| format_error("corrupt manifest", error))?;
-        let routing_key = self
-            .config
-            .index_key(&generation_path(name, &manifest.routing.path));
-        let routing_bytes = self
-            .objects
-            .get(&routing_key, None)
-            .await
-            .map_err(|error| object_error("cannot read the routing table", error))?;
-        FormatError::verify("routing.bin", &routing_bytes, manifest.routing.crc32)
-            .map_err(|error| format_error("corrupt routing table", error))?;
-        let routing = RoutingTable::decode(&routing_bytes)
-            .map_err(|error| format_error("corrupt routing table", error))?;
-        if routing.dim != manifest.dim as usize
-            || routing.nlist != manifest.nlist
-            || routing.ngroups() != manifest.ngroups as usize
-        {
-            return Err(internal(
-                "corrupt routing table",
-                "its shape disagrees with the manifest",
-            ));
-        }
-        Ok(Generation { manifest, routing })
     }
 
     /// The text model, loaded from the bucket on the isolate's first text query (by one request;
@@ -232,16 +171,16 @@ impl<'a> RequestContext<'a> {
 
     async fn load_encoder(&mut self) -> Result<TextEncoder, ApiError> {
         let fetch_started = monotonic_ms();
-        let model_error = |error: ObjectError| match error {
-            ObjectError::TooLarge { .. } => internal("text model refused", error),
-            other => object_error("cannot read the text model", other),
+        let model_error = |error: SourceError| match error {
+            SourceError::TooLarge { .. } => internal("text model refused", error),
+            other => internal("cannot read the text model", other),
         };
         let card_bytes = self
             .objects
-            .get_bounded(&self.config.model_key("model.toml"), MAX_CARD_BYTES)
+            .get(&self.config.model_key("model.toml"), Some(MAX_CARD_BYTES))
             .await
             .map_err(model_error)?;
-        let card_toml = String::from_utf8(card_bytes)
+        let card_toml = String::from_utf8(card_bytes.into())
             .map_err(|_| internal("bad text model", "model.toml is not UTF-8"))?;
         let card =
             ModelCard::from_toml(&card_toml).map_err(|error| internal("bad text model", error))?;
@@ -253,14 +192,13 @@ impl<'a> RequestContext<'a> {
         // Sizes are checked before a body is read: a package too large for the isolate is
         // refused with its limit named, instead of an out-of-memory crash mid-fetch.
         let (tokenizer, tower, external_data) = futures::try_join!(
-            self.objects
-                .get_bounded(&tokenizer_key, MAX_TOKENIZER_BYTES),
-            self.objects.get_bounded(&tower_key, MAX_MODEL_BYTES),
+            self.objects.get(&tokenizer_key, Some(MAX_TOKENIZER_BYTES)),
+            self.objects.get(&tower_key, Some(MAX_MODEL_BYTES)),
             async {
                 match &files.external_data {
                     Some(file) => self
                         .objects
-                        .get_bounded(&self.config.model_key(file), MAX_MODEL_BYTES)
+                        .get(&self.config.model_key(file), Some(MAX_MODEL_BYTES))
                         .await
                         .map(Some),
                     None => Ok(None),
@@ -273,9 +211,9 @@ impl<'a> RequestContext<'a> {
         let encoder = TextEncoder::from_package(PackageBytes {
             card_toml: &card_toml,
             // Moved: the int8 engine keeps these bytes as its tables and weights (no copies).
-            tokenizer,
-            tower,
-            external_data,
+            tokenizer: tokenizer.into(),
+            tower: tower.into(),
+            external_data: external_data.map(Vec::from),
         })
         .map_err(|error| internal("cannot load the text model", error));
         self.model_build_ms = since(build_started);
@@ -300,140 +238,18 @@ impl<'a> RequestContext<'a> {
         })
     }
 
-    fn generation_key(&self, generation: &Generation, file: &str) -> String {
-        self.config
-            .index_key(&generation_path(&generation.manifest.generation, file))
-    }
-
-    /// The id-table entry of `id` (one range GET of the catalog).
-    async fn lookup(&self, generation: &Generation, id: u64) -> Result<CatalogEntry, ApiError> {
-        let (catalog, range, index) = locate_item(generation.manifest.catalog.as_ref(), id)?;
-        let block = self
-            .objects
-            .get(&self.generation_key(generation, &catalog.path), Some(range))
-            .await
-            .map_err(|error| object_error("catalog read failed", error))?;
-        catalog
-            .decode_entry(&block, index)
-            .map_err(|error| format_error("catalog read failed", error))
-    }
-
-    /// The stored vector of `id`: catalog entry → its list's location (group blob) → the list.
-    async fn stored_vector(&self, generation: &Generation, id: u64) -> Result<Vec<f32>, ApiError> {
-        let manifest = &generation.manifest;
-        if manifest.rerank == RerankKind::None {
-            return Err(ApiError::new(
-                ErrorCode::IdSearchUnsupported,
-                "the index stores no vector copies (rerank none), so it cannot search by id",
-            ));
-        }
-        let entry = self.lookup(generation, id).await?;
-        let routing = &generation.routing;
-        let Some(group_index) = routing.group_of_list(entry.list_id) else {
-            return Err(internal(
-                "index is inconsistent",
-                format!("catalog names list {} of {}", entry.list_id, manifest.nlist),
-            ));
-        };
-        let group = routing.groups[group_index];
-        let group_bytes = self
-            .objects
-            .get(
-                &self.generation_key(generation, &manifest.groups.path),
-                Some(group.offset..group.offset + group.length as u64),
-            )
-            .await
-            .map_err(|error| object_error("group read failed", error))?;
-        let blob = GroupBlob::decode(
-            &group_bytes,
-            group.first_list,
-            group.list_count as usize,
-            routing.dim,
-            group.crc32,
-        )
-        .map_err(|error| format_error("group read failed", error))?;
-        let Some(location) = blob
-            .lists
-            .get((entry.list_id - group.first_list) as usize)
-            .copied()
-        else {
-            return Err(internal(
-                "index is inconsistent",
-                format!("list {} is not in group {group_index}", entry.list_id),
-            ));
-        };
-        let Some(shard) = manifest.shards.get(location.shard as usize) else {
-            return Err(internal(
-                "index is inconsistent",
-                format!(
-                    "list {} is in shard {} of {}",
-                    entry.list_id,
-                    location.shard,
-                    manifest.shards.len()
-                ),
-            ));
-        };
-        let list_bytes = self
-            .objects
-            .get(
-                &self.generation_key(generation, &shard.path),
-                Some(location.offset..location.offset + location.length as u64),
-            )
-            .await
-            .map_err(|error| object_error("list read failed", error))?;
-        let expectation = manifest.list_expectation(entry.list_id, &location);
-        let view = ListView::parse_verified(&list_bytes, &expectation)
-            .map_err(|error| format_error("list read failed", error))?;
-        view.stored_vector(id).ok_or_else(|| {
-            internal(
-                "index is inconsistent",
-                format!("list {} does not hold id {id}", entry.list_id),
-            )
-        })
-    }
-
-    /// The catalog records of `refs`, in order; nearby records share a GET, GETs run at once.
-    async fn records(
-        &self,
-        generation: &Generation,
-        refs: &[u64],
-    ) -> Result<Vec<ItemRecord>, ApiError> {
-        let Some(catalog) = &generation.manifest.catalog else {
-            return Ok(vec![ItemRecord::default(); refs.len()]);
-        };
-        let ranges: Vec<std::ops::Range<u64>> = refs.iter().map(|r| record_range(*r)).collect();
-        let spans = coalesce_ranges(&ranges, RECORD_COALESCE_GAP, u64::MAX);
-        let key = self.generation_key(generation, &catalog.path);
-        let reads: Vec<Vec<u8>> = futures::stream::iter(
-            spans
-                .iter()
-                .map(|span| self.objects.get(&key, Some(span.clone()))),
-        )
-        .buffered(crate::config::MAX_CONCURRENT_CALLS)
-        .try_collect()
-        .await
-        .map_err(|error| object_error("catalog read failed", error))?;
-        ranges
-            .iter()
-            .map(|range| {
-                // Spans are sorted and disjoint: the one holding this range ends at or after it.
-                let span_index = spans.partition_point(|span| span.end < range.end);
-                let span = &spans[span_index];
-                let start = (range.start - span.start) as usize;
-                let end = (range.end - span.start) as usize;
-                decode_record(&reads[span_index][start..end])
-                    .map_err(|error| format_error("catalog read failed", error))
-            })
-            .collect()
-    }
-
     /// `GET /v1/items/{id}`: caption and URL of one item.
     pub async fn item(&mut self, id: u64) -> Result<Item, ApiError> {
         let generation = self.generation().await?;
-        let entry = self.lookup(&generation, id).await?;
-        let record = self
-            .records(&generation, &[entry.metadata_ref])
-            .await?
+        let index = self.index();
+        let entry = generation
+            .catalog_entry(&index, id)
+            .await
+            .map_err(generation_error)?;
+        let record = generation
+            .records(&index, &[entry.metadata_ref])
+            .await
+            .map_err(generation_error)?
             .pop()
             .unwrap_or_default();
         Ok(Item {
@@ -452,7 +268,10 @@ impl<'a> RequestContext<'a> {
     ) -> Result<Vec<f32>, ApiError> {
         match query {
             Query::Vector(vector) => Ok(vector),
-            Query::Id(id) => self.stored_vector(generation, id).await,
+            Query::Id(id) => generation
+                .stored_vector(&self.index(), id)
+                .await
+                .map_err(generation_error),
             Query::Text(text) => {
                 // Keyed by the index's model: only an encoder that matches it fills the caches.
                 let fingerprint = &generation.manifest.model.fingerprint;
@@ -584,7 +403,10 @@ impl<'a> RequestContext<'a> {
             .take(search.records)
             .map(|hit| hit.metadata_ref)
             .collect();
-        let records = self.records(generation, &refs).await?;
+        let records = generation
+            .records(&self.index(), &refs)
+            .await
+            .map_err(generation_error)?;
         let results = items_with_records(&merged, records, "/");
         timings.merge = since(merge_started);
         let own = self.stats();
@@ -603,7 +425,7 @@ impl<'a> RequestContext<'a> {
     }
 
     /// An object under the index root (`media/…`, from `clipedge_api::web::media_object`).
-    pub async fn media(&self, object: &str) -> Result<Vec<u8>, ObjectError> {
-        self.objects.get(&self.config.index_key(object), None).await
+    pub async fn media(&self, object: &str) -> Result<Vec<u8>, SourceError> {
+        Ok(self.index().get(object, None).await?.into())
     }
 }

@@ -46,7 +46,7 @@ use crate::clock::{monotonic_ms, unix_ms};
 use crate::config::WorkerConfig;
 use crate::engine::RequestContext;
 use crate::metering::Usage;
-use crate::objects::{ObjectError, Objects};
+use crate::objects::{Objects, SourceError};
 
 thread_local! {
     static REQUEST_SEQUENCE: Cell<u64> = const { Cell::new(0) };
@@ -242,14 +242,14 @@ fn meter(
     context: &RequestContext<'_>,
     started: f64,
 ) {
-    let (own_gets, own_bytes) = context.objects.counters();
+    let own_reads = context.objects.counts();
     let usage = Usage::new(
         caller,
         route,
         response.status_code(),
         unix_ms(),
-        own_gets,
-        own_bytes,
+        own_reads.gets,
+        own_reads.bytes_read,
         context.fan_out_usage,
         clock::since(started),
     );
@@ -363,6 +363,9 @@ async fn serve(
         (Method::Get, media) if media.starts_with("/media/") => {
             media_response(context, media.trim_start_matches("/media/")).await
         }
+        (Method::Get, "/v1/conformance/object-source") if config.conformance_prefix.is_some() => {
+            object_source_conformance(context).await
+        }
         // The GET routes, asked with another method.
         (_, known)
             if known == "/v1/health"
@@ -375,6 +378,20 @@ async fn serve(
             ErrorCode::NotFound,
             format!("no route {path}"),
         )),
+    }
+}
+
+/// Runs the object-source suite (`clipedge_io::conformance`) against this Worker's own source,
+/// so the R2 binding and the presigned GETs are held to what the native backends pass.
+async fn object_source_conformance(context: &RequestContext<'_>) -> Result<Response> {
+    let prefix = context.config.conformance_prefix.as_deref().unwrap_or("");
+    let source = clipedge_io::Prefixed::new(&context.objects, prefix);
+    match clipedge_io::conformance::check(&source).await {
+        Ok(()) => json_response(200, &serde_json::json!({ "passed": true })),
+        Err(failure) => json_response(
+            500,
+            &serde_json::json!({ "passed": false, "failure": failure.to_string() }),
+        ),
     }
 }
 
@@ -528,7 +545,7 @@ async fn media_response(context: &RequestContext<'_>, path: &str) -> Result<Resp
                 .set("cache-control", MEDIA_CACHE_CONTROL)?;
             Ok(response)
         }
-        Err(ObjectError::NotFound { .. }) => error_response(&media_not_found(path)),
+        Err(SourceError::NotFound { .. }) => error_response(&media_not_found(path)),
         Err(error) => error_response(&ApiError::new(ErrorCode::Internal, error.to_string())),
     }
 }

@@ -1,13 +1,16 @@
-//! The Worker's reads of index and model objects: an R2 binding, or presigned GETs to an
-//! S3-compatible endpoint. Every GET and byte is counted for the response's `stats`.
+//! The Worker's object source: an R2 binding, or presigned GETs to an S3-compatible endpoint.
+//! It implements [`ObjectSource`], so the generation reader, the catalog and the stored-vector
+//! lookup are the same code as `clipedge serve`'s; the request wraps it in
+//! [`clipedge_io::Counted`] for the response's `stats`.
 
-use std::cell::Cell;
 use std::ops::Range;
 use std::time::Duration;
 
+use bytes::Bytes;
+pub use clipedge_io::SourceError;
+use clipedge_io::{check_range, ObjectSource};
 use futures::StreamExt;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
-use thiserror::Error;
 use worker::{
     AbortController, ByteStream, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
 };
@@ -20,16 +23,6 @@ const GET_TIMEOUT: Duration = Duration::from_secs(15);
 /// Lifetime of a presigned URL: it is used at once.
 const PRESIGN_EXPIRY: Duration = Duration::from_secs(120);
 
-#[derive(Debug, Error)]
-pub enum ObjectError {
-    #[error("object {key} does not exist")]
-    NotFound { key: String },
-    #[error("cannot read object {key}: {reason}")]
-    Failed { key: String, reason: String },
-    #[error("object {key} has {size} bytes, more than the {limit}-byte limit")]
-    TooLarge { key: String, size: u64, limit: u64 },
-}
-
 enum Backend {
     R2(worker::Bucket),
     S3 {
@@ -39,22 +32,18 @@ enum Backend {
     },
 }
 
-/// Reads objects of one bucket; one per request, so its counters are that request's.
+/// Reads objects of one bucket. One per request: a binding or connection belongs to the
+/// request that made it (workerd refuses I/O objects across requests).
 pub struct Objects {
     backend: Backend,
-    gets: Cell<u64>,
-    bytes_read: Cell<u64>,
 }
 
-fn failed(key: &str, reason: impl std::fmt::Display) -> ObjectError {
-    ObjectError::Failed {
-        key: key.to_string(),
-        reason: reason.to_string(),
-    }
+fn failed(key: &str, reason: impl std::fmt::Display) -> SourceError {
+    SourceError::failed(key, reason)
 }
 
 impl Objects {
-    pub fn new(config: &WorkerConfig, env: &Env) -> Result<Objects, ObjectError> {
+    pub fn new(config: &WorkerConfig, env: &Env) -> Result<Objects, SourceError> {
         let backend = match &config.source {
             ObjectSourceConfig::R2 { binding } => {
                 Backend::R2(env.bucket(binding).map_err(|error| {
@@ -84,62 +73,50 @@ impl Objects {
                 }
             }
         };
-        Ok(Objects {
-            backend,
-            gets: Cell::new(0),
-            bytes_read: Cell::new(0),
-        })
+        Ok(Objects { backend })
     }
 
-    /// GETs and bytes read so far.
-    pub fn counters(&self) -> (u64, u64) {
-        (self.gets.get(), self.bytes_read.get())
-    }
-
-    /// The whole object, or the bytes `range` of it.
-    pub async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<Vec<u8>, ObjectError> {
-        self.get_inner(key, range, None).await
-    }
-
-    /// The whole object, refused before its body is read when it is larger than `limit` bytes.
-    pub async fn get_bounded(&self, key: &str, limit: u64) -> Result<Vec<u8>, ObjectError> {
-        self.get_inner(key, None, Some(limit)).await
-    }
-
-    async fn get_inner(
+    async fn read(
         &self,
         key: &str,
         range: Option<Range<u64>>,
         limit: Option<u64>,
-    ) -> Result<Vec<u8>, ObjectError> {
-        if let Some(range) = &range {
-            if range.start >= range.end {
-                return Ok(Vec::new());
-            }
-        }
-        self.gets.set(self.gets.get() + 1);
+    ) -> Result<Bytes, SourceError> {
         let bytes = match &self.backend {
-            Backend::R2(bucket) => get_r2(bucket, key, range.clone(), limit).await?,
+            Backend::R2(bucket) => get_r2(bucket, key, range, limit).await?,
             Backend::S3 {
                 bucket,
                 credentials,
-            } => get_s3(bucket, credentials.as_ref(), key, range.clone(), limit).await?,
+            } => get_s3(bucket, credentials.as_ref(), key, range, limit).await?,
         };
-        self.bytes_read
-            .set(self.bytes_read.get() + bytes.len() as u64);
-        if let Some(range) = range {
-            let expected = range.end - range.start;
-            if bytes.len() as u64 != expected {
-                return Err(failed(
-                    key,
-                    format!(
-                        "range {range:?} returned {} bytes, expected {expected}",
-                        bytes.len()
-                    ),
-                ));
-            }
+        // From a Vec: no copy, and `Vec::from` gives the same buffer back to the model loader.
+        Ok(Bytes::from(bytes))
+    }
+}
+
+impl ObjectSource for Objects {
+    async fn get(&self, key: &str, limit: Option<u64>) -> Result<Bytes, SourceError> {
+        self.read(key, None, limit).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SourceError> {
+        if range.start >= range.end {
+            return Ok(Bytes::new());
         }
+        let bytes = self.read(key, Some(range.clone()), None).await?;
+        check_range(key, &range, &bytes)?;
         Ok(bytes)
+    }
+
+    /// Nearby catalog records share a GET; a wider gap wastes more of the isolate's memory
+    /// than the round trip it saves.
+    fn coalesce_gap_bytes(&self) -> u64 {
+        64 * 1024
+    }
+
+    /// A Worker has six connections for all of its outgoing requests.
+    fn max_concurrency(&self) -> usize {
+        crate::config::MAX_CONCURRENT_CALLS
     }
 }
 
@@ -148,7 +125,7 @@ async fn get_r2(
     key: &str,
     range: Option<Range<u64>>,
     limit: Option<u64>,
-) -> Result<Vec<u8>, ObjectError> {
+) -> Result<Vec<u8>, SourceError> {
     let mut request = bucket.get(key);
     if let Some(range) = range {
         request = request.range(worker::Range::OffsetWithLength {
@@ -160,7 +137,7 @@ async fn get_r2(
         .execute()
         .await
         .map_err(|error| failed(key, error))?
-        .ok_or_else(|| ObjectError::NotFound {
+        .ok_or_else(|| SourceError::NotFound {
             key: key.to_string(),
         })?;
     let size = object.size();
@@ -179,9 +156,9 @@ async fn collect(
     size: Option<u64>,
     limit: Option<u64>,
     key: &str,
-) -> Result<Vec<u8>, ObjectError> {
+) -> Result<Vec<u8>, SourceError> {
     let limit = limit.unwrap_or(u64::MAX);
-    let too_large = |size: u64| ObjectError::TooLarge {
+    let too_large = |size: u64| SourceError::TooLarge {
         key: key.to_string(),
         size,
         limit,
@@ -206,7 +183,7 @@ async fn get_s3(
     key: &str,
     range: Option<Range<u64>>,
     limit: Option<u64>,
-) -> Result<Vec<u8>, ObjectError> {
+) -> Result<Vec<u8>, SourceError> {
     let now =
         jiff::Timestamp::from_millisecond(unix_ms() as i64).map_err(|error| failed(key, error))?;
     let url = bucket
@@ -227,7 +204,7 @@ async fn get_s3(
         .map_err(|reason| failed(key, reason))?;
     let status = response.status_code();
     if status == 404 {
-        return Err(ObjectError::NotFound {
+        return Err(SourceError::NotFound {
             key: key.to_string(),
         });
     }

@@ -17,7 +17,8 @@ pub mod web;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use clipedge_format::{CatalogRef, Hit};
+use clipedge_format::Hit;
+use clipedge_index::GenerationError;
 use clipedge_text::TextError;
 use serde::{Deserialize, Serialize};
 
@@ -535,25 +536,28 @@ pub struct HealthResponse {
     pub model_loaded: Option<bool>,
 }
 
-/// Where `id`'s id-table entry is: the catalog, the byte range of its id-table block and the
-/// entry's index in that block. The API's errors when the index has no catalog or no such id.
-pub fn locate_item(
-    catalog: Option<&CatalogRef>,
-    id: u64,
-) -> Result<(&CatalogRef, std::ops::Range<u64>, usize), ApiError> {
-    let Some(catalog) = catalog else {
-        return Err(ApiError::new(
-            ErrorCode::IdSearchUnsupported,
-            "this index has no catalog, so it cannot look items up by id",
-        ));
-    };
-    let Some((range, index)) = catalog.block_range(id) else {
-        return Err(ApiError::new(
-            ErrorCode::UnknownId,
-            format!("no item with id {id} (ids are 0..{})", catalog.items),
-        ));
-    };
-    Ok((catalog, range, index))
+/// A failed generation or item read as the API answers it: an index that cannot answer id
+/// queries, or an unknown id, is the client's 4xx; everything else (a missing or corrupt index,
+/// a failed read) is `internal`, with the reason chain as the message.
+pub fn generation_error(error: GenerationError) -> ApiError {
+    match error {
+        GenerationError::NoCatalog | GenerationError::NoVectorCopies => {
+            ApiError::new(ErrorCode::IdSearchUnsupported, error.to_string())
+        }
+        GenerationError::UnknownId { .. } => ApiError::new(ErrorCode::UnknownId, error.to_string()),
+        other => ApiError::new(ErrorCode::Internal, error_chain(&other)),
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
 }
 
 /// The `Server-Timing` header value for the stages, e.g.

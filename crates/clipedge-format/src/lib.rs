@@ -14,7 +14,6 @@ mod le;
 mod list;
 mod manifest;
 mod pointer;
-mod ranges;
 mod routing;
 
 pub use catalog::{
@@ -31,7 +30,6 @@ pub use manifest::{
     BuildInfo, FileRef, Manifest, Metric, ModelInfo, PqParams, RerankKind, ShardRef, FORMAT_VERSION,
 };
 pub use pointer::{validate_generation_name, CurrentPointer, CURRENT_OBJECT};
-pub use ranges::coalesce_ranges;
 pub use routing::{GroupEntry, RoutingTable, GROUP_ENTRY_BYTES};
 
 /// CRC-32 (IEEE) of a byte slice: the checksum every region of the format carries.

@@ -1,11 +1,17 @@
 use clipedge_format::FormatError;
-use clipedge_storage::StorageError;
+use clipedge_storage::{SourceError, StorageError};
+
+use crate::GenerationError;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum IndexError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Generation(GenerationError),
     // Not `#[from]`: that would make the format error both the message and the source, and
     // error chains would print it twice.
     #[error("corrupt index: {0}")]

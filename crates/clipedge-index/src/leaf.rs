@@ -18,7 +18,7 @@ use clipedge_format::{FormatError, GroupBlob, Hit, ListView, RerankKind};
 use clipedge_linalg::dot::dots_with_rows;
 use clipedge_linalg::TopK;
 use clipedge_protocol::{GroupResult, ListResult, ScanStatus};
-use clipedge_storage::{ByteLru, StorageError};
+use clipedge_storage::{ByteLru, ObjectSource, SourceError, StorageError};
 use futures::stream::{self, StreamExt};
 
 use crate::reader::{IndexReader, SearchStats};
@@ -138,18 +138,21 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     message
 }
 
-/// A storage failure of one group or list as its status.
-fn storage_status(error: &StorageError) -> ScanStatus {
+/// A read failure of one group or list as its status.
+fn source_status(error: &SourceError) -> ScanStatus {
     match error {
-        StorageError::NotFound { .. } => ScanStatus::Missing,
-        StorageError::Range { .. } => ScanStatus::Corrupt,
+        SourceError::NotFound { .. } => ScanStatus::Missing,
+        SourceError::Range { .. } => ScanStatus::Corrupt,
         _ => ScanStatus::Unavailable,
     }
 }
 
 fn index_status(error: &IndexError) -> ScanStatus {
     match error {
-        IndexError::Storage(storage_error) => storage_status(storage_error),
+        IndexError::Source(source_error) => source_status(source_error),
+        IndexError::Storage(StorageError::NotFound { .. }) => ScanStatus::Missing,
+        IndexError::Storage(StorageError::Range { .. }) => ScanStatus::Corrupt,
+        IndexError::Storage(_) => ScanStatus::Unavailable,
         _ => ScanStatus::Corrupt,
     }
 }
@@ -234,7 +237,7 @@ impl IndexReader {
     /// scanned. Hits are bit for bit those of the same lists scanned in the same order by any
     /// other caller of the leaf.
     pub async fn leaf_search(&self, request: &LeafRequest<'_>) -> Result<LeafResponse, IndexError> {
-        let dim = self.manifest.dim as usize;
+        let dim = self.generation.manifest.dim as usize;
         if request.query.len() != dim {
             return Err(IndexError::InvalidQuery {
                 reason: format!(
@@ -245,10 +248,10 @@ impl IndexReader {
         }
         match request.targets {
             LeafTargets::Groups { group_ids, .. } => {
-                check_ids("group", group_ids, self.routing.ngroups() as u64)?
+                check_ids("group", group_ids, self.generation.routing.ngroups() as u64)?
             }
             LeafTargets::Lists { list_ids } => {
-                check_ids("list", list_ids, self.routing.nlist as u64)?
+                check_ids("list", list_ids, self.generation.routing.nlist as u64)?
             }
         }
         let mut state = LeafState::default();
@@ -288,11 +291,11 @@ impl IndexReader {
 
         // Verifying the views is part of fetching: the scan time is the scan alone.
         let fetch_finished = Instant::now();
-        let vector_count = usize::try_from(self.manifest.count)
+        let vector_count = usize::try_from(self.generation.manifest.count)
             .unwrap_or(usize::MAX)
             .max(1);
         let k = request.k.min(vector_count);
-        let rerank = request.rerank > 0 && self.manifest.rerank != RerankKind::None;
+        let rerank = request.rerank > 0 && self.generation.manifest.rerank != RerankKind::None;
         let candidate_count = if rerank {
             k.saturating_mul(request.rerank).min(vector_count)
         } else {
@@ -373,7 +376,7 @@ impl IndexReader {
                         detail,
                     });
                 }
-                let nprobe = nprobe.min(self.routing.nlist as usize);
+                let nprobe = nprobe.min(self.generation.routing.nlist as usize);
                 let probed = route::rank_lists(request.query, &blobs, nprobe);
                 (results, probed, Vec::new())
             }
@@ -438,7 +441,7 @@ impl IndexReader {
 
     /// The group holding `list_id` (an id already checked against the generation).
     fn group_of_list(&self, list_id: u32) -> u32 {
-        let group = self.routing.group_of_list(list_id);
+        let group = self.generation.routing.group_of_list(list_id);
         debug_assert!(group.is_some(), "list {list_id} outside the routing table");
         group.unwrap_or(0) as u32
     }
@@ -560,13 +563,13 @@ impl IndexReader {
         };
         let mut reads = Vec::with_capacity(units.len());
         for (shard, slots) in units {
-            let Some(shard_ref) = self.manifest.shards.get(shard as usize) else {
+            let Some(shard_ref) = self.generation.manifest.shards.get(shard as usize) else {
                 for slot in slots {
                     let probe = &probed[slot];
                     let reason = format!(
                         "list {} names shard {shard}, the manifest has {}",
                         probe.list_id,
-                        self.manifest.shards.len()
+                        self.generation.manifest.shards.len()
                     );
                     let error = IndexError::Format(FormatError::Invalid {
                         what: "group blob".to_string(),
@@ -594,9 +597,9 @@ impl IndexReader {
             let read = match read {
                 Ok(read) => read,
                 Err(error) => {
-                    let status = storage_status(&error);
+                    let status = source_status(&error);
                     let detail = error_chain(&error);
-                    let failure = state.fail(status, detail, IndexError::Storage(error));
+                    let failure = state.fail(status, detail, IndexError::Source(error));
                     for slot in slots {
                         fetched[slot] = Some(Err(failure.clone()));
                     }
@@ -634,36 +637,5 @@ impl IndexReader {
                 })
             })
             .collect()
-    }
-
-    /// The verified bytes of one list, or the error that kept them (for callers that need the
-    /// list, such as the stored-vector lookup).
-    pub(crate) async fn fetch_list(
-        &self,
-        probe: &ProbedList,
-        stats: &mut SearchStats,
-    ) -> Result<Bytes, IndexError> {
-        let mut state = LeafState::default();
-        let mut fetched = self
-            .fetch_lists(
-                std::slice::from_ref(probe),
-                None,
-                ReadPlan::Coalesced,
-                &mut state,
-            )
-            .await;
-        stats.gets += state.stats.gets;
-        stats.bytes_read += state.stats.bytes_read;
-        stats.list_cache_hits += state.stats.list_cache_hits;
-        if let Some(error) = state.first_error {
-            return Err(error);
-        }
-        match fetched.pop() {
-            Some(Ok(list)) => Ok(list.bytes),
-            _ => Err(IndexError::Format(FormatError::Invalid {
-                what: "list".to_string(),
-                reason: format!("list {} not read", probe.list_id),
-            })),
-        }
     }
 }

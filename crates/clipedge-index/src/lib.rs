@@ -5,6 +5,9 @@
 //!   lists inside them. The edge Worker runs the first half; scanners run the second.
 //! - [`scan`] (pure): build the query's lookup tables, scan list codes into a top-k of
 //!   candidates, rerank the candidates exactly with the rerank copies stored in the same lists.
+//! - [`generation`] (pure apart from its [`clipedge_io::ObjectSource`]): `CURRENT`, the
+//!   manifest and routing table, catalog entries and records, stored vectors. Every front opens
+//!   generations and reads items here.
 //! - [`IndexReader`] (feature `reader`, on by default): opens a generation (manifest, routing
 //!   table, codebooks, group blobs). Its [`IndexReader::search`] is route + leaf.
 //! - [`leaf`] (feature `reader`): the leaf search every query path ends in, in process or in the
@@ -13,6 +16,7 @@
 
 #[cfg(feature = "reader")]
 mod error;
+pub mod generation;
 #[cfg(feature = "reader")]
 pub mod leaf;
 #[cfg(feature = "reader")]
@@ -22,6 +26,7 @@ pub mod scan;
 
 #[cfg(feature = "reader")]
 pub use error::IndexError;
+pub use generation::{current_generation, Generation, GenerationError};
 #[cfg(feature = "reader")]
 pub use leaf::{LeafRequest, LeafResponse, LeafTargets, ListCache, ReadPlan};
 #[cfg(feature = "reader")]

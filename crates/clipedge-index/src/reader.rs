@@ -2,13 +2,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clipedge_format::{
-    decode_codebooks, generation_path, CurrentPointer, GroupBlob, Hit, ListExpectation, ListView,
-    Manifest, RerankKind, RoutingTable, CURRENT_OBJECT,
+    decode_codebooks, generation_path, GroupBlob, Hit, ListExpectation, Manifest, RoutingTable,
 };
 use clipedge_linalg::ProductQuantizer;
-use clipedge_storage::{ByteLru, Storage, StorageError};
+use clipedge_storage::{ByteLru, ObjectSource, Storage};
 use tracing::debug;
 
+use crate::generation::{Generation, GenerationError};
 use crate::leaf::{LeafRequest, LeafTargets, ListCache, ReadPlan};
 use crate::route::{self, ProbedList};
 use crate::IndexError;
@@ -93,8 +93,7 @@ enum Groups {
 /// One opened generation of an index, ready to search. Cheap to share (`&self` searches).
 pub struct IndexReader {
     pub(crate) storage: Storage,
-    pub(crate) manifest: Manifest,
-    pub(crate) routing: RoutingTable,
+    pub(crate) generation: Generation,
     pub(crate) pq: ProductQuantizer,
     groups: Groups,
     /// Verified lists, this reader's own unless shared with [`IndexReader::with_list_cache`].
@@ -103,53 +102,25 @@ pub struct IndexReader {
     pub(crate) cache_key: Arc<str>,
 }
 
-fn missing_index(storage: &Storage, error: StorageError, object: &str) -> IndexError {
-    match error {
-        StorageError::NotFound { .. } => IndexError::NoIndex {
-            location: storage.location().to_string(),
-            object: object.to_string(),
-        },
-        other => IndexError::Storage(other),
-    }
-}
-
 impl IndexReader {
     /// Resolves `CURRENT` (unless a generation is given), then reads the manifest, the routing
     /// table and the codebooks, each verified against its checksum.
     pub async fn open(storage: Storage, options: OpenOptions) -> Result<IndexReader, IndexError> {
-        let generation = match &options.generation {
-            Some(generation) => {
-                clipedge_format::validate_generation_name(generation)?;
-                generation.clone()
-            }
-            None => {
-                let pointer_bytes = storage
-                    .get(CURRENT_OBJECT)
-                    .await
-                    .map_err(|error| missing_index(&storage, error, CURRENT_OBJECT))?;
-                CurrentPointer::from_json(&pointer_bytes)?.generation
-            }
+        let opened = match &options.generation {
+            Some(name) => Generation::open(&storage, name).await,
+            None => Generation::open_current(&storage).await,
         };
-        let manifest_name = generation_path(&generation, "manifest.json");
-        let manifest_bytes = storage
-            .get(&manifest_name)
-            .await
-            .map_err(|error| missing_index(&storage, error, &manifest_name))?;
-        let manifest = Manifest::from_json(&manifest_bytes)?;
-        let routing_name = generation_path(&generation, &manifest.routing.path);
+        let opened = opened.map_err(|error| match error {
+            GenerationError::NoIndex { object } => IndexError::NoIndex {
+                location: storage.location().to_string(),
+                object,
+            },
+            other => IndexError::Generation(other),
+        })?;
+        let Generation { manifest, routing } = &opened;
+        let generation = manifest.generation.clone();
         let codebooks_name = generation_path(&generation, &manifest.codebooks.path);
-        let (routing_bytes, codebook_bytes) =
-            futures::try_join!(storage.get(&routing_name), storage.get(&codebooks_name))?;
-        let routing = RoutingTable::decode(&routing_bytes)?;
-        if routing.dim != manifest.dim as usize
-            || routing.nlist != manifest.nlist
-            || routing.ngroups() != manifest.ngroups as usize
-        {
-            return Err(IndexError::Format(clipedge_format::FormatError::Invalid {
-                what: "routing.bin".to_string(),
-                reason: "shape disagrees with the manifest".to_string(),
-            }));
-        }
+        let codebook_bytes = storage.get(&codebooks_name).await?;
         let codebooks = decode_codebooks(&codebook_bytes)?;
         let pq = ProductQuantizer::from_centroids(
             manifest.dim as usize,
@@ -162,7 +133,7 @@ impl IndexReader {
         })?;
         let groups = if manifest.groups.bytes <= options.preload_groups_max_bytes {
             let groups_name = generation_path(&generation, &manifest.groups.path);
-            let groups_bytes = storage.get(&groups_name).await?;
+            let groups_bytes = Storage::get(&storage, &groups_name).await?;
             clipedge_format::FormatError::verify(
                 "groups.bin",
                 &groups_bytes,
@@ -200,8 +171,7 @@ impl IndexReader {
         let cache_key: Arc<str> = format!("{}\n{generation}", storage.location()).into();
         Ok(IndexReader {
             storage,
-            manifest,
-            routing,
+            generation: opened,
             pq,
             groups,
             list_cache: ListCache::new(options.list_cache_bytes),
@@ -219,12 +189,17 @@ impl IndexReader {
         }
     }
 
+    /// The opened generation, for the item reads of [`Generation`] (catalog, stored vectors).
+    pub fn generation(&self) -> &Generation {
+        &self.generation
+    }
+
     pub fn manifest(&self) -> &Manifest {
-        &self.manifest
+        &self.generation.manifest
     }
 
     pub fn routing(&self) -> &RoutingTable {
-        &self.routing
+        &self.generation.routing
     }
 
     pub fn storage(&self) -> &Storage {
@@ -237,11 +212,11 @@ impl IndexReader {
     }
 
     pub(crate) fn object(&self, file: &str) -> String {
-        generation_path(&self.manifest.generation, file)
+        generation_path(&self.generation.manifest.generation, file)
     }
 
     fn validate(&self, query: &[f32], params: &SearchParams) -> Result<(), IndexError> {
-        let dim = self.manifest.dim as usize;
+        let dim = self.generation.manifest.dim as usize;
         if query.len() != dim {
             return Err(IndexError::InvalidQuery {
                 reason: format!("query has dimension {}, index has {dim}", query.len()),
@@ -276,22 +251,22 @@ impl IndexReader {
     ) -> Result<SearchResult, IndexError> {
         self.validate(query, params)?;
         // k and nprobe may come straight from a request: nothing is gained past the index's size.
-        let vector_count = usize::try_from(self.manifest.count)
+        let vector_count = usize::try_from(self.generation.manifest.count)
             .unwrap_or(usize::MAX)
             .max(1);
         let params = &SearchParams {
             k: params.k.min(vector_count),
-            nprobe: params.nprobe.min(self.manifest.nlist as usize),
+            nprobe: params.nprobe.min(self.generation.manifest.nlist as usize),
             rerank: params.rerank.min(vector_count),
             group_probe: params
                 .group_probe
-                .map(|groups| groups.min(self.routing.ngroups())),
+                .map(|groups| groups.min(self.generation.routing.ngroups())),
             parallel: params.parallel,
         };
         let started = Instant::now();
         let group_ids = match params.group_probe {
-            Some(count) => route::rank_groups(&self.routing, query, count),
-            None => route::auto_group_probe(&self.routing, query, params.nprobe),
+            Some(count) => route::rank_groups(&self.generation.routing, query, count),
+            None => route::auto_group_probe(&self.generation.routing, query, params.nprobe),
         };
         let routed = Instant::now();
         let leaf_request = LeafRequest {
@@ -320,47 +295,10 @@ impl IndexReader {
         })
     }
 
-    /// The stored (rerank) copy of vector `id` in list `list_id`, decoded to f32: what "more
-    /// like this" searches with. Reads the list through the list cache; `None` when the list
-    /// does not hold the id. The stats count the GETs and bytes it took.
-    pub async fn stored_vector(
-        &self,
-        list_id: u32,
-        id: u64,
-    ) -> Result<(Option<Vec<f32>>, SearchStats), IndexError> {
-        if self.manifest.rerank == RerankKind::None {
-            return Err(IndexError::InvalidQuery {
-                reason: "the index stores no vector copies (rerank none)".to_string(),
-            });
-        }
-        let Some(group) = self.routing.group_of_list(list_id) else {
-            return Err(IndexError::Format(clipedge_format::FormatError::Invalid {
-                what: "catalog".to_string(),
-                reason: format!(
-                    "list {list_id} out of range (nlist {})",
-                    self.manifest.nlist
-                ),
-            }));
-        };
-        let mut stats = SearchStats::default();
-        let blobs = self.load_groups(&[group as u32], &mut stats).await?;
-        let blob = &blobs[0];
-        let Some(location) = blob.lists.get((list_id - blob.first_list) as usize) else {
-            return Ok((None, stats));
-        };
-        let probe = ProbedList {
-            list_id,
-            location: *location,
-            bias: 0.0,
-        };
-        let bytes = self.fetch_list(&probe, &mut stats).await?;
-        let view = ListView::parse_verified(&bytes, &self.expectation(&probe))?;
-        Ok((view.stored_vector(id), stats))
-    }
-
     /// What the manifest and the group blob say the probed list's bytes must be.
     pub fn expectation(&self, probe: &ProbedList) -> ListExpectation {
-        self.manifest
+        self.generation
+            .manifest
             .list_expectation(probe.list_id, &probe.location)
     }
 
@@ -394,25 +332,25 @@ impl IndexReader {
         let ranges: Vec<_> = missing
             .iter()
             .map(|i| {
-                let entry = &self.routing.groups[group_ids[*i] as usize];
+                let entry = &self.generation.routing.groups[group_ids[*i] as usize];
                 entry.offset..entry.offset + entry.length as u64
             })
             .collect();
         let read = self
             .storage
-            .get_ranges(&self.object(&self.manifest.groups.path), &ranges)
+            .get_ranges(&self.object(&self.generation.manifest.groups.path), &ranges)
             .await?;
         stats.gets += read.requests as u64;
         stats.bytes_read += read.bytes;
         let mut cache = cache.lock().expect("group cache lock");
         for (slot, bytes) in missing.into_iter().zip(read.parts) {
             let group = group_ids[slot];
-            let entry = &self.routing.groups[group as usize];
+            let entry = &self.generation.routing.groups[group as usize];
             let blob = Arc::new(GroupBlob::decode(
                 &bytes,
                 entry.first_list,
                 entry.list_count as usize,
-                self.routing.dim,
+                self.generation.routing.dim,
                 entry.crc32,
             )?);
             cache.insert(group, blob.clone(), bytes.len() as u64);

@@ -4,12 +4,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clipedge_api::{
-    items_with_records, locate_item, merge, resolve_url, text_encode_error, ApiError, ErrorCode,
-    HealthResponse, Item, Query, QueryStats, SearchResponse, Timings, ValidSearch,
+    generation_error, items_with_records, merge, resolve_url, text_encode_error, ApiError,
+    ErrorCode, HealthResponse, Item, Query, QueryStats, SearchResponse, Timings, ValidSearch,
 };
-use clipedge_format::{decode_record, generation_path, record_range, CatalogRef, ItemRecord};
-use clipedge_index::{IndexError, IndexReader, OpenOptions, SearchParams};
-use clipedge_storage::Storage;
+use clipedge_index::{GenerationError, IndexError, IndexReader, OpenOptions, SearchParams};
+use clipedge_storage::{Counted, ObjectSource, Storage};
 use clipedge_text::{TextEncoder, TextError};
 use thiserror::Error;
 use tracing::{info, warn};
@@ -165,14 +164,6 @@ impl Engine {
         self.reader.storage()
     }
 
-    fn catalog(&self) -> Option<&CatalogRef> {
-        self.reader.manifest().catalog.as_ref()
-    }
-
-    fn catalog_object(&self, catalog: &CatalogRef) -> String {
-        generation_path(&self.reader.manifest().generation, &catalog.path)
-    }
-
     pub fn health(&self) -> HealthResponse {
         let manifest = self.reader.manifest();
         HealthResponse {
@@ -182,68 +173,27 @@ impl Engine {
             dim: manifest.dim,
             model: manifest.model.id.clone(),
             label: self.label.clone(),
-            id_search: self.catalog().is_some(),
+            id_search: manifest.catalog.is_some(),
             front: "embedded".to_string(),
             memory_bytes: None,
             model_loaded: Some(self.encoder.is_some()),
         }
     }
 
-    /// The list and record reference of `id` from the catalog's id table (one range GET).
-    async fn lookup(
-        &self,
-        id: u64,
-        stats: &mut QueryStats,
-    ) -> Result<clipedge_format::CatalogEntry, ApiError> {
-        let (catalog, range, index) = locate_item(self.catalog(), id)?;
-        stats.gets += 1;
-        stats.bytes_read += range.end - range.start;
-        let block = self
-            .storage()
-            .get_range(&self.catalog_object(catalog), range)
-            .await
-            .map_err(|error| internal("catalog read failed", error))?;
-        catalog
-            .decode_entry(&block, index)
-            .map_err(|error| internal("catalog read failed", error))
-    }
-
-    /// The records of `refs`, with one coalesced range read.
-    async fn records(
-        &self,
-        refs: &[u64],
-        stats: &mut QueryStats,
-    ) -> Result<Vec<ItemRecord>, ApiError> {
-        let Some(catalog) = self.catalog() else {
-            return Ok(vec![ItemRecord::default(); refs.len()]);
-        };
-        if refs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ranges: Vec<_> = refs.iter().map(|r| record_range(*r)).collect();
-        let read = self
-            .storage()
-            .get_ranges(&self.catalog_object(catalog), &ranges)
-            .await
-            .map_err(|error| internal("catalog read failed", error))?;
-        stats.gets += read.requests as u64;
-        stats.bytes_read += read.bytes;
-        read.parts
-            .iter()
-            .map(|bytes| {
-                decode_record(bytes).map_err(|error| internal("catalog read failed", error))
-            })
-            .collect()
-    }
-
     /// Caption and URL of one item, for the page's "more like this" header.
     pub async fn item(&self, id: u64) -> Result<Item, ApiError> {
-        let mut stats = QueryStats::default();
-        let entry = self.lookup(id, &mut stats).await?;
-        let record = self
-            .records(&[entry.metadata_ref], &mut stats)
-            .await?
-            .remove(0);
+        let source = self.storage();
+        let generation = self.reader.generation();
+        let entry = generation
+            .catalog_entry(source, id)
+            .await
+            .map_err(generation_error)?;
+        let record = generation
+            .records(source, &[entry.metadata_ref])
+            .await
+            .map_err(generation_error)?
+            .pop()
+            .unwrap_or_default();
         Ok(Item {
             id,
             score: 1.0,
@@ -253,10 +203,10 @@ impl Engine {
         })
     }
 
-    async fn query_vector(
+    async fn query_vector<S: ObjectSource>(
         &self,
         query: Query,
-        stats: &mut QueryStats,
+        source: &S,
     ) -> Result<Vec<f32>, ApiError> {
         match query {
             Query::Vector(vector) => Ok(vector),
@@ -275,41 +225,27 @@ impl Engine {
                     .map(|encoding| encoding.embedding)
                     .map_err(text_encode_error)
             }
-            Query::Id(id) => {
-                let entry = self.lookup(id, stats).await?;
-                let (vector, read_stats) =
-                    self.reader.stored_vector(entry.list_id, id).await.map_err(
-                        |error| match error {
-                            IndexError::InvalidQuery { reason } => {
-                                ApiError::new(ErrorCode::IdSearchUnsupported, reason)
-                            }
-                            other => internal("stored vector read failed", other),
-                        },
-                    )?;
-                stats.gets += read_stats.gets;
-                stats.bytes_read += read_stats.bytes_read;
-                vector.ok_or_else(|| {
-                    warn!(
-                        id,
-                        list = entry.list_id,
-                        "catalog names a list without the id"
-                    );
-                    internal(
-                        "index is inconsistent",
-                        format!("list {} does not hold id {id}", entry.list_id),
-                    )
-                })
-            }
+            Query::Id(id) => self
+                .reader
+                .generation()
+                .stored_vector(source, id)
+                .await
+                .map_err(|error| {
+                    if matches!(error, GenerationError::Inconsistent { .. }) {
+                        warn!(id, %error, "index is inconsistent");
+                    }
+                    generation_error(error)
+                }),
         }
     }
 
     /// Answers one validated search.
     pub async fn search(&self, search: ValidSearch) -> Result<SearchResponse, ApiError> {
         let mut timings = Timings::default();
-        let mut stats = QueryStats::default();
+        let source = Counted::new(self.storage());
         let started = Instant::now();
         let candidates = search.candidates();
-        let query = self.query_vector(search.query, &mut stats).await?;
+        let query = self.query_vector(search.query, &source).await?;
         timings.encode = elapsed_ms(started);
 
         let params = SearchParams::new(candidates, search.nprobe, search.rerank);
@@ -323,8 +259,6 @@ impl Engine {
         timings.probe = index_stats.route_us as f64 / 1e3;
         timings.scan =
             (index_stats.fetch_us + index_stats.scan_us + index_stats.rerank_us) as f64 / 1e3;
-        stats.gets += index_stats.gets;
-        stats.bytes_read += index_stats.bytes_read;
 
         let merged = merge(&[found.hits], search.k, search.dedup);
         let refs: Vec<u64> = merged
@@ -332,8 +266,19 @@ impl Engine {
             .take(search.records)
             .map(|hit| hit.metadata_ref)
             .collect();
-        let records = self.records(&refs, &mut stats).await?;
+        let records = self
+            .reader
+            .generation()
+            .records(&source, &refs)
+            .await
+            .map_err(generation_error)?;
         let results = items_with_records(&merged, records, &self.root_base);
+        let own_reads = source.counts();
+        let stats = QueryStats {
+            gets: own_reads.gets + index_stats.gets,
+            bytes_read: own_reads.bytes_read + index_stats.bytes_read,
+            ..QueryStats::default()
+        };
         timings.merge = elapsed_ms(searched);
         Ok(SearchResponse {
             results,

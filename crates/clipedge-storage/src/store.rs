@@ -3,8 +3,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clipedge_format::coalesce_ranges;
-use futures::stream::{self, StreamExt, TryStreamExt};
+use clipedge_io::{ObjectSource, SourceError};
+use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -65,16 +65,6 @@ pub struct ObjectInfo {
     pub bytes: u64,
     /// When the object was last written, as the backend reports it.
     pub last_modified_unix_ms: Option<u64>,
-}
-
-/// Result of [`Storage::get_ranges`]: one buffer per requested range, in request order.
-#[derive(Debug, Clone)]
-pub struct RangeRead {
-    pub parts: Vec<Bytes>,
-    /// GETs actually sent after coalescing.
-    pub requests: usize,
-    /// Bytes actually transferred, gaps included.
-    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,51 +316,6 @@ impl Storage {
         Ok(bytes)
     }
 
-    /// Many ranges of one object: nearby ranges are merged into one GET, merged GETs run
-    /// concurrently, and the result has one buffer per requested range, in request order.
-    pub async fn get_ranges(
-        &self,
-        name: &str,
-        ranges: &[Range<u64>],
-    ) -> Result<RangeRead, StorageError> {
-        let merged = coalesce_ranges(
-            ranges,
-            self.config.coalesce_gap_bytes,
-            self.config.max_coalesced_bytes,
-        );
-        let fetched: Vec<Bytes> = stream::iter(merged.iter().cloned())
-            .map(|range| self.get_range(name, range))
-            .buffered(self.config.max_concurrency.max(1))
-            .try_collect()
-            .await?;
-        let bytes = merged.iter().map(|range| range.end - range.start).sum();
-        let mut parts = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            if range.start >= range.end {
-                parts.push(Bytes::new());
-                continue;
-            }
-            // The merged range holding this one: merged ranges are sorted and disjoint.
-            let index = merged.partition_point(|merged_range| merged_range.end < range.end);
-            let container = &merged[index];
-            debug_assert!(container.start <= range.start && range.end <= container.end);
-            let offset = (range.start - container.start) as usize;
-            parts.push(fetched[index].slice(offset..offset + (range.end - range.start) as usize));
-        }
-        debug!(
-            object = name,
-            ranges = ranges.len(),
-            requests = merged.len(),
-            bytes,
-            "range read"
-        );
-        Ok(RangeRead {
-            parts,
-            requests: merged.len(),
-            bytes,
-        })
-    }
-
     /// Writes a new object; fails with [`StorageError::AlreadyExists`] rather than overwrite one.
     pub async fn put_new(&self, name: &str, bytes: Bytes) -> Result<(), StorageError> {
         let path = self.path(name);
@@ -488,6 +433,80 @@ impl Storage {
     }
 }
 
+/// The object source every reader is written against (`clipedge_io`); keys are relative to the
+/// storage root, retries happen inside.
+impl ObjectSource for Storage {
+    async fn get(&self, key: &str, limit: Option<u64>) -> Result<Bytes, SourceError> {
+        let bytes = Storage::get(self, key).await.map_err(source_error)?;
+        if let Some(limit) = limit.filter(|limit| bytes.len() as u64 > *limit) {
+            return Err(SourceError::TooLarge {
+                key: key.to_string(),
+                size: bytes.len() as u64,
+                limit,
+            });
+        }
+        Ok(bytes)
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SourceError> {
+        if range.start >= range.end {
+            return Ok(Bytes::new());
+        }
+        Storage::get_range(self, key, range)
+            .await
+            .map_err(source_error)
+    }
+
+    fn coalesce_gap_bytes(&self) -> u64 {
+        self.config.coalesce_gap_bytes
+    }
+
+    fn max_coalesced_bytes(&self) -> u64 {
+        self.config.max_coalesced_bytes
+    }
+
+    fn max_concurrency(&self) -> usize {
+        self.config.max_concurrency
+    }
+}
+
+/// The source-level view of a storage error: what a reader needs to tell apart.
+pub fn source_error(error: StorageError) -> SourceError {
+    match error {
+        StorageError::NotFound { path } => SourceError::NotFound { key: path },
+        StorageError::Range { path, start, end } => SourceError::Range {
+            key: path,
+            start,
+            end,
+            got: 0,
+        },
+        other => {
+            let key = match &other {
+                StorageError::InvalidLocation { location, .. } => location.clone(),
+                StorageError::AlreadyExists { path }
+                | StorageError::Precondition { path }
+                | StorageError::Backend { path, .. } => path.clone(),
+                StorageError::NotFound { .. } | StorageError::Range { .. } => unreachable!(),
+            };
+            SourceError::Failed {
+                key,
+                reason: error_chain(&other),
+            }
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,6 +575,24 @@ mod tests {
         );
         let counters = storage.stats().snapshot();
         assert!(counters.gets >= 4 && counters.puts == 3, "{counters:?}");
+    }
+
+    async fn assert_conforms(storage: &Storage) {
+        for (key, bytes) in clipedge_io::conformance::objects() {
+            storage.put_new(&key, bytes).await.unwrap();
+        }
+        clipedge_io::conformance::check(storage).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn local_directory_passes_the_object_source_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_conforms(&Storage::open(dir.path().to_str().unwrap()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn memory_store_passes_the_object_source_suite() {
+        assert_conforms(&Storage::open("memory://").unwrap()).await;
     }
 
     async fn assert_delete_is_idempotent(storage: &Storage) {

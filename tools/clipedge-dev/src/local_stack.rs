@@ -32,6 +32,8 @@ const STACK_FILE: &str = "stack.json";
 const R2_BINDING: &str = "INDEX_BUCKET";
 /// The scanner's name in the emulator (its function URL is `/lambda-url/<name>/…`).
 const FUNCTION_NAME: &str = "clipedge-scanner";
+/// Where `--conformance` puts the object-source suite's objects in the bucket.
+const CONFORMANCE_PREFIX: &str = "conformance";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Args)]
@@ -89,6 +91,10 @@ struct UpArgs {
     /// (the usage records) and a line per request.
     #[arg(long, default_value = "warn")]
     wrangler_log_level: String,
+    /// Put the object-source suite's objects (`clipedge_io::conformance`) in the bucket (and in
+    /// local R2 with `--r2`) and turn on the Worker's `GET /v1/conformance/object-source`.
+    #[arg(long)]
+    conformance: bool,
 }
 
 /// `NAME=LIMIT/PERIOD_S` → the `[[ratelimits]]` entry (namespace ids: 1001, 1002, … in order).
@@ -466,6 +472,9 @@ fn start_and_publish(
         &model_files,
         &model_prefix,
     ))?;
+    if args.conformance {
+        runtime.block_on(publish_conformance_objects())?;
+    }
 
     // Lambda: the emulator, then the prebuilt scanner attached to its runtime API.
     let lambda_port = free_port()?;
@@ -523,6 +532,12 @@ fn start_and_publish(
     ];
     if args.r2 {
         vars.push(("CLIPEDGE_R2_BINDING".into(), R2_BINDING.into()));
+    }
+    if args.conformance {
+        vars.push((
+            "CLIPEDGE_CONFORMANCE_PREFIX".into(),
+            CONFORMANCE_PREFIX.into(),
+        ));
     }
     for assignment in &args.vars {
         let Some((name, value)) = assignment.split_once('=') else {
@@ -584,7 +599,20 @@ fn start_and_publish(
         let model_objects = model_files
             .iter()
             .map(|name| (format!("{model_prefix}/{name}"), args.model.join(name)));
-        for (key, path) in index_objects.chain(model_objects) {
+        let mut conformance_objects = Vec::new();
+        if args.conformance {
+            let dir = state.join(CONFORMANCE_PREFIX);
+            for (name, bytes) in clipedge_io::conformance::objects() {
+                let path = dir.join(&name);
+                std::fs::create_dir_all(path.parent().unwrap_or(&dir))?;
+                std::fs::write(&path, &bytes)?;
+                conformance_objects.push((format!("{CONFORMANCE_PREFIX}/{name}"), path));
+            }
+        }
+        for (key, path) in index_objects
+            .chain(model_objects)
+            .chain(conformance_objects)
+        {
             // wrangler runs in the worker directory: give it absolute paths.
             let path = absolute(&path)?;
             let mut put = Command::new(node);
@@ -722,6 +750,18 @@ async fn publish(
         .map(|name| upload(&models, name, model_dir.join(name)));
     futures::future::try_join_all(uploads).await?;
     Ok(pointer.generation)
+}
+
+/// The object-source suite's objects, under [`CONFORMANCE_PREFIX`] of the bucket.
+async fn publish_conformance_objects() -> anyhow::Result<()> {
+    let remote = Storage::open(&format!("s3://{BUCKET}/{CONFORMANCE_PREFIX}"))?;
+    for (name, bytes) in clipedge_io::conformance::objects() {
+        match remote.put_new(&name, bytes).await {
+            Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
+            Err(error) => return Err(error).with_context(|| format!("uploading {name}")),
+        }
+    }
+    Ok(())
 }
 
 async fn upload(storage: &Storage, name: &str, path: PathBuf) -> anyhow::Result<()> {
