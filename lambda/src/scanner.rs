@@ -157,16 +157,9 @@ impl Scanner {
         };
         let reader = opened?;
         let open_ms = open_started.elapsed().as_secs_f32() * 1000.0;
-        let targets = match &request.targets {
-            ScanTargets::Groups { group_ids, nprobe } => LeafTargets::Groups {
-                group_ids,
-                nprobe: *nprobe as usize,
-            },
-            ScanTargets::Lists { list_ids } => LeafTargets::Lists { list_ids },
-        };
         let leaf_request = LeafRequest {
             query: &request.query,
-            targets,
+            targets: LeafTargets::from_scan(&request.targets),
             k: request.k as usize,
             rerank: request.rerank as usize,
             deadline: Some(deadline),
@@ -179,23 +172,14 @@ impl Scanner {
             .leaf_search(&leaf_request)
             .await
             .map_err(RequestError::from_index)?;
-        let leaf_stats = leaf.stats;
-        stats.gets += leaf_stats.gets;
-        stats.bytes_read += leaf_stats.bytes_read;
-        stats.list_cache_hits = leaf_stats.list_cache_hits as u32;
-        stats.lists_scanned = leaf_stats.lists_scanned as u32;
-        stats.codes_scanned = leaf_stats.codes_scanned;
-        stats.fetch_ms = open_ms + (leaf_stats.route_us + leaf_stats.fetch_us) as f32 / 1000.0;
-        stats.scan_ms = leaf_stats.scan_us as f32 / 1000.0;
-        stats.rerank_ms = leaf_stats.rerank_us as f32 / 1000.0;
-        Ok(ScanResponse {
-            request_id: request.request_id.clone(),
-            generation: request.generation.clone(),
-            groups: leaf.groups,
-            lists: leaf.lists,
-            candidates: leaf.hits,
-            stats,
-        })
+        let mut response =
+            leaf.into_scan_response(request.request_id.clone(), request.generation.clone());
+        // The generation's own reads and opening time, when this call opened it.
+        response.stats.gets += stats.gets;
+        response.stats.bytes_read += stats.bytes_read;
+        response.stats.generation_cached = stats.generation_cached;
+        response.stats.fetch_ms += open_ms;
+        Ok(response)
     }
 
     async fn open_generation(

@@ -9,10 +9,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use clipedge_api::{
-    generation_error, items_with_records, merge, resolve_url, text_encode_error, ApiError,
-    ErrorCode, HealthResponse, Item, Query, QueryStats, SearchResponse, Timings, ValidSearch,
+    generation_error, resolve_url, text_encode_error, ApiError, ErrorCode, HealthResponse, Item,
+    Query, QueryStats, SearchResponse, Timings, ValidSearch,
 };
-use clipedge_index::route::auto_group_probe;
 use clipedge_index::{current_generation, Generation};
 use clipedge_io::{Counted, ObjectSource, Prefixed};
 use clipedge_text::{ModelCard, PackageBytes, TextEncoder};
@@ -22,9 +21,9 @@ use crate::config::WorkerConfig;
 use crate::embed_cache::{cache_key, edge_cache_url, EmbeddingCache};
 use crate::metering::FanOutUsage;
 use crate::objects::{Objects, SourceError};
-use crate::plan::plan_calls;
-use crate::scanners::{self, ScanJob};
+use crate::scanners::Scanners;
 use crate::shared::LoadSlot;
+use clipedge_search::RootAnswer;
 
 /// What a model package may weigh in the isolate (128 MB, shared with the JS heap, the routing
 /// table and the requests in flight): the B/32 int8 tower is 63 MB.
@@ -348,80 +347,34 @@ impl<'a> RequestContext<'a> {
         // The encode stage is the tower itself; a cold model load is reported apart.
         timings.encode = since(started) - (self.load_ms - load_before);
 
-        let probe_started = monotonic_ms();
-        let groups = auto_group_probe(&generation.routing, &query, search.nprobe);
-        let calls = plan_calls(
-            &generation.routing,
-            &groups,
-            search.nprobe,
-            self.config.max_scanner_calls,
-            self.config.min_lists_per_call,
-            &self.config.scanner_urls,
-        );
-        timings.probe = since(probe_started);
-
-        let scan_started = monotonic_ms();
-        let job = ScanJob {
+        let scanners = Scanners {
             config: self.config,
-            generation: &generation.manifest.generation,
-            query: &query,
-            k: search.candidates() as u32,
-            rerank: search.rerank as u32,
             request_id,
             deadline_ms: self.deadline_ms,
         };
-        let fan_out = scanners::scan(&job, &calls).await;
-        timings.scan = since(scan_started);
-        let failed_lists = fan_out.failed_lists(&generation.routing);
+        let RootAnswer { result, fan_out } = clipedge_search::search(
+            generation,
+            &self.index(),
+            &scanners,
+            &query,
+            &search,
+            "/",
+            monotonic_ms,
+        )
+        .await;
         self.fan_out_usage = FanOutUsage {
             calls: fan_out.calls,
             gets: fan_out.gets,
             bytes_read: fan_out.bytes_read,
             scanner_ms: fan_out.scanner_ms,
-            partial: !failed_lists.is_empty(),
+            partial: result.as_ref().is_ok_and(|response| response.partial),
         };
-
-        let merge_started = monotonic_ms();
-        if fan_out.lists_scanned() == 0 && !failed_lists.is_empty() {
-            let first_error = fan_out.errors.first().cloned().unwrap_or_default();
-            return Err(ApiError::new(
-                ErrorCode::ScannersFailed,
-                format!(
-                    "every scanner call failed ({} calls, {} lists unscanned): {first_error}",
-                    fan_out.calls,
-                    failed_lists.len()
-                ),
-            ));
-        }
-        let merged = merge(
-            std::slice::from_ref(&fan_out.candidates),
-            search.k,
-            search.dedup,
-        );
-        let refs: Vec<u64> = merged
-            .iter()
-            .take(search.records)
-            .map(|hit| hit.metadata_ref)
-            .collect();
-        let records = generation
-            .records(&self.index(), &refs)
-            .await
-            .map_err(generation_error)?;
-        let results = items_with_records(&merged, records, "/");
-        timings.merge = since(merge_started);
+        let mut response = result?;
+        response.timings.encode = timings.encode;
         let own = self.stats();
-        Ok(SearchResponse {
-            results,
-            partial: !failed_lists.is_empty(),
-            failed_lists,
-            timings,
-            stats: QueryStats {
-                gets: own.gets + fan_out.gets,
-                bytes_read: own.bytes_read + fan_out.bytes_read,
-                scanner_calls: fan_out.calls,
-                scanner_ms: fan_out.scanner_ms,
-            },
-        })
+        response.stats.gets += own.gets;
+        response.stats.bytes_read += own.bytes_read;
+        Ok(response)
     }
 
     /// An object under the index root (`media/…`, from `clipedge_api::web::media_object`).

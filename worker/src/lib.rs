@@ -22,7 +22,6 @@ pub mod embed_cache;
 pub mod engine;
 pub mod metering;
 pub mod objects;
-pub mod plan;
 pub mod scanners;
 pub mod shared;
 

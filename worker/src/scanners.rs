@@ -12,18 +12,49 @@ use worker::{Headers, Method, Request, RequestInit};
 use crate::clock::{monotonic_ms, unix_ms};
 use crate::config::WorkerConfig;
 use crate::objects::fetch_with_timeout;
-use crate::plan::{retry_targets, Call, FanOut};
+use clipedge_search::plan::retry_targets;
+use clipedge_search::{Call, FanOut, FanOutPolicy, LeafJob, Leaves};
 
-/// What every call of one query shares.
-pub struct ScanJob<'a> {
+/// The scanner Lambdas as the root's leaves, for one request.
+pub struct Scanners<'a> {
     pub config: &'a WorkerConfig,
-    pub generation: &'a str,
-    pub query: &'a [f32],
-    pub k: u32,
-    pub rerank: u32,
     pub request_id: &'a str,
     /// The request's deadline ([`monotonic_ms`] time): no call outlives it.
     pub deadline_ms: f64,
+}
+
+impl Leaves for Scanners<'_> {
+    fn policy(&self) -> FanOutPolicy<'_> {
+        FanOutPolicy {
+            max_calls: self.config.max_scanner_calls,
+            min_lists_per_call: self.config.min_lists_per_call,
+            scanners: &self.config.scanner_urls,
+        }
+    }
+
+    async fn scan(&self, job: &LeafJob<'_>, calls: &[Call]) -> FanOut {
+        let job = ScanJob {
+            config: self.config,
+            generation: job.generation,
+            query: job.query,
+            k: job.k,
+            rerank: job.rerank,
+            request_id: self.request_id,
+            deadline_ms: self.deadline_ms,
+        };
+        scan(&job, calls).await
+    }
+}
+
+/// What every call of one query shares.
+struct ScanJob<'a> {
+    config: &'a WorkerConfig,
+    generation: &'a str,
+    query: &'a [f32],
+    k: u32,
+    rerank: u32,
+    request_id: &'a str,
+    deadline_ms: f64,
 }
 
 /// A call with less time than this left is not made (its lists are reported failed).
@@ -156,7 +187,7 @@ async fn run_batch(job: &ScanJob<'_>, planned: &Call, index: usize) -> Vec<Attem
 }
 
 /// Runs every batch concurrently and folds the answers, failures included.
-pub async fn scan(job: &ScanJob<'_>, calls: &[Call]) -> FanOut {
+async fn scan(job: &ScanJob<'_>, calls: &[Call]) -> FanOut {
     let attempts = join_all(
         calls
             .iter()

@@ -17,7 +17,9 @@ use bytes::Bytes;
 use clipedge_format::{FormatError, GroupBlob, Hit, ListView, RerankKind};
 use clipedge_linalg::dot::dots_with_rows;
 use clipedge_linalg::TopK;
-use clipedge_protocol::{GroupResult, ListResult, ScanStatus};
+use clipedge_protocol::{
+    GroupResult, ListResult, ScanResponse, ScanStats, ScanStatus, ScanTargets,
+};
 use clipedge_storage::{ByteLru, ObjectSource, SourceError, StorageError};
 use futures::stream::{self, StreamExt};
 
@@ -34,6 +36,19 @@ pub enum LeafTargets<'a> {
     Groups { group_ids: &'a [u32], nprobe: usize },
     /// Scan these lists in this order.
     Lists { list_ids: &'a [u32] },
+}
+
+impl<'a> LeafTargets<'a> {
+    /// The targets of a scan request (the wire form of the same choice).
+    pub fn from_scan(targets: &'a ScanTargets) -> LeafTargets<'a> {
+        match targets {
+            ScanTargets::Groups { group_ids, nprobe } => LeafTargets::Groups {
+                group_ids,
+                nprobe: *nprobe as usize,
+            },
+            ScanTargets::Lists { list_ids } => LeafTargets::Lists { list_ids },
+        }
+    }
 }
 
 /// How the leaf reads group blobs and lists that are not cached.
@@ -77,6 +92,33 @@ pub struct LeafResponse {
     /// The first group or list that failed for a reason other than the deadline, as an error:
     /// what a caller that needs every list answers with.
     pub first_error: Option<IndexError>,
+}
+
+impl LeafResponse {
+    /// The scanner protocol's answer carrying this leaf search: what the scanner Lambda sends
+    /// and what `clipedge serve`'s in-process leaf hands its root.
+    pub fn into_scan_response(self, request_id: String, generation: String) -> ScanResponse {
+        let stats = self.stats;
+        ScanResponse {
+            request_id,
+            generation,
+            groups: self.groups,
+            lists: self.lists,
+            candidates: self.hits,
+            stats: ScanStats {
+                gets: stats.gets,
+                bytes_read: stats.bytes_read,
+                list_cache_hits: stats.list_cache_hits as u32,
+                lists_scanned: stats.lists_scanned as u32,
+                codes_scanned: stats.codes_scanned,
+                generation_cached: true,
+                fetch_ms: (stats.route_us + stats.fetch_us) as f32 / 1000.0,
+                scan_ms: stats.scan_us as f32 / 1000.0,
+                rerank_ms: stats.rerank_us as f32 / 1000.0,
+                total_ms: 0.0,
+            },
+        }
+    }
 }
 
 /// Verified list bytes kept across searches, bounded in bytes. One cache can serve several

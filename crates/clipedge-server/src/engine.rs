@@ -1,13 +1,18 @@
-//! The in-process query path: encode → probe/scan/rerank → merge/dedup → caption and URL.
+//! The embedded front's query path: encode (in process), then the shared root
+//! (`clipedge_search`) over the in-process leaf: probe → scan/rerank → merge/dedup → caption
+//! and URL.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use clipedge_api::{
-    generation_error, items_with_records, merge, resolve_url, text_encode_error, ApiError,
-    ErrorCode, HealthResponse, Item, Query, QueryStats, SearchResponse, Timings, ValidSearch,
+    generation_error, resolve_url, text_encode_error, ApiError, ErrorCode, HealthResponse, Item,
+    Query, SearchResponse, ValidSearch,
 };
-use clipedge_index::{GenerationError, IndexError, IndexReader, OpenOptions, SearchParams};
+use clipedge_index::{
+    GenerationError, IndexError, IndexReader, LeafRequest, LeafTargets, OpenOptions, ReadPlan,
+};
+use clipedge_search::{Call, FanOut, FanOutPolicy, LeafJob, Leaves};
 use clipedge_storage::{Counted, ObjectSource, Storage};
 use clipedge_text::{TextEncoder, TextError};
 use thiserror::Error;
@@ -62,15 +67,6 @@ pub struct Engine {
 
 fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, format!("{context}: {error}"))
-}
-
-fn index_error(error: IndexError) -> ApiError {
-    match error {
-        IndexError::InvalidQuery { reason } | IndexError::InvalidParams { reason } => {
-            ApiError::new(ErrorCode::InvalidQuery, reason)
-        }
-        other => internal("index read failed", other),
-    }
 }
 
 fn elapsed_ms(since: Instant) -> f64 {
@@ -239,53 +235,77 @@ impl Engine {
         }
     }
 
-    /// Answers one validated search.
+    /// Answers one validated search: the shared root (`clipedge_search`) over the in-process
+    /// leaf, so the answer, a partial answer and the errors are the edge Worker's.
     pub async fn search(&self, search: ValidSearch) -> Result<SearchResponse, ApiError> {
-        let mut timings = Timings::default();
         let source = Counted::new(self.storage());
         let started = Instant::now();
-        let candidates = search.candidates();
-        let query = self.query_vector(search.query, &source).await?;
-        timings.encode = elapsed_ms(started);
-
-        let params = SearchParams::new(candidates, search.nprobe, search.rerank);
-        let found = self
-            .reader
-            .search(&query, &params)
-            .await
-            .map_err(index_error)?;
-        let searched = Instant::now();
-        let index_stats = found.stats;
-        timings.probe = index_stats.route_us as f64 / 1e3;
-        timings.scan =
-            (index_stats.fetch_us + index_stats.scan_us + index_stats.rerank_us) as f64 / 1e3;
-
-        let merged = merge(&[found.hits], search.k, search.dedup);
-        let refs: Vec<u64> = merged
-            .iter()
-            .take(search.records)
-            .map(|hit| hit.metadata_ref)
-            .collect();
-        let records = self
-            .reader
-            .generation()
-            .records(&source, &refs)
-            .await
-            .map_err(generation_error)?;
-        let results = items_with_records(&merged, records, &self.root_base);
-        let own_reads = source.counts();
-        let stats = QueryStats {
-            gets: own_reads.gets + index_stats.gets,
-            bytes_read: own_reads.bytes_read + index_stats.bytes_read,
-            ..QueryStats::default()
+        let query = self.query_vector(search.query.clone(), &source).await?;
+        let encode_ms = elapsed_ms(started);
+        let leaves = InProcessLeaf {
+            reader: &self.reader,
         };
-        timings.merge = elapsed_ms(searched);
-        Ok(SearchResponse {
-            results,
-            partial: false,
-            failed_lists: Vec::new(),
-            timings,
-            stats,
-        })
+        let clock = Instant::now();
+        let answer = clipedge_search::search(
+            self.reader.generation(),
+            &source,
+            &leaves,
+            &query,
+            &search,
+            &self.root_base,
+            || elapsed_ms(clock),
+        )
+        .await;
+        let mut response = answer.result?;
+        response.timings.encode = encode_ms;
+        let own_reads = source.counts();
+        response.stats.gets += own_reads.gets;
+        response.stats.bytes_read += own_reads.bytes_read;
+        Ok(response)
+    }
+}
+
+/// The root's leaf in `clipedge serve`: the same leaf search a scanner Lambda runs, in
+/// process, over the one call the root plans for it.
+struct InProcessLeaf<'a> {
+    reader: &'a IndexReader,
+}
+
+impl Leaves for InProcessLeaf<'_> {
+    fn policy(&self) -> FanOutPolicy<'_> {
+        FanOutPolicy {
+            max_calls: 1,
+            min_lists_per_call: 1,
+            scanners: &[],
+        }
+    }
+
+    async fn scan(&self, job: &LeafJob<'_>, calls: &[Call]) -> FanOut {
+        let mut fan_out = FanOut::default();
+        for call in calls {
+            let targets = call.batch.targets();
+            let request = LeafRequest {
+                query: job.query,
+                targets: LeafTargets::from_scan(&targets),
+                k: job.k as usize,
+                rerank: job.rerank as usize,
+                deadline: None,
+                reads: ReadPlan::Coalesced,
+                parallel: false,
+            };
+            match self.reader.leaf_search(&request).await {
+                Ok(leaf) => fan_out.add_response(
+                    &leaf.into_scan_response(String::new(), job.generation.to_string()),
+                ),
+                Err(error) => {
+                    warn!(%error, "in-process leaf search failed");
+                    fan_out.add_failed_call(&call.batch.lists, error.to_string());
+                }
+            }
+        }
+        // No scanner was invoked: nothing to meter as calls or scanner time.
+        fan_out.calls = 0;
+        fan_out.scanner_ms = 0.0;
+        fan_out
     }
 }

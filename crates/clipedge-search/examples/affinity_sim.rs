@@ -13,7 +13,7 @@
 use std::num::NonZeroUsize;
 
 use clipedge_format::{GroupEntry, RoutingTable};
-use clipedge_worker::plan::{plan_batches, plan_calls, Call};
+use clipedge_search::plan::{plan_batches, plan_calls, Call};
 use lru::LruCache;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,5 +1,6 @@
 //! Spreading a query's routing groups over at most six scanner calls, and folding the answers
-//! (with their failures) back into one candidate set. No I/O: `scanners.rs` does the calls.
+//! (with their failures) back into one candidate set. No I/O: the front's [`crate::Leaves`]
+//! makes the calls.
 
 use std::collections::BTreeSet;
 
