@@ -477,3 +477,35 @@ pub fn run_clip_client(base: &str, indice_name: &str) {
     let seen = String::from_utf8_lossy(&output.stdout);
     assert!(seen.contains("\"by_text\": "), "{seen}");
 }
+
+/// The list whose bytes hold `offset` of shard 0, from the local copy of the index.
+pub fn list_at_shard_offset(index: &std::path::Path, generation: &str, offset: u64) -> u32 {
+    let dir = index.join("generations").join(generation);
+    let manifest =
+        clipedge_format::Manifest::from_json(&std::fs::read(dir.join("manifest.json")).unwrap())
+            .unwrap();
+    let routing = clipedge_format::RoutingTable::decode(
+        &std::fs::read(dir.join(&manifest.routing.path)).unwrap(),
+    )
+    .unwrap();
+    let groups = std::fs::read(dir.join(&manifest.groups.path)).unwrap();
+    for entry in &routing.groups {
+        let bytes = &groups[entry.offset as usize..(entry.offset + entry.length as u64) as usize];
+        let blob = clipedge_format::GroupBlob::decode(
+            bytes,
+            entry.first_list,
+            entry.list_count as usize,
+            routing.dim,
+            entry.crc32,
+        )
+        .unwrap();
+        for (local, location) in blob.lists.iter().enumerate() {
+            if location.shard == 0
+                && (location.offset..location.offset + location.length as u64).contains(&offset)
+            {
+                return entry.first_list + local as u32;
+            }
+        }
+    }
+    panic!("no list holds shard offset {offset}");
+}

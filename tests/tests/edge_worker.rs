@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use clipedge_format::{CurrentPointer, GroupBlob, Manifest, RoutingTable};
+use clipedge_format::CurrentPointer;
 use clipedge_tests::api_cases::{
-    bad_searches, build_demo_index, check_clip_retrieval_front, run_clip_client, EmbeddedServer,
+    bad_searches, build_demo_index, check_clip_retrieval_front, list_at_shard_offset,
+    run_clip_client, EmbeddedServer,
 };
 use clipedge_tests::lambda_harness::{workspace_binary, workspace_root};
 use serde_json::{json, Value};
@@ -232,34 +233,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// The list whose bytes hold `offset` of shard 0, from the local copy of the index.
-fn list_at_shard_offset(index: &Path, generation: &str, offset: u64) -> u32 {
-    let dir = index.join("generations").join(generation);
-    let manifest = Manifest::from_json(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
-    let routing =
-        RoutingTable::decode(&std::fs::read(dir.join(&manifest.routing.path)).unwrap()).unwrap();
-    let groups = std::fs::read(dir.join(&manifest.groups.path)).unwrap();
-    for entry in &routing.groups {
-        let bytes = &groups[entry.offset as usize..(entry.offset + entry.length as u64) as usize];
-        let blob = GroupBlob::decode(
-            bytes,
-            entry.first_list,
-            entry.list_count as usize,
-            routing.dim,
-            entry.crc32,
-        )
-        .unwrap();
-        for (local, location) in blob.lists.iter().enumerate() {
-            if location.shard == 0
-                && (location.offset..location.offset + location.length as u64).contains(&offset)
-            {
-                return entry.first_list + local as u32;
-            }
-        }
-    }
-    panic!("no list holds shard offset {offset}");
 }
 
 #[test]

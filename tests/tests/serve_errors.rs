@@ -2,8 +2,10 @@
 //! table (`clipedge_tests::api_cases`) that `edge_worker.rs` runs against both fronts, here
 //! without the Worker, so every test run checks the embedded front.
 
+use clipedge_format::CurrentPointer;
 use clipedge_tests::api_cases::{
-    bad_searches, build_demo_index, check_clip_retrieval_front, run_clip_client, EmbeddedServer,
+    bad_searches, build_demo_index, check_clip_retrieval_front, list_at_shard_offset,
+    run_clip_client, EmbeddedServer,
 };
 
 #[test]
@@ -123,4 +125,55 @@ fn serve_with_an_api_key_refuses_other_callers() {
         let (status, body) = call("GET", open, None);
         assert_eq!(status, 200, "{open} stays open: {body}");
     }
+}
+
+/// A list that fails verification: `clipedge serve` answers with the other lists, flagged
+/// `partial` and naming the list, as the edge Worker does (one root, `clipedge_search`).
+#[test]
+fn serve_answers_partial_naming_a_corrupt_list() {
+    let work = tempfile::tempdir().unwrap();
+    let index = work.path().join("index");
+    build_demo_index(&index, "models/tiny-clip");
+    let generation = CurrentPointer::from_json(&std::fs::read(index.join("CURRENT")).unwrap())
+        .unwrap()
+        .generation;
+    let shard = index
+        .join("generations")
+        .join(&generation)
+        .join("shard-00000.bin");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let flipped_offset = bytes.len() as u64 / 2;
+    let broken_list = list_at_shard_offset(&index, &generation, flipped_offset);
+    bytes[flipped_offset as usize] ^= 0x5a;
+    std::fs::write(&shard, &bytes).unwrap();
+
+    let server = EmbeddedServer::start(&index, "models/tiny-clip");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/search", server.url))
+            .body(r#"{"text": "a penguin", "k": 10, "nprobe": 4096}"#)
+            .send()
+            .await
+            .expect("http call");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("an answer body");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("a JSON answer");
+        (status, body)
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["partial"], true, "{body}");
+    assert_eq!(
+        body["failed_lists"],
+        serde_json::json!([broken_list]),
+        "{body}"
+    );
+    assert_eq!(
+        body["results"].as_array().unwrap().len(),
+        10,
+        "the other lists still answer: {body}"
+    );
 }
