@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use clipedge_format::{generation_path, FormatError, RerankKind, CURRENT_OBJECT};
 use clipedge_index::{IndexError, IndexReader, OpenOptions, SearchParams};
-use clipedge_storage::{Storage, StorageError};
+use clipedge_storage::{SourceError, Storage, StorageError};
 use clipedge_tests::{
     build, group_blobs, list_locations, open, probed_lists, quick_config, temp_storage, Dataset,
 };
@@ -136,7 +136,7 @@ async fn a_missing_shard_is_an_error() {
     assert!(
         matches!(
             outcome,
-            Err(IndexError::Storage(StorageError::NotFound { .. }))
+            Err(IndexError::Source(SourceError::NotFound { .. }))
         ),
         "{outcome:?}"
     );

@@ -115,6 +115,9 @@ impl IndexReader {
                 location: storage.location().to_string(),
                 object,
             },
+            // A corrupt object is the index's format error, wherever it was read.
+            GenerationError::Format { error, .. } => IndexError::Format(error),
+            GenerationError::Source { source, .. } => IndexError::Source(source),
             other => IndexError::Generation(other),
         })?;
         let Generation { manifest, routing } = &opened;
