@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load test of `clipedge serve` on the demo index from a second process on loopback (wrk).
-#   benches/serve_load.sh [DURATION_S=20] [CONNECTIONS=8]
+#   benches/serve_load.sh [DURATION_S=20] [CONNECTIONS=8]      (CLIPEDGE_BIN=path: that binary, no build)
 # Prints wrk's report and one JSON line: {"qps","p50_ms","p99_ms","requests","errors",...}.
 # Needs `apt-get install wrk`. Text queries rotate over a fixed list; every request runs the whole
 # query path (encode, probe, scan, rerank, merge, dedup, catalog reads): there is no result cache.
@@ -9,8 +9,13 @@ cd "$(dirname "$0")/.."
 DURATION="${1:-20}"
 CONNECTIONS="${2:-8}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clipedge/target}"
-cargo build --release --locked -p clipedge >&2
-CLIPEDGE="$CARGO_TARGET_DIR/release/clipedge"
+# CLIPEDGE_BIN=path compares another build (e.g. a commit before a change) on the same machine.
+if [ -n "${CLIPEDGE_BIN:-}" ]; then
+  CLIPEDGE="$CLIPEDGE_BIN"
+else
+  cargo build --release --locked -p clipedge >&2
+  CLIPEDGE="$CARGO_TARGET_DIR/release/clipedge"
+fi
 "$CLIPEDGE" demo --build-only >&2
 
 work="$(mktemp -d)"
