@@ -540,6 +540,7 @@ def soak(args, clipedge: str, clipedge_dev: str) -> dict:
     stack = Stack(clipedge_dev, args.state.resolve())
     serve = None
     sampler = None
+    wrk = None
     try:
         print("starting the local stack …", file=sys.stderr)
         stack.up()
@@ -625,9 +626,12 @@ def soak(args, clipedge: str, clipedge_dev: str) -> dict:
         return evaluate(args, checker, logs, started, fault_start, fault_end, events,
                         wrk_summary, sampler, edge_health)
     finally:
+        if wrk is not None and wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
         if sampler is not None:
             sampler.stop()
-        if stack.info:
+        if stack.info and (stack.state / "stack.json").exists():
             stack.record_pids()
         stack.down()
         if serve is not None:
