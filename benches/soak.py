@@ -372,6 +372,8 @@ class Checker:
     def same_results(self, got: list[dict], reference: list[dict]) -> str | None:
         if len(got) != len(reference):
             return f"{len(got)} results, the reference has {len(reference)}"
+        if len({item["id"] for item in got}) != len(got):
+            return "an id repeats"
         reference_scores = {item["id"]: item["score"] for item in reference}
         floor = min(reference_scores.values())
         for position, (a, b) in enumerate(zip(got, reference)):
