@@ -12,7 +12,8 @@ three phases by the clock:
 - faults: the scanner, the S3 server and the emulator are each killed (SIGKILL) and, after a
   while, started again with the same command line, environment and port; then the S3 server
   (for longer than the Worker's request deadline) and the scanner are frozen (SIGSTOP: their
-  sockets accept, nothing answers) and thawed. Every answer must be complete and equal to the
+  sockets accept, nothing answers) and thawed, and the S3 server stutters (two freezes 0.4 s
+  apart). Every answer must be complete and equal to the
   reference, or `partial` with its failed lists and consistent with the reference, or a
   documented 5xx (`{"error": {"code", "message"}}` with the code's status);
 - quiet: no faults, after the last thaw has had time to recover; as in warm-up.
@@ -492,7 +493,7 @@ def main() -> None:
     parser.add_argument("--clipedge", required=True,
                         help="the clipedge binary (clipedge-dev and clipedge-scanner beside it)")
     parser.add_argument("--warm", type=float, default=20, help="warm-up seconds (no faults)")
-    parser.add_argument("--fault", type=float, default=100, help="fault-phase seconds")
+    parser.add_argument("--fault", type=float, default=130, help="fault-phase seconds")
     parser.add_argument("--quiet", type=float, default=30, help="quiet seconds after the faults")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--no-faults", action="store_true",
@@ -647,22 +648,26 @@ def soak(args, clipedge: str, clipedge_dev: str) -> dict:
 
 def run_faults(stack: Stack, fault_start: float, length: float) -> list[dict]:
     """Kills and restarts, then freezes (SIGSTOP: connections accepted, never answered) and
-    thaws, at fixed fractions of the fault phase; its last seventh is left for recovery. The S3
-    freeze outlasts the Worker's request deadline. Returns what happened when (seconds from the
-    phase's start)."""
+    thaws, at fixed fractions of the fault phase; its last ninth is left for recovery. The first
+    S3 freeze outlasts the Worker's request deadline. Returns what happened when (seconds from
+    the phase's start)."""
     scanner = stack.components["clipedge-scanner"]
     emulator = stack.components["cargo lambda watch"]
     s3 = stack.components["s3s-fs"]
+    # Seconds of a 130 s phase; other lengths scale.
     plan = [
-        (0.05, "kill", scanner), (0.15, "restart", scanner),
-        (0.22, "kill", s3), (0.30, "restart", s3),
-        (0.37, "kill", emulator), (0.45, "restart", emulator),
-        (0.52, "freeze", s3), (0.74, "thaw", s3),
-        (0.78, "freeze", scanner), (0.86, "thaw", scanner),
+        (5, "kill", scanner), (15, "restart", scanner),
+        (22, "kill", s3), (30, "restart", s3),
+        (37, "kill", emulator), (45, "restart", emulator),
+        (52, "freeze", s3), (74, "thaw", s3),
+        (78, "freeze", scanner), (86, "thaw", scanner),
+        # A stutter: S3 answers for a moment between two freezes, so requests that waited out
+        # the first one go on and meet the second one later in their life.
+        (92, "freeze", s3), (104, "thaw", s3), (104.4, "freeze", s3), (116, "thaw", s3),
     ]
     events = []
-    for fraction, action, component in plan:
-        delay = fault_start + fraction * length - now()
+    for at_reference, action, component in plan:
+        delay = fault_start + at_reference / 130 * length - now()
         if delay > 0:
             time.sleep(delay)
         at = now() - fault_start
