@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -640,10 +641,8 @@ def soak(args, clipedge: str, clipedge_dev: str) -> dict:
         if serve is not None:
             serve.terminate()
             serve.wait(timeout=10)
-        if args.keep_logs is None:
-            for path in sorted(work.rglob("*"), reverse=True):
-                path.unlink() if path.is_file() else path.rmdir()
-            work.rmdir()
+        # The scratch directory goes; the answer logs stay only where --keep-logs put them.
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_faults(stack: Stack, fault_start: float, length: float) -> list[dict]:
