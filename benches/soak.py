@@ -216,7 +216,7 @@ class Stack:
         if (self.state / "stack.json").exists():
             self.down()
         # wrangler's local observability keeps a trace of every request in a Durable Object on
-        # disk (190 MB after ~30k requests here) and costs about a third of the Worker's
+        # disk (190 MB over ~40k requests here) and cost a quarter to a third of the Worker's
         # throughput on this machine: dev-runtime work a deployment does elsewhere, off here.
         env = dict(os.environ)
         env.setdefault("X_LOCAL_OBSERVABILITY", "false")
