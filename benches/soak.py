@@ -215,14 +215,9 @@ class Stack:
     def up(self) -> None:
         if (self.state / "stack.json").exists():
             self.down()
-        # wrangler's local observability keeps a trace of every request in a Durable Object on
-        # disk (190 MB over ~40k requests here) and cost a quarter to a third of the Worker's
-        # throughput on this machine: dev-runtime work a deployment does elsewhere, off here.
-        env = dict(os.environ)
-        env.setdefault("X_LOCAL_OBSERVABILITY", "false")
         result = subprocess.run([self.clipedge_dev, "local-stack", "up", "--port", "0",
                                  "--state", str(self.state)],
-                                cwd=REPO, capture_output=True, text=True, env=env)
+                                cwd=REPO, capture_output=True, text=True)
         if result.returncode != 0:
             raise BenchError(f"local-stack up failed:\n{result.stderr[-4000:]}")
         self.info = json.loads(result.stdout.strip().splitlines()[-1])
