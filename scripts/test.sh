@@ -118,6 +118,9 @@ wasi_test -p clipedge-linalg --no-default-features --lib
 # The format's decoders on a 32-bit usize, as the Worker runs them (lengths that overflow there).
 wasi_test -p clipedge-format
 
+step "the load soak's answer classifier (benches/soak_test.py; the soak itself: benches/soak.sh)"
+python3 benches/soak_test.py
+
 step "tests"
 # cargo test builds the `clipedge` and `clipedge-scanner` binaries (their packages have
 # integration tests) before any test runs; the scanner and edge tests start them as processes

@@ -35,6 +35,8 @@ const FUNCTION_NAME: &str = "clipedge-scanner";
 /// Where `--conformance` puts the object-source suite's objects in the bucket.
 const CONFORMANCE_PREFIX: &str = "conformance";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// wrangler's switch for its local observability (request traces kept on disk).
+const LOCAL_OBSERVABILITY_VAR: &str = "X_LOCAL_OBSERVABILITY";
 
 #[derive(Args)]
 pub struct LocalStackArgs {
@@ -687,7 +689,8 @@ fn start_and_publish(
     bail!("the Worker did not become healthy (last answer: {last})")
 }
 
-/// Offline and quiet: no telemetry, update checks or lookups that need the internet.
+/// Offline and quiet: no telemetry, update checks or lookups that need the internet, and no
+/// local request traces unless the environment asks for them (`X_LOCAL_OBSERVABILITY=true`).
 fn quiet_wrangler(command: &mut Command, logs: &Path) {
     command
         .env("WRANGLER_SEND_METRICS", "false")
@@ -697,6 +700,12 @@ fn quiet_wrangler(command: &mut Command, logs: &Path) {
         .env("WRANGLER_LOG_PATH", logs.join("wrangler-debug"))
         .env("NO_UPDATE_NOTIFIER", "1")
         .env("CI", "true");
+    // wrangler dev's local observability writes a trace of every request into a Durable Object
+    // under the state directory: 190 MB over the ~40k requests of a few benches/soak.sh runs,
+    // never pruned, and a quarter to a third of the Worker's throughput on a 2-core machine.
+    if std::env::var_os(LOCAL_OBSERVABILITY_VAR).is_none() {
+        command.env(LOCAL_OBSERVABILITY_VAR, "false");
+    }
 }
 
 /// Whether a file of a local index directory is part of the index (not a build marker).
@@ -855,4 +864,24 @@ fn down(state: &Path) -> anyhow::Result<()> {
     }
     std::fs::remove_file(&stack_path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrangler_keeps_no_request_traces_unless_asked() {
+        let mut command = Command::new("wrangler");
+        quiet_wrangler(&mut command, Path::new("logs"));
+        let set = command
+            .get_envs()
+            .find(|(name, _)| *name == LOCAL_OBSERVABILITY_VAR)
+            .and_then(|(_, value)| value);
+        match std::env::var_os(LOCAL_OBSERVABILITY_VAR) {
+            // Inherited as is: the developer's choice.
+            Some(_) => assert_eq!(set, None),
+            None => assert_eq!(set, Some(std::ffi::OsStr::new("false"))),
+        }
+    }
 }
