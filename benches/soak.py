@@ -87,7 +87,8 @@ WORKER_RUNTIME = "(Worker)"
 WORKERD_GROWTH_FACTOR = 1.5
 WORKERD_SLACK_MIB = 50.0
 # The API's 5xx answers (README "API"): the code and the status it is sent with.
-DOCUMENTED_5XX = {"internal": 500, "scanners_failed": 502, "overloaded": 503, "timeout": 504}
+DOCUMENTED_5XX = {"internal": 500, "scanners_failed": 502, "storage_unavailable": 503,
+                  "overloaded": 503, "timeout": 504}
 
 QUERIES = [
     "a horse", "a red apple", "an electric guitar", "a butterfly", "riding a bike", "a penguin",

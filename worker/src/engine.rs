@@ -12,7 +12,7 @@ use clipedge_api::{
     generation_error, resolve_url, text_encode_error, ApiError, ErrorCode, HealthResponse, Item,
     Query, QueryStats, SearchResponse, Timings, ValidSearch,
 };
-use clipedge_index::{current_generation, Generation};
+use clipedge_index::{current_generation, Generation, GenerationError};
 use clipedge_io::{Counted, ObjectSource, Prefixed};
 use clipedge_text::{ModelCard, PackageBytes, TextEncoder};
 
@@ -87,15 +87,16 @@ pub struct RequestContext<'a> {
 
 impl<'a> RequestContext<'a> {
     pub fn new(config: &'a WorkerConfig, objects: Objects) -> Self {
+        let deadline_ms = monotonic_ms() + f64::from(config.request_deadline_ms);
         RequestContext {
             config,
-            objects: Counted::new(objects),
+            objects: Counted::new(objects.with_deadline(deadline_ms)),
             load_ms: 0.0,
             model_fetch_ms: 0.0,
             model_build_ms: 0.0,
             embedding_cache_hit: None,
             encoded_tokens: None,
-            deadline_ms: monotonic_ms() + f64::from(config.request_deadline_ms),
+            deadline_ms,
             fan_out_usage: FanOutUsage::default(),
         }
     }
@@ -123,9 +124,22 @@ impl<'a> RequestContext<'a> {
             return Ok(fresh);
         }
         let started = monotonic_ms();
-        let live = current_generation(&self.index())
-            .await
-            .map_err(generation_error)?;
+        let live = match current_generation(&self.index()).await {
+            Ok(live) => live,
+            Err(error) => {
+                // A bucket that does not answer: the generation the isolate holds is immutable
+                // and still correct, so serve it rather than fail every request meanwhile.
+                let held = isolate().generation.ready_any();
+                if let (GenerationError::Source { .. }, Some(held)) = (&error, held) {
+                    worker::console_warn!(
+                        "serving generation {} while CURRENT cannot be read: {error}",
+                        held.manifest.generation
+                    );
+                    return Ok(held);
+                }
+                return Err(generation_error(error));
+            }
+        };
         let isolate = isolate();
         let (generation, outcome) = isolate
             .generation

@@ -15,7 +15,7 @@ use worker::{
     AbortController, ByteStream, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
 };
 
-use crate::clock::unix_ms;
+use crate::clock::{monotonic_ms, unix_ms};
 use crate::config::{ObjectSourceConfig, WorkerConfig};
 
 /// A single object read may take this long before it is abandoned.
@@ -36,6 +36,9 @@ enum Backend {
 /// request that made it (workerd refuses I/O objects across requests).
 pub struct Objects {
     backend: Backend,
+    /// The request's deadline ([`monotonic_ms`] time): no GET is given longer than what is left
+    /// of it, so a hung bucket cannot hold the answer past the deadline.
+    deadline_ms: Option<f64>,
 }
 
 fn failed(key: &str, reason: impl std::fmt::Display) -> SourceError {
@@ -73,7 +76,30 @@ impl Objects {
                 }
             }
         };
-        Ok(Objects { backend })
+        Ok(Objects {
+            backend,
+            deadline_ms: None,
+        })
+    }
+
+    /// Bounds every GET's timeout by the request's deadline.
+    pub fn with_deadline(self, deadline_ms: f64) -> Objects {
+        Objects {
+            deadline_ms: Some(deadline_ms),
+            ..self
+        }
+    }
+
+    /// The timeout of the next GET: [`GET_TIMEOUT`], or less when the deadline is nearer.
+    fn timeout(&self, key: &str) -> Result<Duration, SourceError> {
+        let Some(deadline_ms) = self.deadline_ms else {
+            return Ok(GET_TIMEOUT);
+        };
+        let left_ms = deadline_ms - monotonic_ms();
+        if left_ms < 1.0 {
+            return Err(failed(key, "the request deadline passed before the read"));
+        }
+        Ok(GET_TIMEOUT.min(Duration::from_millis(left_ms as u64)))
     }
 
     async fn read(
@@ -87,7 +113,10 @@ impl Objects {
             Backend::S3 {
                 bucket,
                 credentials,
-            } => get_s3(bucket, credentials.as_ref(), key, range, limit).await?,
+            } => {
+                let timeout = self.timeout(key)?;
+                get_s3(bucket, credentials.as_ref(), key, range, limit, timeout).await?
+            }
         };
         // From a Vec: no copy, and `Vec::from` gives the same buffer back to the model loader.
         Ok(Bytes::from(bytes))
@@ -183,6 +212,7 @@ async fn get_s3(
     key: &str,
     range: Option<Range<u64>>,
     limit: Option<u64>,
+    timeout: Duration,
 ) -> Result<Vec<u8>, SourceError> {
     let now =
         jiff::Timestamp::from_millisecond(unix_ms() as i64).map_err(|error| failed(key, error))?;
@@ -199,7 +229,7 @@ async fn get_s3(
     init.with_method(Method::Get).with_headers(headers);
     let request =
         Request::new_with_init(url.as_str(), &init).map_err(|error| failed(key, error))?;
-    let mut response = fetch_with_timeout(request, GET_TIMEOUT)
+    let mut response = fetch_with_timeout(request, timeout)
         .await
         .map_err(|reason| failed(key, reason))?;
     let status = response.status_code();

@@ -19,6 +19,7 @@ use std::fmt::Write as _;
 
 use clipedge_format::Hit;
 use clipedge_index::GenerationError;
+use clipedge_io::SourceError;
 use clipedge_text::TextError;
 use serde::{Deserialize, Serialize};
 
@@ -134,6 +135,8 @@ pub enum ErrorCode {
     Internal,
     /// Every scanner call failed.
     ScannersFailed,
+    /// The index's object storage did not answer (after retries); worth retrying later.
+    StorageUnavailable,
     /// The API wants a key (`Authorization: Bearer KEY`) and none was sent.
     MissingApiKey,
     /// The key sent is not one of the API's keys (or is revoked).
@@ -168,6 +171,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Internal => "internal",
             ErrorCode::ScannersFailed => "scanners_failed",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::MissingApiKey => "missing_api_key",
             ErrorCode::InvalidApiKey => "invalid_api_key",
             ErrorCode::RateLimited => "rate_limited",
@@ -189,7 +193,7 @@ impl ErrorCode {
             ErrorCode::MissingApiKey => 401,
             ErrorCode::InvalidApiKey => 403,
             ErrorCode::RateLimited => 429,
-            ErrorCode::Overloaded => 503,
+            ErrorCode::Overloaded | ErrorCode::StorageUnavailable => 503,
             ErrorCode::Timeout => 504,
             _ => 400,
         }
@@ -537,14 +541,19 @@ pub struct HealthResponse {
 }
 
 /// A failed generation or item read as the API answers it: an index that cannot answer id
-/// queries, or an unknown id, is the client's 4xx; everything else (a missing or corrupt index,
-/// a failed read) is `internal`, with the reason chain as the message.
+/// queries, or an unknown id, is the client's 4xx; storage that did not answer is 503
+/// `storage_unavailable` (retry later); a missing or corrupt index is `internal`. The message
+/// is the reason chain.
 pub fn generation_error(error: GenerationError) -> ApiError {
     match error {
         GenerationError::NoCatalog | GenerationError::NoVectorCopies => {
             ApiError::new(ErrorCode::IdSearchUnsupported, error.to_string())
         }
         GenerationError::UnknownId { .. } => ApiError::new(ErrorCode::UnknownId, error.to_string()),
+        GenerationError::Source {
+            source: SourceError::Failed { .. },
+            ..
+        } => ApiError::new(ErrorCode::StorageUnavailable, error_chain(&error)),
         other => ApiError::new(ErrorCode::Internal, error_chain(&other)),
     }
 }
@@ -674,6 +683,7 @@ mod tests {
             (ErrorCode::Overloaded, 503),
             (ErrorCode::Timeout, 504),
             (ErrorCode::ScannersFailed, 502),
+            (ErrorCode::StorageUnavailable, 503),
         ] {
             assert_eq!(
                 serde_json::to_string(&code).unwrap(),
@@ -681,6 +691,31 @@ mod tests {
             );
             assert_eq!(code.status(), status, "{}", code.as_str());
         }
+    }
+
+    #[test]
+    fn storage_that_does_not_answer_is_retryable_and_a_corrupt_index_is_internal() {
+        let unavailable = generation_error(GenerationError::Source {
+            what: "catalog",
+            source: SourceError::failed("gen/catalog.bin", "connection refused"),
+        });
+        assert_eq!(unavailable.code, ErrorCode::StorageUnavailable);
+        assert!(
+            unavailable.message.contains("connection refused"),
+            "{unavailable:?}"
+        );
+        let missing = generation_error(GenerationError::Source {
+            what: "list",
+            source: SourceError::NotFound {
+                key: "gen/shard-00000.bin".to_string(),
+            },
+        });
+        assert_eq!(missing.code, ErrorCode::Internal);
+        let unknown = generation_error(GenerationError::UnknownId { id: 9, items: 3 });
+        assert_eq!(
+            (unknown.code, unknown.status()),
+            (ErrorCode::UnknownId, 404)
+        );
     }
 
     #[test]
