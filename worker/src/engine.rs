@@ -37,17 +37,18 @@ const MAX_CARD_BYTES: u64 = 64 * 1024;
 #[derive(Default)]
 struct Isolate {
     encoder: LoadSlot<TextEncoder>,
-    /// One live generation per served index, by index name.
+    /// One live generation per served index, by its `s3://` root (not its name: a root renamed
+    /// by a new config never shares a generation with another).
     generations: RefCell<HashMap<String, Rc<LiveGeneration>>>,
     embeddings: EmbeddingCache,
 }
 
 impl Isolate {
-    /// The generation slot of the index named `name` (made on first use).
-    fn live_generation(&self, name: &str) -> Rc<LiveGeneration> {
+    /// The generation slot of the index at `root` (made on first use).
+    fn live_generation(&self, root: &str) -> Rc<LiveGeneration> {
         self.generations
             .borrow_mut()
-            .entry(name.to_string())
+            .entry(root.to_string())
             .or_default()
             .clone()
     }
@@ -173,7 +174,7 @@ impl<'a> RequestContext<'a> {
         let live = current_generation(&self.index())
             .await
             .map_err(generation_error)?;
-        let slot = isolate().live_generation(&self.index.name);
+        let slot = isolate().live_generation(&self.index.url);
         let (generation, outcome) = slot
             .generation
             .get_or_load(&live, || async {
@@ -190,7 +191,7 @@ impl<'a> RequestContext<'a> {
     }
 
     fn cached_generation(&self) -> Option<Rc<Generation>> {
-        let slot = isolate().live_generation(&self.index.name);
+        let slot = isolate().live_generation(&self.index.url);
         let checked = slot.checked_unix_ms.get()?;
         if unix_ms().saturating_sub(checked) >= self.config.current_ttl_ms {
             return None;
