@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::demo_index::ensure_demo_index;
-use crate::serve::{default_label, load_encoder, runtime, serve_index};
+use crate::serve::{default_label, load_encoder, runtime, serve_index, IndexSpec};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -44,12 +44,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("{summary}");
     let label = default_label(&encoder);
     let index = args.dir.display().to_string();
+    let specs = [IndexSpec {
+        name: clipedge_api::clip_retrieval::index_name(&index),
+        location: index,
+    }];
     runtime.block_on(serve_index(
-        &index,
+        &specs,
         encoder,
         &args.bind,
         &label,
-        None,
         clipedge_server::ServeOptions::default(),
     ))
 }

@@ -122,19 +122,18 @@ impl EmbeddedServer {
 
     /// [`EmbeddedServer::start`] with more `clipedge serve` flags.
     pub fn start_with(index: &std::path::Path, model: &str, flags: &[&str]) -> EmbeddedServer {
+        let mut args = vec![std::ffi::OsString::from("--index"), index.into()];
+        args.extend(flags.iter().map(std::ffi::OsString::from));
+        EmbeddedServer::start_args(model, &args)
+    }
+
+    /// `clipedge serve` with these flags after its model and address (`--index` among them).
+    pub fn start_args(model: &str, args: &[std::ffi::OsString]) -> EmbeddedServer {
         use std::io::BufRead;
         let mut child = std::process::Command::new(clipedge())
             .current_dir(workspace_root())
-            .args([
-                "serve",
-                "--model",
-                model,
-                "--bind",
-                "127.0.0.1:0",
-                "--index",
-            ])
-            .arg(index)
-            .args(flags)
+            .args(["serve", "--model", model, "--bind", "127.0.0.1:0"])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -304,7 +303,8 @@ async fn post_without_content_type(
 }
 
 /// Checks a front's clip-retrieval endpoints (`/indices-list`, `/knn-service`, `/metadata`)
-/// over any index built from the demo dataset; returns the index name it serves.
+/// over any index built from the demo dataset; returns the name of the (default) index it
+/// checked.
 pub async fn check_clip_retrieval_front(base: &str) -> String {
     let client = reqwest::Client::new();
     let listed_text = client
@@ -317,8 +317,9 @@ pub async fn check_clip_retrieval_front(base: &str) -> String {
         .expect("indices-list body");
     let listed: serde_json::Value =
         serde_json::from_str(&listed_text).expect("indices-list is JSON");
+    // The default index is listed first (`check_several_indexes` checks the others).
     let names = listed.as_array().expect("a list of names");
-    assert_eq!(names.len(), 1, "{listed}");
+    assert!(!names.is_empty(), "{listed}");
     let name = names[0].as_str().expect("a name").to_string();
 
     // What ClipClient sends (no content type), with more ids than images.
@@ -432,6 +433,113 @@ pub async fn check_clip_retrieval_front(base: &str) -> String {
         .expect("http call");
     assert_eq!(wrong_method.status().as_u16(), 405);
     name
+}
+
+/// Checks a front serving several indexes built from the demo dataset under `names` (the first
+/// the default): `/indices-list` lists them in order, `indice_name` and `/v1/search`'s `index`
+/// select each (same data: same answers), another index's media are served under
+/// `/indexes/NAME/media/…` when `media` is set, and an unknown name is 404 `unknown_index`
+/// naming them all.
+pub async fn check_several_indexes(base: &str, names: &[&str], media: bool) {
+    let client = reqwest::Client::new();
+    let listed: serde_json::Value = serde_json::from_str(
+        &client
+            .get(format!("{base}/indices-list"))
+            .send()
+            .await
+            .expect("indices-list")
+            .text()
+            .await
+            .expect("indices-list body"),
+    )
+    .expect("indices-list is JSON");
+    assert_eq!(listed, serde_json::json!(names));
+
+    let mut answers = Vec::new();
+    for (position, name) in names.iter().enumerate() {
+        let body = clip_client_body(name, "a dog running on the beach", 5);
+        let (status, _, knn) =
+            post_without_content_type(&client, format!("{base}/knn-service"), body.to_string())
+                .await;
+        assert_eq!(status, 200, "{name}: {knn}");
+        let results = knn.as_array().expect("a list of results").clone();
+        assert_eq!(results.len(), 5, "{name}: {knn}");
+        let url = results[0]["url"].as_str().expect("a url").to_string();
+        if position == 0 {
+            assert!(url.starts_with("/media/"), "{name}: {url}");
+        } else {
+            assert!(
+                url.starts_with(&format!("/indexes/{name}/media/")),
+                "{name}: {url}"
+            );
+        }
+        if media {
+            let image = client
+                .get(format!("{base}{url}"))
+                .send()
+                .await
+                .expect("media");
+            assert_eq!(image.status().as_u16(), 200, "{name}: {url}");
+        }
+
+        let (status, _, v1) = post_without_content_type(
+            &client,
+            format!("{base}/v1/search"),
+            serde_json::json!({"text": "a dog running on the beach", "k": 5, "index": name})
+                .to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {v1}");
+        assert_eq!(v1["results"][0]["url"], results[0]["url"], "{name}");
+
+        let (status, _, metadata) = post_without_content_type(
+            &client,
+            format!("{base}/metadata"),
+            serde_json::json!({"ids": [results[0]["id"]], "indice_name": name}).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {metadata}");
+        assert_eq!(metadata[0]["metadata"]["url"], results[0]["url"], "{name}");
+        answers.push(
+            results
+                .iter()
+                .map(|result| result["id"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(
+        answers.windows(2).all(|pair| pair[0] == pair[1]),
+        "the same data under every name: {answers:?}"
+    );
+
+    let quoted: Vec<String> = names.iter().map(|name| format!("{name:?}")).collect();
+    for (route, body) in [
+        (
+            "knn-service",
+            clip_client_body("laion5B", "a dog", 5).to_string(),
+        ),
+        (
+            "metadata",
+            serde_json::json!({"ids": [1], "indice_name": "laion5B"}).to_string(),
+        ),
+        (
+            "v1/search",
+            serde_json::json!({"text": "a dog", "index": "laion5B"}).to_string(),
+        ),
+    ] {
+        let (status, _, error) =
+            post_without_content_type(&client, format!("{base}/{route}"), body).await;
+        assert_eq!(status, 404, "{route}: {error}");
+        assert_eq!(error["error"]["code"], "unknown_index", "{route}: {error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&quoted.join(", ")), "{route}: {message}");
+    }
+    let missing = client
+        .get(format!("{base}/indexes/laion5B/media/x.webp"))
+        .send()
+        .await
+        .expect("media of an unknown index");
+    assert_eq!(missing.status().as_u16(), 404);
 }
 
 /// A unit vector of the index's dimension (from `/v1/health`), to search by embedding.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use clipedge_format::CurrentPointer;
 use clipedge_tests::api_cases::{
-    bad_searches, build_demo_index, check_clip_retrieval_front, list_at_shard_offset,
-    run_clip_client, EmbeddedServer,
+    bad_searches, build_demo_index, check_clip_retrieval_front, check_several_indexes,
+    list_at_shard_offset, run_clip_client, EmbeddedServer,
 };
 use clipedge_tests::lambda_harness::{workspace_binary, workspace_root};
 use serde_json::{json, Value};
@@ -252,7 +252,12 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
             // Read CURRENT on every request, so the generation switch below shows at once.
             "CLIPEDGE_CURRENT_TTL_MS=0",
         ],
-        &["--conformance"],
+        // The same index once more, as a second named index (CLIPEDGE_INDEXES).
+        &[
+            "--conformance",
+            "--extra-index",
+            &format!("second={}", index.display()),
+        ],
     );
     let edge = stack.url().to_string();
     assert_object_source_conforms(&runtime, &edge);
@@ -419,6 +424,10 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
     let embedded_name = runtime.block_on(check_clip_retrieval_front(&embedded.url));
     assert_eq!(embedded_name, "index");
     run_clip_client(&edge, &edge_name);
+    // Several indexes: each selected by name (its own generation cache in the isolate, its own
+    // index root named in the scanner calls), the second one's media under /indexes/second/.
+    runtime.block_on(check_several_indexes(&edge, &["local", "second"], true));
+    run_clip_client(&edge, "second");
     let wrong_method = call(
         &runtime,
         format!("{edge}/v1/health"),

@@ -4,8 +4,8 @@
 
 use clipedge_format::CurrentPointer;
 use clipedge_tests::api_cases::{
-    bad_searches, build_demo_index, check_clip_retrieval_front, list_at_shard_offset,
-    run_clip_client, EmbeddedServer,
+    bad_searches, build_demo_index, check_clip_retrieval_front, check_several_indexes,
+    list_at_shard_offset, run_clip_client, EmbeddedServer,
 };
 
 #[test]
@@ -58,6 +58,35 @@ fn serve_answers_clip_retrieval_clients() {
     let name = runtime.block_on(check_clip_retrieval_front(&server.url));
     assert_eq!(name, "demo-index", "named after the index directory");
     run_clip_client(&server.url, &name);
+}
+
+/// `clipedge serve --index NAME=DIR` twice: two engines under two names, selected by
+/// `indice_name` (and `/v1/search`'s `index`), the first the default; an unknown name is 404
+/// `unknown_index` naming both; clip-retrieval's own client reaches the second.
+#[test]
+fn serve_answers_for_several_named_indexes() {
+    let work = tempfile::tempdir().unwrap();
+    let index = work.path().join("demo-index");
+    build_demo_index(&index, "models/tiny-clip");
+    let server = EmbeddedServer::start_args(
+        "models/tiny-clip",
+        &[
+            "--index".into(),
+            format!("first={}", index.display()).into(),
+            "--index".into(),
+            format!("second={}", index.display()).into(),
+        ],
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(check_several_indexes(
+        &server.url,
+        &["first", "second"],
+        true,
+    ));
+    run_clip_client(&server.url, "second");
 }
 
 /// `clipedge serve --api-key`: the query routes need `Authorization: Bearer KEY` (401 without,

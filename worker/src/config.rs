@@ -40,6 +40,10 @@ pub const LABEL_VAR: &str = "CLIPEDGE_LABEL";
 /// The name clip-retrieval clients select the index by (`indice_name`); default: the last
 /// segment of `CLIPEDGE_INDEX`.
 pub const INDEX_NAME_VAR: &str = "CLIPEDGE_INDEX_NAME";
+/// More indexes beside `CLIPEDGE_INDEX` (the default), in the same bucket:
+/// `NAME=s3://bucket/prefix,NAME2=s3://bucket/prefix2`. clip-retrieval's `indice_name` and
+/// `/v1/search`'s `index` select one; all must be built with the Worker's model.
+pub const INDEXES_VAR: &str = "CLIPEDGE_INDEXES";
 
 /// A Worker may hold 6 outgoing connections at once: more concurrent calls only queue.
 pub const MAX_CONCURRENT_CALLS: usize = 6;
@@ -72,13 +76,30 @@ pub enum ObjectSourceConfig {
     },
 }
 
+/// One served index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexConfig {
+    /// `indice_name` for clip-retrieval clients, `index` for `/v1/search`.
+    pub name: String,
+    /// `s3://bucket/prefix` as given: what scanner requests name.
+    pub url: String,
+    /// The index root's key prefix inside the bucket, without a trailing slash (may be empty).
+    pub prefix: String,
+}
+
+impl IndexConfig {
+    /// The bucket key of an object under the index root.
+    pub fn key(&self, object: &str) -> String {
+        join_key(&self.prefix, object)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
-    /// `s3://bucket/prefix` as given.
-    pub index: String,
+    /// The served indexes, all in [`WorkerConfig::bucket`]: `CLIPEDGE_INDEX` first (the
+    /// default), then `CLIPEDGE_INDEXES` in order. Names are distinct.
+    pub indexes: Vec<IndexConfig>,
     pub bucket: String,
-    /// The index root's key prefix inside the bucket, without a trailing slash (may be empty).
-    pub index_prefix: String,
     pub model_prefix: String,
     pub source: ObjectSourceConfig,
     pub scanner_urls: Vec<String>,
@@ -91,8 +112,6 @@ pub struct WorkerConfig {
     pub embed_cache_entries: usize,
     pub embed_cache_ttl_s: u64,
     pub label: String,
-    /// `indice_name` of the index for clip-retrieval clients.
-    pub index_name: String,
     /// See [`CONFORMANCE_PREFIX_VAR`].
     pub conformance_prefix: Option<String>,
 }
@@ -264,10 +283,17 @@ impl WorkerConfig {
             |seconds| *seconds <= 365 * 24 * 3600,
             "0..=31536000 seconds",
         )?;
+        let default_index = IndexConfig {
+            name: get(INDEX_NAME_VAR)
+                .map(|name| name.trim().to_string())
+                .unwrap_or_else(|| clipedge_api::clip_retrieval::index_name(index.trim())),
+            url: index.trim().to_string(),
+            prefix: index_prefix,
+        };
+        let indexes = parse_indexes(get(INDEXES_VAR), default_index, &bucket)?;
         Ok(WorkerConfig {
-            index: index.trim().to_string(),
+            indexes,
             bucket,
-            index_prefix,
             model_prefix,
             source,
             scanner_urls,
@@ -280,16 +306,21 @@ impl WorkerConfig {
             embed_cache_entries,
             embed_cache_ttl_s,
             label: get(LABEL_VAR).unwrap_or_default(),
-            index_name: get(INDEX_NAME_VAR)
-                .map(|name| name.trim().to_string())
-                .unwrap_or_else(|| clipedge_api::clip_retrieval::index_name(index.trim())),
             conformance_prefix: get(CONFORMANCE_PREFIX_VAR).map(|prefix| prefix.trim().to_string()),
         })
     }
 
-    /// The bucket key of an object under the index root.
-    pub fn index_key(&self, object: &str) -> String {
-        join_key(&self.index_prefix, object)
+    /// The default index: `CLIPEDGE_INDEX`.
+    pub fn default_index(&self) -> &IndexConfig {
+        &self.indexes[0]
+    }
+
+    /// The served index names, in order (`GET /indices-list`).
+    pub fn index_names(&self) -> Vec<String> {
+        self.indexes
+            .iter()
+            .map(|index| index.name.clone())
+            .collect()
     }
 
     /// The bucket key of a file of the model package.
@@ -302,6 +333,64 @@ impl WorkerConfig {
     pub fn scan_deadline_ms(&self) -> u32 {
         (self.scanner_timeout_ms.saturating_mul(4) / 5).max(50)
     }
+}
+
+/// `CLIPEDGE_INDEXES` after the default index: each entry `NAME=s3://bucket/prefix`, in the
+/// default index's bucket (one object source serves them all), names distinct.
+fn parse_indexes(
+    value: Option<String>,
+    default_index: IndexConfig,
+    bucket: &str,
+) -> Result<Vec<IndexConfig>, ConfigError> {
+    let mut indexes = vec![default_index];
+    let Some(value) = value else {
+        return Ok(indexes);
+    };
+    let invalid = |reason: String| ConfigError::Invalid {
+        name: INDEXES_VAR,
+        value: value.clone(),
+        reason,
+    };
+    for entry in value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
+        let Some((name, url)) = entry.split_once('=') else {
+            return Err(invalid(format!(
+                "entry {entry:?}: expected NAME=s3://{bucket}/prefix"
+            )));
+        };
+        let (name, url) = (name.trim(), url.trim());
+        if !clipedge_api::clip_retrieval::is_valid_index_name(name) {
+            return Err(invalid(format!(
+                "entry {entry:?}: an index name is 1 to 64 letters, digits, '.', '_' or '-'"
+            )));
+        }
+        let Some((entry_bucket, prefix)) = split_s3_url(url) else {
+            return Err(invalid(format!(
+                "entry {entry:?}: expected NAME=s3://{bucket}/prefix"
+            )));
+        };
+        if entry_bucket != bucket {
+            return Err(invalid(format!(
+                "index {name:?} is in bucket {entry_bucket:?}, but every index must be in \
+                 {INDEX_VAR}'s bucket {bucket:?}"
+            )));
+        }
+        if indexes.iter().any(|index| index.name == name) {
+            return Err(invalid(format!(
+                "two indexes are named {name:?} (the default one is named by {INDEX_NAME_VAR} \
+                 or the last segment of {INDEX_VAR})"
+            )));
+        }
+        indexes.push(IndexConfig {
+            name: name.to_string(),
+            url: url.to_string(),
+            prefix,
+        });
+    }
+    Ok(indexes)
 }
 
 fn join_key(prefix: &str, object: &str) -> String {
@@ -337,7 +426,11 @@ mod tests {
     fn a_complete_environment_parses_with_defaults() {
         let config = config(BASE).unwrap();
         assert_eq!(config.bucket, "bucket");
-        assert_eq!(config.index_key("CURRENT"), "indexes/demo/CURRENT");
+        assert_eq!(
+            config.default_index().key("CURRENT"),
+            "indexes/demo/CURRENT"
+        );
+        assert_eq!(config.indexes.len(), 1);
         assert_eq!(config.model_key("model.toml"), "models/tiny/model.toml");
         assert_eq!(config.scanner_urls, vec!["http://a/scan", "http://b/scan"]);
         assert_eq!(config.max_scanner_calls, MAX_CONCURRENT_CALLS);
@@ -351,14 +444,53 @@ mod tests {
         );
         assert!(config.scan_deadline_ms() < config.scanner_timeout_ms);
         assert_eq!(config.request_deadline_ms, 20_000);
-        assert_eq!(config.index_name, "demo", "the index root's last segment");
+        assert_eq!(
+            config.default_index().name,
+            "demo",
+            "the index root's last segment"
+        );
     }
 
     #[test]
     fn the_index_name_can_be_set() {
         let mut named = BASE.to_vec();
         named.push((INDEX_NAME_VAR, " laion5B "));
-        assert_eq!(config(&named).unwrap().index_name, "laion5B");
+        assert_eq!(config(&named).unwrap().default_index().name, "laion5B");
+    }
+
+    #[test]
+    fn more_indexes_follow_the_default_one() {
+        let mut pairs = BASE.to_vec();
+        pairs.push((
+            INDEXES_VAR,
+            " coyo=s3://bucket/indexes/coyo/, cc12m = s3://bucket/cc12m ,",
+        ));
+        let config = config(&pairs).unwrap();
+        assert_eq!(config.index_names(), vec!["demo", "coyo", "cc12m"]);
+        assert_eq!(config.indexes[1].url, "s3://bucket/indexes/coyo/");
+        assert_eq!(config.indexes[1].key("CURRENT"), "indexes/coyo/CURRENT");
+        assert_eq!(config.indexes[2].key("CURRENT"), "cc12m/CURRENT");
+    }
+
+    #[test]
+    fn bad_index_lists_are_named() {
+        for (value, expected) in [
+            ("coyo", "expected NAME=s3://bucket/prefix"),
+            ("coyo=/local/dir", "expected NAME=s3://bucket/prefix"),
+            ("a/b=s3://bucket/x", "an index name is"),
+            ("coyo=s3://other/coyo", "every index must be in"),
+            ("demo=s3://bucket/other", "two indexes are named \"demo\""),
+            (
+                "x=s3://bucket/a,x=s3://bucket/b",
+                "two indexes are named \"x\"",
+            ),
+        ] {
+            let mut pairs = BASE.to_vec();
+            pairs.push((INDEXES_VAR, value));
+            let error = config(&pairs).unwrap_err().to_string();
+            assert!(error.contains(INDEXES_VAR), "{value}: {error}");
+            assert!(error.contains(expected), "{value}: {error}");
+        }
     }
 
     #[test]

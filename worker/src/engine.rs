@@ -1,13 +1,16 @@
 //! The query path at the edge and what an isolate keeps between requests.
 //!
-//! Kept per isolate, loaded lazily: the text model (once) and the live generation's manifest
-//! and routing table (re-checked against `CURRENT` every `CLIPEDGE_CURRENT_TTL_MS`). A request
-//! takes one `Rc` of the generation and uses it throughout: it is pinned even if `CURRENT`
-//! moves meanwhile.
+//! Kept per isolate, loaded lazily: the text model (once) and, per served index, the live
+//! generation's manifest and routing table (re-checked against `CURRENT` every
+//! `CLIPEDGE_CURRENT_TTL_MS`). A request searches one index (the default, or the one it names)
+//! and takes one `Rc` of its generation, used throughout: it is pinned even if `CURRENT` moves
+//! meanwhile.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 
+use clipedge_api::clip_retrieval::{index_media_base, index_position};
 use clipedge_api::{
     generation_error, resolve_url, text_encode_error, ApiError, ErrorCode, HealthResponse, Item,
     Query, QueryStats, SearchResponse, Timings, ValidSearch,
@@ -17,7 +20,7 @@ use clipedge_io::{Counted, ObjectSource, Prefixed};
 use clipedge_text::{ModelCard, PackageBytes, TextEncoder};
 
 use crate::clock::{monotonic_ms, since, unix_ms};
-use crate::config::WorkerConfig;
+use crate::config::{IndexConfig, WorkerConfig};
 use crate::embed_cache::{cache_key, edge_cache_url, EmbeddingCache};
 use crate::metering::FanOutUsage;
 use crate::objects::{Objects, SourceError};
@@ -34,10 +37,29 @@ const MAX_CARD_BYTES: u64 = 64 * 1024;
 #[derive(Default)]
 struct Isolate {
     encoder: LoadSlot<TextEncoder>,
-    generation: LoadSlot<Generation>,
+    /// One live generation per served index, by its `s3://` root (not its name: a root renamed
+    /// by a new config never shares a generation with another).
+    generations: RefCell<HashMap<String, Rc<LiveGeneration>>>,
     embeddings: EmbeddingCache,
+}
+
+impl Isolate {
+    /// The generation slot of the index at `root` (made on first use).
+    fn live_generation(&self, root: &str) -> Rc<LiveGeneration> {
+        self.generations
+            .borrow_mut()
+            .entry(root.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+/// One index's live generation in the isolate.
+#[derive(Default)]
+struct LiveGeneration {
+    generation: LoadSlot<Generation>,
     /// When a request last read `CURRENT` and found the ready generation live.
-    generation_checked_unix_ms: Cell<Option<u64>>,
+    checked_unix_ms: Cell<Option<u64>>,
 }
 
 thread_local! {
@@ -67,6 +89,9 @@ pub fn memory_bytes() -> Option<u64> {
 /// One request's view: configuration, object reads (counted), and what it loaded cold.
 pub struct RequestContext<'a> {
     pub config: &'a WorkerConfig,
+    /// The index this request reads: the default one unless it named another
+    /// ([`RequestContext::select_index`]).
+    pub index: &'a IndexConfig,
     /// The request's own reads (counted for `stats` and metering).
     pub objects: Counted<Objects>,
     /// Milliseconds spent loading the model or a generation in this request (cold start).
@@ -90,6 +115,7 @@ impl<'a> RequestContext<'a> {
         let deadline_ms = monotonic_ms() + f64::from(config.request_deadline_ms);
         RequestContext {
             config,
+            index: config.default_index(),
             objects: Counted::new(objects.with_deadline(deadline_ms)),
             load_ms: 0.0,
             model_fetch_ms: 0.0,
@@ -110,9 +136,31 @@ impl<'a> RequestContext<'a> {
         }
     }
 
-    /// The index root in the bucket: what the generation reader reads.
+    /// Reads the index named `name` from here on (`None`: the default one); 404
+    /// `unknown_index` naming the served ones.
+    pub fn select_index(&mut self, name: Option<&str>) -> Result<(), ApiError> {
+        let Some(name) = name else {
+            self.index = self.config.default_index();
+            return Ok(());
+        };
+        let position = index_position(name, &self.config.index_names())?;
+        self.index = &self.config.indexes[position];
+        Ok(())
+    }
+
+    /// The selected index root in the bucket: what the generation reader reads.
     fn index(&self) -> Prefixed<&Counted<Objects>> {
-        Prefixed::new(&self.objects, &self.config.index_prefix)
+        Prefixed::new(&self.objects, &self.index.prefix)
+    }
+
+    /// What the selected index's relative media URLs resolve against: `/media/…` serves the
+    /// default index's, `/indexes/NAME/media/…` another's.
+    fn media_base(&self) -> String {
+        if self.index.name == self.config.default_index().name {
+            "/".to_string()
+        } else {
+            index_media_base(&self.index.name)
+        }
     }
 
     /// The generation `CURRENT` names, from the isolate's cache while it is fresh.
@@ -124,12 +172,13 @@ impl<'a> RequestContext<'a> {
             return Ok(fresh);
         }
         let started = monotonic_ms();
+        let slot = isolate().live_generation(&self.index.url);
         let live = match current_generation(&self.index()).await {
             Ok(live) => live,
             Err(error) => {
                 // A bucket that does not answer: the generation the isolate holds is immutable
                 // and still correct, so serve it rather than fail every request meanwhile.
-                let held = isolate().generation.ready_any();
+                let held = slot.generation.ready_any();
                 if let (GenerationError::Source { .. }, Some(held)) = (&error, held) {
                     worker::console_warn!(
                         "serving generation {} while CURRENT cannot be read: {error}",
@@ -140,8 +189,7 @@ impl<'a> RequestContext<'a> {
                 return Err(generation_error(error));
             }
         };
-        let isolate = isolate();
-        let (generation, outcome) = isolate
+        let (generation, outcome) = slot
             .generation
             .get_or_load(&live, || async {
                 Generation::open(&self.index(), &live)
@@ -149,7 +197,7 @@ impl<'a> RequestContext<'a> {
                     .map_err(generation_error)
             })
             .await?;
-        isolate.generation_checked_unix_ms.set(Some(unix_ms()));
+        slot.checked_unix_ms.set(Some(unix_ms()));
         if outcome.loaded || outcome.waited {
             self.load_ms += since(started);
         }
@@ -157,12 +205,12 @@ impl<'a> RequestContext<'a> {
     }
 
     fn cached_generation(&self) -> Option<Rc<Generation>> {
-        let isolate = isolate();
-        let checked = isolate.generation_checked_unix_ms.get()?;
+        let slot = isolate().live_generation(&self.index.url);
+        let checked = slot.checked_unix_ms.get()?;
         if unix_ms().saturating_sub(checked) >= self.config.current_ttl_ms {
             return None;
         }
-        isolate.generation.ready_any()
+        slot.generation.ready_any()
     }
 
     /// The text model, loaded from the bucket on the isolate's first text query (by one request;
@@ -268,7 +316,7 @@ impl<'a> RequestContext<'a> {
         Ok(Item {
             id,
             score: 1.0,
-            url: resolve_url("/", &record.url),
+            url: resolve_url(&self.media_base(), &record.url),
             caption: record.caption,
             fields: record.extra,
         })
@@ -363,16 +411,18 @@ impl<'a> RequestContext<'a> {
 
         let scanners = Scanners {
             config: self.config,
+            index: &self.index.url,
             request_id,
             deadline_ms: self.deadline_ms,
         };
+        let media_base = self.media_base();
         let RootAnswer { result, fan_out } = clipedge_search::search(
             generation,
             &self.index(),
             &scanners,
             &query,
             &search,
-            "/",
+            &media_base,
             monotonic_ms,
         )
         .await;
@@ -391,7 +441,8 @@ impl<'a> RequestContext<'a> {
         Ok(response)
     }
 
-    /// An object under the index root (`media/…`, from `clipedge_api::web::media_object`).
+    /// An object under the selected index root (`media/…`, from
+    /// `clipedge_api::web::media_object`).
     pub async fn media(&self, object: &str) -> Result<Vec<u8>, SourceError> {
         Ok(self.index().get(object, None).await?.into())
     }

@@ -4,7 +4,7 @@
 //! groups (the table held in the isolate) → one signed call per batch of groups to the scanner
 //! Lambdas, at most six at once → merge and de-duplicate → captions and URLs from the catalog.
 //! Also `GET /v1/health`, `GET /v1/items/{id}`, the demo page and `/media/…` from the bucket,
-//! and clip-retrieval's `POST /knn-service`, `GET /indices-list` and `POST /metadata` (shaped
+//! (another index's media at `/indexes/NAME/media/…`), and clip-retrieval's `POST /knn-service`, `GET /indices-list` and `POST /metadata` (shaped
 //! by `clipedge_api::clip_retrieval` over the same search).
 //!
 //! Metered routes (search, knn, items, metadata) pass the access gate first: the caller's key
@@ -28,8 +28,8 @@ pub mod shared;
 use std::cell::Cell;
 
 use clipedge_api::clip_retrieval::{
-    knn_results, metadata_entries, not_applied_header, parse_knn_request, parse_metadata_request,
-    IndexShape, NOT_APPLIED_HEADER,
+    check_index_name, knn_results, metadata_entries, not_applied_header, parse_knn_request,
+    parse_metadata_request, IndexShape, NOT_APPLIED_HEADER,
 };
 use clipedge_api::web::{media_content_type, media_not_found, media_object, MEDIA_CACHE_CONTROL};
 use clipedge_api::{
@@ -292,7 +292,10 @@ async fn route(
         path.as_str(),
         "/knn-service" | "/indices-list" | "/metadata"
     );
-    let is_api = path.starts_with("/v1/") || path.starts_with("/media/") || is_clip_retrieval;
+    let is_api = path.starts_with("/v1/")
+        || path.starts_with("/media/")
+        || path.starts_with("/indexes/")
+        || is_clip_retrieval;
     if !is_api {
         return error_response(&ApiError::new(
             ErrorCode::NotFound,
@@ -337,7 +340,7 @@ async fn serve(
         (Method::Post, "/v1/search") => search(request, context).await,
         (_, "/v1/search") => error_response(&method_not_allowed(path)),
         (Method::Post, "/knn-service") => knn_service(request, context).await,
-        (Method::Get, "/indices-list") => json_response(200, &[&config.index_name]),
+        (Method::Get, "/indices-list") => json_response(200, &config.index_names()),
         (Method::Post, "/metadata") => metadata(request, context).await,
         (_, "/knn-service" | "/indices-list" | "/metadata") => {
             error_response(&method_not_allowed(path))
@@ -362,6 +365,23 @@ async fn serve(
         (Method::Get, media) if media.starts_with("/media/") => {
             media_response(context, media.trim_start_matches("/media/")).await
         }
+        (Method::Get, media) if media.starts_with("/indexes/") => {
+            // `/indexes/NAME/media/…`: another index's media.
+            let rest = media.trim_start_matches("/indexes/");
+            let Some((name, media_path)) = rest
+                .split_once('/')
+                .and_then(|(name, rest)| Some((name, rest.strip_prefix("media/")?)))
+            else {
+                return error_response(&ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no route {path}"),
+                ));
+            };
+            if let Err(error) = context.select_index(Some(name)) {
+                return error_response(&error);
+            }
+            media_response(context, media_path).await
+        }
         (Method::Get, "/v1/conformance/object-source") if config.conformance_prefix.is_some() => {
             object_source_conformance(context).await
         }
@@ -369,7 +389,8 @@ async fn serve(
         (_, known)
             if known == "/v1/health"
                 || known.starts_with("/v1/items/")
-                || known.starts_with("/media/") =>
+                || known.starts_with("/media/")
+                || known.starts_with("/indexes/") =>
         {
             error_response(&method_not_allowed(path))
         }
@@ -417,6 +438,9 @@ async fn search(request: &mut Request, context: &mut RequestContext<'_>) -> Resu
         Ok(parsed) => parsed,
         Err(error) => return error_response(&error),
     };
+    if let Err(error) = context.select_index(parsed.index.as_deref()) {
+        return error_response(&error);
+    }
     let generation = match context.generation().await {
         Ok(generation) => generation,
         Err(error) => return error_response(&error),
@@ -481,11 +505,16 @@ async fn knn_service(request: &mut Request, context: &mut RequestContext<'_>) ->
         Ok(parsed) => parsed,
         Err(error) => return error_response(&error),
     };
+    let known_indexes = context.config.index_names();
+    let selected = check_index_name(parsed.indice_name.as_deref(), &known_indexes)
+        .and_then(|name| context.select_index(Some(&name)));
+    if let Err(error) = selected {
+        return error_response(&error);
+    }
     let generation = match context.generation().await {
         Ok(generation) => generation,
         Err(error) => return error_response(&error),
     };
-    let known_indexes = [context.config.index_name.clone()];
     let shape = IndexShape::of(&generation.manifest);
     let knn = match parsed.validate(shape, &known_indexes) {
         Ok(knn) => knn,
@@ -516,11 +545,16 @@ async fn metadata(request: &mut Request, context: &mut RequestContext<'_>) -> Re
         Ok(parsed) => parsed,
         Err(error) => return error_response(&error),
     };
-    let known_indexes = [context.config.index_name.clone()];
+    let known_indexes = context.config.index_names();
+    let indice_name = parsed.indice_name.clone();
     let ids = match parsed.validate(&known_indexes) {
         Ok(ids) => ids,
         Err(error) => return error_response(&error),
     };
+    // Validated: the name is one of the served indexes.
+    if let Err(error) = context.select_index(indice_name.as_deref()) {
+        return error_response(&error);
+    }
     let mut items = Vec::with_capacity(ids.len());
     for id in ids {
         match context.item(id).await {

@@ -18,6 +18,8 @@ use clipedge_search::{Call, FanOut, FanOutPolicy, LeafJob, Leaves};
 /// The scanner Lambdas as the root's leaves, for one request.
 pub struct Scanners<'a> {
     pub config: &'a WorkerConfig,
+    /// The searched index's `s3://` root: what every scan request names.
+    pub index: &'a str,
     pub request_id: &'a str,
     /// The request's deadline ([`monotonic_ms`] time): no call outlives it.
     pub deadline_ms: f64,
@@ -35,6 +37,7 @@ impl Leaves for Scanners<'_> {
     async fn scan(&self, job: &LeafJob<'_>, calls: &[Call]) -> FanOut {
         let job = ScanJob {
             config: self.config,
+            index: self.index,
             generation: job.generation,
             query: job.query,
             k: job.k,
@@ -49,6 +52,7 @@ impl Leaves for Scanners<'_> {
 /// What every call of one query shares.
 struct ScanJob<'a> {
     config: &'a WorkerConfig,
+    index: &'a str,
     generation: &'a str,
     query: &'a [f32],
     k: u32,
@@ -89,7 +93,7 @@ async fn call(
     let timeout_ms = f64::from(job.config.scanner_timeout_ms).min(left_ms) as u32;
     let request = ScanRequest {
         request_id: format!("{}-{attempt}", job.request_id),
-        index: job.config.index.clone(),
+        index: job.index.to_string(),
         generation: job.generation.to_string(),
         query: job.query.to_vec(),
         targets,

@@ -112,7 +112,7 @@ impl<T> LoadSlot<T> {
         let claim = self.next_claim.get();
         self.next_claim.set(claim + 1);
         // A ready value for another key is dropped here: the isolate holds one model and one
-        // generation; requests already holding the old `Rc` keep it alive until they finish.
+        // generation per index; requests already holding the old `Rc` keep it alive until they finish.
         *state = SlotState::Loading {
             key: key.to_string(),
             claim,

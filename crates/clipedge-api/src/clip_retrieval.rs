@@ -205,20 +205,59 @@ pub fn check_index_name(name: Option<&str>, known: &[String]) -> Result<String, 
             known.join(", ")
         )));
     };
-    if !known.iter().any(|known_name| known_name == name) {
-        return Err(ApiError::new(
-            ErrorCode::UnknownIndex,
-            format!(
-                "no index named {name:?}; known: {}",
-                known
-                    .iter()
-                    .map(|known_name| format!("{known_name:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    }
+    index_position(name, known)?;
     Ok(name.to_string())
+}
+
+/// Where `name` is among the served indexes (in `GET /indices-list` order), or 404
+/// `unknown_index` naming the known ones.
+pub fn index_position(name: &str, known: &[String]) -> Result<usize, ApiError> {
+    known
+        .iter()
+        .position(|known_name| known_name == name)
+        .ok_or_else(|| unknown_index(name, known))
+}
+
+/// The 404 for an index name that is not served.
+pub fn unknown_index(name: &str, known: &[String]) -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownIndex,
+        format!(
+            "no index named {name:?}; known: {}",
+            known
+                .iter()
+                .map(|known_name| format!("{known_name:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+}
+
+/// Whether `name` can name an index: 1 to 64 ASCII letters, digits, `.`, `_` or `-`, not `.`
+/// or `..` (it appears in media paths, `/indexes/NAME/media/…`, and in config lists).
+pub fn is_valid_index_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Splits an index spec, `NAME=LOCATION` or a bare `LOCATION`, into its name (if it has one)
+/// and its location. A location never starts with a valid name followed by `=`, so
+/// `demo=./index` is named and `./a=b` or `s3://bucket/x=y` are plain locations.
+pub fn split_named_index(spec: &str) -> (Option<&str>, &str) {
+    match spec.split_once('=') {
+        Some((name, location)) if is_valid_index_name(name) => (Some(name), location),
+        _ => (None, spec),
+    }
+}
+
+/// The URL base a non-default index's relative media URLs resolve against: its media are
+/// served at `/indexes/NAME/media/…` (the default index's at `/media/…`).
+pub fn index_media_base(name: &str) -> String {
+    format!("/indexes/{name}/")
 }
 
 impl KnnRequest {
@@ -679,6 +718,39 @@ mod tests {
             validate(r#"{"indice_name":"laion","num_images":3,"num_result_ids":10000,"text":"x"}"#)
                 .unwrap();
         assert_eq!(knn.search.nprobe, 20);
+    }
+
+    #[test]
+    fn index_specs_split_into_name_and_location() {
+        assert_eq!(split_named_index("demo=./index"), (Some("demo"), "./index"));
+        assert_eq!(
+            split_named_index("laion-5b=s3://bucket/indexes/laion"),
+            (Some("laion-5b"), "s3://bucket/indexes/laion")
+        );
+        assert_eq!(split_named_index("./index"), (None, "./index"));
+        assert_eq!(split_named_index("./a=b"), (None, "./a=b"));
+        assert_eq!(
+            split_named_index("s3://bucket/x=y"),
+            (None, "s3://bucket/x=y")
+        );
+        assert!(is_valid_index_name("v2.1_b-32"));
+        assert!(!is_valid_index_name(".."));
+        assert!(!is_valid_index_name(""));
+        assert!(!is_valid_index_name("a/b"));
+    }
+
+    #[test]
+    fn an_unknown_index_is_a_404_naming_the_known_ones() {
+        let known = vec!["laion".to_string(), "coyo".to_string()];
+        assert_eq!(index_position("coyo", &known).unwrap(), 1);
+        let error = index_position("cc12m", &known).unwrap_err();
+        assert_eq!(error.code, ErrorCode::UnknownIndex);
+        assert_eq!(error.status(), 404);
+        assert!(
+            error.message.contains("\"laion\", \"coyo\""),
+            "{}",
+            error.message
+        );
     }
 
     #[test]

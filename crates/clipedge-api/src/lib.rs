@@ -66,6 +66,11 @@ pub struct SearchRequest {
     pub rerank: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<bool>,
+    /// The served index to search, by name (`GET /indices-list`); absent: the default (first)
+    /// index. The front selects with it before validating; an unknown name is 404
+    /// `unknown_index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
 }
 
 /// What to search with.

@@ -938,6 +938,7 @@ pub fn v1_search(data: &[u8]) {
             nprobe: u.arbitrary()?,
             rerank: u.arbitrary()?,
             dedup: u.arbitrary()?,
+            index: None,
         };
         let body = serde_json::to_vec(&request).expect("a request serializes");
         if body.len() <= clipedge_api::MAX_BODY_BYTES {

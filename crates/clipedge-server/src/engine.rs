@@ -75,7 +75,9 @@ fn elapsed_ms(since: Instant) -> f64 {
 
 impl Engine {
     /// Opens the index at `location` and checks that `encoder` is the model it was built with.
-    /// Without an encoder only `vector` and `id` queries are answered.
+    /// Without an encoder only `vector` and `id` queries are answered. Relative media URLs of
+    /// its catalog resolve against `root_base` (`/` for the default index, whose media the
+    /// server serves at `/media/…`).
     pub async fn open(
         location: &str,
         encoder: Option<Arc<TextEncoder>>,
@@ -133,9 +135,9 @@ impl Engine {
         self
     }
 
-    /// The names `indice_name` may take (`GET /indices-list`).
-    pub fn index_names(&self) -> Vec<String> {
-        vec![self.name.clone()]
+    /// The name clip-retrieval clients select this index by (`indice_name`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Caption and URL of each of `ids`, in order (clip-retrieval's `POST /metadata`).

@@ -1,4 +1,6 @@
-//! The HTTP surface: `/v1` API, the demo page, the index's media objects, CORS.
+//! The HTTP surface: `/v1` API, the demo page, the indexes' media objects, CORS. Every route
+//! serves the default (first) index unless the request names another: clip-retrieval's
+//! `indice_name`, `/v1/search`'s `index`, or `/indexes/NAME/media/…`.
 
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::debug;
 
 use crate::guard::{guard_layer, Guard, ServeOptions};
-use crate::Engine;
+use crate::{Engine, Indexes};
 
 fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     let bytes = match serde_json::to_vec(body) {
@@ -42,9 +44,13 @@ pub(crate) fn error_response(error: &ApiError) -> Response {
         .into_response()
 }
 
-async fn search(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+async fn search(State(indexes): State<Arc<Indexes>>, body: Bytes) -> Response {
     let request = match parse_search_request(&body) {
         Ok(request) => request,
+        Err(error) => return error_response(&error),
+    };
+    let engine = match indexes.select(request.index.as_deref()) {
+        Ok(engine) => engine,
         Err(error) => return error_response(&error),
     };
     let search = match request.validate(engine.dim()) {
@@ -67,13 +73,17 @@ async fn search(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
 }
 
 /// clip-retrieval's `POST /knn-service`: the `/v1` search, answered as its list of results.
-async fn knn_service(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+async fn knn_service(State(indexes): State<Arc<Indexes>>, body: Bytes) -> Response {
     let request = match parse_knn_request(&body) {
         Ok(request) => request,
         Err(error) => return error_response(&error),
     };
+    let engine = match indexes.by_indice_name(request.indice_name.as_deref()) {
+        Ok(engine) => engine,
+        Err(error) => return error_response(&error),
+    };
     let shape = IndexShape::of(engine.manifest());
-    let knn = match request.validate(shape, &engine.index_names()) {
+    let knn = match request.validate(shape, indexes.names()) {
         Ok(knn) => knn,
         Err(error) => return error_response(&error),
     };
@@ -98,17 +108,21 @@ async fn knn_service(State(engine): State<Arc<Engine>>, body: Bytes) -> Response
 }
 
 /// clip-retrieval's `GET /indices-list`.
-async fn indices_list(State(engine): State<Arc<Engine>>) -> Response {
-    json_response(StatusCode::OK, &engine.index_names())
+async fn indices_list(State(indexes): State<Arc<Indexes>>) -> Response {
+    json_response(StatusCode::OK, &indexes.names())
 }
 
 /// clip-retrieval's `POST /metadata`.
-async fn metadata(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+async fn metadata(State(indexes): State<Arc<Indexes>>, body: Bytes) -> Response {
     let request = match parse_metadata_request(&body) {
         Ok(request) => request,
         Err(error) => return error_response(&error),
     };
-    let ids = match request.validate(&engine.index_names()) {
+    let engine = match indexes.by_indice_name(request.indice_name.as_deref()) {
+        Ok(engine) => engine,
+        Err(error) => return error_response(&error),
+    };
+    let ids = match request.validate(indexes.names()) {
         Ok(ids) => ids,
         Err(error) => return error_response(&error),
     };
@@ -118,11 +132,12 @@ async fn metadata(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
     }
 }
 
-async fn health(State(engine): State<Arc<Engine>>) -> Response {
-    json_response(StatusCode::OK, &engine.health())
+async fn health(State(indexes): State<Arc<Indexes>>) -> Response {
+    json_response(StatusCode::OK, &indexes.default_engine().health())
 }
 
-async fn item(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> Response {
+async fn item(State(indexes): State<Arc<Indexes>>, Path(id): Path<String>) -> Response {
+    let engine = indexes.default_engine();
     let Ok(id) = id.parse::<u64>() else {
         return error_response(&ApiError::new(
             ErrorCode::UnknownId,
@@ -135,9 +150,24 @@ async fn item(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> Resp
     }
 }
 
-/// Objects under the index root's `media/` prefix (the images records point at).
-async fn media(State(engine): State<Arc<Engine>>, Path(path): Path<String>) -> Response {
-    let object = match media_object(&path) {
+/// Objects under the default index root's `media/` prefix (the images records point at).
+async fn media(State(indexes): State<Arc<Indexes>>, Path(path): Path<String>) -> Response {
+    media_of(indexes.default_engine(), &path).await
+}
+
+/// `/indexes/NAME/media/…`: another index's media (its relative record URLs point here).
+async fn index_media(
+    State(indexes): State<Arc<Indexes>>,
+    Path((name, path)): Path<(String, String)>,
+) -> Response {
+    match indexes.select(Some(&name)) {
+        Ok(engine) => media_of(engine, &path).await,
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn media_of(engine: &Engine, path: &str) -> Response {
+    let object = match media_object(path) {
         Ok(object) => object,
         Err(error) => return error_response(&error),
     };
@@ -145,13 +175,13 @@ async fn media(State(engine): State<Arc<Engine>>, Path(path): Path<String>) -> R
         Ok(bytes) => (
             StatusCode::OK,
             [
-                (header::CONTENT_TYPE, media_content_type(&path)),
+                (header::CONTENT_TYPE, media_content_type(path)),
                 (header::CACHE_CONTROL, MEDIA_CACHE_CONTROL),
             ],
             bytes,
         )
             .into_response(),
-        Err(StorageError::NotFound { .. }) => error_response(&media_not_found(&path)),
+        Err(StorageError::NotFound { .. }) => error_response(&media_not_found(path)),
         Err(error) => error_response(&ApiError::new(ErrorCode::Internal, error.to_string())),
     }
 }
@@ -181,15 +211,15 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
     ))
 }
 
-/// The whole HTTP surface of one engine, with the default [`ServeOptions`] (no key).
-pub fn router(engine: Arc<Engine>) -> Router {
-    router_with(engine, ServeOptions::default())
+/// The whole HTTP surface of the indexes, with the default [`ServeOptions`] (no key).
+pub fn router(indexes: Arc<Indexes>) -> Router {
+    router_with(indexes, ServeOptions::default())
 }
 
-/// The whole HTTP surface of one engine. The query routes (search, knn, items, metadata) sit
+/// The whole HTTP surface of the indexes. The query routes (search, knn, items, metadata) sit
 /// behind the [`Guard`] (key, concurrency, deadline); health, `indices-list`, media and the page
 /// stay open.
-pub fn router_with(engine: Arc<Engine>, options: ServeOptions) -> Router {
+pub fn router_with(indexes: Arc<Indexes>, options: ServeOptions) -> Router {
     // Any origin for an open server; with a key, only the origins named (none by default:
     // callers with a key are servers, not pages).
     let allow_origin = match (&options.cors_origins, options.api_key_hash.is_some()) {
@@ -223,10 +253,11 @@ pub fn router_with(engine: Arc<Engine>, options: ServeOptions) -> Router {
         .route("/v1/health", get(health))
         .route("/indices-list", get(indices_list))
         .route("/media/{*path}", get(media))
+        .route("/indexes/{name}/media/{*path}", get(index_media))
         .fallback(static_asset)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies past the API's limit get its JSON 413; far larger ones are cut off here.
         .layer(DefaultBodyLimit::max(4 * clipedge_api::MAX_BODY_BYTES))
         .layer(cors)
-        .with_state(engine)
+        .with_state(indexes)
 }

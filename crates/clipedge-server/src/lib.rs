@@ -3,6 +3,9 @@
 //!
 //! - [`Engine`]: encode (`clipedge-text`) → probe, scan and rerank (`clipedge-index`) → merge and
 //!   de-duplicate (`clipedge-api`) → captions and image URLs from the generation's catalog.
+//! - [`Indexes`]: the named engines one server answers for (`clipedge serve --index
+//!   NAME=URL`, repeatable); the first is the default, clip-retrieval's `indice_name` and
+//!   `/v1/search`'s `index` select another.
 //! - [`router`]: `POST /v1/search`, `GET /v1/health`, `GET /v1/items/{id}`, clip-retrieval's
 //!   `POST /knn-service`, `GET /indices-list` and `POST /metadata`, `GET /media/…` (the
 //!   index root's images), the page at `/`, CORS.
@@ -15,26 +18,31 @@
 mod engine;
 mod guard;
 mod http;
+mod indexes;
 
 pub use engine::{Engine, EngineError};
 pub use guard::ServeOptions;
 pub use http::{router, router_with};
+pub use indexes::{Indexes, IndexesError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Serves `engine` on `listener` until ctrl-c (or SIGTERM), with the default options.
-pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>) -> std::io::Result<()> {
-    serve_with(listener, engine, ServeOptions::default()).await
+/// Serves `indexes` on `listener` until ctrl-c (or SIGTERM), with the default options.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    indexes: Arc<Indexes>,
+) -> std::io::Result<()> {
+    serve_with(listener, indexes, ServeOptions::default()).await
 }
 
-/// Serves `engine` on `listener` with `options` until ctrl-c (or SIGTERM).
+/// Serves `indexes` on `listener` with `options` until ctrl-c (or SIGTERM).
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
-    engine: Arc<Engine>,
+    indexes: Arc<Indexes>,
     options: ServeOptions,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router_with(engine, options))
+    axum::serve(listener, router_with(indexes, options))
         .with_graceful_shutdown(shutdown_signal())
         .await
 }

@@ -47,7 +47,7 @@ pub struct LocalStackArgs {
 #[derive(Subcommand)]
 enum LocalStackCommand {
     /// Start S3 + Lambda emulator + wrangler dev, publish an index, print the Worker's URL.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Stop the processes a previous `up` started (by the PIDs in its stack.json).
     Down(DownArgs),
 }
@@ -93,6 +93,11 @@ struct UpArgs {
     /// (the usage records) and a line per request.
     #[arg(long, default_value = "warn")]
     wrangler_log_level: String,
+    /// Another index to serve beside `--index`, NAME=DIR (repeatable): published under
+    /// `indexes/NAME` and listed in the Worker's CLIPEDGE_INDEXES (clip-retrieval's
+    /// `indice_name` and `/v1/search`'s `index` select it). Built with the same model.
+    #[arg(long = "extra-index", value_name = "NAME=DIR")]
+    extra_indexes: Vec<String>,
     /// Put the object-source suite's objects (`clipedge_io::conformance`) in the bucket (and in
     /// local R2 with `--r2`) and turn on the Worker's `GET /v1/conformance/object-source`.
     #[arg(long)]
@@ -147,7 +152,7 @@ pub struct StackProcess {
 
 pub fn run(args: LocalStackArgs) -> anyhow::Result<()> {
     match args.command {
-        LocalStackCommand::Up(args) => up(args),
+        LocalStackCommand::Up(args) => up(*args),
         LocalStackCommand::Down(args) => down(&args.state),
     }
 }
@@ -276,6 +281,20 @@ fn spawn(
         log: log.display().to_string(),
     });
     Ok(())
+}
+
+/// `--extra-index NAME=DIR` → its name and directory.
+fn extra_index(assignment: &str) -> anyhow::Result<(String, PathBuf)> {
+    match assignment.split_once('=') {
+        Some((name, dir))
+            if clipedge_api::clip_retrieval::is_valid_index_name(name) && !dir.is_empty() =>
+        {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
+        _ => bail!(
+            "--extra-index {assignment:?}: expected NAME=DIR (NAME: letters, digits, '.', '_', '-')"
+        ),
+    }
 }
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -450,8 +469,13 @@ fn start_and_publish(
         ("AWS_REGION", "us-east-1".to_string()),
     ];
 
-    // Publish the index and the model package.
+    // Publish the index, the extra indexes and the model package.
     let index = format!("s3://{BUCKET}/{INDEX_PREFIX}");
+    let extra_indexes = args
+        .extra_indexes
+        .iter()
+        .map(|assignment| extra_index(assignment))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let model_prefix = format!("models/{}", encoder.card().fingerprint);
     for (name, value) in &aws_env {
         // Read by object_store's AmazonS3Builder::from_env in this process (single-threaded here).
@@ -474,6 +498,25 @@ fn start_and_publish(
         &model_files,
         &model_prefix,
     ))?;
+    for (name, dir) in &extra_indexes {
+        runtime
+            .block_on(publish(
+                dir,
+                &format!("s3://{BUCKET}/indexes/{name}"),
+                &args.model,
+                &model_files,
+                &model_prefix,
+            ))
+            .with_context(|| format!("publishing --extra-index {name}={}", dir.display()))?;
+    }
+    // The scanners read every published index.
+    let allowlist: Vec<String> = std::iter::once(index.clone())
+        .chain(
+            extra_indexes
+                .iter()
+                .map(|(name, _)| format!("s3://{BUCKET}/indexes/{name}")),
+        )
+        .collect();
     if args.conformance {
         runtime.block_on(publish_conformance_objects())?;
     }
@@ -500,7 +543,7 @@ fn start_and_publish(
     command
         .envs(aws_env.iter().map(|(name, value)| (*name, value.as_str())))
         .env("CLIPEDGE_SCANNER_SECRET", &scanner_secret)
-        .env("CLIPEDGE_INDEX_ALLOWLIST", &index)
+        .env("CLIPEDGE_INDEX_ALLOWLIST", allowlist.join(","))
         .env(
             "AWS_LAMBDA_RUNTIME_API",
             format!("http://127.0.0.1:{lambda_port}/.rt/{FUNCTION_NAME}"),
@@ -532,6 +575,13 @@ fn start_and_publish(
         ("CLIPEDGE_SCANNER_URLS".into(), scanner_url.clone()),
         ("CLIPEDGE_LABEL".into(), model_label(&encoder.card().name)),
     ];
+    if !extra_indexes.is_empty() {
+        let named: Vec<String> = extra_indexes
+            .iter()
+            .map(|(name, _)| format!("{name}=s3://{BUCKET}/indexes/{name}"))
+            .collect();
+        vars.push(("CLIPEDGE_INDEXES".into(), named.join(",")));
+    }
     if args.r2 {
         vars.push(("CLIPEDGE_R2_BINDING".into(), R2_BINDING.into()));
     }
@@ -592,12 +642,23 @@ fn start_and_publish(
     }
     std::fs::write(worker_dir.join("wrangler.toml"), config)?;
     if args.r2 {
-        let mut objects = Vec::new();
-        collect_files(index_dir, index_dir, &mut objects)?;
-        let index_objects = objects
-            .into_iter()
-            .filter(|name| is_published(name) && !name.starts_with("media/"))
-            .map(|name| (format!("{INDEX_PREFIX}/{name}"), index_dir.join(name)));
+        let mut index_objects = Vec::new();
+        let published_indexes =
+            std::iter::once((INDEX_PREFIX.to_string(), index_dir.to_path_buf())).chain(
+                extra_indexes
+                    .iter()
+                    .map(|(name, dir)| (format!("indexes/{name}"), dir.clone())),
+            );
+        for (prefix, dir) in published_indexes {
+            let mut objects = Vec::new();
+            collect_files(&dir, &dir, &mut objects)?;
+            index_objects.extend(
+                objects
+                    .into_iter()
+                    .filter(|name| is_published(name) && !name.starts_with("media/"))
+                    .map(|name| (format!("{prefix}/{name}"), dir.join(name))),
+            );
+        }
         let model_objects = model_files
             .iter()
             .map(|name| (format!("{model_prefix}/{name}"), args.model.join(name)));
@@ -612,6 +673,7 @@ fn start_and_publish(
             }
         }
         for (key, path) in index_objects
+            .into_iter()
             .chain(model_objects)
             .chain(conformance_objects)
         {
