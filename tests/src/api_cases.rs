@@ -302,12 +302,9 @@ async fn post_without_content_type(
     (status, headers, json)
 }
 
-/// Checks a front's clip-retrieval endpoints (`/indices-list`, `/knn-service`, `/metadata`)
-/// over any index built from the demo dataset; returns the name of the (default) index it
-/// checked.
-pub async fn check_clip_retrieval_front(base: &str) -> String {
-    let client = reqwest::Client::new();
-    let listed_text = client
+/// `GET /indices-list` of a front, as JSON.
+async fn indices_list(client: &reqwest::Client, base: &str) -> serde_json::Value {
+    let text = client
         .get(format!("{base}/indices-list"))
         .send()
         .await
@@ -315,8 +312,15 @@ pub async fn check_clip_retrieval_front(base: &str) -> String {
         .text()
         .await
         .expect("indices-list body");
-    let listed: serde_json::Value =
-        serde_json::from_str(&listed_text).expect("indices-list is JSON");
+    serde_json::from_str(&text).expect("indices-list is JSON")
+}
+
+/// Checks a front's clip-retrieval endpoints (`/indices-list`, `/knn-service`, `/metadata`)
+/// over any index built from the demo dataset; returns the name of the (default) index it
+/// checked.
+pub async fn check_clip_retrieval_front(base: &str) -> String {
+    let client = reqwest::Client::new();
+    let listed = indices_list(&client, base).await;
     // The default index is listed first (`check_several_indexes` checks the others).
     let names = listed.as_array().expect("a list of names");
     assert!(!names.is_empty(), "{listed}");
@@ -442,17 +446,7 @@ pub async fn check_clip_retrieval_front(base: &str) -> String {
 /// naming them all.
 pub async fn check_several_indexes(base: &str, names: &[&str], media: bool) {
     let client = reqwest::Client::new();
-    let listed: serde_json::Value = serde_json::from_str(
-        &client
-            .get(format!("{base}/indices-list"))
-            .send()
-            .await
-            .expect("indices-list")
-            .text()
-            .await
-            .expect("indices-list body"),
-    )
-    .expect("indices-list is JSON");
+    let listed = indices_list(&client, base).await;
     assert_eq!(listed, serde_json::json!(names));
 
     let mut answers = Vec::new();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 pub use clipedge_io::SourceError;
-use clipedge_io::{check_range, ObjectSource};
+use clipedge_io::{check_range, ObjectSource, ReadPolicy};
 use futures::StreamExt;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use worker::{
@@ -137,15 +137,15 @@ impl ObjectSource for Objects {
         Ok(bytes)
     }
 
-    /// Nearby catalog records share a GET; a wider gap wastes more of the isolate's memory
-    /// than the round trip it saves.
-    fn coalesce_gap_bytes(&self) -> u64 {
-        64 * 1024
-    }
-
-    /// A Worker has six connections for all of its outgoing requests.
-    fn max_concurrency(&self) -> usize {
-        crate::config::MAX_CONCURRENT_CALLS
+    /// Nearby catalog records share a GET (a wider gap would waste more of the isolate's
+    /// memory than the round trip saves); a Worker has six connections for all of its
+    /// outgoing requests.
+    fn read_policy(&self) -> ReadPolicy {
+        ReadPolicy {
+            coalesce_gap_bytes: 64 * 1024,
+            max_concurrency: crate::config::MAX_CONCURRENT_CALLS,
+            ..ReadPolicy::default()
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 
 use clipedge_format::Hit;
 use clipedge_index::GenerationError;
-use clipedge_io::SourceError;
+use clipedge_io::{error_chain, SourceError};
 use clipedge_text::TextError;
 use serde::{Deserialize, Serialize};
 
@@ -561,17 +561,6 @@ pub fn generation_error(error: GenerationError) -> ApiError {
         } => ApiError::new(ErrorCode::StorageUnavailable, error_chain(&error)),
         other => ApiError::new(ErrorCode::Internal, error_chain(&other)),
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut chain = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    chain
 }
 
 /// The `Server-Timing` header value for the stages, e.g.

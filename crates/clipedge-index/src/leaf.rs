@@ -168,17 +168,7 @@ impl ListCache {
     }
 }
 
-/// The error and its sources on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
+pub use clipedge_io::error_chain;
 
 /// A read failure of one group or list as its status.
 fn source_status(error: &SourceError) -> ScanStatus {

@@ -66,6 +66,28 @@ pub struct RangeRead {
     pub bytes: u64,
 }
 
+/// How a source's [`ObjectSource::get_ranges`] turns ranges into GETs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPolicy {
+    /// Ranges closer than this are fetched with one GET: a wasted gap costs less than a round
+    /// trip (about 60 ms to first byte on S3).
+    pub coalesce_gap_bytes: u64,
+    /// A coalesced GET never grows past this.
+    pub max_coalesced_bytes: u64,
+    /// GETs in flight at once for one call.
+    pub max_concurrency: usize,
+}
+
+impl Default for ReadPolicy {
+    fn default() -> Self {
+        ReadPolicy {
+            coalesce_gap_bytes: 256 * 1024,
+            max_coalesced_bytes: 64 * 1024 * 1024,
+            max_concurrency: 6,
+        }
+    }
+}
+
 /// Reads objects by key. Implementations retry transient failures themselves; an error here is
 /// final for the request.
 #[allow(async_fn_in_trait)]
@@ -78,20 +100,8 @@ pub trait ObjectSource {
     /// An empty range reads nothing and returns no bytes.
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SourceError>;
 
-    /// Ranges closer than this are fetched with one GET: a wasted gap costs less than a round
-    /// trip (about 60 ms to first byte on S3).
-    fn coalesce_gap_bytes(&self) -> u64 {
-        256 * 1024
-    }
-
-    /// A coalesced GET never grows past this.
-    fn max_coalesced_bytes(&self) -> u64 {
-        64 * 1024 * 1024
-    }
-
-    /// GETs in flight at once for one [`ObjectSource::get_ranges`] call.
-    fn max_concurrency(&self) -> usize {
-        6
+    fn read_policy(&self) -> ReadPolicy {
+        ReadPolicy::default()
     }
 
     /// Many ranges of one object: nearby ones share a GET, GETs run concurrently.
@@ -107,14 +117,15 @@ pub async fn read_ranges<S: ObjectSource + ?Sized>(
     key: &str,
     ranges: &[Range<u64>],
 ) -> Result<RangeRead, SourceError> {
+    let policy = source.read_policy();
     let merged = coalesce_ranges(
         ranges,
-        source.coalesce_gap_bytes(),
-        source.max_coalesced_bytes(),
+        policy.coalesce_gap_bytes,
+        policy.max_coalesced_bytes,
     );
     let fetched: Vec<Bytes> = stream::iter(merged.iter().cloned())
         .map(|range| source.get_range(key, range))
-        .buffered(source.max_concurrency().max(1))
+        .buffered(policy.max_concurrency.max(1))
         .try_collect()
         .await?;
     let bytes = merged.iter().map(|range| range.end - range.start).sum();
@@ -135,6 +146,30 @@ pub async fn read_ranges<S: ObjectSource + ?Sized>(
         requests: merged.len(),
         bytes,
     })
+}
+
+/// Refuses an object larger than `limit` (for backends that only learn the size by reading).
+pub fn check_limit(key: &str, bytes: &Bytes, limit: Option<u64>) -> Result<(), SourceError> {
+    match limit {
+        Some(limit) if bytes.len() as u64 > limit => Err(SourceError::TooLarge {
+            key: key.to_string(),
+            size: bytes.len() as u64,
+            limit,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The error and its sources on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
 }
 
 /// Checks that a backend returned exactly the bytes of `range`.
@@ -158,14 +193,8 @@ impl<S: ObjectSource + ?Sized> ObjectSource for &S {
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SourceError> {
         (**self).get_range(key, range).await
     }
-    fn coalesce_gap_bytes(&self) -> u64 {
-        (**self).coalesce_gap_bytes()
-    }
-    fn max_coalesced_bytes(&self) -> u64 {
-        (**self).max_coalesced_bytes()
-    }
-    fn max_concurrency(&self) -> usize {
-        (**self).max_concurrency()
+    fn read_policy(&self) -> ReadPolicy {
+        (**self).read_policy()
     }
     async fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<RangeRead, SourceError> {
         (**self).get_ranges(key, ranges).await
@@ -208,14 +237,8 @@ impl<S: ObjectSource> ObjectSource for Prefixed<S> {
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SourceError> {
         self.inner.get_range(&self.key(key), range).await
     }
-    fn coalesce_gap_bytes(&self) -> u64 {
-        self.inner.coalesce_gap_bytes()
-    }
-    fn max_coalesced_bytes(&self) -> u64 {
-        self.inner.max_coalesced_bytes()
-    }
-    fn max_concurrency(&self) -> usize {
-        self.inner.max_concurrency()
+    fn read_policy(&self) -> ReadPolicy {
+        self.inner.read_policy()
     }
     async fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<RangeRead, SourceError> {
         self.inner.get_ranges(&self.key(key), ranges).await
@@ -290,14 +313,8 @@ impl<S: ObjectSource> ObjectSource for Counted<S> {
         self.record(&result);
         result
     }
-    fn coalesce_gap_bytes(&self) -> u64 {
-        self.inner.coalesce_gap_bytes()
-    }
-    fn max_coalesced_bytes(&self) -> u64 {
-        self.inner.max_coalesced_bytes()
-    }
-    fn max_concurrency(&self) -> usize {
-        self.inner.max_concurrency()
+    fn read_policy(&self) -> ReadPolicy {
+        self.inner.read_policy()
     }
     // get_ranges is the default: it goes through this get_range, so every GET is counted once.
 }

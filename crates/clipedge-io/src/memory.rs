@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use crate::{check_range, ObjectSource, SourceError};
+use crate::{check_limit, check_range, ObjectSource, SourceError};
 
 /// Objects held in memory: for tests, and for fronts that embed a small index.
 #[derive(Debug, Default)]
@@ -35,13 +35,7 @@ impl MemorySource {
 impl ObjectSource for MemorySource {
     async fn get(&self, key: &str, limit: Option<u64>) -> Result<Bytes, SourceError> {
         let bytes = self.object(key)?;
-        if let Some(limit) = limit.filter(|limit| bytes.len() as u64 > *limit) {
-            return Err(SourceError::TooLarge {
-                key: key.to_string(),
-                size: bytes.len() as u64,
-                limit,
-            });
-        }
+        check_limit(key, &bytes, limit)?;
         Ok(bytes)
     }
 

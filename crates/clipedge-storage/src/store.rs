@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clipedge_io::{ObjectSource, SourceError};
+use clipedge_io::{check_limit, error_chain, ObjectSource, ReadPolicy, SourceError};
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -438,13 +438,7 @@ impl Storage {
 impl ObjectSource for Storage {
     async fn get(&self, key: &str, limit: Option<u64>) -> Result<Bytes, SourceError> {
         let bytes = Storage::get(self, key).await.map_err(source_error)?;
-        if let Some(limit) = limit.filter(|limit| bytes.len() as u64 > *limit) {
-            return Err(SourceError::TooLarge {
-                key: key.to_string(),
-                size: bytes.len() as u64,
-                limit,
-            });
-        }
+        check_limit(key, &bytes, limit)?;
         Ok(bytes)
     }
 
@@ -457,16 +451,12 @@ impl ObjectSource for Storage {
             .map_err(source_error)
     }
 
-    fn coalesce_gap_bytes(&self) -> u64 {
-        self.config.coalesce_gap_bytes
-    }
-
-    fn max_coalesced_bytes(&self) -> u64 {
-        self.config.max_coalesced_bytes
-    }
-
-    fn max_concurrency(&self) -> usize {
-        self.config.max_concurrency
+    fn read_policy(&self) -> ReadPolicy {
+        ReadPolicy {
+            coalesce_gap_bytes: self.config.coalesce_gap_bytes,
+            max_coalesced_bytes: self.config.max_coalesced_bytes,
+            max_concurrency: self.config.max_concurrency,
+        }
     }
 }
 
@@ -494,17 +484,6 @@ pub fn source_error(error: StorageError) -> SourceError {
             }
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut chain = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    chain
 }
 
 #[cfg(test)]
