@@ -107,7 +107,11 @@ class ClassifierTest(unittest.TestCase):
         self.assertEqual(self.classify(500, error("internal")), "5xx:internal")
         self.assertEqual(self.classify(504, error("timeout")), "5xx:timeout")
         self.assertEqual(self.classify(500, error("scanners_failed")), "wrong")  # wrong status
-        self.assertEqual(self.classify(503, error("storage_unavailable")), "wrong")  # unknown
+        self.assertEqual(
+            self.classify(503, error("storage_unavailable")), "5xx:storage_unavailable"
+        )
+        self.assertEqual(self.classify(500, error("storage_unavailable")), "wrong")  # wrong status
+        self.assertEqual(self.classify(503, error("disk_on_fire")), "wrong")  # undocumented
         self.assertEqual(self.classify(500, "<html>worker threw</html>"), "wrong")
         self.assertEqual(self.classify(400, error("invalid_json")), "wrong")
         self.assertEqual(checker().classify(-1, 200, answer(REFERENCE))[0], "wrong")  # unpaired
