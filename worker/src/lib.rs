@@ -251,7 +251,8 @@ fn meter(
         own_reads.bytes_read,
         context.fan_out_usage,
         clock::since(started),
-    );
+    )
+    .with_index(&context.index.name);
     worker::console_log!("{}", usage.to_json());
     let Some(dataset) = &access.usage_dataset else {
         return;

@@ -40,6 +40,8 @@ pub struct Usage {
     pub tier: String,
     /// `search`, `knn`, `item` or `metadata`.
     pub route: &'static str,
+    /// The index the request read (its name; several may be served, `CLIPEDGE_INDEXES`).
+    pub index: String,
     pub status: u16,
     /// 1 for an answered search (`search`, `knn` with status 200), else 0.
     pub queries: u32,
@@ -72,6 +74,7 @@ impl Usage {
             key_id: caller.key_id.clone(),
             tier: caller.tier.clone(),
             route,
+            index: String::new(),
             status,
             queries: u32::from(is_query && status == 200),
             scanner_calls: fan_out.calls,
@@ -83,24 +86,33 @@ impl Usage {
         }
     }
 
+    /// Names the index the request read.
+    pub fn with_index(self, index: &str) -> Usage {
+        Usage {
+            index: index.to_string(),
+            ..self
+        }
+    }
+
     /// The log line.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
 
     /// The Analytics Engine layout (documented in the README with its SQL): the index (the
-    /// sampling key) is the key id; blobs name the key, tier, route and status; doubles hold
-    /// the figures in a fixed order.
+    /// sampling key) is the key id; blobs name the key, tier, route, status and index; doubles
+    /// hold the figures in a fixed order.
     pub fn data_point_index(&self) -> String {
         self.key_id.clone().unwrap_or_else(|| ANONYMOUS.to_string())
     }
 
-    pub fn data_point_blobs(&self) -> [String; 4] {
+    pub fn data_point_blobs(&self) -> [String; 5] {
         [
             self.key.clone(),
             self.tier.clone(),
             self.route.to_string(),
             self.status.to_string(),
+            self.index.clone(),
         ]
     }
 
@@ -154,8 +166,10 @@ mod tests {
             300,
             fan_out,
             41.5,
-        );
+        )
+        .with_index("laion");
         assert_eq!((usage.queries, usage.gets, usage.bytes), (1, 12, 5300));
+        assert_eq!(usage.data_point_blobs()[4], "laion");
         assert_eq!(usage.scanner_ms, 12.35);
         let line: serde_json::Value = serde_json::from_str(&usage.to_json()).unwrap();
         assert_eq!(line["event"], USAGE_EVENT);
