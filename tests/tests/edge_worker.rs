@@ -877,7 +877,10 @@ fn keys_rate_limits_and_usage_at_the_edge() {
         .find(|record| record["key"] == "acme" && record["route"] == "search")
         .unwrap();
     assert_eq!(keyed["tier"], "pro");
-    assert_eq!(keyed["index"], "local", "the default index of the stack: {keyed}");
+    assert_eq!(
+        keyed["index"], "local",
+        "the default index of the stack: {keyed}"
+    );
     assert_eq!(keyed["queries"], 1);
     assert!(keyed["scanner_calls"].as_u64().unwrap() >= 1, "{keyed}");
     assert!(keyed["gets"].as_u64().unwrap() >= 1, "{keyed}");
