@@ -9,7 +9,7 @@
 
 use clipedge_format::{
     decode_record, generation_path, record_range, CatalogEntry, CatalogRef, CurrentPointer,
-    FormatError, GroupBlob, ItemRecord, ListLocation, ListView, Manifest, RerankKind, RoutingTable,
+    FormatError, GroupBlob, ItemRecord, ListView, Manifest, RerankKind, RoutingTable,
     CURRENT_OBJECT,
 };
 use clipedge_io::{ObjectSource, SourceError};
@@ -224,12 +224,6 @@ impl Generation {
         .map_err(GenerationError::format("group blob"))
     }
 
-    /// Where list `list_id` lies, from its group's blob.
-    pub fn list_location(&self, blob: &GroupBlob, list_id: u32) -> Option<ListLocation> {
-        let index = list_id.checked_sub(blob.first_list)?;
-        blob.lists.get(index as usize).copied()
-    }
-
     /// The stored (rerank) copy of `id`, decoded to f32: what "more like this" searches with.
     /// Catalog entry → its group's blob → the list, each verified (three GETs).
     pub async fn stored_vector<S: ObjectSource>(
@@ -249,7 +243,10 @@ impl Generation {
             )));
         };
         let blob = self.group(source, group).await?;
-        let Some(location) = self.list_location(&blob, list_id) else {
+        let location = list_id
+            .checked_sub(blob.first_list)
+            .and_then(|index| blob.lists.get(index as usize).copied());
+        let Some(location) = location else {
             return Err(GenerationError::inconsistent(format!(
                 "list {list_id} is not in group {group}"
             )));

@@ -247,7 +247,6 @@ impl Engine {
         let leaves = InProcessLeaf {
             reader: &self.reader,
         };
-        let clock = Instant::now();
         let answer = clipedge_search::search(
             self.reader.generation(),
             &source,
@@ -255,7 +254,7 @@ impl Engine {
             &query,
             &search,
             &self.root_base,
-            || elapsed_ms(clock),
+            || elapsed_ms(started),
         )
         .await;
         let mut response = answer.result?;

@@ -13,7 +13,7 @@ mod store;
 
 pub use bytes::Bytes;
 pub use cache::ByteLru;
-pub use clipedge_io::{coalesce_ranges, Counted, ObjectSource, Prefixed, RangeRead, SourceError};
+pub use clipedge_io::{Counted, ObjectSource, SourceError};
 pub use error::StorageError;
 pub use stats::{IoCounters, IoStats};
 pub use store::{source_error, ObjectInfo, Storage, StorageConfig, Versioned};
