@@ -74,28 +74,35 @@ impl PartialEq for Neighbour {
 
 impl Eq for Neighbour {}
 
-/// Bytes of base vectors scored against a task's queries before moving on: about half a
-/// core's L2 cache (tests use small tiles, so their batches cross tile boundaries).
+/// Bytes of base vectors one task scores every query against: about half a core's L2 cache
+/// (tests use small tiles, so their batches cross tile boundaries).
 const TILE_BYTES: usize = if cfg!(test) { 4 << 10 } else { 512 << 10 };
 
 /// Offers `scores[i]` as the neighbour with id `first_id + i` to a heap of the best `k`.
 fn offer(heap: &mut BinaryHeap<Reverse<Neighbour>>, k: usize, scores: &[f32], first_id: u64) {
     for (offset, &score) in scores.iter().enumerate() {
-        let candidate = Neighbour {
-            score,
-            id: first_id + offset as u64,
-        };
-        if heap.len() < k {
-            heap.push(Reverse(candidate));
-            continue;
-        }
-        let Some(Reverse(worst)) = heap.peek() else {
-            continue;
-        };
-        if candidate > *worst {
-            heap.pop();
-            heap.push(Reverse(candidate));
-        }
+        offer_one(
+            heap,
+            k,
+            Neighbour {
+                score,
+                id: first_id + offset as u64,
+            },
+        );
+    }
+}
+
+fn offer_one(heap: &mut BinaryHeap<Reverse<Neighbour>>, k: usize, candidate: Neighbour) {
+    if heap.len() < k {
+        heap.push(Reverse(candidate));
+        return;
+    }
+    let Some(Reverse(worst)) = heap.peek() else {
+        return;
+    };
+    if candidate > *worst {
+        heap.pop();
+        heap.push(Reverse(candidate));
     }
 }
 
@@ -173,27 +180,39 @@ impl ExactTopK {
             )));
         }
         let k = self.k;
-        // Each task takes a few queries and walks the batch in cache-sized tiles, scoring its
-        // queries against one tile before the next: the batch is read from memory once per
-        // task rather than once per query.
+        // Each task takes one cache-sized tile of the batch and scores every query against it,
+        // so the batch is read from memory once (tasks over queries instead read it once per
+        // task: at 10M vectors and 200 queries that made the truth 37 s of a 178 s run on 16
+        // cores). Each tile keeps its own best `k` per query; those merge into the heaps after.
         let tile_rows = (TILE_BYTES / (dim * 4)).max(1);
-        let queries_per_task = self
-            .best
-            .len()
-            .div_ceil(4 * rayon::current_num_threads())
-            .max(1);
-        self.best
-            .par_chunks_mut(queries_per_task)
-            .zip(self.queries.par_chunks(queries_per_task * dim))
-            .for_each(|(heaps, queries)| {
+        let queries = &self.queries;
+        let tile_best: Vec<Vec<Vec<Neighbour>>> = vectors
+            .par_chunks(tile_rows * dim)
+            .enumerate()
+            .map(|(tile_index, tile)| {
+                let tile_first_id = first_id + (tile_index * tile_rows) as u64;
                 let mut scores = Vec::with_capacity(tile_rows);
-                for (tile_index, tile) in vectors.chunks(tile_rows * dim).enumerate() {
-                    let tile_first_id = first_id + (tile_index * tile_rows) as u64;
-                    for (heap, query) in heaps.iter_mut().zip(queries.chunks_exact(dim)) {
+                let mut heap = BinaryHeap::with_capacity(k + 1);
+                queries
+                    .chunks_exact(dim)
+                    .map(|query| {
                         scores.clear();
                         // Per pair this is exactly `dot`, whatever the batch or tile boundaries.
                         clipedge_linalg::dot::dots_with_rows(query, tile, dim, &mut scores);
-                        offer(heap, k, &scores, tile_first_id);
+                        heap.clear();
+                        offer(&mut heap, k, &scores, tile_first_id);
+                        heap.drain().map(|Reverse(neighbour)| neighbour).collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        self.best
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(query, heap)| {
+                for tile in &tile_best {
+                    for neighbour in &tile[query] {
+                        offer_one(heap, k, *neighbour);
                     }
                 }
             });
@@ -722,6 +741,43 @@ mod tests {
         .await;
         let message = missing.expect_err("no such generation").to_string();
         assert!(message.contains("1000000000000-00000000"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn balanced_kmeans_lists_search_as_well_as_flat_ones() {
+        let (base, queries) = dataset(8_000, 40, 17);
+        let mut top = ExactTopK::new(queries.clone(), DIM, 10).unwrap();
+        top.add_batch(&base, 0).unwrap();
+        let truth = top.finish();
+        let mut recalls = Vec::new();
+        for balanced_from in [usize::MAX, 64] {
+            let (_dir, storage) = temp_storage();
+            let config = crate::BuildConfig {
+                balanced_kmeans_from: balanced_from,
+                ..crate::BuildConfig::new(64, 8, 8)
+            };
+            let generation = crate::build_index(
+                &storage,
+                &crate::VectorSet::new(&base, DIM),
+                &config,
+                &crate::NoProgress,
+            )
+            .await
+            .unwrap()
+            .generation;
+            recalls.push(
+                evaluate_recall(&storage, &generation, &queries, &truth, 10, 8, 20)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let (flat, balanced) = (recalls[0], recalls[1]);
+        assert!(flat > 0.5, "flat lists: {flat}");
+        // Measured: balanced 0.885, flat 0.925 (even lists hold fewer candidates per probe).
+        assert!(
+            balanced >= flat - 0.05,
+            "balanced {balanced} vs flat {flat}"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The clipedge index build pipeline, run nightly on a rented box (and by `clipedge build`).
 //!
-//! 1. [`train`]: coarse k-means into `nlist` fine lists, hierarchical k-means of the fine
+//! 1. [`train`]: coarse k-means into `nlist` fine lists (hierarchical balanced k-means from
+//!    [`BALANCED_KMEANS_FROM`] lists on), hierarchical k-means of the fine
 //!    centroids into routing groups (lists renumbered so each group's lists are contiguous),
 //!    PQ codebooks trained on residuals.
 //! 2. [`write_generation`]: assign every vector to its list, encode residual PQ codes and rerank
@@ -24,7 +25,7 @@ mod test_support;
 
 pub use build::{
     build_index, content_hash, publish, train, train_on, write_generation, BuildConfig, BuildError,
-    BuildReport, TrainedIndex, VectorSet,
+    BuildReport, TrainedIndex, VectorSet, BALANCED_KMEANS_FROM,
 };
 pub use gate::{
     decide, evaluate_recall, gate_generation, live_recall, read_gate_record, write_gate_record,

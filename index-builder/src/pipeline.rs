@@ -170,53 +170,72 @@ pub async fn write_generation_streamed(
     let coarse = device.centroids(trained.fine_centroids.clone(), dim, Metric::InnerProduct)?;
     let encoder = device.encoder(&trained.pq, &coarse)?;
     progress.stage("assign and encode", n);
-    let mut batch = Vec::with_capacity(options.batch_rows * dim);
-    let mut start = 0u64;
-    while start < n {
-        let rows = (n - start).min(options.batch_rows as u64) as usize;
-        batch.clear();
-        let read_started = Instant::now();
-        source.read_rows(start, rows, &mut batch)?;
-        seconds.read_s += read_started.elapsed().as_secs_f64();
+    // A reader thread decodes the next batch while this one is on the device and being
+    // encoded: reading 10M float16 rows took 19 s of a 178 s run when it was in line.
+    let batch_rows = options.batch_rows as u64;
+    std::thread::scope(|scope| -> Result<(), BuildError> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            let mut start = 0u64;
+            while start < n {
+                let rows = (n - start).min(batch_rows) as usize;
+                let mut batch = Vec::with_capacity(rows * dim);
+                let read_started = Instant::now();
+                let read = source
+                    .read_rows(start, rows, &mut batch)
+                    .map(|()| (start, batch, read_started.elapsed().as_secs_f64()));
+                let failed = read.is_err();
+                // A closed channel means the consumer stopped on an error of its own.
+                if sender.send(read).is_err() || failed {
+                    return;
+                }
+                start += rows as u64;
+            }
+        });
+        for read in receiver {
+            let (start, batch, read_s) = read?;
+            let rows = batch.len() / dim;
+            seconds.read_s += read_s;
 
-        let assign_started = Instant::now();
-        let (labels, codes) = device.assign_and_encode(&encoder, &batch)?;
-        seconds.assign_s += assign_started.elapsed().as_secs_f64();
-        let encode_started = Instant::now();
-        let batch_refs = match catalog.as_mut() {
-            Some(catalog) => Some(catalog.add_batch(rows, &labels)?),
-            None => None,
-        };
-        let entries = encode_entries(
-            &batch,
-            dim,
-            start,
-            &labels,
-            &codes,
-            batch_refs.as_deref(),
-            config,
-            &layout,
-        );
-        seconds.encode_s += encode_started.elapsed().as_secs_f64();
+            let assign_started = Instant::now();
+            let (labels, codes) = device.assign_and_encode(&encoder, &batch)?;
+            seconds.assign_s += assign_started.elapsed().as_secs_f64();
+            let encode_started = Instant::now();
+            let batch_refs = match catalog.as_mut() {
+                Some(catalog) => Some(catalog.add_batch(rows, &labels)?),
+                None => None,
+            };
+            let entries = encode_entries(
+                &batch,
+                dim,
+                start,
+                &labels,
+                &codes,
+                batch_refs.as_deref(),
+                config,
+                &layout,
+            );
+            seconds.encode_s += encode_started.elapsed().as_secs_f64();
 
-        if let Some(truth) = truth.as_deref_mut() {
-            let truth_started = Instant::now();
-            truth
-                .add_batch(&batch, start)
-                .map_err(|error| BuildError::Input(error.to_string()))?;
-            seconds.truth_s += truth_started.elapsed().as_secs_f64();
+            if let Some(truth) = truth.as_deref_mut() {
+                let truth_started = Instant::now();
+                truth
+                    .add_batch(&batch, start)
+                    .map_err(|error| BuildError::Input(error.to_string()))?;
+                seconds.truth_s += truth_started.elapsed().as_secs_f64();
+            }
+            let write_started = Instant::now();
+            for (entry, label) in entries.chunks_exact(entry_bytes).zip(&labels) {
+                let bucket = *label as usize / lists_per_bucket;
+                writers[bucket]
+                    .write_all(entry)
+                    .map_err(|error| spill_error(&bucket_paths[bucket], error))?;
+            }
+            seconds.write_s += write_started.elapsed().as_secs_f64();
+            progress.advance(rows as u64);
         }
-        let write_started = Instant::now();
-        for (entry, label) in entries.chunks_exact(entry_bytes).zip(&labels) {
-            let bucket = *label as usize / lists_per_bucket;
-            writers[bucket]
-                .write_all(entry)
-                .map_err(|error| spill_error(&bucket_paths[bucket], error))?;
-        }
-        seconds.write_s += write_started.elapsed().as_secs_f64();
-        progress.advance(rows as u64);
-        start += rows as u64;
-    }
+        Ok(())
+    })?;
     for (writer, path) in writers.into_iter().zip(&bucket_paths) {
         writer
             .into_inner()

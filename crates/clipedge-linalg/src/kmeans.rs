@@ -226,7 +226,12 @@ fn kmeans_plus_plus(data: &[f32], dim: usize, k: usize, rng: &mut ChaCha8Rng) ->
 /// keeps input order), then each cluster sums its own rows, clusters in parallel. The earlier
 /// scheme — a `k × dim` partial per 4,096-row chunk, reduced one after another — zeroed and
 /// added 64 MB per chunk at k = 16,384: about 7 s of each Lloyd iteration over 1M points.
-fn cluster_sums(data: &[f32], dim: usize, k: usize, labels: &[u32]) -> (Vec<f64>, Vec<u64>) {
+pub(crate) fn cluster_sums(
+    data: &[f32],
+    dim: usize,
+    k: usize,
+    labels: &[u32],
+) -> (Vec<f64>, Vec<u64>) {
     let mut counts = vec![0u64; k];
     for &label in labels {
         counts[label as usize] += 1;

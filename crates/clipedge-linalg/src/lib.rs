@@ -5,6 +5,7 @@
 //! return bit-identical results: integer kernels are exact, float kernels keep the
 //! scalar path's lane layout and summation order and never fuse multiply-adds.
 
+pub mod balanced;
 pub mod dot;
 pub mod fastscan;
 pub mod gemm;

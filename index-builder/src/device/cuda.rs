@@ -3,34 +3,43 @@
 //! Nothing here needs CUDA at build time: cudarc loads `libcuda`, `libcublas` and `libnvrtc` when
 //! a backend is opened (found on the loader path, e.g. `LD_LIBRARY_PATH` pointing into the
 //! `nvidia-*-cu13` pip wheels), and the kernels are compiled for the GPU that answers.
+//!
+//! The batch loop is a two-deep pipeline: while the GPU scores batch `i` (compute stream), the
+//! host stages batch `i + 1` in pinned memory and the copy stream uploads it, so the bus and the
+//! host copy hide behind the GEMM. Scores leave the GEMM in fp16 (half the HBM traffic of the
+//! chunked distance matrix) scaled into ±1, and the best [`CANDIDATES`] per vector are rescored
+//! exactly in fp32.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use clipedge_linalg::ProductQuantizer;
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
-    PushKernelArg,
+    PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use rayon::prelude::*;
 
 use super::{DeviceError, Metric};
 
-/// Centroids kept per vector from the fp16 GEMM and rescored in fp32. Four absorb fp16's
-/// rounding (relative error ~1e-3 on a dot) for all but vectors whose best few centroids score
-/// alike — where either answer is as good.
-pub const CANDIDATES: usize = 4;
-/// fp32 scores of one (batch × centroid chunk) GEMM: bounded so the distance matrix is never
+/// Centroids kept per vector from the fp16 GEMM and rescored in fp32. Eight absorb fp16's
+/// rounding of inputs and scores (relative error ~1e-3 on a dot) for all but vectors whose
+/// best few centroids score alike — where either answer is as good.
+pub const CANDIDATES: usize = 8;
+/// fp16 scores of one (batch × centroid chunk) GEMM: bounded so the distance matrix is never
 /// materialised for a whole batch against a large centroid set.
-const SCORE_BUFFER_FLOATS: usize = 256 << 20;
+const SCORE_BUFFER_HALVES: usize = 256 << 20;
 /// Vectors per GEMM batch (the host hands over larger slices; they are cut to this).
 const MAX_BATCH_ROWS: usize = 16384;
 /// The PQ kernel keeps a residual sub-vector in registers.
 const MAX_DSUB: usize = 64;
+/// Rows per parallel task when staging a batch in pinned memory.
+const STAGE_ROWS: usize = 256;
 
 const KERNELS: &str = r#"
-#define CANDIDATES 4
+#define CANDIDATES 8
 #define MAX_DSUB 64
 #define NO_INDEX 0x7fffffff
 // Spelled out: NVRTC compiles without the host math headers that define INFINITY.
@@ -41,17 +50,32 @@ __device__ __forceinline__ bool better(float a, int ai, float b, int bi) {
     return a > b || (a == b && ai < bi);
 }
 
-// Inserts (value, index) into a list sorted best first, dropping the worst.
+__device__ __forceinline__ float half_to_float(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// Inserts (value, index) into a list sorted best first, dropping the worst. Fully unrolled with
+// constant indices, so the list stays in registers (a data-dependent index would put it in
+// local memory).
 __device__ __forceinline__ void insert(float* vals, int* idx, float value, int index) {
     if (!better(value, index, vals[CANDIDATES - 1], idx[CANDIDATES - 1])) return;
-    int slot = CANDIDATES - 1;
-    while (slot > 0 && better(value, index, vals[slot - 1], idx[slot - 1])) {
-        vals[slot] = vals[slot - 1];
-        idx[slot] = idx[slot - 1];
-        slot--;
+    bool placed = false;
+#pragma unroll
+    for (int slot = CANDIDATES - 1; slot > 0; slot--) {
+        if (!placed) {
+            if (better(value, index, vals[slot - 1], idx[slot - 1])) {
+                vals[slot] = vals[slot - 1];
+                idx[slot] = idx[slot - 1];
+            } else {
+                vals[slot] = value;
+                idx[slot] = index;
+                placed = true;
+            }
+        }
     }
-    vals[slot] = value;
-    idx[slot] = index;
+    if (!placed) { vals[0] = value; idx[0] = index; }
 }
 
 extern "C" __global__ void to_half(const float* __restrict__ x, unsigned short* __restrict__ y,
@@ -63,23 +87,45 @@ extern "C" __global__ void to_half(const float* __restrict__ x, unsigned short* 
     y[i] = h;
 }
 
-// One warp per row: the best CANDIDATES of (scores[row][c] + bias[offset + c]) over this chunk,
-// merged with the row's candidates from earlier chunks.
-extern "C" __global__ void top_candidates(const float* __restrict__ scores, int rows, int cols,
-                                          int offset, const float* __restrict__ bias,
-                                          float* best_vals, int* best_idx, int first_chunk) {
+// One warp per row: the best CANDIDATES of (scores[row][c] + bias_scale * bias[offset + c])
+// over this chunk, merged with the row's candidates from earlier chunks. Scores are fp16 (the
+// GEMM ran with alpha = bias_scale, so they stay within ±1); lanes read two at a time.
+extern "C" __global__ void top_candidates(const unsigned short* __restrict__ scores, int rows,
+                                          int cols, int offset, const float* __restrict__ bias,
+                                          float bias_scale, int has_bias, float* best_vals,
+                                          int* best_idx, int first_chunk) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
     float vals[CANDIDATES];
     int idx[CANDIDATES];
+#pragma unroll
     for (int r = 0; r < CANDIDATES; r++) { vals[r] = NEG_INF; idx[r] = NO_INDEX; }
     if (!first_chunk && lane < CANDIDATES) {
         insert(vals, idx, best_vals[row * CANDIDATES + lane], best_idx[row * CANDIDATES + lane]);
     }
-    const float* line = scores + (size_t)row * cols;
-    for (int c = lane; c < cols; c += 32) {
-        insert(vals, idx, line[c] + bias[offset + c], offset + c);
+    const unsigned short* line = scores + (size_t)row * cols;
+    if ((cols & 1) == 0) {
+        const unsigned int* pairs = (const unsigned int*)line;
+        int pair_count = cols >> 1;
+        for (int p = lane; p < pair_count; p += 32) {
+            unsigned int two = pairs[p];
+            int c = 2 * p;
+            float low = half_to_float((unsigned short)(two & 0xffffu));
+            float high = half_to_float((unsigned short)(two >> 16));
+            if (has_bias) {
+                low += bias_scale * bias[offset + c];
+                high += bias_scale * bias[offset + c + 1];
+            }
+            insert(vals, idx, low, offset + c);
+            insert(vals, idx, high, offset + c + 1);
+        }
+    } else {
+        for (int c = lane; c < cols; c += 32) {
+            float value = half_to_float(line[c]);
+            if (has_bias) value += bias_scale * bias[offset + c];
+            insert(vals, idx, value, offset + c);
+        }
     }
     for (int r = 0; r < CANDIDATES; r++) {
         float head = vals[0];
@@ -90,6 +136,7 @@ extern "C" __global__ void top_candidates(const float* __restrict__ scores, int 
             if (better(other, other_index, head, head_index)) { head = other; head_index = other_index; }
         }
         if (idx[0] == head_index && head_index != NO_INDEX) {
+#pragma unroll
             for (int s = 0; s + 1 < CANDIDATES; s++) { vals[s] = vals[s + 1]; idx[s] = idx[s + 1]; }
             vals[CANDIDATES - 1] = NEG_INF;
             idx[CANDIDATES - 1] = NO_INDEX;
@@ -162,13 +209,19 @@ fn cuda_error(operation: &'static str, error: impl std::fmt::Debug) -> DeviceErr
 }
 
 pub struct CudaBackend {
-    _context: Arc<CudaContext>,
+    context: Arc<CudaContext>,
+    /// Kernels, GEMMs and downloads.
     stream: Arc<CudaStream>,
+    /// Uploads of the next batch, overlapping the current batch's compute.
+    copy_stream: Arc<CudaStream>,
     blas: CudaBlas,
     to_half: CudaFunction,
     top_candidates: CudaFunction,
     rescore: CudaFunction,
     pq_encode: CudaFunction,
+    /// Pinned staging is slow to allocate (page locking): slots are kept for the next pass,
+    /// which matters for k-means' many small assignment calls.
+    slot_pool: Mutex<Vec<Slot>>,
     name: String,
 }
 
@@ -182,6 +235,8 @@ pub struct DeviceCentroids {
     metric: Metric,
     /// Host copy of the squared norms (L2 distances are reported as `‖x‖² − 2·x·c + ‖c‖²`).
     norms: Vec<f32>,
+    /// The largest centroid norm: with a batch's largest row norm it bounds every score.
+    max_norm: f32,
 }
 
 pub struct DeviceCodebook {
@@ -190,6 +245,27 @@ pub struct DeviceCodebook {
     dsub: usize,
     centroids: CudaSlice<f32>,
     norms: CudaSlice<f32>,
+}
+
+/// One in-flight batch: its pinned staging and result buffers and its rows on the device.
+struct Slot {
+    dim: usize,
+    capacity_rows: usize,
+    /// Write-combined pinned memory: the host only writes it, the copy engine reads it.
+    input: PinnedHostSlice<f32>,
+    x32: CudaSlice<f32>,
+    labels: PinnedHostSlice<i32>,
+    dots: PinnedHostSlice<f32>,
+    codes: PinnedHostSlice<u8>,
+    rows: usize,
+}
+
+/// What a pipelined pass hands back per batch.
+struct BatchResult<'a> {
+    rows: &'a [f32],
+    labels: &'a [i32],
+    dots: &'a [f32],
+    codes: &'a [u8],
 }
 
 fn libraries_present() -> Result<(), DeviceError> {
@@ -242,7 +318,14 @@ impl CudaBackend {
         let name = context
             .name()
             .map_err(|error| cuda_error("query device name", error))?;
-        let stream = context.default_stream();
+        // Two streams before any allocation: cudarc then orders every buffer's uses across
+        // them with events.
+        let stream = context
+            .new_stream()
+            .map_err(|error| cuda_error("create stream", error))?;
+        let copy_stream = context
+            .new_stream()
+            .map_err(|error| cuda_error("create stream", error))?;
         let blas =
             CudaBlas::new(stream.clone()).map_err(|error| cuda_error("cublas init", error))?;
         // PTX for this GPU's own virtual architecture: never newer than what the driver knows.
@@ -268,8 +351,10 @@ impl CudaBackend {
             top_candidates: function("top_candidates")?,
             rescore: function("rescore")?,
             pq_encode: function("pq_encode")?,
-            _context: context,
+            slot_pool: Mutex::new(Vec::new()),
+            context,
             stream,
+            copy_stream,
             blas,
             name: format!("cuda: {name} (sm_{major}{minor})"),
         })
@@ -317,6 +402,7 @@ impl CudaBackend {
             Metric::InnerProduct => vec![0.0; count],
             Metric::L2 => norms.iter().map(|norm| -0.5 * norm).collect(),
         };
+        let max_norm = norms.iter().copied().fold(0.0f32, f32::max).sqrt();
         let fp32 = self.upload(host)?;
         let fp16 = self.half_of(&fp32, host.len())?;
         Ok(DeviceCentroids {
@@ -327,6 +413,7 @@ impl CudaBackend {
             bias: self.upload(&bias)?,
             metric,
             norms,
+            max_norm,
         })
     }
 
@@ -352,20 +439,18 @@ impl CudaBackend {
         data: &[f32],
     ) -> Result<(Vec<u32>, Vec<f32>), DeviceError> {
         let dim = centroids.dim;
-        let rows = data.len() / dim;
-        let mut labels = Vec::with_capacity(rows);
-        let mut values = Vec::with_capacity(rows);
-        let (mut scores, chunk_cols, batch_rows) = self.score_buffer(centroids.count)?;
-        for batch in data.chunks(batch_rows * dim) {
-            let (batch_labels, batch_dots) =
-                self.search_batch(centroids, batch, &mut scores, chunk_cols)?;
+        let rows_total = data.len() / dim;
+        let mut labels = Vec::with_capacity(rows_total);
+        let mut values = Vec::with_capacity(rows_total);
+        self.pipelined(centroids, None, data, |batch| {
             for (row, (label, product)) in batch
+                .rows
                 .chunks_exact(dim)
-                .zip(batch_labels.into_iter().zip(batch_dots))
+                .zip(batch.labels.iter().zip(batch.dots))
             {
-                let label = label as u32;
+                let label = *label as u32;
                 let value = match centroids.metric {
-                    Metric::InnerProduct => product,
+                    Metric::InnerProduct => *product,
                     Metric::L2 => (clipedge_linalg::dot::dot(row, row) - 2.0 * product
                         + centroids.norms[label as usize])
                         .max(0.0),
@@ -373,44 +458,226 @@ impl CudaBackend {
                 labels.push(label);
                 values.push(value);
             }
-        }
+        })?;
         Ok((labels, values))
     }
 
-    fn search_batch(
+    /// List assignment and residual PQ codes in one pass: each batch crosses the bus once and
+    /// its labels never leave the device before the encoder reads them.
+    pub fn search_and_encode(
         &self,
-        centroids: &DeviceCentroids,
-        batch: &[f32],
-        scores: &mut CudaSlice<f32>,
-        chunk_cols: usize,
-    ) -> Result<(Vec<i32>, Vec<f32>), DeviceError> {
-        let x32 = self.upload(batch)?;
-        let (labels, dots) = self.search_on_device(
-            centroids,
-            &x32,
-            batch.len() / centroids.dim,
-            scores,
-            chunk_cols,
-        )?;
-        let labels = self
-            .stream
-            .clone_dtoh(&labels)
-            .map_err(|error| cuda_error("copy to host", error))?;
-        let dots = self
-            .stream
-            .clone_dtoh(&dots)
-            .map_err(|error| cuda_error("copy to host", error))?;
-        Ok((labels, dots))
+        coarse: &DeviceCentroids,
+        codebook: &DeviceCodebook,
+        data: &[f32],
+    ) -> Result<(Vec<u32>, Vec<u8>), DeviceError> {
+        let rows_total = data.len() / coarse.dim;
+        let mut labels = Vec::with_capacity(rows_total);
+        let mut codes = Vec::with_capacity(rows_total * codebook.m);
+        self.pipelined(coarse, Some(codebook), data, |batch| {
+            labels.extend(batch.labels.iter().map(|label| *label as u32));
+            codes.extend_from_slice(batch.codes);
+        })?;
+        Ok((labels, codes))
     }
 
-    /// Labels and inner products of `rows` vectors already on the device.
+    fn new_slot(
+        &self,
+        batch_rows: usize,
+        dim: usize,
+        code_bytes: usize,
+    ) -> Result<Slot, DeviceError> {
+        let pinned = |operation| move |error| cuda_error(operation, error);
+        // SAFETY: pinned buffers are written (input by the host, results by the device)
+        // before they are read, and only their written prefix is read.
+        let (input, labels, dots, codes) = unsafe {
+            (
+                self.context
+                    .alloc_pinned::<f32>(batch_rows * dim)
+                    .map_err(pinned("allocate pinned input"))?,
+                // Not write-combined: the host reads these back.
+                self.context
+                    .alloc_pinned_with_flags::<i32>(batch_rows, 0)
+                    .map_err(pinned("allocate pinned labels"))?,
+                self.context
+                    .alloc_pinned_with_flags::<f32>(batch_rows, 0)
+                    .map_err(pinned("allocate pinned products"))?,
+                self.context
+                    .alloc_pinned_with_flags::<u8>((batch_rows * code_bytes).max(1), 0)
+                    .map_err(pinned("allocate pinned codes"))?,
+            )
+        };
+        let x32 = self
+            .stream
+            .alloc_zeros::<f32>(batch_rows * dim)
+            .map_err(|error| cuda_error("allocate", error))?;
+        Ok(Slot {
+            dim,
+            capacity_rows: batch_rows,
+            input,
+            x32,
+            labels,
+            dots,
+            codes,
+            rows: 0,
+        })
+    }
+
+    /// Runs every batch of `data` through the search (and the encoder, given a codebook),
+    /// two batches in flight, handing each batch's results to `sink` in order.
+    fn pipelined(
+        &self,
+        centroids: &DeviceCentroids,
+        codebook: Option<&DeviceCodebook>,
+        data: &[f32],
+        mut sink: impl FnMut(BatchResult<'_>),
+    ) -> Result<(), DeviceError> {
+        let dim = centroids.dim;
+        let (mut scores, chunk_cols, batch_rows) = self.score_buffer(centroids.count)?;
+        let code_bytes = codebook.map_or(0, |book| book.m);
+        let batches: Vec<&[f32]> = data.chunks(batch_rows * dim).collect();
+        let mut slots = self.take_slots(batches.len().min(2), batch_rows, dim, code_bytes)?;
+        for step in 0..=batches.len() {
+            if let Some(batch) = batches.get(step) {
+                let slot = &mut slots[step % 2];
+                self.enqueue(slot, batch, centroids, codebook, &mut scores, chunk_cols)?;
+            }
+            let Some(finished) = step.checked_sub(1) else {
+                continue;
+            };
+            let slot = &slots[finished % 2];
+            let rows = slot.rows;
+            let synced = |error| cuda_error("wait for a batch", error);
+            let labels = slot.labels.as_slice().map_err(synced)?;
+            let dots = slot.dots.as_slice().map_err(synced)?;
+            let codes = slot.codes.as_slice().map_err(synced)?;
+            sink(BatchResult {
+                rows: batches[finished],
+                labels: &labels[..rows],
+                dots: &dots[..rows],
+                codes: &codes[..rows * code_bytes],
+            });
+        }
+        let mut pool = self
+            .slot_pool
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        pool.extend(slots);
+        pool.truncate(2);
+        Ok(())
+    }
+
+    /// `count` slots for batches of up to `batch_rows` rows, from the pool where they fit.
+    fn take_slots(
+        &self,
+        count: usize,
+        batch_rows: usize,
+        dim: usize,
+        code_bytes: usize,
+    ) -> Result<Vec<Slot>, DeviceError> {
+        let mut pooled = std::mem::take(
+            &mut *self
+                .slot_pool
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        let mut slots = Vec::with_capacity(count);
+        while slots.len() < count {
+            let Some(mut slot) = pooled.pop() else {
+                slots.push(self.new_slot(batch_rows, dim, code_bytes)?);
+                continue;
+            };
+            if slot.dim != dim || slot.capacity_rows < batch_rows {
+                continue;
+            }
+            // A download fills the whole pinned buffer, so it must match the device's codes
+            // (`capacity_rows × m`) exactly.
+            let code_len = (slot.capacity_rows * code_bytes).max(1);
+            if slot.codes.len() != code_len {
+                // SAFETY: as in `new_slot`: written by the device before it is read.
+                slot.codes = unsafe { self.context.alloc_pinned_with_flags::<u8>(code_len, 0) }
+                    .map_err(|error| cuda_error("allocate pinned codes", error))?;
+            }
+            slots.push(slot);
+        }
+        Ok(slots)
+    }
+
+    /// Stages `batch` in the slot's pinned buffer, uploads it on the copy stream and queues its
+    /// search (and encode) and the downloads on the compute stream; returns without waiting.
+    fn enqueue(
+        &self,
+        slot: &mut Slot,
+        batch: &[f32],
+        centroids: &DeviceCentroids,
+        codebook: Option<&DeviceCodebook>,
+        scores: &mut CudaSlice<u16>,
+        chunk_cols: usize,
+    ) -> Result<(), DeviceError> {
+        let dim = centroids.dim;
+        let rows = batch.len() / dim;
+        // Waits until this slot's previous upload has left the staging buffer.
+        let staging = slot
+            .input
+            .as_mut_slice()
+            .map_err(|error| cuda_error("wait for an upload", error))?;
+        let max_row_norm = staging[..batch.len()]
+            .par_chunks_mut(STAGE_ROWS * dim)
+            .zip(batch.par_chunks(STAGE_ROWS * dim))
+            .map(|(staged, rows)| {
+                staged.copy_from_slice(rows);
+                rows.chunks_exact(dim)
+                    .map(|row| clipedge_linalg::dot::dot(row, row))
+                    .fold(0.0f32, f32::max)
+            })
+            .reduce(|| 0.0, f32::max)
+            .sqrt();
+        self.copy_stream
+            .memcpy_htod(&slot.input, &mut slot.x32)
+            .map_err(|error| cuda_error("copy to device", error))?;
+        // Cauchy–Schwarz: every |x·c| of the batch is at most this product, so scaled scores
+        // stay within ±1, where fp16 keeps 11 bits of precision and cannot overflow.
+        let bound = max_row_norm * centroids.max_norm;
+        let scale = if bound.is_finite() && bound > 0.0 {
+            1.0 / bound
+        } else {
+            1.0
+        };
+        // Results are allocated at the slot's full size: a download into pinned memory copies
+        // the whole pinned buffer.
+        let capacity = slot.capacity_rows;
+        let (labels, dots) = self.search_on_device(
+            centroids, &slot.x32, rows, capacity, scores, chunk_cols, scale,
+        )?;
+        let download = |error| cuda_error("copy to host", error);
+        self.stream
+            .memcpy_dtoh(&labels, &mut slot.labels)
+            .map_err(download)?;
+        self.stream
+            .memcpy_dtoh(&dots, &mut slot.dots)
+            .map_err(download)?;
+        if let Some(codebook) = codebook {
+            let codes =
+                self.encode_on_device(codebook, centroids, &slot.x32, &labels, rows, capacity)?;
+            self.stream
+                .memcpy_dtoh(&codes, &mut slot.codes)
+                .map_err(download)?;
+        }
+        slot.rows = rows;
+        Ok(())
+    }
+
+    /// Labels and inner products of `rows` vectors already on the device, in buffers of
+    /// `out_rows ≥ rows` entries.
+    #[allow(clippy::too_many_arguments)]
     fn search_on_device(
         &self,
         centroids: &DeviceCentroids,
         x32: &CudaSlice<f32>,
         rows: usize,
-        scores: &mut CudaSlice<f32>,
+        out_rows: usize,
+        scores: &mut CudaSlice<u16>,
         chunk_cols: usize,
+        scale: f32,
     ) -> Result<(CudaSlice<i32>, CudaSlice<f32>), DeviceError> {
         let dim = centroids.dim;
         let x16 = self.half_of(x32, rows * dim)?;
@@ -427,10 +694,11 @@ impl CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
+        let has_bias = i32::from(centroids.metric == Metric::L2);
         let mut offset = 0usize;
         while offset < centroids.count {
             let cols = chunk_cols.min(centroids.count - offset);
-            self.scores_gemm(centroids, &x16, rows, offset, cols, scores)?;
+            self.scores_gemm(centroids, &x16, rows, offset, cols, scale, scores)?;
             let (rows_i, cols_i, offset_i, first) = (
                 rows as i32,
                 cols as i32,
@@ -444,10 +712,12 @@ impl CudaBackend {
                 .arg(&cols_i)
                 .arg(&offset_i)
                 .arg(&centroids.bias)
+                .arg(&scale)
+                .arg(&has_bias)
                 .arg(&mut best_vals)
                 .arg(&mut best_idx)
                 .arg(&first);
-            // SAFETY: scores hold rows × cols floats of this chunk; the candidate buffers
+            // SAFETY: scores hold rows × cols halves of this chunk; the candidate buffers
             // rows × CANDIDATES; bias covers every centroid.
             unsafe { launch.launch(warps_config) }
                 .map_err(|error| cuda_error("launch top_candidates", error))?;
@@ -455,11 +725,11 @@ impl CudaBackend {
         }
         let mut labels = self
             .stream
-            .alloc_zeros::<i32>(rows)
+            .alloc_zeros::<i32>(out_rows.max(rows))
             .map_err(|error| cuda_error("allocate", error))?;
         let mut dots = self
             .stream
-            .alloc_zeros::<f32>(rows)
+            .alloc_zeros::<f32>(out_rows.max(rows))
             .map_err(|error| cuda_error("allocate", error))?;
         let (rows_i, dim_i) = (rows as i32, dim as i32);
         let mut launch = self.stream.launch_builder(&self.rescore);
@@ -472,58 +742,27 @@ impl CudaBackend {
             .arg(&best_idx)
             .arg(&mut labels)
             .arg(&mut dots);
-        // SAFETY: x32 is rows × dim, centroids count × dim, candidates index below count.
+        // SAFETY: x32 holds at least rows × dim, centroids count × dim, candidates index below
+        // count.
         unsafe { launch.launch(warps_config) }
             .map_err(|error| cuda_error("launch rescore", error))?;
         Ok((labels, dots))
     }
 
-    fn score_buffer(&self, count: usize) -> Result<(CudaSlice<f32>, usize, usize), DeviceError> {
-        let chunk_cols = count.min(SCORE_BUFFER_FLOATS / MAX_BATCH_ROWS);
-        let batch_rows = MAX_BATCH_ROWS.min((SCORE_BUFFER_FLOATS / chunk_cols).max(1));
+    fn score_buffer(&self, count: usize) -> Result<(CudaSlice<u16>, usize, usize), DeviceError> {
+        // An even chunk width keeps every score row 4-byte aligned for paired loads.
+        let chunk_cols = count.min(SCORE_BUFFER_HALVES / MAX_BATCH_ROWS);
+        let batch_rows = MAX_BATCH_ROWS.min((SCORE_BUFFER_HALVES / chunk_cols).max(1));
         let scores = self
             .stream
-            .alloc_zeros::<f32>(batch_rows * chunk_cols)
+            .alloc_zeros::<u16>(batch_rows * chunk_cols)
             .map_err(|error| cuda_error("allocate scores", error))?;
         Ok((scores, chunk_cols, batch_rows))
     }
 
-    /// List assignment and residual PQ codes in one pass: each batch crosses the bus once and
-    /// its labels never leave the device before the encoder reads them.
-    pub fn search_and_encode(
-        &self,
-        coarse: &DeviceCentroids,
-        codebook: &DeviceCodebook,
-        data: &[f32],
-    ) -> Result<(Vec<u32>, Vec<u8>), DeviceError> {
-        let dim = coarse.dim;
-        let rows_total = data.len() / dim;
-        let (mut scores, chunk_cols, batch_rows) = self.score_buffer(coarse.count)?;
-        let mut labels = Vec::with_capacity(rows_total);
-        let mut codes = Vec::with_capacity(rows_total * codebook.m);
-        for batch in data.chunks(batch_rows * dim) {
-            let rows = batch.len() / dim;
-            let x32 = self.upload(batch)?;
-            let (batch_labels, _) =
-                self.search_on_device(coarse, &x32, rows, &mut scores, chunk_cols)?;
-            let batch_codes = self.encode_on_device(codebook, coarse, &x32, &batch_labels, rows)?;
-            labels.extend(
-                self.stream
-                    .clone_dtoh(&batch_labels)
-                    .map_err(|error| cuda_error("copy to host", error))?
-                    .into_iter()
-                    .map(|label| label as u32),
-            );
-            codes.extend(
-                self.stream
-                    .clone_dtoh(&batch_codes)
-                    .map_err(|error| cuda_error("copy to host", error))?,
-            );
-        }
-        Ok((labels, codes))
-    }
-
-    /// `scores[row][c] = x[row] · centroid[offset + c]` for `cols` centroids, fp16 in, fp32 out.
+    /// `scores[row][c] = scale · x[row] · centroid[offset + c]` for `cols` centroids, fp16 in,
+    /// fp32 accumulate, fp16 out.
+    #[allow(clippy::too_many_arguments)]
     fn scores_gemm(
         &self,
         centroids: &DeviceCentroids,
@@ -531,14 +770,15 @@ impl CudaBackend {
         rows: usize,
         offset: usize,
         cols: usize,
-        scores: &mut CudaSlice<f32>,
+        scale: f32,
+        scores: &mut CudaSlice<u16>,
     ) -> Result<(), DeviceError> {
         let dim = centroids.dim;
         let chunk = centroids.fp16.slice(offset * dim..(offset + cols) * dim);
         let (a, _read_a) = chunk.device_ptr(&self.stream);
         let (b, _read_b) = x16.device_ptr(&self.stream);
         let (c, _write_c) = scores.device_ptr_mut(&self.stream);
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (alpha, beta) = (scale, 0.0f32);
         // Column-major view: scoresᵀ (cols × rows) = chunk (cols × dim, stored as dim × cols,
         // hence transposed) · xᵀ (dim × rows) — i.e. row-major scores[rows][cols].
         // SAFETY: the pointers cover cols × dim, rows × dim and rows × cols elements.
@@ -559,7 +799,7 @@ impl CudaBackend {
                 dim as i32,
                 (&beta as *const f32).cast(),
                 c as *mut _,
-                blas_sys::cudaDataType::CUDA_R_32F,
+                blas_sys::cudaDataType::CUDA_R_16F,
                 cols as i32,
                 blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -584,8 +824,8 @@ impl CudaBackend {
             let x = self.upload(batch)?;
             let signed: Vec<i32> = batch_labels.iter().map(|label| *label as i32).collect();
             let labels_device = self.upload(&signed)?;
-            let out =
-                self.encode_on_device(codebook, coarse, &x, &labels_device, batch_labels.len())?;
+            let rows = batch_labels.len();
+            let out = self.encode_on_device(codebook, coarse, &x, &labels_device, rows, rows)?;
             codes.extend(
                 self.stream
                     .clone_dtoh(&out)
@@ -602,10 +842,11 @@ impl CudaBackend {
         x: &CudaSlice<f32>,
         labels: &CudaSlice<i32>,
         rows: usize,
+        out_rows: usize,
     ) -> Result<CudaSlice<u8>, DeviceError> {
         let mut out = self
             .stream
-            .alloc_zeros::<u8>((rows * codebook.m).max(1))
+            .alloc_zeros::<u8>((out_rows.max(rows) * codebook.m).max(1))
             .map_err(|error| cuda_error("allocate", error))?;
         let (rows_i, dim_i, m_i, ksub_i, dsub_i) = (
             rows as i32,

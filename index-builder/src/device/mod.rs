@@ -18,6 +18,7 @@ mod cuda;
 
 use std::fmt;
 
+use clipedge_linalg::balanced::{BalancedConfig, BalancedStats};
 use clipedge_linalg::{KMeans, KMeansConfig, LinalgError, ProductQuantizer};
 use rayon::prelude::*;
 use thiserror::Error;
@@ -351,6 +352,35 @@ pub fn train_kmeans(
             .map_err(|error| LinalgError::KMeans(error.to_string()))
     };
     Ok(KMeans::train_with(data, dim, config, &mut assign)?)
+}
+
+/// Hierarchical balanced k-means ([`clipedge_linalg::balanced`]) with every assignment on
+/// `device`: the CPU device trains exactly what `train_balanced` does.
+pub fn train_balanced_kmeans(
+    device: &Device,
+    data: &[f32],
+    dim: usize,
+    config: &BalancedConfig,
+) -> Result<(KMeans, BalancedStats), DeviceError> {
+    if !device.is_gpu() {
+        return Ok(clipedge_linalg::balanced::train_balanced(
+            data, dim, config,
+        )?);
+    }
+    let mut assign = |points: &[f32], centroids: &[f32]| {
+        let uploaded = device
+            .centroids(centroids.to_vec(), dim, Metric::L2)
+            .map_err(|error| LinalgError::KMeans(error.to_string()))?;
+        device
+            .search(&uploaded, points)
+            .map_err(|error| LinalgError::KMeans(error.to_string()))
+    };
+    Ok(clipedge_linalg::balanced::train_balanced_with(
+        data,
+        dim,
+        config,
+        &mut assign,
+    )?)
 }
 
 fn cpu_search(centroids: &Centroids, data: &[f32]) -> (Vec<u32>, Vec<f32>) {

@@ -66,6 +66,9 @@ pub struct Settings {
     /// k-means iterations (default 20).
     #[arg(long)]
     iterations: Option<u32>,
+    /// From this many lists on, hierarchical balanced k-means trains the lists (default 65536).
+    #[arg(long)]
+    balanced_from: Option<usize>,
     /// Target shard object size in MiB (default 256).
     #[arg(long)]
     shard_mb: Option<u64>,
@@ -117,6 +120,7 @@ impl Settings {
             train_size: self.train_size.or(file.train_size),
             seed: self.seed.or(file.seed),
             iterations: self.iterations.or(file.iterations),
+            balanced_from: self.balanced_from.or(file.balanced_from),
             shard_mb: self.shard_mb.or(file.shard_mb),
             batch_rows: self.batch_rows.or(file.batch_rows),
             spill_dir: self.spill_dir.or(file.spill_dir),
@@ -275,6 +279,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         train_size: None,
         seed: settings.seed.unwrap_or(1234),
         kmeans_iterations: settings.iterations.unwrap_or(20),
+        balanced_kmeans_from: settings
+            .balanced_from
+            .unwrap_or(clipedge_index_builder::BALANCED_KMEANS_FROM),
         shard_target_bytes: settings.shard_mb.unwrap_or(256) << 20,
         model: ModelInfo {
             id: settings
