@@ -77,20 +77,7 @@ impl Eq for Neighbour {}
 /// Bytes of base vectors one task scores every query against: about half a core's L2 cache.
 const TILE_BYTES: usize = 512 << 10;
 
-/// Offers `scores[i]` as the neighbour with id `first_id + i` to a heap of the best `k`.
-fn offer(heap: &mut BinaryHeap<Reverse<Neighbour>>, k: usize, scores: &[f32], first_id: u64) {
-    for (offset, &score) in scores.iter().enumerate() {
-        offer_one(
-            heap,
-            k,
-            Neighbour {
-                score,
-                id: first_id + offset as u64,
-            },
-        );
-    }
-}
-
+/// Offers `candidate` to a heap of the best `k`.
 fn offer_one(heap: &mut BinaryHeap<Reverse<Neighbour>>, k: usize, candidate: Neighbour) {
     if heap.len() < k {
         heap.push(Reverse(candidate));
