@@ -236,21 +236,50 @@ impl Generation {
         }
         let entry = self.catalog_entry(source, id).await?;
         let list_id = entry.list_id;
-        let Some(group) = self.routing.group_of_list(list_id) else {
-            return Err(GenerationError::inconsistent(format!(
-                "catalog names list {list_id} of {}",
-                self.manifest.nlist
-            )));
-        };
-        let blob = self.group(source, group).await?;
-        let location = list_id
-            .checked_sub(blob.first_list)
-            .and_then(|index| blob.lists.get(index as usize).copied());
-        let Some(location) = location else {
-            return Err(GenerationError::inconsistent(format!(
-                "list {list_id} is not in group {group}"
-            )));
-        };
+        let (location, list_bytes) = self.list_bytes(source, list_id).await?;
+        let view = self.list_view(list_id, &location, list_bytes.as_ref())?;
+        view.stored_vector(id).ok_or_else(|| {
+            GenerationError::inconsistent(format!("list {list_id} does not hold id {id}"))
+        })
+    }
+
+    /// The stored (rerank) copies of `hits` (`(id, list_id)` pairs, as the scanners answer
+    /// them), in order, decoded to f32: what near-duplicate removal compares. Hits of one list
+    /// share its read, so a batch costs two GETs (group blob, list) per distinct list, not three
+    /// per id.
+    /// `None` for a hit its list does not hold.
+    pub async fn stored_vectors<S: ObjectSource>(
+        &self,
+        source: &S,
+        hits: &[(u64, u32)],
+    ) -> Result<Vec<Option<Vec<f32>>>, GenerationError> {
+        if self.manifest.rerank == RerankKind::None {
+            return Err(GenerationError::NoVectorCopies);
+        }
+        let mut list_ids: Vec<u32> = hits.iter().map(|(_, list_id)| *list_id).collect();
+        list_ids.sort_unstable();
+        list_ids.dedup();
+        let mut vectors = vec![None; hits.len()];
+        for list_id in list_ids {
+            let (location, list_bytes) = self.list_bytes(source, list_id).await?;
+            let view = self.list_view(list_id, &location, list_bytes.as_ref())?;
+            for (position, (id, hit_list)) in hits.iter().enumerate() {
+                if *hit_list == list_id {
+                    vectors[position] = view.stored_vector(*id);
+                }
+            }
+        }
+        Ok(vectors)
+    }
+
+    /// Fine list `list_id` as stored, and where: its group's blob for the location, then the
+    /// list (two GETs).
+    async fn list_bytes<S: ObjectSource>(
+        &self,
+        source: &S,
+        list_id: u32,
+    ) -> Result<(clipedge_format::ListLocation, impl AsRef<[u8]>), GenerationError> {
+        let location = self.list_location(source, list_id).await?;
         let Some(shard) = self.manifest.shards.get(location.shard as usize) else {
             return Err(GenerationError::inconsistent(format!(
                 "list {list_id} is in shard {} of {}",
@@ -258,18 +287,45 @@ impl Generation {
                 self.manifest.shards.len()
             )));
         };
-        let list_bytes = source
+        let bytes = source
             .get_range(
                 &self.object(&shard.path),
                 location.offset..location.offset + location.length as u64,
             )
             .await
             .map_err(GenerationError::source("list"))?;
-        let expectation = self.manifest.list_expectation(list_id, &location);
-        let view = ListView::parse_verified(&list_bytes, &expectation)
-            .map_err(GenerationError::format("list"))?;
-        view.stored_vector(id).ok_or_else(|| {
-            GenerationError::inconsistent(format!("list {list_id} does not hold id {id}"))
-        })
+        Ok((location, bytes))
+    }
+
+    async fn list_location<S: ObjectSource>(
+        &self,
+        source: &S,
+        list_id: u32,
+    ) -> Result<clipedge_format::ListLocation, GenerationError> {
+        let Some(group) = self.routing.group_of_list(list_id) else {
+            return Err(GenerationError::inconsistent(format!(
+                "list {list_id} of {}",
+                self.manifest.nlist
+            )));
+        };
+        let blob = self.group(source, group).await?;
+        list_id
+            .checked_sub(blob.first_list)
+            .and_then(|index| blob.lists.get(index as usize).copied())
+            .ok_or_else(|| {
+                GenerationError::inconsistent(format!("list {list_id} is not in group {group}"))
+            })
+    }
+
+    /// Checks `bytes` (checksum and header) against what the manifest says the list at
+    /// `location` is.
+    fn list_view<'a>(
+        &self,
+        list_id: u32,
+        location: &clipedge_format::ListLocation,
+        bytes: &'a [u8],
+    ) -> Result<ListView<'a>, GenerationError> {
+        let expectation = self.manifest.list_expectation(list_id, location);
+        ListView::parse(bytes, &expectation).map_err(GenerationError::format("list"))
     }
 }
