@@ -19,10 +19,12 @@ use crate::{
 };
 pub use crate::{MAX_RERANK_CANDIDATES, NOT_APPLIED_HEADER};
 
-/// Most ids one knn answer may carry (`num_result_ids`).
+/// Most ids one knn answer may carry (`num_result_ids`, and `num_images`, which `ClipClient`
+/// sends as both).
 pub const MAX_NUM_RESULT_IDS: usize = 10_000;
-/// Most results of one knn answer that carry their catalog record (`num_images`): each costs a
-/// catalog read, and the Worker's reads per request are limited.
+/// Most results of one knn answer that carry their catalog record: each costs a catalog read,
+/// and the Worker's reads per request are limited. A larger `num_images` is answered with
+/// records on the first 1,000 and `num_images` in the [`NOT_APPLIED_HEADER`].
 pub const MAX_NUM_IMAGES: usize = 1_000;
 /// Most ids one `POST /metadata` may ask for (each is an id-table read and a record read).
 pub const MAX_METADATA_IDS: usize = 100;
@@ -271,10 +273,10 @@ impl KnnRequest {
         let Some(num_images) = self.num_images else {
             return Err(invalid("num_images is required"));
         };
-        if num_images == 0 || num_images > MAX_NUM_IMAGES {
+        if num_images == 0 || num_images > MAX_NUM_RESULT_IDS {
             return Err(ApiError::new(
                 ErrorCode::KOutOfRange,
-                format!("num_images must be in 1..={MAX_NUM_IMAGES}, got {num_images}"),
+                format!("num_images must be in 1..={MAX_NUM_RESULT_IDS}, got {num_images}"),
             ));
         }
         let num_result_ids = self.num_result_ids.unwrap_or(num_images);
@@ -349,10 +351,12 @@ impl KnnRequest {
             paged: false,
             generation: None,
             nprobe: DEFAULT_NPROBE,
+            // Widened below, for this index.
+            nprobe_default: false,
             rerank: DEFAULT_RERANK,
             dedup,
             safety: self.use_safety_model.unwrap_or(false),
-            records: num_images.min(num_result_ids),
+            records: num_images.min(num_result_ids).min(MAX_NUM_IMAGES),
         };
         let candidates = search.candidates();
         search.nprobe = index.nprobe_for(candidates);
@@ -361,6 +365,9 @@ impl KnnRequest {
 
         // Whether `use_safety_model` applied depends on the catalog: the answer says.
         let mut not_applied = Vec::new();
+        if num_images > MAX_NUM_IMAGES {
+            not_applied.push("num_images");
+        }
         if self.use_violence_detector == Some(true) {
             not_applied.push("use_violence_detector");
         }
@@ -622,9 +629,13 @@ mod tests {
             ErrorCode::KOutOfRange
         );
         assert_eq!(
-            code(r#"{"indice_name":"laion","num_images":1001,"text":"x"}"#),
+            code(r#"{"indice_name":"laion","num_images":10001,"text":"x"}"#),
             ErrorCode::KOutOfRange
         );
+        // ClipClient sends num_images as num_result_ids too: 5,000 ids, records on 1,000.
+        let knn = validate(r#"{"indice_name":"laion","num_images":5000,"text":"x"}"#).unwrap();
+        assert_eq!((knn.search.k, knn.search.records), (5_000, MAX_NUM_IMAGES));
+        assert_eq!(knn.not_applied, vec!["num_images"]);
         assert_eq!(
             code(r#"{"indice_name":"laion","num_images":0,"text":"x"}"#),
             ErrorCode::KOutOfRange

@@ -175,6 +175,9 @@ pub struct ValidSearch {
     /// The generation the client pinned (the previous page's).
     pub generation: Option<String>,
     pub nprobe: usize,
+    /// `nprobe` was not given: the root widens it until the probed lists hold about twice
+    /// the candidates (`clip_retrieval::IndexShape::nprobe_for`), so a large k finds k.
+    pub nprobe_default: bool,
     pub rerank: usize,
     pub dedup: Dedup,
     /// Drop results whose catalog record is not `NSFW: UNLIKELY` (when the catalog has it).
@@ -517,6 +520,7 @@ impl SearchRequest {
             paged: self.offset.is_some(),
             generation: self.generation,
             nprobe,
+            nprobe_default: self.nprobe.is_none(),
             rerank: requested_rerank,
             dedup,
             safety: self.safety.unwrap_or(false),

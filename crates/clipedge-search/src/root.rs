@@ -1,5 +1,6 @@
 //! One search, from a query vector to the `/v1` answer.
 
+use clipedge_api::clip_retrieval::IndexShape;
 use clipedge_api::{
     generation_error, items_with_records, merge, near_duplicates, ApiError, Dedup, ErrorCode,
     QueryStats, SearchResponse, Timings, ValidSearch, MAX_FILTERED_RESULTS, MAX_RERANK_CANDIDATES,
@@ -91,12 +92,20 @@ pub async fn search<S: ObjectSource, L: Leaves>(
         }
     }
     let probe_started = now_ms();
-    let groups = auto_group_probe(&generation.routing, query, search.nprobe);
+    // A default nprobe widens for large answers: the probed lists must hold the candidates.
+    let nprobe = if search.nprobe_default {
+        IndexShape::of(&generation.manifest)
+            .nprobe_for(search.candidates())
+            .max(search.nprobe)
+    } else {
+        search.nprobe
+    };
+    let groups = auto_group_probe(&generation.routing, query, nprobe);
     let policy = leaves.policy();
     let calls = plan_calls(
         &generation.routing,
         &groups,
-        search.nprobe,
+        nprobe,
         policy.max_calls,
         policy.min_lists_per_call,
         policy.scanners,
@@ -265,9 +274,14 @@ async fn safety_filter<S: ObjectSource>(
     let mut read = 0;
     let mut column_seen = false;
     while kept.len() < end && read < pool.len() {
-        let batch_end = (read + 2 * (end - kept.len()))
-            .max(read + 32)
-            .min(pool.len());
+        // The first batch only tells whether the catalog has the column: keep it small.
+        let wanted = 2 * (end - kept.len());
+        let batch_len = if read == 0 {
+            wanted.clamp(1, 64)
+        } else {
+            wanted.clamp(32, 2 * MAX_FILTERED_RESULTS)
+        };
+        let batch_end = (read + batch_len).min(pool.len());
         let refs: Vec<u64> = pool[read..batch_end]
             .iter()
             .map(|hit| hit.metadata_ref)
@@ -287,7 +301,6 @@ async fn safety_filter<S: ObjectSource>(
                 pool.truncate(search.window());
                 let mut records: Vec<Option<ItemRecord>> = batch.into_iter().map(Some).collect();
                 records.resize(pool.len(), None);
-                records.truncate(pool.len());
                 return Ok(Ranked {
                     kept: pool,
                     records,
@@ -527,6 +540,7 @@ mod tests {
             paged: false,
             generation: None,
             safety: false,
+            nprobe_default: false,
         }
     }
 
@@ -565,6 +579,44 @@ mod tests {
         assert_eq!(ids, vec![0, 2, 3, 4], "list 1 repeats list 0's image");
         assert!(!response.partial && response.failed_lists.is_empty());
         assert_eq!(response.stats.scanner_calls, calls.len() as u32);
+    }
+
+    #[test]
+    fn pages_cut_one_ranking_and_name_the_generation() {
+        let leaves = ScriptedLeaves {
+            max_calls: 3,
+            failing: Vec::new(),
+            seen_calls: RefCell::default(),
+        };
+        let page = |offset: usize, generation: Option<&str>| {
+            let search = ValidSearch {
+                offset,
+                paged: true,
+                generation: generation.map(str::to_string),
+                ..valid_search(3, 8)
+            };
+            run(&leaves, &search).result
+        };
+        let ids = |response: &SearchResponse| -> Vec<u64> {
+            response.results.iter().map(|item| item.id).collect()
+        };
+        let first = page(0, None).unwrap();
+        assert_eq!(ids(&first), vec![0, 2, 3]);
+        assert_eq!(first.generation, "0001700000000000-deadbeef");
+        assert_eq!(first.next_offset, Some(3));
+        let second = page(3, Some(&first.generation)).unwrap();
+        assert_eq!(ids(&second), vec![4, 5, 6]);
+        let last = page(6, Some(&first.generation)).unwrap();
+        assert_eq!((ids(&last), last.next_offset), (vec![7], None));
+        let moved = page(3, Some("0001600000000000-cafebabe")).unwrap_err();
+        assert_eq!(
+            (moved.code, moved.status()),
+            (ErrorCode::GenerationChanged, 409)
+        );
+        assert!(
+            moved.message.contains("0001600000000000-cafebabe"),
+            "{moved:?}"
+        );
     }
 
     #[test]
