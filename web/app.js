@@ -1,12 +1,17 @@
 // The demo page: state lives in the URL (?q=…&k=…&dedup=0 or ?id=…), so links are shareable
 // and Back/Forward replay searches. No framework, no network access beyond this origin.
+// Up to 1,000 results: images past the first screenful load lazily; "Download JSON" saves the
+// shown results (ids, URLs, captions, scores) with the query and the generation.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const form = $("search"), input = $("q"), kSelect = $("k"), dedupBox = $("dedup");
 const results = $("results"), stats = $("stats"), errorBox = $("error"), partialBox = $("partial");
-const similar = $("similar"), emptyHint = $("empty");
+const similar = $("similar"), emptyHint = $("empty"), downloadButton = $("download");
+const K_CHOICES = ["10", "20", "50", "100", "200", "500", "1000"];
 let generation = 0;
+// What "Download JSON" saves: the last answer shown, with what was asked.
+let lastAnswer = null;
 
 function stateFromUrl() {
   const params = new URLSearchParams(location.search);
@@ -14,7 +19,7 @@ function stateFromUrl() {
   return {
     q: params.get("q") || "",
     id: params.has("id") ? params.get("id") : null,
-    k: ["10", "20", "50", "100"].includes(k) ? k : "20",
+    k: K_CHOICES.includes(k) ? k : "20",
     dedup: params.get("dedup") !== "0",
   };
 }
@@ -44,6 +49,33 @@ function renderStats(body, roundTripMs) {
   stats.textContent = `${body.results.length} results · encode ${t.encode.toFixed(1)} ms · ` +
     `probe ${t.probe.toFixed(2)} ms · scan ${t.scan.toFixed(2)} ms · merge ${t.merge.toFixed(2)} ms · ` +
     `${body.stats.gets} GETs, ${formatBytes(body.stats.bytes)} · round trip ${roundTripMs.toFixed(0)} ms`;
+}
+
+function setDownload(answer) {
+  lastAnswer = answer;
+  downloadButton.disabled = !answer || answer.results.length === 0;
+}
+
+function downloadResults() {
+  if (!lastAnswer) return;
+  const file = {
+    query: lastAnswer.query,
+    generation: lastAnswer.generation,
+    results: lastAnswer.results.map((item) => ({
+      id: item.id,
+      url: item.url ? new URL(item.url, location.href).href : "",
+      caption: item.caption,
+      score: item.score,
+    })),
+  };
+  const blob = new Blob([JSON.stringify(file, null, 2)], { type: "application/json" });
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = "clipedge-results.json";
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 0);
 }
 
 function renderResults(items) {
@@ -94,6 +126,7 @@ async function run(state) {
   kSelect.value = state.k;
   dedupBox.checked = state.dedup;
   showError("");
+  setDownload(null);
   partialBox.hidden = true;
   showSimilar(state.id);
   if (state.id === null && !state.q.trim()) {
@@ -135,6 +168,8 @@ async function run(state) {
   }
   renderResults(payload.results);
   renderStats(payload, performance.now() - started);
+  const query = state.id !== null ? { id: Number(state.id) } : { text: state.q };
+  setDownload({ query: { ...query, k: body.k, dedup: body.dedup }, generation: payload.generation, results: payload.results });
   if (payload.results.length === 0) showError("No results.");
 }
 
@@ -153,6 +188,7 @@ form.addEventListener("submit", (event) => {
 });
 kSelect.addEventListener("change", () => navigate({ ...stateFromUrl(), k: kSelect.value }));
 dedupBox.addEventListener("change", () => navigate({ ...stateFromUrl(), dedup: dedupBox.checked }));
+downloadButton.addEventListener("click", downloadResults);
 $("similar-clear").addEventListener("click", (event) => {
   event.preventDefault();
   navigate({ ...stateFromUrl(), id: null });

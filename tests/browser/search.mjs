@@ -3,7 +3,7 @@
 // Needs playwright-core under $CLIPEDGE_PLAYWRIGHT_DIR/node_modules (scripts/test.sh installs it
 // into ~/.cache/clipedge/npm-browser) and /usr/bin/chromium. Exits 1 on any failed check.
 import { createRequire } from "node:module";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir, homedir } from "node:os";
 import { join } from "node:path";
 
@@ -34,6 +34,7 @@ const context = await chromium.launchPersistentContext(userDataDir, {
   args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run"],
   viewport: { width: 1200, height: 900 },
+  acceptDownloads: true,
 });
 let failed = false;
 try {
@@ -72,6 +73,33 @@ try {
   const stats = await page.textContent("#stats");
   check(/encode .* ms/.test(stats) && /GETs/.test(stats), `the latency breakdown and GETs are shown (${stats})`);
   await page.screenshot({ path: join(outDir, "search.png"), fullPage: false });
+
+  // "Download JSON": the shown results with ids, URLs, captions and scores.
+  const downloaded = async () => {
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download")]);
+    check(download.suggestedFilename() === "clipedge-results.json", `the download is named (${download.suggestedFilename()})`);
+    return JSON.parse(readFileSync(await download.path(), "utf8"));
+  };
+  const saved = await downloaded();
+  check(saved.results.length === 20 && saved.query.text === "a horse" && typeof saved.generation === "string",
+    `the download holds the 20 shown results, the query and the generation (${saved.results.length})`);
+  const shownIds = await page.locator("#results .result button").evaluateAll((buttons) => buttons.map((b) => Number(b.dataset.id)));
+  check(JSON.stringify(saved.results.map((item) => item.id)) === JSON.stringify(shownIds), "in the order shown");
+  check(saved.results.every((item) => ["id", "url", "caption", "score"].every((key) => key in item) && item.url.startsWith("http")),
+    "each result has id, an absolute URL, caption and score");
+
+  // Up to 1,000 results: images past the first screenful load lazily.
+  await page.selectOption("#k", "1000");
+  await page.waitForFunction(() => document.querySelectorAll("#results .result").length === 1000, null, { timeout: 60000 });
+  check(new URL(page.url()).searchParams.get("k") === "1000", "k=1000 is in the URL");
+  const loading = await page.locator("#results .result img").evaluateAll((images) => images.map((img) => img.loading));
+  check(loading.slice(0, 12).every((mode) => mode === "eager") && loading.slice(12).every((mode) => mode === "lazy"),
+    "images past the first 12 load lazily");
+  const lastSrc = await page.locator("#results .result img").last().getAttribute("src");
+  const fetchedLast = await page.evaluate((src) => performance.getEntriesByType("resource").some((entry) => entry.name.endsWith(src)), lastSrc);
+  check(!fetchedLast, "the last image is not fetched before it is scrolled to");
+  const savedLarge = await downloaded();
+  check(savedLarge.results.length === 1000, `the download holds the 1,000 results (${savedLarge.results.length})`);
 
   // k selector: the URL and the grid follow.
   await page.selectOption("#k", "10");

@@ -60,6 +60,23 @@ def main():
     few = text_client.query(text="a dog running on the beach")
     check_results(few, 5, "text modality, 5 images")
 
+    # Thousands of ids, as clip-front users download them (ClipClient sends num_images as
+    # num_result_ids too): every one answered, records on the first 1,000.
+    large_client = ClipClient(
+        url=url,
+        indice_name=indice_name,
+        num_images=3000,
+        deduplicate=False,
+        use_safety_model=False,
+        use_violence_detector=False,
+    )
+    large = large_client.query(text="a dog running on the beach")
+    check(isinstance(large, list), f"3000 images: a list, got {large!r}"[:400])
+    check(len(large) == 3000, f"3000 images: {len(large)} results")
+    check(all("caption" in result for result in large[:1000]), "records on the first 1000")
+    check(all("caption" not in result for result in large[1000:]), "ids only past 1000")
+    check(len({result["id"] for result in large}) == len(large), "3000 images: distinct ids")
+
     base = url.rsplit("/knn-service", 1)[0]
     dim = requests.get(f"{base}/v1/health", timeout=60).json()["dim"]
     by_embedding = text_client.query(embedding_input=[1.0 / dim**0.5] * dim)
@@ -99,6 +116,7 @@ def main():
                 "by_text": len(by_text),
                 "top": by_text[0]["caption"],
                 "by_embedding": len(by_embedding),
+                "large": len(large),
             }
         )
     )

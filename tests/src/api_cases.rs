@@ -57,10 +57,28 @@ pub fn bad_searches() -> Vec<BadSearch> {
             "k_out_of_range",
         ),
         bad(
-            "k 101",
-            json(serde_json::json!({"text": "dog", "k": 101})),
+            "k 10001",
+            json(serde_json::json!({"text": "dog", "k": 10_001})),
             400,
             "k_out_of_range",
+        ),
+        bad(
+            "page past the window",
+            json(serde_json::json!({"text": "dog", "k": 100, "offset": 9_901})),
+            400,
+            "offset_out_of_range",
+        ),
+        bad(
+            "rerank too deep for k",
+            json(serde_json::json!({"text": "dog", "k": 10_000, "rerank": 10})),
+            400,
+            "rerank_out_of_range",
+        ),
+        bad(
+            "unknown dedup mode",
+            json(serde_json::json!({"text": "dog", "dedup": "fuzzy"})),
+            400,
+            "invalid_dedup",
         ),
         bad(
             "nprobe 0",
@@ -269,6 +287,12 @@ pub fn bad_knn_requests(indice_name: &str) -> Vec<BadSearch> {
             "vector_dimension",
         ),
         bad(
+            "use_mclip without a multilingual tower",
+            with(serde_json::json!({"use_mclip": true})),
+            422,
+            "multilingual_unsupported",
+        ),
+        bad(
             "aesthetic_score out of range",
             with(serde_json::json!({"aesthetic_score": 12})),
             400,
@@ -326,9 +350,12 @@ pub async fn check_clip_retrieval_front(base: &str) -> String {
     assert!(!names.is_empty(), "{listed}");
     let name = names[0].as_str().expect("a name").to_string();
 
-    // What ClipClient sends (no content type), with more ids than images.
+    // What ClipClient sends (no content type), with more ids than images. Without
+    // deduplicate: tiny-clip's random-weight embeddings are mostly within cosine 0.94 of each
+    // other, so near-duplicate removal would leave a handful (`check_flagged_index` checks it).
     let mut body = clip_client_body(&name, "a dog running on the beach", 5);
     body["num_result_ids"] = serde_json::json!(12);
+    body["deduplicate"] = serde_json::json!(false);
     let (status, headers, answer) =
         post_without_content_type(&client, format!("{base}/knn-service"), body.to_string()).await;
     assert_eq!(status, 200, "{answer}");
@@ -367,11 +394,14 @@ pub async fn check_clip_retrieval_front(base: &str) -> String {
         "{not_applied:?}"
     );
 
-    // The same search through /v1 finds the same items with the same scores.
+    // The same search through /v1 (ClipClient's safety flag is the safety filter) finds the
+    // same items with the same scores.
     let (status, _, v1) = post_without_content_type(
         &client,
         format!("{base}/v1/search"),
-        serde_json::json!({"text": "a dog running on the beach", "k": 12}).to_string(),
+        serde_json::json!({"text": "a dog running on the beach", "k": 12, "dedup": "off",
+            "safety": true})
+        .to_string(),
     )
     .await;
     assert_eq!(status, 200, "{v1}");
@@ -451,7 +481,9 @@ pub async fn check_several_indexes(base: &str, names: &[&str], media: bool) {
 
     let mut answers = Vec::new();
     for (position, name) in names.iter().enumerate() {
-        let body = clip_client_body(name, "a dog running on the beach", 5);
+        // No near-duplicate removal: tiny-clip's embeddings crowd within cosine 0.94.
+        let mut body = clip_client_body(name, "a dog running on the beach", 5);
+        body["deduplicate"] = serde_json::json!(false);
         let (status, _, knn) =
             post_without_content_type(&client, format!("{base}/knn-service"), body.to_string())
                 .await;
@@ -534,6 +566,293 @@ pub async fn check_several_indexes(base: &str, names: &[&str], media: bool) {
         .await
         .expect("media of an unknown index");
     assert_eq!(missing.status().as_u16(), 404);
+}
+
+/// Checks `/v1` paging on a front over any index built from the demo dataset: pages of one
+/// query cut one ranking (consecutive pages equal one page twice their size, a page asked again
+/// is the same), the answer names its generation and the next offset, a generation other than
+/// the served one is 409 `generation_changed`, an unpaged k of 10,000 answers; without an
+/// `NSFW` catalog column the safety filter is answered as not applied.
+pub async fn check_paging(base: &str) {
+    let client = reqwest::Client::new();
+    let post = |body: serde_json::Value| {
+        post_without_content_type(&client, format!("{base}/v1/search"), body.to_string())
+    };
+    let ids = |answer: &serde_json::Value| -> Vec<u64> {
+        answer["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|item| item["id"].as_u64().unwrap())
+            .collect()
+    };
+    let query = "a dog running on the beach";
+    let (status, _, whole) = post(serde_json::json!({"text": query, "k": 60, "offset": 0})).await;
+    assert_eq!(status, 200, "{whole}");
+    let generation = whole["generation"]
+        .as_str()
+        .expect("a generation")
+        .to_string();
+    assert_eq!(whole["next_offset"], 60, "{}", whole["next_offset"]);
+    let mut paged = Vec::new();
+    for offset in [0, 20, 40] {
+        let (status, _, page) = post(serde_json::json!({"text": query, "k": 20,
+            "offset": offset, "generation": generation}))
+        .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["offset"], offset);
+        assert_eq!(page["next_offset"], offset + 20);
+        assert_eq!(page["generation"], generation.as_str());
+        paged.extend(ids(&page));
+    }
+    assert_eq!(paged, ids(&whole), "pages tile the ranking");
+    let (_, _, again) = post(serde_json::json!({"text": query, "k": 20, "offset": 20})).await;
+    assert_eq!(
+        ids(&again),
+        paged[20..40].to_vec(),
+        "a page asked again is the same"
+    );
+    let (status, _, moved) = post(serde_json::json!({"text": query, "k": 20, "offset": 20,
+        "generation": "0000000000000000-00000000"}))
+    .await;
+    assert_eq!(status, 409, "{moved}");
+    assert_eq!(moved["error"]["code"], "generation_changed", "{moved}");
+
+    // 10,000 in one answer (the demo index has 4,083 items: all of them, deduplicated).
+    let (status, _, large) = post(serde_json::json!({"text": query, "k": 10_000})).await;
+    assert_eq!(status, 200, "{large}");
+    let large_ids = ids(&large);
+    assert!(large_ids.len() > 1_000, "{}", large_ids.len());
+    let unique: std::collections::HashSet<u64> = large_ids.iter().copied().collect();
+    assert_eq!(unique.len(), large_ids.len());
+
+    // The demo catalog has no NSFW column: nothing is dropped, and the answer says so.
+    let (status, headers, unfiltered) =
+        post(serde_json::json!({"text": query, "k": 30, "safety": true})).await;
+    assert_eq!(status, 200, "{unfiltered}");
+    assert_eq!(ids(&unfiltered).len(), 30);
+    assert_eq!(unfiltered["not_applied"], serde_json::json!(["safety"]));
+    assert_eq!(
+        headers
+            .get("x-clipedge-not-applied")
+            .and_then(|value| value.to_str().ok()),
+        Some("safety")
+    );
+    let (status, _, near) =
+        post(serde_json::json!({"text": query, "k": 30, "dedup": "near"})).await;
+    assert_eq!(status, 200, "{near}");
+    // tiny-clip's embeddings crowd together: near-duplicate removal keeps few, the best first.
+    let near_ids = ids(&near);
+    assert!(!near_ids.is_empty() && near_ids.len() <= 30, "{near_ids:?}");
+    assert_eq!(near_ids[0], ids(&unfiltered)[0]);
+}
+
+/// The tiny-clip package's fingerprint (`models/tiny-clip/model.toml`), for indexes built here
+/// without the model that `clipedge serve --model models/tiny-clip` must accept.
+fn tiny_clip_fingerprint() -> String {
+    let card = std::fs::read_to_string(workspace_root().join("models/tiny-clip/model.toml"))
+        .expect("read models/tiny-clip/model.toml");
+    card.lines()
+        .find_map(|line| {
+            let value = line.strip_prefix("fingerprint = \"")?;
+            Some(value.split('"').next()?.to_string())
+        })
+        .expect("a fingerprint line")
+}
+
+/// Items in [`build_flagged_index`].
+pub const FLAGGED_ITEMS: usize = 800;
+
+/// An index for tiny-clip (dimension 16) whose catalog carries LAION's `NSFW` column
+/// (`UNLIKELY` on one id in 8, the multiples of 8: the filter drops more than its first
+/// over-fetch allows for, so the root must search deeper; `NSFW` or `UNSURE` on the others)
+/// and whose item 1 is a
+/// near-duplicate of item 0 (cosine ≈ 0.995, another content hash). Returns item 0's vector.
+pub async fn build_flagged_index(dir: &std::path::Path) -> Vec<f32> {
+    const DIM: usize = 16;
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let normalize = |row: &mut [f32]| {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|x| *x /= norm);
+    };
+    let mut data: Vec<f32> = (0..FLAGGED_ITEMS * DIM).map(|_| next()).collect();
+    for row in data.chunks_exact_mut(DIM) {
+        normalize(row);
+    }
+    let near: Vec<f32> = (0..DIM)
+        .map(|i| data[i] + 0.1 * data[5 * DIM + i])
+        .collect();
+    data[DIM..2 * DIM].copy_from_slice(&near);
+    normalize(&mut data[DIM..2 * DIM]);
+    let records: Vec<clipedge_format::ItemRecord> = (0..FLAGGED_ITEMS)
+        .map(|id| {
+            let nsfw = match id % 8 {
+                0 => "UNLIKELY",
+                1 => "NSFW",
+                _ => "UNSURE",
+            };
+            let mut extra = serde_json::Map::new();
+            extra.insert("NSFW".to_string(), serde_json::json!(nsfw));
+            clipedge_format::ItemRecord {
+                caption: format!("item {id}"),
+                url: String::new(),
+                extra,
+            }
+        })
+        .collect();
+    let vectors = clipedge_index_builder::VectorSet {
+        records: Some(&records),
+        ..clipedge_index_builder::VectorSet::new(&data, DIM)
+    };
+    let config = clipedge_index_builder::BuildConfig {
+        model: clipedge_format::ModelInfo {
+            id: "tiny-clip".to_string(),
+            fingerprint: tiny_clip_fingerprint(),
+        },
+        ..crate::quick_config(8, 4, 8, clipedge_format::RerankKind::Fp16)
+    };
+    std::fs::create_dir_all(dir).expect("create the index directory");
+    let storage = clipedge_storage::Storage::open(dir.to_str().expect("a utf-8 path"))
+        .expect("open the index directory");
+    crate::build(&storage, &vectors, &config).await;
+    data[..DIM].to_vec()
+}
+
+/// Checks dedup and the safety filter on a front serving [`build_flagged_index`] as `name`,
+/// by `/v1` and by `/knn-service`: near-duplicate removal drops item 1 (exact dedup keeps it),
+/// the safety filter keeps `UNLIKELY` items only and still fills k, and needs the records of
+/// at most 1,000 results.
+pub async fn check_flagged_index(base: &str, name: &str, item_0: &[f32]) {
+    let client = reqwest::Client::new();
+    let v1 = |body: serde_json::Value| {
+        post_without_content_type(&client, format!("{base}/v1/search"), body.to_string())
+    };
+    let v1_ids = |answer: &serde_json::Value| -> Vec<u64> {
+        answer["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("results in {answer}"))
+            .iter()
+            .map(|item| item["id"].as_u64().unwrap())
+            .collect()
+    };
+    let (status, _, exact) = v1(
+        serde_json::json!({"vector": item_0, "k": 10, "dedup": "exact", "index": name,
+            "nprobe": 8}),
+    )
+    .await;
+    assert_eq!(status, 200, "{exact}");
+    assert_eq!(
+        v1_ids(&exact)[..2],
+        [0, 1],
+        "item 1 is item 0's near-duplicate"
+    );
+    let (status, headers, near) = v1(
+        serde_json::json!({"vector": item_0, "k": 10, "dedup": "near", "index": name,
+            "nprobe": 8}),
+    )
+    .await;
+    assert_eq!(status, 200, "{near}");
+    let near_ids = v1_ids(&near);
+    assert_eq!(near_ids[0], 0);
+    assert!(!near_ids.contains(&1), "{near_ids:?}");
+    assert_eq!(near_ids.len(), 10);
+    assert!(headers.get("x-clipedge-not-applied").is_none());
+
+    let (status, headers, safe) = v1(
+        serde_json::json!({"vector": item_0, "k": 40, "safety": true, "index": name,
+            "nprobe": 8}),
+    )
+    .await;
+    assert_eq!(status, 200, "{safe}");
+    assert!(
+        headers.get("x-clipedge-not-applied").is_none(),
+        "{headers:?}"
+    );
+    let results = safe["results"].as_array().unwrap();
+    assert_eq!(results.len(), 40, "over-fetched to fill k");
+    for item in results {
+        assert_eq!(item["fields"]["NSFW"], "UNLIKELY", "{item}");
+        assert_eq!(item["id"].as_u64().unwrap() % 8, 0, "{item}");
+    }
+    // Pages of a filtered ranking tile it too.
+    let (_, _, first) = v1(serde_json::json!({"vector": item_0, "k": 20, "offset": 0,
+        "safety": true, "index": name}))
+    .await;
+    let (_, _, second) = v1(serde_json::json!({"vector": item_0, "k": 20, "offset": 20,
+        "safety": true, "index": name}))
+    .await;
+    let (_, _, both) = v1(serde_json::json!({"vector": item_0, "k": 40, "offset": 0,
+        "safety": true, "index": name}))
+    .await;
+    assert_eq!([v1_ids(&first), v1_ids(&second)].concat(), v1_ids(&both));
+    let (status, _, too_many) = v1(serde_json::json!({"vector": item_0, "k": 1_001,
+        "safety": true, "index": name}))
+    .await;
+    assert_eq!(status, 400, "{too_many}");
+    assert_eq!(too_many["error"]["code"], "k_out_of_range", "{too_many}");
+
+    // clip-retrieval's flags on the same index.
+    let knn = |deduplicate: bool, safety: bool, num_result_ids: usize| {
+        let mut body = clip_client_body(name, "", 10);
+        body["text"] = serde_json::Value::Null;
+        body["embedding_input"] = serde_json::json!(item_0);
+        body["deduplicate"] = serde_json::json!(deduplicate);
+        body["use_safety_model"] = serde_json::json!(safety);
+        body["num_result_ids"] = serde_json::json!(num_result_ids);
+        post_without_content_type(&client, format!("{base}/knn-service"), body.to_string())
+    };
+    let knn_ids = |answer: &serde_json::Value| -> Vec<u64> {
+        answer
+            .as_array()
+            .unwrap_or_else(|| panic!("a list: {answer}"))
+            .iter()
+            .map(|result| result["id"].as_u64().unwrap())
+            .collect()
+    };
+    let (status, _, plain) = knn(false, false, 10).await;
+    assert_eq!(status, 200, "{plain}");
+    assert_eq!(knn_ids(&plain)[..2], [0, 1]);
+    let (status, headers, flagged) = knn(true, true, 10).await;
+    assert_eq!(status, 200, "{flagged}");
+    let flagged_ids = knn_ids(&flagged);
+    assert_eq!(flagged_ids.len(), 10);
+    assert!(flagged_ids.iter().all(|id| id % 8 == 0), "{flagged_ids:?}");
+    assert_eq!(flagged[0]["NSFW"], "UNLIKELY", "{flagged}");
+    let not_applied = headers
+        .get("x-clipedge-not-applied")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        !not_applied.contains("use_safety_model") && not_applied.contains("use_violence_detector"),
+        "{not_applied:?}"
+    );
+    let (status, _, deduplicated) = knn(true, false, 10).await;
+    assert_eq!(status, 200, "{deduplicated}");
+    let deduplicated = knn_ids(&deduplicated);
+    assert!(
+        deduplicated[0] == 0 && !deduplicated.contains(&1),
+        "{deduplicated:?}"
+    );
+    // The filter reads every result's record: more than 1,000 results with it is refused,
+    // naming the limit; without it they are answered.
+    let (status, _, refused) = knn(false, true, 2_000).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1000"),
+        "{refused}"
+    );
+    let (status, _, all) = knn(false, false, 2_000).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(knn_ids(&all).len(), FLAGGED_ITEMS);
 }
 
 /// A unit vector of the index's dimension (from `/v1/health`), to search by embedding.

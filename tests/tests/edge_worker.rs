@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use clipedge_format::CurrentPointer;
 use clipedge_tests::api_cases::{
-    bad_searches, build_demo_index, check_clip_retrieval_front, check_several_indexes,
-    list_at_shard_offset, run_clip_client, EmbeddedServer,
+    bad_searches, build_demo_index, build_flagged_index, check_clip_retrieval_front,
+    check_flagged_index, check_paging, check_several_indexes, list_at_shard_offset,
+    run_clip_client, EmbeddedServer,
 };
 use clipedge_tests::lambda_harness::{workspace_binary, workspace_root};
 use serde_json::{json, Value};
@@ -423,6 +424,8 @@ fn the_edge_worker_answers_like_the_embedded_server_end_to_end() {
     assert_eq!(edge_name, "local", "the last segment of CLIPEDGE_INDEX");
     let embedded_name = runtime.block_on(check_clip_retrieval_front(&embedded.url));
     assert_eq!(embedded_name, "index");
+    // Paging, 10,000 results and the safety filter without an NSFW column, at the edge.
+    runtime.block_on(check_paging(&edge));
     run_clip_client(&edge, &edge_name);
     // Several indexes: each selected by name (its own generation cache in the isolate, its own
     // index root named in the scanner calls), the second one's media under /indexes/second/.
@@ -530,12 +533,20 @@ fn the_edge_worker_reads_through_an_r2_binding() {
     let work = tempfile::tempdir().unwrap();
     let index = work.path().join("index");
     build_demo_index(&index, "models/tiny-clip");
+    // An index with a near-duplicate pair and LAION's NSFW column, as a second named index.
+    let flagged = work.path().join("flagged");
+    let item_0 = runtime.block_on(build_flagged_index(&flagged));
     let stack = Stack::up_with_model(
         &index,
         &work.path().join("stack"),
         "models/tiny-clip",
         &["CLIPEDGE_EMBED_CACHE_ENTRIES=0"],
-        &["--r2", "--conformance"],
+        &[
+            "--r2",
+            "--conformance",
+            "--extra-index",
+            &format!("flagged={}", flagged.display()),
+        ],
     );
     let edge = stack.url().to_string();
     assert_object_source_conforms(&runtime, &edge);
@@ -593,6 +604,10 @@ fn the_edge_worker_reads_through_an_r2_binding() {
         item.body,
         call(&runtime, format!("{}/v1/items/5", embedded.url), None).body
     );
+
+    // Near-duplicate removal (the Worker reads the stored vectors) and the NSFW filter (it
+    // reads the records) at the edge, as on serve.
+    runtime.block_on(check_flagged_index(&edge, "flagged", &item_0));
 }
 
 /// A fresh isolate takes many first requests at once, as a public site's does: distinct texts,

@@ -182,3 +182,53 @@ async fn an_explicit_group_probe_limits_the_lists_scanned_to_those_groups() {
         }
     }
 }
+
+/// Near-duplicate removal reads stored vectors in a batch (`Generation::stored_vectors`: one
+/// read per list, one per routing group): on a grouped index every hit gets its own vector back,
+/// in order, whatever group and list it is in.
+#[tokio::test]
+async fn a_batch_of_stored_vectors_matches_the_vectors_indexed() {
+    let (dir, grouped) = index(Some(GROUPS)).await;
+    let query = data().queries(QueryKind::InDistribution);
+    let result = grouped
+        .search(&query[..DIM], &SearchParams::new(300, NLIST, 2))
+        .await
+        .unwrap();
+    let hits: Vec<(u64, u32)> = result
+        .hits
+        .iter()
+        .map(|hit| (hit.id, hit.list_id))
+        .collect();
+    let lists: std::collections::HashSet<u32> = hits.iter().map(|hit| hit.1).collect();
+    assert!(
+        lists.len() > GROUPS,
+        "hits across many lists: {}",
+        lists.len()
+    );
+    let storage =
+        clipedge_storage::Storage::open(dir.path().to_str().expect("a utf-8 path")).unwrap();
+    let vectors = grouped
+        .generation()
+        .stored_vectors(&storage, &hits)
+        .await
+        .unwrap();
+    assert_eq!(vectors.len(), hits.len());
+    for ((id, _), vector) in hits.iter().zip(&vectors) {
+        let vector = vector.as_ref().expect("every hit's list holds it");
+        let indexed = data().row(*id as usize);
+        let error = vector
+            .iter()
+            .zip(indexed)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0_f32, f32::max);
+        assert!(error < 1e-2, "id {id}: off by {error}");
+    }
+    // A hit named with the wrong list is not found there.
+    let (id, list) = hits[0];
+    let wrong = grouped
+        .generation()
+        .stored_vectors(&storage, &[(id, (list + 1) % NLIST as u32)])
+        .await
+        .unwrap();
+    assert_eq!(wrong, vec![None]);
+}

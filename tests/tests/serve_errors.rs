@@ -4,8 +4,9 @@
 
 use clipedge_format::CurrentPointer;
 use clipedge_tests::api_cases::{
-    bad_searches, build_demo_index, check_clip_retrieval_front, check_several_indexes,
-    list_at_shard_offset, run_clip_client, EmbeddedServer,
+    bad_searches, build_demo_index, build_flagged_index, check_clip_retrieval_front,
+    check_flagged_index, check_paging, check_several_indexes, list_at_shard_offset,
+    run_clip_client, EmbeddedServer,
 };
 
 #[test]
@@ -57,7 +58,24 @@ fn serve_answers_clip_retrieval_clients() {
         .unwrap();
     let name = runtime.block_on(check_clip_retrieval_front(&server.url));
     assert_eq!(name, "demo-index", "named after the index directory");
+    runtime.block_on(check_paging(&server.url));
     run_clip_client(&server.url, &name);
+}
+
+/// Flags that read the index: near-duplicate removal on the stored vectors and the safety
+/// filter on the catalog's `NSFW` column, by `/v1` and by clip-retrieval's keys, on an index
+/// with a near-duplicate pair and the column.
+#[test]
+fn serve_removes_near_duplicates_and_filters_on_the_nsfw_column() {
+    let work = tempfile::tempdir().unwrap();
+    let index = work.path().join("flagged");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let item_0 = runtime.block_on(build_flagged_index(&index));
+    let server = EmbeddedServer::start(&index, "models/tiny-clip");
+    runtime.block_on(check_flagged_index(&server.url, "flagged", &item_0));
 }
 
 /// `clipedge serve --index NAME=DIR` twice: two engines under two names, selected by

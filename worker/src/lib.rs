@@ -28,8 +28,8 @@ pub mod shared;
 use std::cell::Cell;
 
 use clipedge_api::clip_retrieval::{
-    check_index_name, knn_results, metadata_entries, not_applied_header, parse_knn_request,
-    parse_metadata_request, IndexShape, NOT_APPLIED_HEADER,
+    check_index_name, knn_not_applied, knn_results, metadata_entries, not_applied_header,
+    parse_knn_request, parse_metadata_request, IndexShape, NOT_APPLIED_HEADER,
 };
 use clipedge_api::web::{media_content_type, media_not_found, media_object, MEDIA_CACHE_CONTROL};
 use clipedge_api::{
@@ -455,6 +455,9 @@ async fn search(request: &mut Request, context: &mut RequestContext<'_>) -> Resu
         Ok(answer) => {
             let response = json_response(200, &answer)?;
             set_search_headers(&response, context, &answer, started)?;
+            if let Some(not_applied) = not_applied_header(&answer.not_applied) {
+                response.headers().set(NOT_APPLIED_HEADER, &not_applied)?;
+            }
             Ok(response)
         }
         Err(error) => {
@@ -527,7 +530,8 @@ async fn knn_service(request: &mut Request, context: &mut RequestContext<'_>) ->
         Ok(answer) => {
             let response = json_response(200, &knn_results(&answer.results, records))?;
             set_search_headers(&response, context, &answer, started)?;
-            if let Some(not_applied) = not_applied_header(&knn.not_applied) {
+            let not_applied = knn_not_applied(&knn.not_applied, &answer.not_applied);
+            if let Some(not_applied) = not_applied_header(&not_applied) {
                 response.headers().set(NOT_APPLIED_HEADER, &not_applied)?;
             }
             Ok(response)

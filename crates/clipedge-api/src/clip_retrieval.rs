@@ -14,24 +14,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    parse_body, ApiError, ErrorCode, Item, Query, SearchRequest, ValidSearch, DEFAULT_NPROBE,
-    DEFAULT_RERANK, MAX_BODY_BYTES, MAX_NPROBE,
+    parse_body, ApiError, Dedup, ErrorCode, Item, Query, SearchRequest, ValidSearch,
+    DEFAULT_NPROBE, DEFAULT_RERANK, MAX_BODY_BYTES, MAX_NPROBE,
 };
+pub use crate::{MAX_RERANK_CANDIDATES, NOT_APPLIED_HEADER};
 
-/// Most ids one knn answer may carry (`num_result_ids`).
+/// Most ids one knn answer may carry (`num_result_ids`, and `num_images`, which `ClipClient`
+/// sends as both).
 pub const MAX_NUM_RESULT_IDS: usize = 10_000;
-/// Most results of one knn answer that carry their catalog record (`num_images`): each costs a
-/// catalog read, and the Worker's reads per request are limited.
+/// Most results of one knn answer that carry their catalog record: each costs a catalog read,
+/// and the Worker's reads per request are limited. A larger `num_images` is answered with
+/// records on the first 1,000 and `num_images` in the [`NOT_APPLIED_HEADER`].
 pub const MAX_NUM_IMAGES: usize = 1_000;
 /// Most ids one `POST /metadata` may ask for (each is an id-table read and a record read).
 pub const MAX_METADATA_IDS: usize = 100;
-/// The candidates a scanner may rerank for one request (the scanner protocol's
-/// `MAX_CANDIDATES`): large answers rerank fewer candidates per result.
-pub const MAX_RERANK_CANDIDATES: usize = 100_000;
 /// The name an index gets when its location has none to give.
 pub const DEFAULT_INDEX_NAME: &str = "default";
-/// Response header naming the accepted flags this answer did not apply.
-pub const NOT_APPLIED_HEADER: &str = "x-clipedge-not-applied";
 
 /// What the knn validation needs to know of the searched generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,10 +273,10 @@ impl KnnRequest {
         let Some(num_images) = self.num_images else {
             return Err(invalid("num_images is required"));
         };
-        if num_images == 0 || num_images > MAX_NUM_IMAGES {
+        if num_images == 0 || num_images > MAX_NUM_RESULT_IDS {
             return Err(ApiError::new(
                 ErrorCode::KOutOfRange,
-                format!("num_images must be in 1..={MAX_NUM_IMAGES}, got {num_images}"),
+                format!("num_images must be in 1..={MAX_NUM_RESULT_IDS}, got {num_images}"),
             ));
         }
         let num_result_ids = self.num_result_ids.unwrap_or(num_images);
@@ -328,28 +326,47 @@ impl KnnRequest {
                 "give one of text, image, image_url or embedding_input",
             ));
         };
-        let dedup = self.deduplicate.unwrap_or(false);
+        if self.use_mclip == Some(true) {
+            // Answering with the monolingual tower would look like a working multilingual
+            // search; say so instead.
+            return Err(ApiError::new(
+                ErrorCode::MultilingualUnsupported,
+                "use_mclip needs a multilingual text tower, and none is configured for this \
+                 index: search with use_mclip false",
+            ));
+        }
+        // clip_back's `deduplicate` removes near-duplicates by embedding.
+        let dedup = if self.deduplicate.unwrap_or(false) {
+            Dedup::Near
+        } else {
+            Dedup::Off
+        };
         let one_result = query_request.validate(index.dim)?;
         let query: Query = one_result.query;
 
-        let candidates = candidates_for(num_result_ids, dedup);
-        let rerank = (MAX_RERANK_CANDIDATES / candidates).clamp(1, DEFAULT_RERANK);
-        let search = ValidSearch {
+        let mut search = ValidSearch {
             query,
             k: num_result_ids,
-            nprobe: index.nprobe_for(candidates),
-            rerank,
+            offset: 0,
+            paged: false,
+            generation: None,
+            nprobe: DEFAULT_NPROBE,
+            // Widened below, for this index.
+            nprobe_default: false,
+            rerank: DEFAULT_RERANK,
             dedup,
-            records: num_images.min(num_result_ids),
+            safety: self.use_safety_model.unwrap_or(false),
+            records: num_images.min(num_result_ids).min(MAX_NUM_IMAGES),
         };
+        let candidates = search.candidates();
+        search.nprobe = index.nprobe_for(candidates);
+        search.rerank = search.rerank_for(candidates).max(1);
         debug_assert!(search.candidates() * search.rerank <= MAX_RERANK_CANDIDATES);
 
+        // Whether `use_safety_model` applied depends on the catalog: the answer says.
         let mut not_applied = Vec::new();
-        if self.use_mclip == Some(true) {
-            not_applied.push("use_mclip");
-        }
-        if self.use_safety_model == Some(true) {
-            not_applied.push("use_safety_model");
+        if num_images > MAX_NUM_IMAGES {
+            not_applied.push("num_images");
         }
         if self.use_violence_detector == Some(true) {
             not_applied.push("use_violence_detector");
@@ -363,18 +380,6 @@ impl KnnRequest {
             not_applied,
         })
     }
-}
-
-fn candidates_for(k: usize, dedup: bool) -> usize {
-    ValidSearch {
-        query: Query::Id(0),
-        k,
-        nprobe: DEFAULT_NPROBE,
-        rerank: DEFAULT_RERANK,
-        dedup,
-        records: 0,
-    }
-    .candidates()
 }
 
 impl MetadataRequest {
@@ -446,11 +451,28 @@ pub fn metadata_entries(items: Vec<Item>) -> Vec<MetadataEntry> {
 }
 
 /// The [`NOT_APPLIED_HEADER`] value, `None` when every flag asked for was applied.
-pub fn not_applied_header(not_applied: &[&str]) -> Option<String> {
+pub fn not_applied_header<T: AsRef<str>>(not_applied: &[T]) -> Option<String> {
     if not_applied.is_empty() {
         return None;
     }
-    Some(not_applied.join(", "))
+    let names: Vec<&str> = not_applied.iter().map(AsRef::as_ref).collect();
+    Some(names.join(", "))
+}
+
+/// The flags of a knn request that were not applied, in clip-retrieval's names: those known
+/// before the search (`asked`) and those the search reported (`/v1` names: `safety` →
+/// `use_safety_model`, `dedup_near` → `deduplicate`).
+pub fn knn_not_applied(asked: &[&str], answered: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = answered
+        .iter()
+        .map(|name| match name.as_str() {
+            "safety" => "use_safety_model".to_string(),
+            "dedup_near" => "deduplicate".to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    names.extend(asked.iter().map(|name| name.to_string()));
+    names
 }
 
 /// Largest body accepted by the clip-retrieval endpoints (the `/v1` limit).
@@ -490,15 +512,19 @@ mod tests {
         let knn = validate(CLIENT_TEXT).unwrap();
         assert_eq!(knn.search.query, Query::Text("a dog".to_string()));
         assert_eq!((knn.search.k, knn.search.records), (40, 40));
-        assert!(knn.search.dedup);
+        assert_eq!(
+            knn.search.dedup,
+            Dedup::Near,
+            "clip_back's deduplicate is by embedding"
+        );
+        assert!(
+            knn.search.safety,
+            "applied when the catalog has an NSFW column"
+        );
         assert_eq!(knn.index_name, "laion");
         assert_eq!(
             knn.not_applied,
-            vec![
-                "use_safety_model",
-                "use_violence_detector",
-                "aesthetic_score"
-            ]
+            vec!["use_violence_detector", "aesthetic_score"]
         );
     }
 
@@ -508,7 +534,12 @@ mod tests {
             .unwrap();
         assert_eq!(knn.search.query, Query::Vector(vec![1.0, 0.0, 0.0, 0.0]));
         assert_eq!((knn.search.k, knn.search.records), (3, 3));
-        assert!(!knn.search.dedup, "clip_back's default is no dedup");
+        assert_eq!(
+            knn.search.dedup,
+            Dedup::Off,
+            "clip_back's default is no dedup"
+        );
+        assert!(!knn.search.safety);
         assert!(knn.not_applied.is_empty());
         // Text wins over the embedding; an empty text does not count.
         let knn = validate(
@@ -551,10 +582,18 @@ mod tests {
         .unwrap();
         assert!(knn.not_applied.is_empty());
         let knn = validate(
-            r#"{"indice_name":"laion","num_images":1,"text":"x","aesthetic_score":"5","aesthetic_weight":"0.5","use_mclip":true}"#,
+            r#"{"indice_name":"laion","num_images":1,"text":"x","aesthetic_score":"5","aesthetic_weight":"0.5","use_mclip":false}"#,
         )
         .unwrap();
-        assert_eq!(knn.not_applied, vec!["use_mclip", "aesthetic_score"]);
+        assert_eq!(knn.not_applied, vec!["aesthetic_score"]);
+        // No multilingual tower is configured: said, not silently ignored.
+        let error =
+            validate(r#"{"indice_name":"laion","num_images":1,"text":"x","use_mclip":true}"#)
+                .unwrap_err();
+        assert_eq!(
+            (error.code, error.status()),
+            (ErrorCode::MultilingualUnsupported, 422)
+        );
     }
 
     #[test]
@@ -590,9 +629,13 @@ mod tests {
             ErrorCode::KOutOfRange
         );
         assert_eq!(
-            code(r#"{"indice_name":"laion","num_images":1001,"text":"x"}"#),
+            code(r#"{"indice_name":"laion","num_images":10001,"text":"x"}"#),
             ErrorCode::KOutOfRange
         );
+        // ClipClient sends num_images as num_result_ids too: 5,000 ids, records on 1,000.
+        let knn = validate(r#"{"indice_name":"laion","num_images":5000,"text":"x"}"#).unwrap();
+        assert_eq!((knn.search.k, knn.search.records), (5_000, MAX_NUM_IMAGES));
+        assert_eq!(knn.not_applied, vec!["num_images"]);
         assert_eq!(
             code(r#"{"indice_name":"laion","num_images":0,"text":"x"}"#),
             ErrorCode::KOutOfRange
@@ -687,7 +730,11 @@ mod tests {
             json,
             serde_json::json!([{"id": 0, "metadata": {"url": "/media/0.webp", "caption": "item 0", "key": "000000000"}}])
         );
-        assert_eq!(not_applied_header(&[]), None);
+        assert_eq!(not_applied_header::<&str>(&[]), None);
+        assert_eq!(
+            knn_not_applied(&["use_violence_detector"], &["safety".to_string()]),
+            vec!["use_safety_model", "use_violence_detector"]
+        );
         assert_eq!(
             not_applied_header(&["use_mclip", "use_safety_model"]).as_deref(),
             Some("use_mclip, use_safety_model")

@@ -3,8 +3,8 @@
 //! No I/O, builds for `wasm32-unknown-unknown`: the embedded server (`clipedge serve`) and the
 //! edge Worker share this crate, so both answer the same requests with the same errors.
 //!
-//! `POST /v1/search` takes exactly one of `text`, `vector` or `id` plus optional `k`, `nprobe`,
-//! `rerank` and `dedup`; the limits are the constants below. A bad request gets a 4xx with
+//! `POST /v1/search` takes exactly one of `text`, `vector` or `id` plus optional `k`, `offset`,
+//! `generation`, `nprobe`, `rerank`, `dedup` and `safety`; the limits are the constants below. A bad request gets a 4xx with
 //! `{"error": {"code", "message"}}`, the code one of [`ErrorCode`].
 //!
 //! [`clip_retrieval`] maps clip-retrieval's `POST /knn-service` onto the same search and shapes
@@ -28,7 +28,31 @@ pub const MAX_TEXT_CHARS: usize = 1000;
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_K: usize = 20;
-pub const MAX_K: usize = 100;
+/// Most results one answer may carry (`k`), and the end of the paged window (`offset + k`).
+pub const MAX_K: usize = 10_000;
+/// A paged request (one with `offset`) ranks this many results, whatever its page: every page
+/// of one query and generation cuts the same ranking, so pages neither repeat nor skip.
+pub const PAGE_WINDOW: usize = MAX_K;
+/// Candidates one scanner call may return and rerank (`k′ × rerank`, the scanner protocol's
+/// `MAX_CANDIDATES`): at most 37 bytes each encoded, the answer stays under the protocol's
+/// 4 MiB response limit, itself under the 6 MB Lambda response cap.
+pub const MAX_RERANK_CANDIDATES: usize = 100_000;
+/// Near-duplicate removal drops a result whose stored vector has at least this cosine with a
+/// better-ranked kept result (clip-retrieval's threshold).
+pub const NEAR_DUPLICATE_COSINE: f32 = 0.94;
+/// Near-duplicate removal compares the best this many results (past them, only exact
+/// duplicates are removed): each compared result's stored vector is read.
+pub const NEAR_DEDUP_WINDOW: usize = 1_000;
+/// A filter on a catalog column (`safety`) reads the record of every result up to the page's
+/// end, so `offset + k` may not pass this when the filter applies.
+pub const MAX_FILTERED_RESULTS: usize = 1_000;
+/// Catalog column the safety filter reads (LAION's `NSFW`); results whose value is not
+/// [`SAFE_VALUE`] are dropped.
+pub const SAFETY_COLUMN: &str = "NSFW";
+pub const SAFE_VALUE: &str = "UNLIKELY";
+/// Response header naming the filters or modes asked for that this answer did not apply
+/// (e.g. `safety`: the catalog has no `NSFW` column).
+pub const NOT_APPLIED_HEADER: &str = "x-clipedge-not-applied";
 pub const DEFAULT_NPROBE: usize = 16;
 pub const MAX_NPROBE: usize = 4096;
 /// Candidates reranked exactly = `k * rerank`.
@@ -64,8 +88,22 @@ pub struct SearchRequest {
     pub nprobe: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerank: Option<usize>,
+    /// `"off"`, `"exact"` (same content hash; `true`), `"near"` (also cosine ≥ 0.94 between
+    /// stored vectors) or `false` (off). Default `"exact"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dedup: Option<bool>,
+    pub dedup: Option<serde_json::Value>,
+    /// Position of the first result in the query's ranking: paging. With it the ranking is
+    /// [`PAGE_WINDOW`] deep whatever the page, so consecutive pages tile it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
+    /// The generation the previous page named: another one answers 409 `generation_changed`
+    /// (the ranking of a new generation is another; restart paging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
+    /// Keep only results whose catalog record says `NSFW: UNLIKELY`; when the catalog has no
+    /// such column the answer says it was not applied ([`NOT_APPLIED_HEADER`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety: Option<bool>,
     /// The served index to search, by name (`GET /indices-list`); absent: the default (first)
     /// index. The front selects with it before validating; an unknown name is 404
     /// `unknown_index`.
@@ -84,27 +122,104 @@ pub enum Query {
     Id(u64),
 }
 
+/// Which duplicates a search removes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dedup {
+    Off,
+    /// The same content hash (the same image indexed twice).
+    #[default]
+    Exact,
+    /// Exact duplicates, then results whose stored vector has cosine ≥
+    /// [`NEAR_DUPLICATE_COSINE`] with a better-ranked kept one (among the best
+    /// [`NEAR_DEDUP_WINDOW`]).
+    Near,
+}
+
+impl Dedup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dedup::Off => "off",
+            Dedup::Exact => "exact",
+            Dedup::Near => "near",
+        }
+    }
+
+    /// `true`/`"exact"`, `false`/`"off"`, `"near"`; anything else is 400 `invalid_dedup`.
+    fn parse(value: Option<&serde_json::Value>) -> Result<Dedup, ApiError> {
+        use serde_json::Value;
+        match value {
+            None | Some(Value::Null) => Ok(Dedup::default()),
+            Some(Value::Bool(true)) => Ok(Dedup::Exact),
+            Some(Value::Bool(false)) => Ok(Dedup::Off),
+            Some(Value::String(mode)) if mode == "off" => Ok(Dedup::Off),
+            Some(Value::String(mode)) if mode == "exact" => Ok(Dedup::Exact),
+            Some(Value::String(mode)) if mode == "near" => Ok(Dedup::Near),
+            Some(other) => Err(ApiError::new(
+                ErrorCode::InvalidDedup,
+                format!("dedup must be \"off\", \"exact\", \"near\" or a boolean, got {other}"),
+            )),
+        }
+    }
+}
+
 /// A request that passed validation, defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidSearch {
     pub query: Query,
+    /// Results in the answer (the page size).
     pub k: usize,
+    /// Results of the ranking skipped before the answer's first.
+    pub offset: usize,
+    /// A paged request ranks [`PAGE_WINDOW`] results whatever its page.
+    pub paged: bool,
+    /// The generation the client pinned (the previous page's).
+    pub generation: Option<String>,
     pub nprobe: usize,
+    /// `nprobe` was not given: the root widens it until the probed lists hold about twice
+    /// the candidates (`clip_retrieval::IndexShape::nprobe_for`), so a large k finds k.
+    pub nprobe_default: bool,
     pub rerank: usize,
-    pub dedup: bool,
+    pub dedup: Dedup,
+    /// Drop results whose catalog record is not `NSFW: UNLIKELY` (when the catalog has it).
+    pub safety: bool,
     /// How many of the first results get their catalog record (caption and URL); the rest
     /// are answered with empty ones. `k` for `/v1`; clip-retrieval's `num_images`.
     pub records: usize,
 }
 
 impl ValidSearch {
-    /// Candidates to ask the index for: de-duplication drops some, so ask for more than `k`.
-    pub fn candidates(&self) -> usize {
-        if self.dedup {
-            (2 * self.k).max(self.k + 10)
+    /// Where the answer ends in the ranking.
+    pub fn end(&self) -> usize {
+        self.offset + self.k
+    }
+
+    /// How deep the ranking is: the answer's end, or [`PAGE_WINDOW`] when paged.
+    pub fn window(&self) -> usize {
+        if self.paged {
+            PAGE_WINDOW.max(self.end())
         } else {
-            self.k
+            self.end()
         }
+    }
+
+    /// Candidates to ask each leaf for: de-duplication and filters drop some, so ask for more
+    /// than the window (at most [`MAX_RERANK_CANDIDATES`]).
+    pub fn candidates(&self) -> usize {
+        let window = self.window();
+        let mut candidates = if self.dedup == Dedup::Off {
+            window
+        } else {
+            (2 * window).max(window + 10)
+        };
+        if self.safety {
+            candidates *= 2;
+        }
+        candidates.min(MAX_RERANK_CANDIDATES)
+    }
+
+    /// The rerank factor that fits [`MAX_RERANK_CANDIDATES`] for `candidates` per call.
+    pub fn rerank_for(&self, candidates: usize) -> usize {
+        self.rerank.min(MAX_RERANK_CANDIDATES / candidates.max(1))
     }
 }
 
@@ -119,8 +234,17 @@ pub enum ErrorCode {
     EmptyText,
     TextTooLong,
     KOutOfRange,
+    /// `offset` past the paged window.
+    OffsetOutOfRange,
     NprobeOutOfRange,
     RerankOutOfRange,
+    /// `dedup` is not one of its modes.
+    InvalidDedup,
+    /// The request pinned a generation (`generation`, from the previous page) that is no
+    /// longer served: the ranking changed, page again from the start.
+    GenerationChanged,
+    /// `use_mclip`: no multilingual text tower is configured.
+    MultilingualUnsupported,
     /// `vector` has the wrong number of values for the index.
     VectorDimension,
     VectorNotFinite,
@@ -162,6 +286,10 @@ impl ErrorCode {
             ErrorCode::EmptyText => "empty_text",
             ErrorCode::TextTooLong => "text_too_long",
             ErrorCode::KOutOfRange => "k_out_of_range",
+            ErrorCode::OffsetOutOfRange => "offset_out_of_range",
+            ErrorCode::InvalidDedup => "invalid_dedup",
+            ErrorCode::GenerationChanged => "generation_changed",
+            ErrorCode::MultilingualUnsupported => "multilingual_unsupported",
             ErrorCode::NprobeOutOfRange => "nprobe_out_of_range",
             ErrorCode::RerankOutOfRange => "rerank_out_of_range",
             ErrorCode::VectorDimension => "vector_dimension",
@@ -190,9 +318,12 @@ impl ErrorCode {
         match self {
             ErrorCode::UnknownId | ErrorCode::UnknownIndex | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::GenerationChanged => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::IdSearchUnsupported | ErrorCode::ImageSearchUnsupported => 422,
+            ErrorCode::IdSearchUnsupported
+            | ErrorCode::ImageSearchUnsupported
+            | ErrorCode::MultilingualUnsupported => 422,
             ErrorCode::Internal => 500,
             ErrorCode::ScannersFailed => 502,
             ErrorCode::MissingApiKey => 401,
@@ -310,6 +441,16 @@ impl SearchRequest {
     /// Checks the request against the documented limits and the index's dimension.
     pub fn validate(self, dim: usize) -> Result<ValidSearch, ApiError> {
         let k = check_range(self.k, DEFAULT_K, 1, MAX_K, "k", ErrorCode::KOutOfRange)?;
+        let offset = self.offset.unwrap_or(0);
+        if offset + k > MAX_K {
+            return Err(ApiError::new(
+                ErrorCode::OffsetOutOfRange,
+                format!(
+                    "offset + k must be at most {MAX_K} (the paged window), got {offset} + {k}"
+                ),
+            ));
+        }
+        let dedup = Dedup::parse(self.dedup.as_ref())?;
         let nprobe = check_range(
             self.nprobe,
             DEFAULT_NPROBE,
@@ -318,7 +459,7 @@ impl SearchRequest {
             "nprobe",
             ErrorCode::NprobeOutOfRange,
         )?;
-        let rerank = check_range(
+        let requested_rerank = check_range(
             self.rerank,
             DEFAULT_RERANK,
             0,
@@ -372,14 +513,39 @@ impl SearchRequest {
         } else {
             Query::Id(self.id.unwrap_or_default())
         };
-        Ok(ValidSearch {
+        let mut search = ValidSearch {
             query,
             k,
+            offset,
+            paged: self.offset.is_some(),
+            generation: self.generation,
             nprobe,
-            rerank,
-            dedup: self.dedup.unwrap_or(true),
+            nprobe_default: self.nprobe.is_none(),
+            rerank: requested_rerank,
+            dedup,
+            safety: self.safety.unwrap_or(false),
             records: k,
-        })
+        };
+        // Large answers rerank fewer candidates per result: a scanner call reranks at most
+        // MAX_RERANK_CANDIDATES. A rerank asked for explicitly is refused rather than lowered.
+        let candidates = search.candidates();
+        let fitted = search.rerank_for(candidates);
+        if fitted < requested_rerank && self.rerank.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::RerankOutOfRange,
+                format!(
+                    "rerank {requested_rerank} with {candidates} candidates per scanner call \
+                     passes the limit of {MAX_RERANK_CANDIDATES} reranked candidates; use \
+                     rerank <= {fitted} or a smaller k"
+                ),
+            ));
+        }
+        search.rerank = if requested_rerank == 0 {
+            0
+        } else {
+            fitted.max(1)
+        };
+        Ok(search)
     }
 }
 
@@ -407,6 +573,35 @@ pub fn merge(hit_lists: &[Vec<Hit>], k: usize, dedup: bool) -> Vec<Hit> {
         merged.push(hit);
     }
     merged
+}
+
+/// Which of `vectors` (ranked best first) are near-duplicates to drop: those with cosine ≥
+/// `threshold` to a better-ranked vector that is kept. A missing vector is never dropped and
+/// never drops another. Greedy, as clip-retrieval removes them.
+pub fn near_duplicates(vectors: &[Option<Vec<f32>>], threshold: f32) -> Vec<bool> {
+    let unit = |vector: &Vec<f32>| {
+        let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        vector.iter().map(|x| x * scale).collect::<Vec<f32>>()
+    };
+    let mut kept: Vec<Vec<f32>> = Vec::new();
+    let mut dropped = vec![false; vectors.len()];
+    for (position, vector) in vectors.iter().enumerate() {
+        let Some(vector) = vector else {
+            continue;
+        };
+        let vector = unit(vector);
+        let is_near = kept.iter().any(|other| {
+            let cosine: f32 = other.iter().zip(&vector).map(|(a, b)| a * b).sum();
+            cosine >= threshold
+        });
+        if is_near {
+            dropped[position] = true;
+        } else {
+            kept.push(vector);
+        }
+    }
+    dropped
 }
 
 /// Best first: a NaN score (`total_cmp` would put it above every number) after every number,
@@ -514,6 +709,20 @@ pub struct QueryStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchResponse {
     pub results: Vec<Item>,
+    /// The generation that answered: send it back as `generation` with the next page.
+    #[serde(default)]
+    pub generation: String,
+    /// Position of the first result in the ranking.
+    #[serde(default)]
+    pub offset: usize,
+    /// The `offset` of the next page, when the request was paged and the ranking goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<usize>,
+    /// What the request asked for that this answer did not apply (also the
+    /// [`NOT_APPLIED_HEADER`]): `safety` without an `NSFW` catalog column, `dedup_near` without
+    /// stored vectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_applied: Vec<String>,
     /// Some lists could not be scanned (named in `failed_lists`); the results are the rest.
     pub partial: bool,
     pub failed_lists: Vec<u32>,
@@ -618,11 +827,15 @@ mod tests {
         assert_eq!(search.query, Query::Text("a dog".to_string()));
         assert_eq!(
             (search.k, search.nprobe, search.rerank, search.dedup),
-            (DEFAULT_K, DEFAULT_NPROBE, DEFAULT_RERANK, true)
+            (DEFAULT_K, DEFAULT_NPROBE, DEFAULT_RERANK, Dedup::Exact)
+        );
+        assert_eq!(
+            (search.offset, search.paged, search.safety),
+            (0, false, false)
         );
         let search = request(r#"{"id":7,"k":5,"dedup":false,"rerank":0}"#).unwrap();
         assert_eq!(search.query, Query::Id(7));
-        assert_eq!((search.k, search.rerank, search.dedup), (5, 0, false));
+        assert_eq!((search.k, search.rerank, search.dedup), (5, 0, Dedup::Off));
         assert_eq!(search.candidates(), 5);
         let search = request(r#"{"vector":[0,1,0.5,-1],"k":100,"nprobe":4096}"#).unwrap();
         assert_eq!(search.query, Query::Vector(vec![0.0, 1.0, 0.5, -1.0]));
@@ -638,7 +851,20 @@ mod tests {
         let limit = format!(r#"{{"text":"{}"}}"#, "é".repeat(MAX_TEXT_CHARS));
         assert!(request(&limit).is_ok());
         assert_eq!(code(r#"{"text":"x","k":0}"#), ErrorCode::KOutOfRange);
-        assert_eq!(code(r#"{"text":"x","k":101}"#), ErrorCode::KOutOfRange);
+        assert_eq!(code(r#"{"text":"x","k":10001}"#), ErrorCode::KOutOfRange);
+        assert_eq!(
+            code(r#"{"text":"x","k":100,"offset":9901}"#),
+            ErrorCode::OffsetOutOfRange
+        );
+        assert_eq!(
+            code(r#"{"text":"x","dedup":"fuzzy"}"#),
+            ErrorCode::InvalidDedup
+        );
+        assert_eq!(code(r#"{"text":"x","dedup":3}"#), ErrorCode::InvalidDedup);
+        assert_eq!(
+            code(r#"{"text":"x","k":10000,"rerank":10}"#),
+            ErrorCode::RerankOutOfRange
+        );
         assert_eq!(
             code(r#"{"text":"x","nprobe":0}"#),
             ErrorCode::NprobeOutOfRange
@@ -663,9 +889,63 @@ mod tests {
         assert_eq!(error.status(), 400);
         assert_eq!(
             error.to_json(),
-            r#"{"error":{"code":"k_out_of_range","message":"k must be in 1..=100, got 0"}}"#
+            r#"{"error":{"code":"k_out_of_range","message":"k must be in 1..=10000, got 0"}}"#
         );
         assert_eq!(ErrorCode::UnknownId.status(), 404);
+        assert_eq!(ErrorCode::GenerationChanged.status(), 409);
+        assert_eq!(ErrorCode::MultilingualUnsupported.status(), 422);
+    }
+
+    #[test]
+    fn large_answers_fit_the_scanner_limits_and_pages_share_one_ranking() {
+        // k = 10,000 with the default rerank: rerank is lowered to fit a scanner call.
+        let search = request(r#"{"text":"x","k":10000}"#).unwrap();
+        assert_eq!(search.candidates(), 20_000);
+        assert_eq!(search.rerank, 5);
+        assert!(search.candidates() * search.rerank <= MAX_RERANK_CANDIDATES);
+        // Any offset (0 included) pages: every page ranks the same window.
+        let first = request(r#"{"text":"x","k":50,"offset":0}"#).unwrap();
+        let later = request(r#"{"text":"x","k":50,"offset":9950}"#).unwrap();
+        assert!(first.paged && later.paged);
+        assert_eq!((first.window(), later.window()), (PAGE_WINDOW, PAGE_WINDOW));
+        assert_eq!(first.candidates(), later.candidates());
+        assert_eq!(first.rerank, later.rerank);
+        assert_eq!(later.end(), 10_000);
+        // Unpaged answers rank only what they return.
+        let unpaged = request(r#"{"text":"x","k":50,"dedup":"off"}"#).unwrap();
+        assert_eq!((unpaged.window(), unpaged.candidates()), (50, 50));
+        // The safety filter over-fetches too.
+        let safe = request(r#"{"text":"x","k":50,"dedup":"near","safety":true}"#).unwrap();
+        assert_eq!((safe.dedup, safe.safety), (Dedup::Near, true));
+        assert_eq!(safe.candidates(), 200);
+        let pinned = request(r#"{"text":"x","offset":20,"generation":"g1"}"#).unwrap();
+        assert_eq!(pinned.generation.as_deref(), Some("g1"));
+    }
+
+    #[test]
+    fn near_duplicates_are_dropped_greedily_in_rank_order() {
+        let vectors = vec![
+            Some(vec![1.0, 0.0, 0.0]),
+            // cos 0.995 with the first: dropped.
+            Some(vec![10.0, 1.0, 0.0]),
+            None,
+            // cos 0.707 with the first: kept.
+            Some(vec![1.0, 1.0, 0.0]),
+            // cos ≈ 0.943 with the one before it (≥ 0.94), 0.707 with the first: dropped.
+            Some(vec![1.0, 1.0, 0.5]),
+            Some(vec![0.0, 0.0, 1.0]),
+        ];
+        assert_eq!(
+            near_duplicates(&vectors, NEAR_DUPLICATE_COSINE),
+            vec![false, true, false, false, true, false]
+        );
+        // A dropped vector does not drop others: only kept ones count.
+        let chain = vec![
+            Some(vec![1.0, 0.0]),
+            Some(vec![0.95, 0.312]),
+            Some(vec![0.81, 0.586]),
+        ];
+        assert_eq!(near_duplicates(&chain, 0.94), vec![false, true, false]);
     }
 
     #[test]
@@ -820,6 +1100,10 @@ mod tests {
                 caption: "a cat".to_string(),
                 fields: Default::default(),
             }],
+            generation: "g1".to_string(),
+            offset: 0,
+            next_offset: Some(1),
+            not_applied: vec![],
             partial: false,
             failed_lists: vec![],
             timings: Timings::default(),

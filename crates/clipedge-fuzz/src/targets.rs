@@ -937,7 +937,10 @@ pub fn v1_search(data: &[u8]) {
             k: u.arbitrary()?,
             nprobe: u.arbitrary()?,
             rerank: u.arbitrary()?,
-            dedup: u.arbitrary()?,
+            dedup: u.arbitrary::<Option<bool>>()?.map(serde_json::Value::Bool),
+            offset: u.arbitrary()?,
+            generation: None,
+            safety: u.arbitrary()?,
             index: None,
         };
         let body = serde_json::to_vec(&request).expect("a request serializes");
@@ -970,7 +973,9 @@ fn check_search_request(request: SearchRequest, dim: usize) {
     assert!((1..=clipedge_api::MAX_K).contains(&search.k));
     assert!((1..=clipedge_api::MAX_NPROBE).contains(&search.nprobe));
     assert!(search.rerank <= clipedge_api::MAX_RERANK);
+    assert!(search.end() <= clipedge_api::MAX_K);
     assert!(search.candidates() >= search.k && search.records == search.k);
+    assert!(search.candidates() * search.rerank.max(1) <= MAX_RERANK_CANDIDATES);
     match &search.query {
         Query::Text(text) => {
             assert!(!text.trim().is_empty());

@@ -9,7 +9,7 @@
 
 use clipedge_format::{
     decode_record, generation_path, record_range, CatalogEntry, CatalogRef, CurrentPointer,
-    FormatError, GroupBlob, ItemRecord, ListView, Manifest, RerankKind, RoutingTable,
+    FormatError, GroupBlob, ItemRecord, ListLocation, ListView, Manifest, RerankKind, RoutingTable,
     CURRENT_OBJECT,
 };
 use clipedge_io::{ObjectSource, SourceError};
@@ -236,21 +236,78 @@ impl Generation {
         }
         let entry = self.catalog_entry(source, id).await?;
         let list_id = entry.list_id;
-        let Some(group) = self.routing.group_of_list(list_id) else {
-            return Err(GenerationError::inconsistent(format!(
-                "catalog names list {list_id} of {}",
-                self.manifest.nlist
-            )));
-        };
+        let (location, list_bytes) = self.list_bytes(source, list_id).await?;
+        let view = self.list_view(list_id, &location, list_bytes.as_ref())?;
+        view.stored_vector(id).ok_or_else(|| {
+            GenerationError::inconsistent(format!("list {list_id} does not hold id {id}"))
+        })
+    }
+
+    /// The stored (rerank) copies of `hits` (`(id, list_id)` pairs, as the scanners answer
+    /// them), in order, decoded to f32: what near-duplicate removal compares. Hits of one list
+    /// share its read, so a batch costs one GET per distinct list and one per routing group they
+    /// are in, not three per id.
+    /// `None` for a hit its list does not hold.
+    pub async fn stored_vectors<S: ObjectSource>(
+        &self,
+        source: &S,
+        hits: &[(u64, u32)],
+    ) -> Result<Vec<Option<Vec<f32>>>, GenerationError> {
+        if self.manifest.rerank == RerankKind::None {
+            return Err(GenerationError::NoVectorCopies);
+        }
+        let mut list_ids: Vec<u32> = hits.iter().map(|(_, list_id)| *list_id).collect();
+        list_ids.sort_unstable();
+        list_ids.dedup();
+        let mut vectors = vec![None; hits.len()];
+        // Lists are sorted, and a group holds consecutive lists: one blob read per group.
+        let mut current_group: Option<(usize, GroupBlob)> = None;
+        for list_id in list_ids {
+            let group = self.group_of_list(list_id)?;
+            let blob = match current_group.take() {
+                Some((read_group, blob)) if read_group == group => blob,
+                _ => self.group(source, group).await?,
+            };
+            let location = list_location(&blob, group, list_id)?;
+            current_group = Some((group, blob));
+            let list_bytes = self.read_list(source, list_id, &location).await?;
+            let view = self.list_view(list_id, &location, list_bytes.as_ref())?;
+            for (position, (id, hit_list)) in hits.iter().enumerate() {
+                if *hit_list == list_id {
+                    vectors[position] = view.stored_vector(*id);
+                }
+            }
+        }
+        Ok(vectors)
+    }
+
+    /// Fine list `list_id` as stored, and where: its group's blob for the location, then the
+    /// list (two GETs).
+    async fn list_bytes<S: ObjectSource>(
+        &self,
+        source: &S,
+        list_id: u32,
+    ) -> Result<(ListLocation, impl AsRef<[u8]>), GenerationError> {
+        let group = self.group_of_list(list_id)?;
         let blob = self.group(source, group).await?;
-        let location = list_id
-            .checked_sub(blob.first_list)
-            .and_then(|index| blob.lists.get(index as usize).copied());
-        let Some(location) = location else {
-            return Err(GenerationError::inconsistent(format!(
-                "list {list_id} is not in group {group}"
-            )));
-        };
+        let location = list_location(&blob, group, list_id)?;
+        let bytes = self.read_list(source, list_id, &location).await?;
+        Ok((location, bytes))
+    }
+
+    fn group_of_list(&self, list_id: u32) -> Result<usize, GenerationError> {
+        self.routing.group_of_list(list_id).ok_or_else(|| {
+            GenerationError::inconsistent(format!("list {list_id} of {}", self.manifest.nlist))
+        })
+    }
+
+    /// The bytes of list `list_id` at `location` (one GET).
+    async fn read_list<S: ObjectSource>(
+        &self,
+        source: &S,
+        list_id: u32,
+        location: &ListLocation,
+    ) -> Result<impl AsRef<[u8]>, GenerationError> {
         let Some(shard) = self.manifest.shards.get(location.shard as usize) else {
             return Err(GenerationError::inconsistent(format!(
                 "list {list_id} is in shard {} of {}",
@@ -258,18 +315,38 @@ impl Generation {
                 self.manifest.shards.len()
             )));
         };
-        let list_bytes = source
+        source
             .get_range(
                 &self.object(&shard.path),
                 location.offset..location.offset + location.length as u64,
             )
             .await
-            .map_err(GenerationError::source("list"))?;
-        let expectation = self.manifest.list_expectation(list_id, &location);
-        let view = ListView::parse_verified(&list_bytes, &expectation)
-            .map_err(GenerationError::format("list"))?;
-        view.stored_vector(id).ok_or_else(|| {
-            GenerationError::inconsistent(format!("list {list_id} does not hold id {id}"))
-        })
+            .map_err(GenerationError::source("list"))
     }
+
+    /// Checks `bytes` (checksum and header) against what the manifest says the list at
+    /// `location` is.
+    fn list_view<'a>(
+        &self,
+        list_id: u32,
+        location: &ListLocation,
+        bytes: &'a [u8],
+    ) -> Result<ListView<'a>, GenerationError> {
+        let expectation = self.manifest.list_expectation(list_id, location);
+        ListView::parse(bytes, &expectation).map_err(GenerationError::format("list"))
+    }
+}
+
+/// Where list `list_id` is, from the blob of its group `group`.
+fn list_location(
+    blob: &GroupBlob,
+    group: usize,
+    list_id: u32,
+) -> Result<ListLocation, GenerationError> {
+    list_id
+        .checked_sub(blob.first_list)
+        .and_then(|index| blob.lists.get(index as usize).copied())
+        .ok_or_else(|| {
+            GenerationError::inconsistent(format!("list {list_id} is not in group {group}"))
+        })
 }

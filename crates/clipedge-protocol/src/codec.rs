@@ -378,6 +378,39 @@ mod tests {
         assert!(bytes.len() <= MAX_RESPONSE_BYTES, "{}", bytes.len());
     }
 
+    /// What the README says a `/v1` k of 10,000 costs a scanner answer: with dedup the root asks
+    /// each call for 20,000 candidates. Realistic values (large ids, random hashes and record
+    /// references) in both encodings, far under the 6 MB Lambda payload cap.
+    #[test]
+    fn a_ten_thousand_result_answer_stays_far_under_the_lambda_cap() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut response = sample_response();
+        response.candidates = (0..20_000)
+            .map(|rank| Hit {
+                id: next() % 5_000_000_000,
+                score: 0.4 - rank as f32 * 1e-5,
+                content_hash: next(),
+                metadata_ref: next() >> 8,
+                list_id: (next() % 1_000_000) as u32,
+            })
+            .collect();
+        let binary = encode_response(&response, Encoding::Binary).unwrap();
+        let json = encode_response(&response, Encoding::Json).unwrap();
+        println!(
+            "20,000 candidates: binary {} bytes, json {} bytes",
+            binary.len(),
+            json.len()
+        );
+        assert!(binary.len() <= 800_000, "{}", binary.len());
+        assert!(json.len() <= MAX_RESPONSE_BYTES, "{}", json.len());
+    }
+
     #[test]
     fn invalid_requests_are_refused_with_the_reason() {
         type Mutation = Box<dyn Fn(&mut ScanRequest)>;

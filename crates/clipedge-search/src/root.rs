@@ -1,11 +1,14 @@
 //! One search, from a query vector to the `/v1` answer.
 
+use clipedge_api::clip_retrieval::IndexShape;
 use clipedge_api::{
-    generation_error, items_with_records, merge, ApiError, ErrorCode, QueryStats, SearchResponse,
-    Timings, ValidSearch,
+    generation_error, items_with_records, merge, near_duplicates, ApiError, Dedup, ErrorCode,
+    QueryStats, SearchResponse, Timings, ValidSearch, MAX_FILTERED_RESULTS, MAX_RERANK_CANDIDATES,
+    NEAR_DEDUP_WINDOW, NEAR_DUPLICATE_COSINE, SAFETY_COLUMN, SAFE_VALUE,
 };
+use clipedge_format::{Hit, ItemRecord};
 use clipedge_index::route::auto_group_probe;
-use clipedge_index::Generation;
+use clipedge_index::{Generation, GenerationError};
 use clipedge_io::ObjectSource;
 
 use crate::plan::{plan_calls, Call, FanOut};
@@ -52,7 +55,13 @@ pub struct RootAnswer {
 }
 
 /// Answers `search` for the (already encoded) `query` on `generation`: probe, plan, fan out,
-/// merge and de-duplicate, then read the top records through `source`.
+/// merge and de-duplicate, filter, then read the records of the answer's page through
+/// `source`.
+///
+/// When filters or near-duplicate removal leave fewer results than the page needs and the
+/// leaves had more, the fan-out is run again with twice the candidates (at most
+/// [`MAX_DEEPENINGS`] times): deterministic, so the same request on the same generation ranks
+/// the same.
 ///
 /// `now_ms` is the front's monotonic clock in milliseconds (std's `Instant` does not run in a
 /// Worker). The timings' `encode` stays the caller's; `stats` count the leaves' reads and
@@ -67,46 +76,137 @@ pub async fn search<S: ObjectSource, L: Leaves>(
     now_ms: impl Fn() -> f64,
 ) -> RootAnswer {
     let mut timings = Timings::default();
+    let served = &generation.manifest.generation;
+    if let Some(pinned) = &search.generation {
+        if pinned != served {
+            return RootAnswer {
+                result: Err(ApiError::new(
+                    ErrorCode::GenerationChanged,
+                    format!(
+                        "the pages so far came from generation {pinned}, the index now serves \
+                         {served}: page again from offset 0"
+                    ),
+                )),
+                fan_out: FanOut::default(),
+            };
+        }
+    }
     let probe_started = now_ms();
-    let groups = auto_group_probe(&generation.routing, query, search.nprobe);
+    // A default nprobe widens for large answers: the probed lists must hold the candidates.
+    let nprobe = if search.nprobe_default {
+        IndexShape::of(&generation.manifest)
+            .nprobe_for(search.candidates())
+            .max(search.nprobe)
+    } else {
+        search.nprobe
+    };
+    let groups = auto_group_probe(&generation.routing, query, nprobe);
     let policy = leaves.policy();
     let calls = plan_calls(
         &generation.routing,
         &groups,
-        search.nprobe,
+        nprobe,
         policy.max_calls,
         policy.min_lists_per_call,
         policy.scanners,
     );
     timings.probe = now_ms() - probe_started;
 
-    let scan_started = now_ms();
-    let job = LeafJob {
-        generation: &generation.manifest.generation,
-        query,
-        k: search.candidates() as u32,
-        rerank: search.rerank as u32,
-    };
-    let fan_out = leaves.scan(&job, &calls).await;
-    timings.scan = now_ms() - scan_started;
-    let result = answer(
-        generation, source, &fan_out, search, root_base, timings, now_ms,
-    )
-    .await;
-    RootAnswer { result, fan_out }
+    let mut candidates = search.candidates();
+    let mut rounds = FanOutTotals::default();
+    let mut deepenings = 0;
+    loop {
+        let scan_started = now_ms();
+        let rerank = if search.rerank == 0 {
+            0
+        } else {
+            search.rerank_for(candidates).max(1)
+        };
+        let job = LeafJob {
+            generation: served,
+            query,
+            k: candidates as u32,
+            rerank: rerank as u32,
+        };
+        let fan_out = leaves.scan(&job, &calls).await;
+        timings.scan += now_ms() - scan_started;
+        let merge_started = now_ms();
+        let ranked = rank(generation, source, &fan_out, search).await;
+        timings.merge += now_ms() - merge_started;
+        let saturated = fan_out.candidates.len() >= candidates;
+        let short = ranked
+            .as_ref()
+            .is_ok_and(|ranked| ranked.kept.len() < search.end());
+        if short && saturated && candidates < MAX_RERANK_CANDIDATES && deepenings < MAX_DEEPENINGS {
+            rounds.add(&fan_out);
+            candidates = (2 * candidates).min(MAX_RERANK_CANDIDATES);
+            deepenings += 1;
+            continue;
+        }
+        let fan_out = rounds.fold_into(fan_out);
+        let merge_started = now_ms();
+        let result = match ranked {
+            Ok(ranked) => {
+                answer(
+                    generation, source, &fan_out, search, ranked, root_base, timings,
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        let result = result.map(|mut response| {
+            response.timings.merge += now_ms() - merge_started;
+            response
+        });
+        return RootAnswer { result, fan_out };
+    }
 }
 
-/// The merge and result assembly half of [`search`].
-async fn answer<S: ObjectSource>(
+/// Fan-outs run again with more candidates at most this many times.
+pub const MAX_DEEPENINGS: usize = 2;
+
+/// The counts of the fan-out rounds before the last (usage metering counts every call).
+#[derive(Debug, Default)]
+struct FanOutTotals {
+    calls: u32,
+    gets: u64,
+    bytes_read: u64,
+    scanner_ms: f64,
+}
+
+impl FanOutTotals {
+    fn add(&mut self, fan_out: &FanOut) {
+        self.calls += fan_out.calls;
+        self.gets += fan_out.gets;
+        self.bytes_read += fan_out.bytes_read;
+        self.scanner_ms += fan_out.scanner_ms;
+    }
+
+    fn fold_into(self, mut fan_out: FanOut) -> FanOut {
+        fan_out.calls += self.calls;
+        fan_out.gets += self.gets;
+        fan_out.bytes_read += self.bytes_read;
+        fan_out.scanner_ms += self.scanner_ms;
+        fan_out
+    }
+}
+
+/// The window of one fan-out's ranking: the hits kept after de-duplication and filters, best
+/// first, with the records the filter read (aligned with `kept`, `None` where unread).
+struct Ranked {
+    kept: Vec<Hit>,
+    records: Vec<Option<ItemRecord>>,
+    not_applied: Vec<String>,
+}
+
+/// Merges, de-duplicates (exact, then near) and filters the candidates of one fan-out, up to
+/// the search's window.
+async fn rank<S: ObjectSource>(
     generation: &Generation,
     source: &S,
     fan_out: &FanOut,
     search: &ValidSearch,
-    root_base: &str,
-    mut timings: Timings,
-    now_ms: impl Fn() -> f64,
-) -> Result<SearchResponse, ApiError> {
-    let merge_started = now_ms();
+) -> Result<Ranked, ApiError> {
     let failed_lists = fan_out.failed_lists(&generation.routing);
     if fan_out.lists_scanned() == 0 && !failed_lists.is_empty() {
         let first_error = fan_out.errors.first().cloned().unwrap_or_default();
@@ -119,24 +219,174 @@ async fn answer<S: ObjectSource>(
             ),
         ));
     }
-    let merged = merge(
+    let mut not_applied = Vec::new();
+    let mut pool = merge(
         std::slice::from_ref(&fan_out.candidates),
-        search.k,
-        search.dedup,
+        usize::MAX,
+        search.dedup != Dedup::Off,
     );
-    let refs: Vec<u64> = merged
+    if search.dedup == Dedup::Near {
+        let compared = pool.len().min(NEAR_DEDUP_WINDOW);
+        let hits: Vec<(u64, u32)> = pool[..compared]
+            .iter()
+            .map(|hit| (hit.id, hit.list_id))
+            .collect();
+        match generation.stored_vectors(source, &hits).await {
+            Ok(vectors) => {
+                let dropped = near_duplicates(&vectors, NEAR_DUPLICATE_COSINE);
+                let mut position = 0;
+                pool.retain(|_| {
+                    let keep = !dropped.get(position).copied().unwrap_or(false);
+                    position += 1;
+                    keep
+                });
+            }
+            // Without stored copies there is nothing to compare: exact duplicates only.
+            Err(GenerationError::NoVectorCopies) => not_applied.push("dedup_near".to_string()),
+            Err(error) => return Err(generation_error(error)),
+        }
+    }
+    if !search.safety {
+        pool.truncate(search.window());
+        let records = vec![None; pool.len()];
+        return Ok(Ranked {
+            kept: pool,
+            records,
+            not_applied,
+        });
+    }
+    safety_filter(generation, source, pool, search, not_applied).await
+}
+
+/// Keeps the pool's hits whose record says `NSFW: UNLIKELY`, reading records in rank order
+/// until the page's end is filled. When the first records read carry no `NSFW` column, the
+/// catalog has none: nothing is dropped and the answer says `safety` was not applied.
+async fn safety_filter<S: ObjectSource>(
+    generation: &Generation,
+    source: &S,
+    pool: Vec<Hit>,
+    search: &ValidSearch,
+    mut not_applied: Vec<String>,
+) -> Result<Ranked, ApiError> {
+    let end = search.end();
+    let mut kept = Vec::with_capacity(end.min(pool.len()));
+    let mut records = Vec::with_capacity(end.min(pool.len()));
+    let mut read = 0;
+    let mut column_seen = false;
+    while kept.len() < end && read < pool.len() {
+        // The first batch only tells whether the catalog has the column: keep it small.
+        let wanted = 2 * (end - kept.len());
+        let batch_len = if read == 0 {
+            wanted.clamp(1, 64)
+        } else {
+            wanted.clamp(32, 2 * MAX_FILTERED_RESULTS)
+        };
+        let batch_end = (read + batch_len).min(pool.len());
+        let refs: Vec<u64> = pool[read..batch_end]
+            .iter()
+            .map(|hit| hit.metadata_ref)
+            .collect();
+        let batch = generation
+            .records(source, &refs)
+            .await
+            .map_err(generation_error)?;
+        let first_batch = read == 0;
+        if first_batch {
+            column_seen = batch
+                .iter()
+                .any(|record| record.extra.contains_key(SAFETY_COLUMN));
+            if !column_seen {
+                not_applied.push("safety".to_string());
+                let mut pool = pool;
+                pool.truncate(search.window());
+                let mut records: Vec<Option<ItemRecord>> = batch.into_iter().map(Some).collect();
+                records.resize(pool.len(), None);
+                return Ok(Ranked {
+                    kept: pool,
+                    records,
+                    not_applied,
+                });
+            }
+            if end > MAX_FILTERED_RESULTS {
+                return Err(ApiError::new(
+                    ErrorCode::KOutOfRange,
+                    format!(
+                        "the safety filter reads the catalog record of every result, so offset \
+                         + k (here {end}) may be at most {MAX_FILTERED_RESULTS} with it; turn \
+                         it off for more"
+                    ),
+                ));
+            }
+        }
+        for (hit, record) in pool[read..batch_end].iter().zip(batch) {
+            let safe = record
+                .extra
+                .get(SAFETY_COLUMN)
+                .and_then(|value| value.as_str())
+                .is_some_and(|value| value.eq_ignore_ascii_case(SAFE_VALUE));
+            if safe && kept.len() < end {
+                kept.push(*hit);
+                records.push(Some(record));
+            }
+        }
+        read = batch_end;
+    }
+    debug_assert!(column_seen);
+    Ok(Ranked {
+        kept,
+        records,
+        not_applied,
+    })
+}
+
+/// The answer's page of a ranking: its hits with their records (those the filter did not
+/// read already are read now).
+async fn answer<S: ObjectSource>(
+    generation: &Generation,
+    source: &S,
+    fan_out: &FanOut,
+    search: &ValidSearch,
+    ranked: Ranked,
+    root_base: &str,
+    timings: Timings,
+) -> Result<SearchResponse, ApiError> {
+    let failed_lists = fan_out.failed_lists(&generation.routing);
+    let Ranked {
+        kept,
+        records,
+        not_applied,
+    } = ranked;
+    let page_start = search.offset.min(kept.len());
+    let page_end = search.end().min(kept.len());
+    let page = &kept[page_start..page_end];
+    let known_records = &records[page_start..page_end];
+    let with_records = search.records.min(page.len());
+    let unread: Vec<u64> = page[..with_records]
         .iter()
-        .take(search.records)
-        .map(|hit| hit.metadata_ref)
+        .zip(known_records)
+        .filter(|(_, record)| record.is_none())
+        .map(|(hit, _)| hit.metadata_ref)
         .collect();
-    let records = generation
-        .records(source, &refs)
+    let mut read = generation
+        .records(source, &unread)
         .await
-        .map_err(generation_error)?;
-    let results = items_with_records(&merged, records, root_base);
-    timings.merge = now_ms() - merge_started;
+        .map_err(generation_error)?
+        .into_iter();
+    let page_records: Vec<ItemRecord> = known_records[..with_records]
+        .iter()
+        .map(|known| match known {
+            Some(record) => record.clone(),
+            None => read.next().unwrap_or_default(),
+        })
+        .collect();
+    let results = items_with_records(page, page_records, root_base);
+    let next_offset = (search.paged && kept.len() > page_end).then_some(page_end);
     Ok(SearchResponse {
         results,
+        generation: generation.manifest.generation.clone(),
+        offset: search.offset,
+        next_offset,
+        not_applied,
         partial: !failed_lists.is_empty(),
         failed_lists,
         timings,
@@ -284,8 +534,13 @@ mod tests {
             k,
             nprobe,
             rerank: 2,
-            dedup: true,
+            dedup: Dedup::Exact,
             records: k,
+            offset: 0,
+            paged: false,
+            generation: None,
+            safety: false,
+            nprobe_default: false,
         }
     }
 
@@ -324,6 +579,44 @@ mod tests {
         assert_eq!(ids, vec![0, 2, 3, 4], "list 1 repeats list 0's image");
         assert!(!response.partial && response.failed_lists.is_empty());
         assert_eq!(response.stats.scanner_calls, calls.len() as u32);
+    }
+
+    #[test]
+    fn pages_cut_one_ranking_and_name_the_generation() {
+        let leaves = ScriptedLeaves {
+            max_calls: 3,
+            failing: Vec::new(),
+            seen_calls: RefCell::default(),
+        };
+        let page = |offset: usize, generation: Option<&str>| {
+            let search = ValidSearch {
+                offset,
+                paged: true,
+                generation: generation.map(str::to_string),
+                ..valid_search(3, 8)
+            };
+            run(&leaves, &search).result
+        };
+        let ids = |response: &SearchResponse| -> Vec<u64> {
+            response.results.iter().map(|item| item.id).collect()
+        };
+        let first = page(0, None).unwrap();
+        assert_eq!(ids(&first), vec![0, 2, 3]);
+        assert_eq!(first.generation, "0001700000000000-deadbeef");
+        assert_eq!(first.next_offset, Some(3));
+        let second = page(3, Some(&first.generation)).unwrap();
+        assert_eq!(ids(&second), vec![4, 5, 6]);
+        let last = page(6, Some(&first.generation)).unwrap();
+        assert_eq!((ids(&last), last.next_offset), (vec![7], None));
+        let moved = page(3, Some("0001600000000000-cafebabe")).unwrap_err();
+        assert_eq!(
+            (moved.code, moved.status()),
+            (ErrorCode::GenerationChanged, 409)
+        );
+        assert!(
+            moved.message.contains("0001600000000000-cafebabe"),
+            "{moved:?}"
+        );
     }
 
     #[test]

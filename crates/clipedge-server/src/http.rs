@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use clipedge_api::clip_retrieval::{
-    knn_results, metadata_entries, not_applied_header, parse_knn_request, parse_metadata_request,
-    IndexShape, NOT_APPLIED_HEADER,
+    knn_not_applied, knn_results, metadata_entries, not_applied_header, parse_knn_request,
+    parse_metadata_request, IndexShape, NOT_APPLIED_HEADER,
 };
 use clipedge_api::web::{media_content_type, media_not_found, media_object, MEDIA_CACHE_CONTROL};
 use clipedge_api::{parse_search_request, server_timing, ApiError, ErrorCode};
@@ -63,6 +63,11 @@ async fn search(State(indexes): State<Arc<Indexes>>, body: Bytes) -> Response {
             if let Ok(value) = HeaderValue::from_str(&server_timing(&response.timings)) {
                 http.headers_mut().insert("server-timing", value);
             }
+            if let Some(not_applied) = not_applied_header(&response.not_applied) {
+                if let Ok(value) = HeaderValue::from_str(&not_applied) {
+                    http.headers_mut().insert(NOT_APPLIED_HEADER, value);
+                }
+            }
             http
         }
         Err(error) => {
@@ -99,7 +104,8 @@ async fn knn_service(State(indexes): State<Arc<Indexes>>, body: Bytes) -> Respon
     if let Ok(value) = HeaderValue::from_str(&server_timing(&response.timings)) {
         http.headers_mut().insert("server-timing", value);
     }
-    if let Some(not_applied) = not_applied_header(&knn.not_applied) {
+    let not_applied = knn_not_applied(&knn.not_applied, &response.not_applied);
+    if let Some(not_applied) = not_applied_header(&not_applied) {
         if let Ok(value) = HeaderValue::from_str(&not_applied) {
             http.headers_mut().insert(NOT_APPLIED_HEADER, value);
         }
