@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One nightly rebuild: find the CUDA libraries, sync the embeddings, run the job.
+# One nightly rebuild: find the CUDA libraries, run the job (it mirrors an s3:// source).
 # Exit codes are the job's: 0 published, 3 refused by the recall gate, 2 error.
 set -euo pipefail
 : "${CLIPEDGE_INDEX:?}" "${CLIPEDGE_EMBEDDINGS_REMOTE:?}" "${CLIPEDGE_WORK:?}" "${CLIPEDGE_BIN:?}"
@@ -10,13 +10,12 @@ if cuda_lib=$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[
   export LD_LIBRARY_PATH="$cuda_lib:${LD_LIBRARY_PATH:-}"
 fi
 
-mkdir -p "$CLIPEDGE_WORK/embeddings" "$CLIPEDGE_WORK/spill"
-# The job reads local files; sources on s3:// are synced first (aws cli or rclone).
-aws s3 sync --only-show-errors ${AWS_ENDPOINT_URL:+--endpoint-url "$AWS_ENDPOINT_URL"} \
-  "$CLIPEDGE_EMBEDDINGS_REMOTE" "$CLIPEDGE_WORK/embeddings"
-
+mkdir -p "$CLIPEDGE_WORK/spill"
+# An s3:// source is mirrored by the job itself into the spill folder (ranged GETs; the next
+# night fetches only what changed). Source and index share the AWS_* credentials and endpoint;
+# for a source elsewhere, sync it to local disk first and pass the folder instead.
 exec "$CLIPEDGE_BIN" run \
-  --source "$CLIPEDGE_WORK/embeddings" \
+  --source "$CLIPEDGE_EMBEDDINGS_REMOTE" \
   --out "$CLIPEDGE_INDEX" \
   --device auto \
   --config "${CLIPEDGE_CONFIG:-/opt/clipedge/nightly.toml}" \

@@ -19,6 +19,7 @@ mod lifecycle;
 mod metadata;
 mod pipeline;
 mod progress;
+pub mod remote;
 mod source;
 #[cfg(test)]
 mod test_support;

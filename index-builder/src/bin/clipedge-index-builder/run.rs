@@ -23,9 +23,10 @@ use crate::progress::StderrProgress;
 #[derive(Args)]
 pub struct RunArgs {
     /// Embeddings: a clip-retrieval output folder (embeddings/img_emb/img_emb_N.npy, float16
-    /// or float32) or one .npy/.fvecs file.
+    /// or float32) or one .npy/.fvecs file; or such a folder on object storage
+    /// (s3://bucket/prefix), mirrored under the spill directory first.
     #[arg(long)]
-    source: PathBuf,
+    source: String,
     /// Index root: a directory, file:// URL or s3://bucket/prefix.
     #[arg(long)]
     out: String,
@@ -160,6 +161,8 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
 
 #[derive(Serialize)]
 struct Stages {
+    /// Mirroring an object-storage source to local disk (0 for a local source).
+    fetch_s: f64,
     ingest_s: f64,
     train_s: f64,
     assign_s: f64,
@@ -260,9 +263,44 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     }
     let started = Instant::now();
 
+    let spill_dir = settings
+        .spill_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    let fetch_started = Instant::now();
+    let source_path = if clipedge_index_builder::remote::is_remote(&args.source) {
+        // One folder per source URL, so the next run finds its mirror and fetches only what
+        // changed.
+        let folder = format!(
+            "clipedge-source-{:016x}",
+            xxhash_rust::xxh3::xxh3_64(args.source.as_bytes())
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let (root, report) = runtime
+            .block_on(clipedge_index_builder::remote::mirror_source(
+                &args.source,
+                &spill_dir.join(folder),
+            ))
+            .with_context(|| format!("mirroring source {}", args.source))?;
+        eprintln!(
+            "run: mirrored {} file(s), {} bytes ({} fetched) from {} to {}",
+            report.files,
+            report.bytes,
+            report.fetched_bytes,
+            args.source,
+            root.display()
+        );
+        root
+    } else {
+        PathBuf::from(args.source.strip_prefix("file://").unwrap_or(&args.source))
+    };
+    let fetch_s = fetch_started.elapsed().as_secs_f64();
     let ingest_started = Instant::now();
-    let source = EmbeddingSource::open(&args.source)
-        .with_context(|| format!("opening source {}", args.source.display()))?;
+    let source = EmbeddingSource::open(&source_path)
+        .with_context(|| format!("opening source {}", source_path.display()))?;
     let dim = source.dim();
     let n = source.len();
     let nlist = match settings.nlist {
@@ -305,7 +343,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut queries = source
         .sample(settings.gate_sample.unwrap_or(500), config.seed ^ 0x6a7e)
         .context("reading the gate queries")?;
-    if let Some(text_folder) = text_embeddings(&args.source) {
+    if let Some(text_folder) = text_embeddings(&source_path) {
         let texts = EmbeddingSource::open(&text_folder)
             .with_context(|| format!("opening text embeddings {}", text_folder.display()))?;
         if texts.dim() != dim {
@@ -363,10 +401,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut truth = ExactTopK::new(queries.clone(), dim, 10)?;
     let options = StreamOptions {
         batch_rows: settings.batch_rows.unwrap_or(65_536),
-        spill_dir: settings
-            .spill_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir),
+        spill_dir,
     };
     let (manifest, write_seconds) = runtime
         .block_on(write_generation_streamed(
@@ -455,6 +490,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         train_size: trained.train_size,
         device: device.name(),
         seconds: Stages {
+            fetch_s,
             ingest_s,
             train_s,
             assign_s: write_seconds.assign_s,
