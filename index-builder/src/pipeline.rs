@@ -402,8 +402,12 @@ fn list_blob_from_entries(
 }
 
 /// The catalog of a streamed build: records appended to a local file as rows stream past, each
-/// row's list and metadata reference kept for the id table (12 bytes a row in memory; the
-/// catalog is one object, so its size — not this — is what bounds a catalogued build).
+/// row's list and metadata reference kept for the id table (12 bytes a row in memory), then
+/// uploaded in [`CATALOG_PART_BYTES`] parts (a multipart upload past one part).
+/// Part size of the catalog's upload: S3 wants ≥ 5 MiB parts and at most 10,000 of them, so
+/// this reaches 640 GB.
+const CATALOG_PART_BYTES: usize = 64 << 20;
+
 struct CatalogSpill {
     reader: MetadataReader,
     records_offset: u64,
@@ -470,27 +474,42 @@ impl CatalogSpill {
             .into_inner()
             .map_err(|error| spill_error(&records_path, error.into_error()))?;
         let items = refs.len() as u64;
-        let mut bytes =
+        let head =
             catalog_head(&lists, &refs).map_err(|error| BuildError::Input(error.to_string()))?;
         drop((lists, refs));
-        File::open(&records_path)
-            .and_then(|mut file| file.read_to_end(&mut bytes))
-            .map_err(|error| spill_error(&records_path, error))?;
-        let catalog = CatalogRef {
-            path: "catalog.bin".to_string(),
-            bytes: bytes.len() as u64,
-            crc32: clipedge_format::checksum(&bytes),
+        let records_file =
+            File::open(&records_path).map_err(|error| spill_error(&records_path, error))?;
+        // Streamed in parts, never whole in memory: at a billion rows the records alone are
+        // hundreds of GB, and one S3 PUT stops at 5 GB.
+        let mut reader = std::io::Cursor::new(head)
+            .chain(std::io::BufReader::with_capacity(1 << 20, records_file));
+        let mut checksum = clipedge_format::Checksum::default();
+        let parts = std::iter::from_fn(|| {
+            let mut part = Vec::with_capacity(CATALOG_PART_BYTES);
+            match (&mut reader)
+                .take(CATALOG_PART_BYTES as u64)
+                .read_to_end(&mut part)
+            {
+                Ok(0) => None,
+                Ok(_) => {
+                    checksum.update(&part);
+                    Some(Ok(Bytes::from(part)))
+                }
+                Err(error) => Some(Err(error)),
+            }
+        });
+        let path = "catalog.bin";
+        let bytes = storage
+            .put_new_parts(&generation_path(generation, path), parts)
+            .await?;
+        Ok(CatalogRef {
+            path: path.to_string(),
+            bytes,
+            crc32: checksum.finish(),
             items,
             block_items: CATALOG_BLOCK_ITEMS,
             records_offset,
-        };
-        storage
-            .put_new(
-                &generation_path(generation, &catalog.path),
-                Bytes::from(bytes),
-            )
-            .await?;
-        Ok(catalog)
+        })
     }
 }
 

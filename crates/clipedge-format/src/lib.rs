@@ -37,6 +37,20 @@ pub fn checksum(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
 
+/// [`checksum`] of bytes that arrive in pieces (an object streamed in parts).
+#[derive(Debug, Clone, Default)]
+pub struct Checksum(crc32fast::Hasher);
+
+impl Checksum {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finish(self) -> u32 {
+        self.0.finalize()
+    }
+}
+
 /// Object name of a generation's file, relative to the index root.
 pub fn generation_path(generation: &str, file: &str) -> String {
     format!("generations/{generation}/{file}")

@@ -12,6 +12,12 @@ pub enum StorageError {
     Precondition { path: String },
     #[error("range {start}..{end} is outside object {path}")]
     Range { path: String, start: u64, end: u64 },
+    #[error("reading the data of {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("storage error on {path} after {attempts} attempt(s)")]
     Backend {
         path: String,
