@@ -51,6 +51,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     runtime.block_on(serve_index(
         &specs,
         encoder,
+        None,
         &args.bind,
         &label,
         clipedge_server::ServeOptions::default(),

@@ -17,6 +17,11 @@ pub struct ServeArgs {
     /// Text model package the index was built with (its fingerprint must match the manifest's).
     #[arg(long, default_value = "models/minilm-l6-v2")]
     model: PathBuf,
+    /// A multilingual text tower for clip-retrieval's `use_mclip` and `/v1`'s
+    /// `"multilingual": true` (M-CLIP): a package whose card's `aligned_to` names the index
+    /// model's fingerprint. Without it those queries get 422 `multilingual_unsupported`.
+    #[arg(long)]
+    multilingual_model: Option<PathBuf>,
     /// Address to listen on (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     bind: String,
@@ -160,6 +165,7 @@ fn index_specs(indexes: &[String], first_name: Option<&str>) -> anyhow::Result<V
 pub(crate) async fn serve_index(
     specs: &[IndexSpec],
     encoder: Arc<TextEncoder>,
+    multilingual: Option<Arc<TextEncoder>>,
     bind: &str,
     label: &str,
     options: ServeOptions,
@@ -172,9 +178,14 @@ pub(crate) async fn serve_index(
         } else {
             index_media_base(&spec.name)
         };
-        let engine = Engine::open(&spec.location, Some(encoder.clone()), &root_base, label)
+        let mut engine = Engine::open(&spec.location, Some(encoder.clone()), &root_base, label)
             .await
             .with_context(|| format!("serving index {:?}", spec.name))?;
+        if let Some(multilingual) = &multilingual {
+            engine = engine
+                .with_multilingual(multilingual.clone())
+                .with_context(|| format!("serving index {:?}", spec.name))?;
+        }
         engines.push(engine.with_name(&spec.name));
     }
     let indexes = Indexes::new(engines)?;
@@ -203,8 +214,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let options = args.options()?;
     let specs = index_specs(&args.index, args.index_name.as_deref())?;
     let encoder = load_encoder(&args.model)?;
+    let multilingual = args
+        .multilingual_model
+        .as_ref()
+        .map(load_encoder)
+        .transpose()?;
     let label = args.label.unwrap_or_else(|| default_label(&encoder));
-    runtime()?.block_on(serve_index(&specs, encoder, &args.bind, &label, options))
+    runtime()?.block_on(serve_index(
+        &specs,
+        encoder,
+        multilingual,
+        &args.bind,
+        &label,
+        options,
+    ))
 }
 
 #[cfg(test)]

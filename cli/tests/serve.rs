@@ -295,3 +295,90 @@ fn refuses_an_index_built_with_another_model() {
     assert!(error.contains("fingerprint"), "{error}");
     assert!(error.contains("other-model"), "{error}");
 }
+
+/// A stand-in for an M-CLIP package: the demo model's files under another name, trained (its
+/// card says) into the index model's space, and not normalising its output — so its answers
+/// rank alike but score differently, which shows which tower encoded a query.
+fn multilingual_copy(into: &std::path::Path) -> std::path::PathBuf {
+    let source = support::model_dir();
+    let package = into.join("multilingual");
+    std::fs::create_dir_all(&package).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, package.join(path.file_name().unwrap())).unwrap();
+    }
+    let card = std::fs::read_to_string(source.join("model.toml")).unwrap();
+    let fingerprint = card
+        .lines()
+        .find_map(|line| line.strip_prefix("fingerprint = \""))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the card's fingerprint")
+        .to_string();
+    let card = card
+        .replace("name = \"minilm-l6-v2\"", "name = \"test-multilingual\"")
+        .replace("normalize = true", "normalize = false");
+    std::fs::write(
+        package.join("model.toml"),
+        format!("{card}aligned_to = \"{fingerprint}\"\n"),
+    )
+    .unwrap();
+    package
+}
+
+#[test]
+fn a_multilingual_tower_answers_use_mclip_and_multilingual_queries() {
+    let work = tempfile::tempdir().unwrap();
+    let package = multilingual_copy(work.path());
+    let server = Server::start_with_args(
+        &demo_index(),
+        &support::model_dir(),
+        &["--multilingual-model".as_ref(), package.as_os_str()],
+    )
+    .expect("clipedge serve starts with a multilingual tower");
+    let scores = |response: &support::Response| -> Vec<f64> {
+        response.json()["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|result| result["score"].as_f64().unwrap())
+            .collect()
+    };
+    let plain = search(server.port, &json!({"text": "a dog on the beach", "k": 5}));
+    let multilingual = search(
+        server.port,
+        &json!({"text": "a dog on the beach", "k": 5, "multilingual": true}),
+    );
+    assert_eq!((plain.status, multilingual.status), (200, 200));
+    assert_eq!(ids(&plain), ids(&multilingual));
+    let (plain_scores, multilingual_scores) = (scores(&plain), scores(&multilingual));
+    assert!(
+        (plain_scores[0] - multilingual_scores[0]).abs() > 1e-3,
+        "the multilingual tower did not encode it: {plain_scores:?} vs {multilingual_scores:?}"
+    );
+
+    let knn = |use_mclip: bool| {
+        let body = json!({
+            "text": "a dog on the beach", "image": null, "image_url": null,
+            "embedding_input": null, "modality": "image", "num_images": 5,
+            "indice_name": "demo-index", "num_result_ids": 5, "use_mclip": use_mclip,
+            "deduplicate": false, "use_safety_model": false,
+            "use_violence_detector": false, "aesthetic_score": "", "aesthetic_weight": "",
+        });
+        request(
+            server.port,
+            "POST",
+            "/knn-service",
+            Some(body.to_string().as_bytes()),
+        )
+    };
+    let with_mclip = knn(true);
+    assert_eq!(
+        with_mclip.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&with_mclip.body)
+    );
+    let first = |response: &support::Response| response.json()[0]["similarity"].as_f64().unwrap();
+    assert!((first(&with_mclip) - multilingual_scores[0]).abs() < 1e-4);
+    assert!((first(&knn(false)) - plain_scores[0]).abs() < 1e-4);
+}

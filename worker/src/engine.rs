@@ -329,6 +329,12 @@ impl<'a> RequestContext<'a> {
     ) -> Result<Vec<f32>, ApiError> {
         match query {
             Query::Vector(vector) => Ok(vector),
+            Query::MultilingualText(_) => Err(ApiError::new(
+                ErrorCode::MultilingualUnsupported,
+                "the edge front runs no multilingual text tower (an XLM-R-sized tower does not \
+                 fit an isolate's 128 MB beside the CLIP one): search with use_mclip false, or \
+                 through clipedge serve --multilingual-model",
+            )),
             Query::Id(id) => generation
                 .stored_vector(&self.index(), id)
                 .await

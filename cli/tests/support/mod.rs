@@ -60,6 +60,15 @@ impl Server {
 
     /// Starts the server; on failure returns its stderr.
     pub fn start_with(index: &Path, model: &Path) -> Result<Server, String> {
+        Self::start_with_args(index, model, &[])
+    }
+
+    /// [`Server::start_with`] with more `clipedge serve` arguments.
+    pub fn start_with_args(
+        index: &Path,
+        model: &Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<Server, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_clipedge"))
             .arg("serve")
             .arg("--index")
@@ -68,6 +77,7 @@ impl Server {
             .arg(model)
             .arg("--bind")
             .arg("127.0.0.1:0")
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -326,15 +326,6 @@ impl KnnRequest {
                 "give one of text, image, image_url or embedding_input",
             ));
         };
-        if self.use_mclip == Some(true) {
-            // Answering with the monolingual tower would look like a working multilingual
-            // search; say so instead.
-            return Err(ApiError::new(
-                ErrorCode::MultilingualUnsupported,
-                "use_mclip needs a multilingual text tower, and none is configured for this \
-                 index: search with use_mclip false",
-            ));
-        }
         // clip_back's `deduplicate` removes near-duplicates by embedding.
         let dedup = if self.deduplicate.unwrap_or(false) {
             Dedup::Near
@@ -342,7 +333,12 @@ impl KnnRequest {
             Dedup::Off
         };
         let one_result = query_request.validate(index.dim)?;
-        let query: Query = one_result.query;
+        // A front without a multilingual tower answers 422 rather than encode with the
+        // monolingual one, which would look like a working multilingual search.
+        let query: Query = match one_result.query {
+            Query::Text(text) if self.use_mclip == Some(true) => Query::MultilingualText(text),
+            query => query,
+        };
 
         let mut search = ValidSearch {
             query,
@@ -586,14 +582,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(knn.not_applied, vec!["aesthetic_score"]);
-        // No multilingual tower is configured: said, not silently ignored.
-        let error =
-            validate(r#"{"indice_name":"laion","num_images":1,"text":"x","use_mclip":true}"#)
-                .unwrap_err();
-        assert_eq!(
-            (error.code, error.status()),
-            (ErrorCode::MultilingualUnsupported, 422)
-        );
+        // The front decides whether it has a multilingual tower (422 if not).
+        let knn = validate(r#"{"indice_name":"laion","num_images":1,"text":"x","use_mclip":true}"#)
+            .unwrap();
+        assert_eq!(knn.search.query, Query::MultilingualText("x".to_string()));
     }
 
     #[test]

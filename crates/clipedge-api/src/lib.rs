@@ -104,6 +104,9 @@ pub struct SearchRequest {
     /// such column the answer says it was not applied ([`NOT_APPLIED_HEADER`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety: Option<bool>,
+    /// Encode `text` with the front's multilingual text tower (clip-retrieval's `use_mclip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multilingual: Option<bool>,
     /// The served index to search, by name (`GET /indices-list`); absent: the default (first)
     /// index. The front selects with it before validating; an unknown name is 404
     /// `unknown_index`.
@@ -116,6 +119,9 @@ pub struct SearchRequest {
 pub enum Query {
     /// Encode this text with the text tower.
     Text(String),
+    /// Encode this text with the multilingual text tower (`"multilingual": true`,
+    /// clip-retrieval's `use_mclip`): one trained into the index's embedding space (M-CLIP).
+    MultilingualText(String),
     /// Search with this embedding as is.
     Vector(Vec<f32>),
     /// "More like this": search with the stored vector of this id.
@@ -492,7 +498,11 @@ impl SearchRequest {
                     format!("text has {chars} characters, the limit is {MAX_TEXT_CHARS}"),
                 ));
             }
-            Query::Text(text)
+            if self.multilingual == Some(true) {
+                Query::MultilingualText(text)
+            } else {
+                Query::Text(text)
+            }
         } else if let Some(vector) = self.vector {
             if vector.len() != dim {
                 return Err(ApiError::new(

@@ -941,6 +941,7 @@ pub fn v1_search(data: &[u8]) {
             offset: u.arbitrary()?,
             generation: None,
             safety: u.arbitrary()?,
+            multilingual: u.arbitrary()?,
             index: None,
         };
         let body = serde_json::to_vec(&request).expect("a request serializes");
@@ -977,7 +978,7 @@ fn check_search_request(request: SearchRequest, dim: usize) {
     assert!(search.candidates() >= search.k && search.records == search.k);
     assert!(search.candidates() * search.rerank.max(1) <= MAX_RERANK_CANDIDATES);
     match &search.query {
-        Query::Text(text) => {
+        Query::Text(text) | Query::MultilingualText(text) => {
             assert!(!text.trim().is_empty());
             assert!(text.chars().count() <= clipedge_api::MAX_TEXT_CHARS);
         }

@@ -51,6 +51,17 @@ pub enum EngineError {
         model_dim: usize,
         index_dim: u32,
     },
+    #[error(
+        "multilingual text model {model} is aligned to {aligned_to}, but the index was built \
+         with {index_model} (fingerprint {index_fingerprint}): its card's aligned_to must name \
+         that fingerprint"
+    )]
+    MultilingualNotAligned {
+        model: String,
+        aligned_to: String,
+        index_model: String,
+        index_fingerprint: String,
+    },
     #[error(transparent)]
     Storage(#[from] clipedge_storage::StorageError),
 }
@@ -59,6 +70,8 @@ pub enum EngineError {
 pub struct Engine {
     reader: IndexReader,
     encoder: Option<Arc<TextEncoder>>,
+    /// The tower `use_mclip` / `"multilingual": true` queries are encoded with.
+    multilingual: Option<Arc<TextEncoder>>,
     root_base: String,
     label: String,
     /// The name clip-retrieval clients select this index by (`indice_name`).
@@ -122,6 +135,7 @@ impl Engine {
         Ok(Engine {
             reader,
             encoder,
+            multilingual: None,
             root_base: root_base.to_string(),
             label: label.to_string(),
             name: clipedge_api::clip_retrieval::index_name(location),
@@ -201,6 +215,41 @@ impl Engine {
         })
     }
 
+    /// Adds the multilingual text tower: one trained into the embedding space of the tower
+    /// the index was built with (its card's `aligned_to` names that fingerprint), of the
+    /// index's dimension.
+    pub fn with_multilingual(
+        mut self,
+        encoder: Arc<TextEncoder>,
+    ) -> Result<Engine, Box<EngineError>> {
+        let manifest = self.reader.manifest();
+        let card = encoder.card();
+        let index_fingerprint = &manifest.model.fingerprint;
+        let aligned = card.fingerprint == *index_fingerprint
+            || card.aligned_to.as_deref() == Some(index_fingerprint.as_str());
+        if !aligned {
+            return Err(Box::new(EngineError::MultilingualNotAligned {
+                model: card.name.clone(),
+                aligned_to: card
+                    .aligned_to
+                    .clone()
+                    .unwrap_or_else(|| "nothing".to_string()),
+                index_model: manifest.model.id.clone(),
+                index_fingerprint: index_fingerprint.clone(),
+            }));
+        }
+        if card.dim != manifest.dim as usize {
+            return Err(Box::new(EngineError::DimensionMismatch {
+                location: self.name.clone(),
+                model: card.name.clone(),
+                model_dim: card.dim,
+                index_dim: manifest.dim,
+            }));
+        }
+        self.multilingual = Some(encoder);
+        Ok(self)
+    }
+
     async fn query_vector<S: ObjectSource>(
         &self,
         query: Query,
@@ -208,6 +257,21 @@ impl Engine {
     ) -> Result<Vec<f32>, ApiError> {
         match query {
             Query::Vector(vector) => Ok(vector),
+            Query::MultilingualText(text) => {
+                let Some(encoder) = self.multilingual.clone() else {
+                    return Err(ApiError::new(
+                        ErrorCode::MultilingualUnsupported,
+                        "no multilingual text tower is configured for this index: search with \
+                         use_mclip false, or start clipedge serve with --multilingual-model",
+                    ));
+                };
+                let encoding = tokio::task::spawn_blocking(move || encoder.encode(&text))
+                    .await
+                    .map_err(|error| internal("text encoder task failed", error))?;
+                encoding
+                    .map(|encoding| encoding.embedding)
+                    .map_err(text_encode_error)
+            }
             Query::Text(text) => {
                 let Some(encoder) = self.encoder.clone() else {
                     return Err(ApiError::new(

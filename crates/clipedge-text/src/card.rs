@@ -43,6 +43,11 @@ pub struct ModelCard {
     pub fingerprint: String,
     #[serde(default)]
     pub source: Option<String>,
+    /// Fingerprint of the text tower whose embedding space this one was trained into (M-CLIP's
+    /// XLM-R tower: CLIP's text tower). Such a tower may encode queries for an index built with
+    /// that fingerprint, as a front's multilingual tower.
+    #[serde(default)]
+    pub aligned_to: Option<String>,
     /// File names inside the package; defaults are the documented ones.
     #[serde(default = "default_onnx_file")]
     pub onnx_file: String,
