@@ -448,7 +448,8 @@ impl SearchRequest {
     pub fn validate(self, dim: usize) -> Result<ValidSearch, ApiError> {
         let k = check_range(self.k, DEFAULT_K, 1, MAX_K, "k", ErrorCode::KOutOfRange)?;
         let offset = self.offset.unwrap_or(0);
-        if offset + k > MAX_K {
+        // Checked: a client may send any usize (the fuzzer sent one that overflowed).
+        if offset.checked_add(k).is_none_or(|end| end > MAX_K) {
             return Err(ApiError::new(
                 ErrorCode::OffsetOutOfRange,
                 format!(
@@ -864,6 +865,10 @@ mod tests {
         assert_eq!(code(r#"{"text":"x","k":10001}"#), ErrorCode::KOutOfRange);
         assert_eq!(
             code(r#"{"text":"x","k":100,"offset":9901}"#),
+            ErrorCode::OffsetOutOfRange
+        );
+        assert_eq!(
+            code(r#"{"text":"x","k":100,"offset":18446744073709551615}"#),
             ErrorCode::OffsetOutOfRange
         );
         assert_eq!(
