@@ -1,7 +1,7 @@
 //! The forward pass: embeddings, blocks, pooling. Everything but the integer GEMM is plain f32
 //! Rust shared by all kernels.
 
-use super::kernels::{gemm_u8i8_with, Kernel};
+use super::kernels::{gemm_u8i8_with, GemmScratch, Kernel};
 use super::{Activation, Family, Int8Model, Int8Pooling, Linear, Norm};
 
 /// How the linears run.
@@ -30,8 +30,8 @@ struct Scratch {
     act_scales: Vec<f32>,
     act_offsets: Vec<f32>,
     dots: Vec<i32>,
-    /// The quantized activations widened to i16 (the SIMD kernels' operand).
-    wide: Vec<i16>,
+    /// The quantized activations as the wasm kernels read them.
+    gemm: GemmScratch,
 }
 
 pub fn run(model: &Int8Model, ids: &[u32], linears: Linears) -> Vec<f32> {
@@ -52,7 +52,7 @@ pub fn run(model: &Int8Model, ids: &[u32], linears: Linears) -> Vec<f32> {
         act_scales: vec![0.0; tokens],
         act_offsets: vec![0.0; tokens],
         dots: vec![0; tokens * widest],
-        wide: Vec::with_capacity(tokens * width.max(mlp)),
+        gemm: GemmScratch::default(),
     };
     embed(model, ids, &mut scratch.x);
     if let Some(norm) = &model.embedding_norm {
@@ -261,7 +261,7 @@ fn linear(
                 quantized,
                 tokens,
                 dots,
-                &mut s.wide,
+                &mut s.gemm,
             );
             for (t, (out_row, dot_row)) in output
                 .chunks_exact_mut(rows)

@@ -124,12 +124,21 @@ pub fn gemm_u8i8(
         acts,
         tokens,
         out,
-        &mut Vec::new(),
+        &mut GemmScratch::default(),
     );
 }
 
-/// [`gemm_u8i8`] with a caller-kept buffer for the activations widened to i16 (the simd128
-/// kernel widens them once per call, not once per weight row block).
+/// The activations in the form a wasm kernel reads, made once per GEMM call (not once per
+/// weight row block) in buffers the caller keeps across calls.
+#[derive(Default)]
+pub(crate) struct GemmScratch {
+    /// simd128: the activations widened to i16 (`tokens × cols`).
+    wide: Vec<i16>,
+    /// relaxed SIMD: per token, `h = u >> 1` (`cols` bytes) then `u − h` (`cols` bytes).
+    halves: Vec<u8>,
+}
+
+/// [`gemm_u8i8`] with caller-kept buffers for the activations as the wasm kernels read them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_u8i8_with(
     kernel: Kernel,
@@ -139,11 +148,13 @@ pub(crate) fn gemm_u8i8_with(
     acts: &[u8],
     tokens: usize,
     out: &mut [i32],
-    wide: &mut Vec<i16>,
+    scratch: &mut GemmScratch,
 ) {
     assert!(weights.len() >= rows * cols, "weights too short");
     assert!(acts.len() >= tokens * cols, "activations too short");
     assert!(out.len() >= tokens * rows, "output too short");
+    #[allow(unused_variables)]
+    let GemmScratch { wide, halves } = scratch;
     #[allow(unused_mut, unused_variables)]
     let mut widen = || {
         wide.resize(tokens * cols, 0);
@@ -166,6 +177,7 @@ pub(crate) fn gemm_u8i8_with(
                     cols,
                     acts,
                     wide: &[],
+                    halves: &[],
                     tokens,
                 };
                 // SAFETY: AVX2 is present (checked above); the slice lengths are checked above.
@@ -184,6 +196,7 @@ pub(crate) fn gemm_u8i8_with(
                     cols,
                     acts,
                     wide: &[],
+                    halves: &[],
                     tokens,
                 };
                 // SAFETY: the CPU has the features (checked above); lengths are checked above.
@@ -208,6 +221,7 @@ pub(crate) fn gemm_u8i8_with(
                     cols,
                     acts,
                     wide,
+                    halves: &[],
                     tokens,
                 };
                 // SAFETY: simd128 is enabled at compile time; slice lengths are checked above.
@@ -219,12 +233,26 @@ pub(crate) fn gemm_u8i8_with(
         Kernel::RelaxedSimd => {
             #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
             {
+                // Split once per call: V8 has no byte shift (`i8x16.shr_u` is a word shift and
+                // a mask), and the block loop would otherwise redo it for every row block.
+                halves.resize(2 * tokens * cols, 0);
+                for (pair, row) in halves
+                    .chunks_exact_mut(2 * cols)
+                    .zip(acts[..tokens * cols].chunks_exact(cols))
+                {
+                    let (high, low) = pair.split_at_mut(cols);
+                    for ((h, l), &u) in high.iter_mut().zip(low.iter_mut()).zip(row) {
+                        *h = u >> 1;
+                        *l = u - (u >> 1);
+                    }
+                }
                 let gemm = Gemm {
                     weights,
                     rows,
                     cols,
                     acts,
                     wide: &[],
+                    halves,
                     tokens,
                 };
                 // SAFETY: relaxed-simd is enabled at compile time; slice lengths are checked above.
@@ -236,7 +264,8 @@ pub(crate) fn gemm_u8i8_with(
     }
 }
 
-/// One GEMM call's operands; `wide` is `acts` as i16 (`tokens × cols`).
+/// One GEMM call's operands; `wide` and `halves` are `acts` as [`GemmScratch`] holds them
+/// (empty for the kernels that do not read them).
 #[allow(dead_code)]
 struct Gemm<'a> {
     weights: &'a [u8],
@@ -244,6 +273,7 @@ struct Gemm<'a> {
     cols: usize,
     acts: &'a [u8],
     wide: &'a [i16],
+    halves: &'a [u8],
     tokens: usize,
 }
 
@@ -607,16 +637,25 @@ mod wasm {
         walk_blocks!(block, 2, 4, g, out);
     }
 
-    /// `acc + Σ w·a` over 16 lanes with the relaxed dot twice, on `h = a >> 1` and `a − h`
-    /// (both in [0, 127], where the relaxed dot is exact everywhere).
+    /// `[Σ v0, Σ v1, Σ v2, Σ v3]`: two rounds of 32-bit and 64-bit interleaves (which V8 emits
+    /// as single unpack instructions) instead of four horizontal sums of extracted lanes.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    fn relaxed_dot16(acc: v128, w: v128, a: v128) -> v128 {
-        let high = u8x16_shr(a, 1);
-        let low = i8x16_sub(a, high);
-        i32x4_relaxed_dot_i8x16_i7x16_add(w, low, i32x4_relaxed_dot_i8x16_i7x16_add(w, high, acc))
+    fn reduce4(v: [v128; 4]) -> v128 {
+        let ab = i32x4_add(
+            i32x4_shuffle::<0, 4, 1, 5>(v[0], v[1]),
+            i32x4_shuffle::<2, 6, 3, 7>(v[0], v[1]),
+        );
+        let cd = i32x4_add(
+            i32x4_shuffle::<0, 4, 1, 5>(v[2], v[3]),
+            i32x4_shuffle::<2, 6, 3, 7>(v[2], v[3]),
+        );
+        i32x4_add(i64x2_shuffle::<0, 2>(ab, cd), i64x2_shuffle::<1, 3>(ab, cd))
     }
 
+    /// One `R × T` block over 16 columns a step: `acc + Σ w·u` as the relaxed dot twice, on the
+    /// pre-split halves `h = u >> 1` and `u − h` (both in [0, 127], where the relaxed dot is
+    /// exact everywhere). `R·T + 2T + 1` live vectors (13 at 4 × 2).
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
     unsafe fn relaxed_block<const R: usize, const T: usize>(
@@ -627,21 +666,46 @@ mod wasm {
     ) {
         let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
         let main = cols & !15;
+        debug_assert!((token + T) * 2 * cols <= g.halves.len());
         let weight_ptr: [*const u8; R] =
             std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
-        let act_ptr: [*const u8; T] =
-            std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
+        let high_ptr: [*const u8; T] =
+            std::array::from_fn(|j| g.halves.as_ptr().add((token + j) * 2 * cols));
         let mut acc = [[i32x4_splat(0); T]; R];
         let mut k = 0;
         while k < main {
-            let a: [v128; T] = std::array::from_fn(|j| v128_load(act_ptr[j].add(k) as *const v128));
+            let high: [v128; T] =
+                std::array::from_fn(|j| v128_load(high_ptr[j].add(k) as *const v128));
+            let low: [v128; T] =
+                std::array::from_fn(|j| v128_load(high_ptr[j].add(cols + k) as *const v128));
             for i in 0..R {
                 let w = v128_load(weight_ptr[i].add(k) as *const v128);
                 for j in 0..T {
-                    acc[i][j] = relaxed_dot16(acc[i][j], w, a[j]);
+                    acc[i][j] = i32x4_relaxed_dot_i8x16_i7x16_add(
+                        w,
+                        low[j],
+                        i32x4_relaxed_dot_i8x16_i7x16_add(w, high[j], acc[i][j]),
+                    );
                 }
             }
             k += 16;
+        }
+        if R == 4 {
+            for j in 0..T {
+                let mut sums = [0i32; 4];
+                let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
+                v128_store(sums.as_mut_ptr() as *mut v128, reduce4(four));
+                if main < cols {
+                    let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
+                    for (i, sum) in sums.iter_mut().enumerate() {
+                        let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
+                        *sum += dot_scalar(weight_tail, act_tail);
+                    }
+                }
+                let start = (token + j) * rows + row;
+                out[start..start + 4].copy_from_slice(&sums);
+            }
+            return;
         }
         for i in 0..R {
             let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
