@@ -268,13 +268,31 @@ fn linear(
                 .zip(dots.chunks_exact(rows))
                 .enumerate()
             {
-                // Σ w·x ≈ Σ w·(offset + scale·u) = scale·Σ w·u + offset·rowsum(w).
+                // Σ w·x ≈ Σ w·(offset + scale·u) = scale·Σ w·u + offset·rowsum(w), then the
+                // bias in the same pass (the same operations in the same order as a second
+                // pass over the row: the same bits).
                 let (act_scale, act_offset) = (s.act_scales[t], s.act_offsets[t]);
-                for (r, (slot, &dot)) in out_row.iter_mut().zip(dot_row).enumerate() {
-                    let sum = dot as f32 * act_scale + linear.row_sums[r] as f32 * act_offset;
-                    *slot = sum * linear.scales[r];
+                let dequantize = out_row
+                    .iter_mut()
+                    .zip(dot_row)
+                    .zip(&linear.row_sums)
+                    .zip(&linear.scales);
+                match &linear.bias {
+                    Some(bias) => {
+                        for ((((slot, &dot), &row_sum), &scale), &b) in dequantize.zip(bias) {
+                            let sum = dot as f32 * act_scale + row_sum as f32 * act_offset;
+                            *slot = sum * scale + b;
+                        }
+                    }
+                    None => {
+                        for (((slot, &dot), &row_sum), &scale) in dequantize {
+                            let sum = dot as f32 * act_scale + row_sum as f32 * act_offset;
+                            *slot = sum * scale;
+                        }
+                    }
                 }
             }
+            return;
         }
         Linears::Reference => {
             for (t, out_row) in output.chunks_exact_mut(rows).enumerate() {
@@ -291,6 +309,7 @@ fn linear(
             }
         }
     }
+    // (The int8 path adds its bias while dequantizing.)
     if let Some(bias) = &linear.bias {
         for out_row in output.chunks_exact_mut(rows) {
             add_into(out_row, bias);
@@ -315,11 +334,7 @@ fn quantize_activations(
         .zip(scales.iter_mut())
         .zip(offsets.iter_mut())
     {
-        let (min, max) = row
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(min, max), &v| {
-                (min.min(v), max.max(v))
-            });
+        let (min, max) = min_max(row);
         *offset = min;
         if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) || !(max - min).is_finite() {
             *scale = 0.0;
@@ -330,10 +345,47 @@ fn quantize_activations(
         let inverse = ACT_LEVELS / (max - min);
         // (x − min)·inverse + 0.5 lies in [0.5, 254.5]: truncation is floor there, so this
         // rounds to nearest without a floor call (a libm call on baseline x86_64).
+        // Clamped in f32 by compare-selects (NaN lands on 0, as the saturating cast gave),
+        // then an unchecked conversion: the loop vectorizes without the cast's range fix-ups.
         for (slot, &value) in out.iter_mut().zip(row) {
-            *slot = (((value - min) * inverse + 0.5) as i32).clamp(0, 254) as u8;
+            let level = (value - min) * inverse + 0.5;
+            let level = if level < ACT_LEVELS {
+                level
+            } else {
+                ACT_LEVELS
+            };
+            let level = if level > 0.0 { level } else { 0.0 };
+            // SAFETY: `level` is in [0, 254] (a NaN became 0 above).
+            *slot = unsafe { level.to_int_unchecked::<i32>() } as u8;
         }
     }
+}
+
+/// `(min, max)` of `row` ignoring NaNs (±∞ for an empty or all-NaN row), in eight lanes of
+/// compare-selects, which vectorize (`f32::min` must ignore NaN and does not, on wasm32 or
+/// baseline x86_64). Min and max do not depend on the order they are taken in.
+fn min_max(row: &[f32]) -> (f32, f32) {
+    let mut low = [f32::INFINITY; 8];
+    let mut high = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for chunk in &mut chunks {
+        for i in 0..8 {
+            low[i] = if chunk[i] < low[i] { chunk[i] } else { low[i] };
+            high[i] = if chunk[i] > high[i] {
+                chunk[i]
+            } else {
+                high[i]
+            };
+        }
+    }
+    let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &v in low.iter().chain(chunks.remainder()) {
+        min = if v < min { v } else { min };
+    }
+    for &v in high.iter().chain(chunks.remainder()) {
+        max = if v > max { v } else { max };
+    }
+    (min, max)
 }
 
 fn add_into(target: &mut [f32], values: &[f32]) {
