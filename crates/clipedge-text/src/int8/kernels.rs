@@ -352,7 +352,28 @@ mod avx2 {
         _mm_cvtsi128_si32(sum32)
     }
 
-    /// One `R × T` register block: rows `row..row+R`, tokens `token..token+T`.
+    /// `[Σ v0, Σ v1, Σ v2, Σ v3]` of four ymm vectors of i32 lanes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) unsafe fn reduce4_256(v: [__m256i; 4]) -> __m128i {
+        // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3], then [Σa, Σb, Σc, Σd] of the lane.
+        let ab = _mm256_add_epi32(
+            _mm256_unpacklo_epi32(v[0], v[1]),
+            _mm256_unpackhi_epi32(v[0], v[1]),
+        );
+        let cd = _mm256_add_epi32(
+            _mm256_unpacklo_epi32(v[2], v[3]),
+            _mm256_unpackhi_epi32(v[2], v[3]),
+        );
+        let abcd = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+        _mm_add_epi32(
+            _mm256_castsi256_si128(abcd),
+            _mm256_extracti128_si256(abcd, 1),
+        )
+    }
+
+    /// One `R × T` register block: rows `row..row+R`, tokens `token..token+T`, with the
+    /// next row block's prefetch and the four-row reduction of the VNNI blocks (see there).
     #[target_feature(enable = "avx2")]
     #[inline]
     unsafe fn block<const R: usize, const T: usize>(
@@ -368,8 +389,17 @@ mod avx2 {
         let act_ptr: [*const u8; T] =
             std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
         let mut acc = [[_mm256_setzero_si256(); T]; R];
+        let prefetch = token == 0;
         let mut k = 0;
         while k < main {
+            // One line (64 columns) of each next row every four steps.
+            if prefetch && k % 64 == 0 {
+                for i in 0..R {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        weight_ptr[i].wrapping_add(R * cols + k) as *const i8
+                    );
+                }
+            }
             // 16 weights sign-extended and 16 activations zero-extended to i16; `vpmaddwd`
             // sums adjacent products into i32 exactly.
             // (A loop, not `array::from_fn`: a closure does not inherit `target_feature`, and
@@ -386,6 +416,23 @@ mod avx2 {
                 }
             }
             k += 16;
+        }
+        if R == 4 {
+            for j in 0..T {
+                let mut sums = [0i32; 4];
+                let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
+                _mm_storeu_si128(sums.as_mut_ptr() as *mut __m128i, reduce4_256(four));
+                if main < cols {
+                    let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
+                    for (i, sum) in sums.iter_mut().enumerate() {
+                        let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
+                        *sum += dot_scalar(weight_tail, act_tail);
+                    }
+                }
+                let start = (token + j) * rows + row;
+                out[start..start + 4].copy_from_slice(&sums);
+            }
+            return;
         }
         for i in 0..R {
             let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
@@ -411,7 +458,7 @@ mod avx2 {
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::avx2::hsum as hsum_256;
+    use super::avx2::{hsum as hsum_256, reduce4_256};
     use super::{dot_scalar, Gemm};
 
     /// One `R × T` register block of `vpdpbusd` over `$step` columns a step: the 256- and
@@ -495,26 +542,6 @@ mod vnni {
                 }
             }
         };
-    }
-
-    /// `[Σ v0, Σ v1, Σ v2, Σ v3]` of four ymm vectors of i32 lanes.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn reduce4_256(v: [__m256i; 4]) -> __m128i {
-        // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3], then [Σa, Σb, Σc, Σd] of the lane.
-        let ab = _mm256_add_epi32(
-            _mm256_unpacklo_epi32(v[0], v[1]),
-            _mm256_unpackhi_epi32(v[0], v[1]),
-        );
-        let cd = _mm256_add_epi32(
-            _mm256_unpacklo_epi32(v[2], v[3]),
-            _mm256_unpackhi_epi32(v[2], v[3]),
-        );
-        let abcd = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
-        _mm_add_epi32(
-            _mm256_castsi256_si128(abcd),
-            _mm256_extracti128_si256(abcd, 1),
-        )
     }
 
     /// `[Σ v0, Σ v1, Σ v2, Σ v3]` of four zmm vectors of i32 lanes.
