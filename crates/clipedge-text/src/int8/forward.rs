@@ -493,7 +493,14 @@ fn exp_fast(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `n as i32` would saturate (and is a scalar fix-up per lane on x86_64): `n` is already in
+    // [−126, 127] for every non-NaN `x`, and the selects send a NaN there too (its `p` is
+    // NaN, so the result stays NaN), which makes the unchecked conversion sound.
+    let n = if n > -127.0 { n } else { -126.0 };
+    let n = if n < 128.0 { n } else { 127.0 };
+    // SAFETY: `n` is an integer-valued f32 in [−126, 127].
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    p * f32::from_bits(((n + 127) as u32) << 23)
 }
 
 /// `0.5 x (1 + erf(x / √2))` with Abramowitz–Stegun 7.1.26 (|error| ≤ 1.5e-7).
@@ -540,6 +547,7 @@ mod tests {
             );
             x += 0.0137;
         }
+        assert!(exp_fast(f32::NAN).is_nan() && quick_gelu(f32::NAN).is_nan());
         assert!(quick_gelu(-1000.0).abs() < 1e-30);
         assert_eq!(quick_gelu(1000.0), 1000.0);
     }
