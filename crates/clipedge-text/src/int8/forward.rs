@@ -457,13 +457,32 @@ fn attention(
             }
             let sum: f32 = probs[..visible].iter().sum();
             let out = &mut context[row * width + base..row * width + base + head_dim];
-            out.fill(0.0);
             let inverse = 1.0 / sum;
+            // 16 outputs at a time held in registers over all values (not a load and a store
+            // of each output per value); each output still sums its terms from 0 in `j`
+            // order, so the bits are those of the plain loop.
+            let mut chunks = out.chunks_exact_mut(16);
+            let mut start = 2 * width + base;
+            for out in &mut chunks {
+                let mut acc = [0.0f32; 16];
+                for (j, &prob) in probs[..visible].iter().enumerate() {
+                    let at = j * stride + start;
+                    let value: &[f32; 16] = qkv[at..at + 16].try_into().expect("16 values");
+                    let weight = prob * inverse;
+                    for i in 0..16 {
+                        acc[i] += weight * value[i];
+                    }
+                }
+                out.copy_from_slice(&acc);
+                start += 16;
+            }
+            let rest = chunks.into_remainder();
+            rest.fill(0.0);
             for (j, &prob) in probs[..visible].iter().enumerate() {
-                let value =
-                    &qkv[j * stride + 2 * width + base..j * stride + 2 * width + base + head_dim];
+                let at = j * stride + start;
                 let weight = prob * inverse;
-                for (slot, &v) in out.iter_mut().zip(value) {
+                let values = &qkv[at..at + rest.len()];
+                for (slot, &v) in rest.iter_mut().zip(values) {
                     *slot += weight * v;
                 }
             }
