@@ -394,10 +394,8 @@ mod avx2 {
         while k < main {
             // One line (64 columns) of each next row every four steps.
             if prefetch && k % 64 == 0 {
-                for i in 0..R {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        weight_ptr[i].wrapping_add(R * cols + k) as *const i8
-                    );
+                for ptr in &weight_ptr {
+                    _mm_prefetch::<_MM_HINT_T0>(ptr.wrapping_add(R * cols + k) as *const i8);
                 }
             }
             // 16 weights sign-extended and 16 activations zero-extended to i16; `vpmaddwd`
@@ -496,10 +494,8 @@ mod vnni {
                 let mut k = 0;
                 while k < main {
                     if prefetch {
-                        for i in 0..R {
-                            _mm_prefetch::<_MM_HINT_T0>(
-                                weight_ptr[i].wrapping_add(R * cols + k) as *const i8
-                            );
+                        for ptr in &weight_ptr {
+                            _mm_prefetch::<_MM_HINT_T0>(ptr.wrapping_add(R * cols + k) as *const i8);
                         }
                     }
                     let mut a = [$zero(); T];
