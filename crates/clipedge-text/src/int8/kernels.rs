@@ -19,7 +19,11 @@
 //! across tokens from L1), tokens inner, in register blocks (AVX2 4 rows × 2 tokens, simd128
 //! 2 rows × 4 tokens over 8 columns a step, 13 live vectors so that V8 does not spill), each
 //! weight vector widened once per block step; simd128 widens the activations to i16 once per
-//! call (two plain loads per 16 columns instead of a load and two extends).
+//! call (two plain loads per 16 columns instead of a load and two extends), relaxed SIMD splits
+//! them into their two 7-bit halves once per call. The x86_64 kernels prefetch the next row
+//! block's weights on a block's first pass, and every kernel reduces four rows of a token
+//! together. (Walking tokens in L1-sized chunks, rows inside, was tried on 2026-11-27: no gain
+//! natively or in workerd.)
 
 /// Which GEMM implementation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
