@@ -180,6 +180,8 @@ def main() -> None:
               f"query k {args.k} nprobe {args.nprobe}; model {card['name']}")
 
         colds, warm_stages, encode_by_tokens, memory, rss = [], {}, {}, [], []
+        # The encode stage split: the tower alone (tokenize + forward) and the edge Cache API.
+        tower_by_tokens, edge_cache_by_tokens = {}, {}
         cache_hits = 0
         serial = 0
         for cold_round in range(args.colds):
@@ -208,6 +210,8 @@ def main() -> None:
                         stages = {**server_timing(headers), "client": wall}
                         ran = int(stages.get("tokens", 0)) or tokens
                         encode_by_tokens.setdefault(ran, []).append(stages.get("encode", 0.0))
+                        tower_by_tokens.setdefault(ran, []).append(stages.get("tower", 0.0))
+                        edge_cache_by_tokens.setdefault(ran, []).append(stages.get("edge-cache", 0.0))
                         for stage, ms in stages.items():
                             warm_stages.setdefault(stage, []).append(ms)
                 # The same text again: the isolate's embedding cache answers, no encode.
@@ -230,13 +234,22 @@ def main() -> None:
         print("  " + " ".join(f"{s:>8}" for s in stages))
         for cold in colds:
             print("  " + " ".join(f"{cold.get(s, 0.0):8.1f}" for s in stages))
-        print("\nwarm encode in workerd by token count, ms:")
-        print(f"  {'tokens':>6} {'p50':>8} {'p90':>8} {'n':>5}")
-        encode_summary = {}
+        print("\nwarm encode in workerd by token count, ms (encode = tower + edge cache + the rest;"
+              " first = the first three of each cold round's series, in order):")
+        print(f"  {'tokens':>6} {'p50':>8} {'p90':>8} {'n':>5} {'tower50':>8} {'tower90':>8}"
+              f" {'cache50':>8}  first towers")
+        encode_summary, tower_summary, edge_cache_summary = {}, {}, {}
         for tokens in sorted(encode_by_tokens):
             figures = summary(encode_by_tokens[tokens])
+            tower = summary(tower_by_tokens[tokens])
+            cache = summary(edge_cache_by_tokens[tokens])
             encode_summary[str(tokens)] = figures
-            print(f"  {tokens:>6} {figures['p50']:8.2f} {figures['p90']:8.2f} {figures['n']:>5}")
+            tower_summary[str(tokens)] = tower
+            edge_cache_summary[str(tokens)] = cache
+            series = tower_by_tokens[tokens]
+            firsts = [series[i * args.warm:i * args.warm + 3] for i in range(args.colds)]
+            print(f"  {tokens:>6} {figures['p50']:8.2f} {figures['p90']:8.2f} {figures['n']:>5}"
+                  f" {tower['p50']:8.2f} {tower['p90']:8.2f} {cache['p50']:8.2f}  {firsts}")
         print(f"\nwarm, all token counts ({len(warm_stages.get('client', []))} queries), ms:")
         print("  " + " ".join(f"{s:>8}" for s in stages[1:]))
         for name, q in (("p50", 0.5), ("p90", 0.9)):
@@ -258,6 +271,9 @@ def main() -> None:
                 max(cold.get("total", 0.0) - cold.get("model-fetch", 0.0) for cold in colds), 2),
             "encode_p50_ms": {tokens: figures["p50"] for tokens, figures in encode_summary.items()},
             "encode_p90_ms": {tokens: figures["p90"] for tokens, figures in encode_summary.items()},
+            "tower_p50_ms": {tokens: figures["p50"] for tokens, figures in tower_summary.items()},
+            "tower_p90_ms": {tokens: figures["p90"] for tokens, figures in tower_summary.items()},
+            "edge_cache_p50_ms": {tokens: f["p50"] for tokens, f in edge_cache_summary.items()},
             "embedding_cache_hits": cache_hits,
             "workerd_peak_rss_mib": round(max(rss), 1) if rss else None,
         }

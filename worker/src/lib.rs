@@ -488,6 +488,12 @@ fn set_search_headers(
     if let Some(tokens) = context.encoded_tokens {
         timing.push_str(&format!(", tokens;desc={tokens}"));
     }
+    if let Some(tower_ms) = context.tower_ms {
+        timing.push_str(&format!(", tower;dur={tower_ms:.2}"));
+    }
+    if context.edge_cache_ms > 0.0 {
+        timing.push_str(&format!(", edge-cache;dur={:.2}", context.edge_cache_ms));
+    }
     if let Some(layer) = context.embedding_cache_hit {
         timing.push_str(&format!(", encode-cache;desc={layer}"));
     }

@@ -1,7 +1,7 @@
 //! The forward pass: embeddings, blocks, pooling. Everything but the integer GEMM is plain f32
 //! Rust shared by all kernels.
 
-use super::kernels::{gemm_u8i8_with, Kernel};
+use super::kernels::{gemm_u8i8_with, GemmScratch, Kernel};
 use super::{Activation, Family, Int8Model, Int8Pooling, Linear, Norm};
 
 /// How the linears run.
@@ -30,8 +30,8 @@ struct Scratch {
     act_scales: Vec<f32>,
     act_offsets: Vec<f32>,
     dots: Vec<i32>,
-    /// The quantized activations widened to i16 (the SIMD kernels' operand).
-    wide: Vec<i16>,
+    /// The quantized activations as the wasm kernels read them.
+    gemm: GemmScratch,
 }
 
 pub fn run(model: &Int8Model, ids: &[u32], linears: Linears) -> Vec<f32> {
@@ -52,7 +52,7 @@ pub fn run(model: &Int8Model, ids: &[u32], linears: Linears) -> Vec<f32> {
         act_scales: vec![0.0; tokens],
         act_offsets: vec![0.0; tokens],
         dots: vec![0; tokens * widest],
-        wide: Vec::with_capacity(tokens * width.max(mlp)),
+        gemm: GemmScratch::default(),
     };
     embed(model, ids, &mut scratch.x);
     if let Some(norm) = &model.embedding_norm {
@@ -261,20 +261,38 @@ fn linear(
                 quantized,
                 tokens,
                 dots,
-                &mut s.wide,
+                &mut s.gemm,
             );
             for (t, (out_row, dot_row)) in output
                 .chunks_exact_mut(rows)
                 .zip(dots.chunks_exact(rows))
                 .enumerate()
             {
-                // Σ w·x ≈ Σ w·(offset + scale·u) = scale·Σ w·u + offset·rowsum(w).
+                // Σ w·x ≈ Σ w·(offset + scale·u) = scale·Σ w·u + offset·rowsum(w), then the
+                // bias in the same pass (the same operations in the same order as a second
+                // pass over the row: the same bits).
                 let (act_scale, act_offset) = (s.act_scales[t], s.act_offsets[t]);
-                for (r, (slot, &dot)) in out_row.iter_mut().zip(dot_row).enumerate() {
-                    let sum = dot as f32 * act_scale + linear.row_sums[r] as f32 * act_offset;
-                    *slot = sum * linear.scales[r];
+                let dequantize = out_row
+                    .iter_mut()
+                    .zip(dot_row)
+                    .zip(&linear.row_sums)
+                    .zip(&linear.scales);
+                match &linear.bias {
+                    Some(bias) => {
+                        for ((((slot, &dot), &row_sum), &scale), &b) in dequantize.zip(bias) {
+                            let sum = dot as f32 * act_scale + row_sum as f32 * act_offset;
+                            *slot = sum * scale + b;
+                        }
+                    }
+                    None => {
+                        for (((slot, &dot), &row_sum), &scale) in dequantize {
+                            let sum = dot as f32 * act_scale + row_sum as f32 * act_offset;
+                            *slot = sum * scale;
+                        }
+                    }
                 }
             }
+            return;
         }
         Linears::Reference => {
             for (t, out_row) in output.chunks_exact_mut(rows).enumerate() {
@@ -291,6 +309,7 @@ fn linear(
             }
         }
     }
+    // (The int8 path adds its bias while dequantizing.)
     if let Some(bias) = &linear.bias {
         for out_row in output.chunks_exact_mut(rows) {
             add_into(out_row, bias);
@@ -315,11 +334,7 @@ fn quantize_activations(
         .zip(scales.iter_mut())
         .zip(offsets.iter_mut())
     {
-        let (min, max) = row
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(min, max), &v| {
-                (min.min(v), max.max(v))
-            });
+        let (min, max) = min_max(row);
         *offset = min;
         if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) || !(max - min).is_finite() {
             *scale = 0.0;
@@ -330,10 +345,47 @@ fn quantize_activations(
         let inverse = ACT_LEVELS / (max - min);
         // (x − min)·inverse + 0.5 lies in [0.5, 254.5]: truncation is floor there, so this
         // rounds to nearest without a floor call (a libm call on baseline x86_64).
+        // Clamped in f32 by compare-selects (NaN lands on 0, as the saturating cast gave),
+        // then an unchecked conversion: the loop vectorizes without the cast's range fix-ups.
         for (slot, &value) in out.iter_mut().zip(row) {
-            *slot = (((value - min) * inverse + 0.5) as i32).clamp(0, 254) as u8;
+            let level = (value - min) * inverse + 0.5;
+            let level = if level < ACT_LEVELS {
+                level
+            } else {
+                ACT_LEVELS
+            };
+            let level = if level > 0.0 { level } else { 0.0 };
+            // SAFETY: `level` is in [0, 254] (a NaN became 0 above).
+            *slot = unsafe { level.to_int_unchecked::<i32>() } as u8;
         }
     }
+}
+
+/// `(min, max)` of `row` ignoring NaNs (±∞ for an empty or all-NaN row), in eight lanes of
+/// compare-selects, which vectorize (`f32::min` must ignore NaN and does not, on wasm32 or
+/// baseline x86_64). Min and max do not depend on the order they are taken in.
+fn min_max(row: &[f32]) -> (f32, f32) {
+    let mut low = [f32::INFINITY; 8];
+    let mut high = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for chunk in &mut chunks {
+        for i in 0..8 {
+            low[i] = if chunk[i] < low[i] { chunk[i] } else { low[i] };
+            high[i] = if chunk[i] > high[i] {
+                chunk[i]
+            } else {
+                high[i]
+            };
+        }
+    }
+    let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &v in low.iter().chain(chunks.remainder()) {
+        min = if v < min { v } else { min };
+    }
+    for &v in high.iter().chain(chunks.remainder()) {
+        max = if v > max { v } else { max };
+    }
+    (min, max)
 }
 
 fn add_into(target: &mut [f32], values: &[f32]) {
@@ -405,13 +457,32 @@ fn attention(
             }
             let sum: f32 = probs[..visible].iter().sum();
             let out = &mut context[row * width + base..row * width + base + head_dim];
-            out.fill(0.0);
             let inverse = 1.0 / sum;
+            // 16 outputs at a time held in registers over all values (not a load and a store
+            // of each output per value); each output still sums its terms from 0 in `j`
+            // order, so the bits are those of the plain loop.
+            let mut chunks = out.chunks_exact_mut(16);
+            let mut start = 2 * width + base;
+            for out in &mut chunks {
+                let mut acc = [0.0f32; 16];
+                for (j, &prob) in probs[..visible].iter().enumerate() {
+                    let at = j * stride + start;
+                    let value: &[f32; 16] = qkv[at..at + 16].try_into().expect("16 values");
+                    let weight = prob * inverse;
+                    for i in 0..16 {
+                        acc[i] += weight * value[i];
+                    }
+                }
+                out.copy_from_slice(&acc);
+                start += 16;
+            }
+            let rest = chunks.into_remainder();
+            rest.fill(0.0);
             for (j, &prob) in probs[..visible].iter().enumerate() {
-                let value =
-                    &qkv[j * stride + 2 * width + base..j * stride + 2 * width + base + head_dim];
+                let at = j * stride + start;
                 let weight = prob * inverse;
-                for (slot, &v) in out.iter_mut().zip(value) {
+                let values = &qkv[at..at + rest.len()];
+                for (slot, &v) in rest.iter_mut().zip(values) {
                     *slot += weight * v;
                 }
             }
@@ -441,7 +512,28 @@ fn exp_fast(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits(((exponent(n) + 127) as u32) << 23)
+}
+
+/// `n as i32` for the integer-valued `n` of [`exp_fast`]. On x86_64 the saturating cast is a
+/// scalar fix-up per lane that keeps the loops from vectorizing whole: `n` is already in
+/// [−126, 127] for every non-NaN `x`, and the selects send a NaN there too (its `p` is NaN,
+/// so the result stays NaN), which makes the unchecked conversion sound. wasm32 has the
+/// saturating conversion as one instruction (`i32x4.trunc_sat_f32x4_s`): the selects would
+/// only add work there (measured in workerd).
+#[inline]
+fn exponent(n: f32) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let n = if n > -127.0 { n } else { -126.0 };
+        let n = if n < 128.0 { n } else { 127.0 };
+        // SAFETY: `n` is an integer-valued f32 in [−126, 127].
+        unsafe { n.to_int_unchecked::<i32>() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        n as i32
+    }
 }
 
 /// `0.5 x (1 + erf(x / √2))` with Abramowitz–Stegun 7.1.26 (|error| ≤ 1.5e-7).
@@ -488,6 +580,7 @@ mod tests {
             );
             x += 0.0137;
         }
+        assert!(exp_fast(f32::NAN).is_nan() && quick_gelu(f32::NAN).is_nan());
         assert!(quick_gelu(-1000.0).abs() < 1e-30);
         assert_eq!(quick_gelu(1000.0), 1000.0);
     }

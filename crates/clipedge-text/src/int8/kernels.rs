@@ -19,7 +19,11 @@
 //! across tokens from L1), tokens inner, in register blocks (AVX2 4 rows × 2 tokens, simd128
 //! 2 rows × 4 tokens over 8 columns a step, 13 live vectors so that V8 does not spill), each
 //! weight vector widened once per block step; simd128 widens the activations to i16 once per
-//! call (two plain loads per 16 columns instead of a load and two extends).
+//! call (two plain loads per 16 columns instead of a load and two extends), relaxed SIMD splits
+//! them into their two 7-bit halves once per call. The x86_64 kernels prefetch the next row
+//! block's weights on a block's first pass, and every kernel reduces four rows of a token
+//! together. (Walking tokens in L1-sized chunks, rows inside, was tried on 2026-11-27: no gain
+//! natively or in workerd.)
 
 /// Which GEMM implementation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,12 +128,21 @@ pub fn gemm_u8i8(
         acts,
         tokens,
         out,
-        &mut Vec::new(),
+        &mut GemmScratch::default(),
     );
 }
 
-/// [`gemm_u8i8`] with a caller-kept buffer for the activations widened to i16 (the simd128
-/// kernel widens them once per call, not once per weight row block).
+/// The activations in the form a wasm kernel reads, made once per GEMM call (not once per
+/// weight row block) in buffers the caller keeps across calls.
+#[derive(Default)]
+pub(crate) struct GemmScratch {
+    /// simd128: the activations widened to i16 (`tokens × cols`).
+    wide: Vec<i16>,
+    /// relaxed SIMD: per token, `h = u >> 1` (`cols` bytes) then `u − h` (`cols` bytes).
+    halves: Vec<u8>,
+}
+
+/// [`gemm_u8i8`] with caller-kept buffers for the activations as the wasm kernels read them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_u8i8_with(
     kernel: Kernel,
@@ -139,11 +152,13 @@ pub(crate) fn gemm_u8i8_with(
     acts: &[u8],
     tokens: usize,
     out: &mut [i32],
-    wide: &mut Vec<i16>,
+    scratch: &mut GemmScratch,
 ) {
     assert!(weights.len() >= rows * cols, "weights too short");
     assert!(acts.len() >= tokens * cols, "activations too short");
     assert!(out.len() >= tokens * rows, "output too short");
+    #[allow(unused_variables)]
+    let GemmScratch { wide, halves } = scratch;
     #[allow(unused_mut, unused_variables)]
     let mut widen = || {
         wide.resize(tokens * cols, 0);
@@ -166,6 +181,7 @@ pub(crate) fn gemm_u8i8_with(
                     cols,
                     acts,
                     wide: &[],
+                    halves: &[],
                     tokens,
                 };
                 // SAFETY: AVX2 is present (checked above); the slice lengths are checked above.
@@ -184,6 +200,7 @@ pub(crate) fn gemm_u8i8_with(
                     cols,
                     acts,
                     wide: &[],
+                    halves: &[],
                     tokens,
                 };
                 // SAFETY: the CPU has the features (checked above); lengths are checked above.
@@ -208,6 +225,7 @@ pub(crate) fn gemm_u8i8_with(
                     cols,
                     acts,
                     wide,
+                    halves: &[],
                     tokens,
                 };
                 // SAFETY: simd128 is enabled at compile time; slice lengths are checked above.
@@ -219,12 +237,26 @@ pub(crate) fn gemm_u8i8_with(
         Kernel::RelaxedSimd => {
             #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
             {
+                // Split once per call: V8 has no byte shift (`i8x16.shr_u` is a word shift and
+                // a mask), and the block loop would otherwise redo it for every row block.
+                halves.resize(2 * tokens * cols, 0);
+                for (pair, row) in halves
+                    .chunks_exact_mut(2 * cols)
+                    .zip(acts[..tokens * cols].chunks_exact(cols))
+                {
+                    let (high, low) = pair.split_at_mut(cols);
+                    for ((h, l), &u) in high.iter_mut().zip(low.iter_mut()).zip(row) {
+                        *h = u >> 1;
+                        *l = u - (u >> 1);
+                    }
+                }
                 let gemm = Gemm {
                     weights,
                     rows,
                     cols,
                     acts,
                     wide: &[],
+                    halves,
                     tokens,
                 };
                 // SAFETY: relaxed-simd is enabled at compile time; slice lengths are checked above.
@@ -236,7 +268,8 @@ pub(crate) fn gemm_u8i8_with(
     }
 }
 
-/// One GEMM call's operands; `wide` is `acts` as i16 (`tokens × cols`).
+/// One GEMM call's operands; `wide` and `halves` are `acts` as [`GemmScratch`] holds them
+/// (empty for the kernels that do not read them).
 #[allow(dead_code)]
 struct Gemm<'a> {
     weights: &'a [u8],
@@ -244,6 +277,7 @@ struct Gemm<'a> {
     cols: usize,
     acts: &'a [u8],
     wide: &'a [i16],
+    halves: &'a [u8],
     tokens: usize,
 }
 
@@ -322,7 +356,28 @@ mod avx2 {
         _mm_cvtsi128_si32(sum32)
     }
 
-    /// One `R × T` register block: rows `row..row+R`, tokens `token..token+T`.
+    /// `[Σ v0, Σ v1, Σ v2, Σ v3]` of four ymm vectors of i32 lanes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) unsafe fn reduce4_256(v: [__m256i; 4]) -> __m128i {
+        // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3], then [Σa, Σb, Σc, Σd] of the lane.
+        let ab = _mm256_add_epi32(
+            _mm256_unpacklo_epi32(v[0], v[1]),
+            _mm256_unpackhi_epi32(v[0], v[1]),
+        );
+        let cd = _mm256_add_epi32(
+            _mm256_unpacklo_epi32(v[2], v[3]),
+            _mm256_unpackhi_epi32(v[2], v[3]),
+        );
+        let abcd = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+        _mm_add_epi32(
+            _mm256_castsi256_si128(abcd),
+            _mm256_extracti128_si256(abcd, 1),
+        )
+    }
+
+    /// One `R × T` register block: rows `row..row+R`, tokens `token..token+T`, with the
+    /// next row block's prefetch and the four-row reduction of the VNNI blocks (see there).
     #[target_feature(enable = "avx2")]
     #[inline]
     unsafe fn block<const R: usize, const T: usize>(
@@ -338,8 +393,15 @@ mod avx2 {
         let act_ptr: [*const u8; T] =
             std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
         let mut acc = [[_mm256_setzero_si256(); T]; R];
+        let prefetch = token == 0;
         let mut k = 0;
         while k < main {
+            // One line (64 columns) of each next row every four steps.
+            if prefetch && k % 64 == 0 {
+                for ptr in &weight_ptr {
+                    _mm_prefetch::<_MM_HINT_T0>(ptr.wrapping_add(R * cols + k) as *const i8);
+                }
+            }
             // 16 weights sign-extended and 16 activations zero-extended to i16; `vpmaddwd`
             // sums adjacent products into i32 exactly.
             // (A loop, not `array::from_fn`: a closure does not inherit `target_feature`, and
@@ -356,6 +418,23 @@ mod avx2 {
                 }
             }
             k += 16;
+        }
+        if R == 4 {
+            for j in 0..T {
+                let mut sums = [0i32; 4];
+                let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
+                _mm_storeu_si128(sums.as_mut_ptr() as *mut __m128i, reduce4_256(four));
+                if main < cols {
+                    let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
+                    for (i, sum) in sums.iter_mut().enumerate() {
+                        let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
+                        *sum += dot_scalar(weight_tail, act_tail);
+                    }
+                }
+                let start = (token + j) * rows + row;
+                out[start..start + 4].copy_from_slice(&sums);
+            }
+            return;
         }
         for i in 0..R {
             let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
@@ -381,14 +460,23 @@ mod avx2 {
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::avx2::hsum as hsum_256;
+    use super::avx2::{hsum as hsum_256, reduce4_256};
     use super::{dot_scalar, Gemm};
 
     /// One `R × T` register block of `vpdpbusd` over `$step` columns a step: the 256- and
     /// 512-bit kernels differ only in the register type and its intrinsics.
+    ///
+    /// Two things beyond the dot loop (the profile at 10 tokens: the `vpdpbusd` right after
+    /// each weight load took most samples, waiting for weights from L3: 37.7 MB of them, read
+    /// once per encode):
+    /// - on a row block's first token block, the next row block's weights are prefetched at
+    ///   the same column, a row block ahead of their use;
+    /// - four rows of one token are reduced together (`$reduce4`: unpack/add to one 128-bit
+    ///   vector of four sums, stored at once) instead of four horizontal sums. Integer adds in
+    ///   any order give the same i32, so the bits do not change.
     macro_rules! vnni_block {
         ($name:ident, $features:literal, $vector:ty, $zero:ident, $load:ident, $dot:ident,
-         $hsum:ident, $step:literal) => {
+         $hsum:ident, $reduce4:ident, $step:literal) => {
             #[target_feature(enable = $features)]
             #[inline]
             unsafe fn $name<const R: usize, const T: usize>(
@@ -404,8 +492,16 @@ mod vnni {
                 let act_ptr: [*const u8; T] =
                     std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
                 let mut acc = [[$zero(); T]; R];
+                // Only the first pass over a row block prefetches (later token blocks find
+                // the next rows' lines already on their way); a hint past the end is harmless.
+                let prefetch = token == 0;
                 let mut k = 0;
                 while k < main {
+                    if prefetch {
+                        for ptr in &weight_ptr {
+                            _mm_prefetch::<_MM_HINT_T0>(ptr.wrapping_add(R * cols + k) as *const i8);
+                        }
+                    }
                     let mut a = [$zero(); T];
                     for j in 0..T {
                         a[j] = $load(act_ptr[j].add(k) as *const $vector);
@@ -417,6 +513,24 @@ mod vnni {
                         }
                     }
                     k += $step;
+                }
+                if R == 4 {
+                    for j in 0..T {
+                        let mut sums = [0i32; 4];
+                        let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
+                        _mm_storeu_si128(sums.as_mut_ptr() as *mut __m128i, $reduce4(four));
+                        if main < cols {
+                            let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
+                            for (i, sum) in sums.iter_mut().enumerate() {
+                                let weight_tail =
+                                    &weights[(row + i) * cols + main..(row + i + 1) * cols];
+                                *sum += dot_scalar(weight_tail, act_tail);
+                            }
+                        }
+                        let start = (token + j) * rows + row;
+                        out[start..start + 4].copy_from_slice(&sums);
+                    }
+                    return;
                 }
                 for i in 0..R {
                     let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
@@ -430,6 +544,29 @@ mod vnni {
         };
     }
 
+    /// `[Σ v0, Σ v1, Σ v2, Σ v3]` of four zmm vectors of i32 lanes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn reduce4_512(v: [__m512i; 4]) -> __m128i {
+        let ab = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(v[0], v[1]),
+            _mm512_unpackhi_epi32(v[0], v[1]),
+        );
+        let cd = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(v[2], v[3]),
+            _mm512_unpackhi_epi32(v[2], v[3]),
+        );
+        let abcd = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+        let half = _mm256_add_epi32(
+            _mm512_castsi512_si256(abcd),
+            _mm512_extracti64x4_epi64(abcd, 1),
+        );
+        _mm_add_epi32(
+            _mm256_castsi256_si128(half),
+            _mm256_extracti128_si256(half, 1),
+        )
+    }
+
     vnni_block!(
         block_256,
         "avx2,avxvnni",
@@ -438,6 +575,7 @@ mod vnni {
         _mm256_loadu_si256,
         _mm256_dpbusd_avx_epi32,
         hsum_256,
+        reduce4_256,
         32
     );
     vnni_block!(
@@ -448,6 +586,7 @@ mod vnni {
         _mm512_loadu_si512,
         _mm512_dpbusd_epi32,
         _mm512_reduce_add_epi32,
+        reduce4_512,
         64
     );
 
@@ -525,16 +664,25 @@ mod wasm {
         walk_blocks!(block, 2, 4, g, out);
     }
 
-    /// `acc + Σ w·a` over 16 lanes with the relaxed dot twice, on `h = a >> 1` and `a − h`
-    /// (both in [0, 127], where the relaxed dot is exact everywhere).
+    /// `[Σ v0, Σ v1, Σ v2, Σ v3]`: two rounds of 32-bit and 64-bit interleaves (which V8 emits
+    /// as single unpack instructions) instead of four horizontal sums of extracted lanes.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    fn relaxed_dot16(acc: v128, w: v128, a: v128) -> v128 {
-        let high = u8x16_shr(a, 1);
-        let low = i8x16_sub(a, high);
-        i32x4_relaxed_dot_i8x16_i7x16_add(w, low, i32x4_relaxed_dot_i8x16_i7x16_add(w, high, acc))
+    fn reduce4(v: [v128; 4]) -> v128 {
+        let ab = i32x4_add(
+            i32x4_shuffle::<0, 4, 1, 5>(v[0], v[1]),
+            i32x4_shuffle::<2, 6, 3, 7>(v[0], v[1]),
+        );
+        let cd = i32x4_add(
+            i32x4_shuffle::<0, 4, 1, 5>(v[2], v[3]),
+            i32x4_shuffle::<2, 6, 3, 7>(v[2], v[3]),
+        );
+        i32x4_add(i64x2_shuffle::<0, 2>(ab, cd), i64x2_shuffle::<1, 3>(ab, cd))
     }
 
+    /// One `R × T` block over 16 columns a step: `acc + Σ w·u` as the relaxed dot twice, on the
+    /// pre-split halves `h = u >> 1` and `u − h` (both in [0, 127], where the relaxed dot is
+    /// exact everywhere). `R·T + 2T + 1` live vectors (13 at 4 × 2).
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
     unsafe fn relaxed_block<const R: usize, const T: usize>(
@@ -545,21 +693,46 @@ mod wasm {
     ) {
         let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
         let main = cols & !15;
+        debug_assert!((token + T) * 2 * cols <= g.halves.len());
         let weight_ptr: [*const u8; R] =
             std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
-        let act_ptr: [*const u8; T] =
-            std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
+        let high_ptr: [*const u8; T] =
+            std::array::from_fn(|j| g.halves.as_ptr().add((token + j) * 2 * cols));
         let mut acc = [[i32x4_splat(0); T]; R];
         let mut k = 0;
         while k < main {
-            let a: [v128; T] = std::array::from_fn(|j| v128_load(act_ptr[j].add(k) as *const v128));
+            let high: [v128; T] =
+                std::array::from_fn(|j| v128_load(high_ptr[j].add(k) as *const v128));
+            let low: [v128; T] =
+                std::array::from_fn(|j| v128_load(high_ptr[j].add(cols + k) as *const v128));
             for i in 0..R {
                 let w = v128_load(weight_ptr[i].add(k) as *const v128);
                 for j in 0..T {
-                    acc[i][j] = relaxed_dot16(acc[i][j], w, a[j]);
+                    acc[i][j] = i32x4_relaxed_dot_i8x16_i7x16_add(
+                        w,
+                        low[j],
+                        i32x4_relaxed_dot_i8x16_i7x16_add(w, high[j], acc[i][j]),
+                    );
                 }
             }
             k += 16;
+        }
+        if R == 4 {
+            for j in 0..T {
+                let mut sums = [0i32; 4];
+                let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
+                v128_store(sums.as_mut_ptr() as *mut v128, reduce4(four));
+                if main < cols {
+                    let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
+                    for (i, sum) in sums.iter_mut().enumerate() {
+                        let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
+                        *sum += dot_scalar(weight_tail, act_tail);
+                    }
+                }
+                let start = (token + j) * rows + row;
+                out[start..start + 4].copy_from_slice(&sums);
+            }
+            return;
         }
         for i in 0..R {
             let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
