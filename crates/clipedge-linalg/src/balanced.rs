@@ -20,7 +20,7 @@ use std::collections::BinaryHeap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::kmeans::{cluster_sums, AssignFn};
+use crate::kmeans::{cluster_sums, training_points, AssignFn};
 use crate::{KMeans, KMeansConfig, KMeansInit, LinalgError};
 
 #[derive(Debug, Clone)]
@@ -76,19 +76,7 @@ pub fn train_balanced_with(
     config: &BalancedConfig,
     assign: &mut AssignFn<'_>,
 ) -> Result<(KMeans, BalancedStats), LinalgError> {
-    if dim == 0 || !data.len().is_multiple_of(dim) {
-        return Err(LinalgError::KMeans(format!(
-            "data length {} is not a multiple of dim {dim}",
-            data.len()
-        )));
-    }
-    let n = data.len() / dim;
-    if config.k == 0 || config.k > n {
-        return Err(LinalgError::KMeans(format!(
-            "k = {} needs 1..={n} training points",
-            config.k
-        )));
-    }
+    let n = training_points(data, dim, config.k)?;
     let mesoclusters = ((config.k as f64).sqrt().round() as usize).clamp(1, config.k);
     let meso = KMeans::train_with(
         data,

@@ -76,19 +76,7 @@ impl KMeans {
         config: &KMeansConfig,
         assign: &mut AssignFn<'_>,
     ) -> Result<KMeans, LinalgError> {
-        if dim == 0 || !data.len().is_multiple_of(dim) {
-            return Err(LinalgError::KMeans(format!(
-                "data length {} is not a multiple of dim {dim}",
-                data.len()
-            )));
-        }
-        let n = data.len() / dim;
-        if config.k == 0 || config.k > n {
-            return Err(LinalgError::KMeans(format!(
-                "k = {} needs 1..={n} training points",
-                config.k
-            )));
-        }
+        let n = training_points(data, dim, config.k)?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let sample_cap = config
             .k
@@ -149,6 +137,24 @@ impl KMeans {
     pub fn assign(&self, data: &[f32]) -> Vec<u32> {
         gemm::nearest_centroids(data, self.dim, &self.centroids).0
     }
+}
+
+/// The number of `dim`-wide points in `data`, checked to form whole rows and to number at
+/// least `k`.
+pub(crate) fn training_points(data: &[f32], dim: usize, k: usize) -> Result<usize, LinalgError> {
+    if dim == 0 || !data.len().is_multiple_of(dim) {
+        return Err(LinalgError::KMeans(format!(
+            "data length {} is not a multiple of dim {dim}",
+            data.len()
+        )));
+    }
+    let n = data.len() / dim;
+    if k == 0 || k > n {
+        return Err(LinalgError::KMeans(format!(
+            "k = {k} needs 1..={n} training points"
+        )));
+    }
+    Ok(n)
 }
 
 /// The RNG every seeded sampling step of the pipeline uses.

@@ -82,6 +82,16 @@ fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, format!("{context}: {error}"))
 }
 
+/// The embedding of `text`; the tower is CPU work, kept off the async workers.
+async fn encode(encoder: Arc<TextEncoder>, text: String) -> Result<Vec<f32>, ApiError> {
+    let encoding = tokio::task::spawn_blocking(move || encoder.encode(&text))
+        .await
+        .map_err(|error| internal("text encoder task failed", error))?;
+    encoding
+        .map(|encoding| encoding.embedding)
+        .map_err(text_encode_error)
+}
+
 fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -265,12 +275,7 @@ impl Engine {
                          use_mclip false, or start clipedge serve with --multilingual-model",
                     ));
                 };
-                let encoding = tokio::task::spawn_blocking(move || encoder.encode(&text))
-                    .await
-                    .map_err(|error| internal("text encoder task failed", error))?;
-                encoding
-                    .map(|encoding| encoding.embedding)
-                    .map_err(text_encode_error)
+                encode(encoder, text).await
             }
             Query::Text(text) => {
                 let Some(encoder) = self.encoder.clone() else {
@@ -279,13 +284,7 @@ impl Engine {
                         "this server has no text model: search by vector or id",
                     ));
                 };
-                // The tower is CPU work: keep it off the async workers.
-                let encoding = tokio::task::spawn_blocking(move || encoder.encode(&text))
-                    .await
-                    .map_err(|error| internal("text encoder task failed", error))?;
-                encoding
-                    .map(|encoding| encoding.embedding)
-                    .map_err(text_encode_error)
+                encode(encoder, text).await
             }
             Query::Id(id) => self
                 .reader

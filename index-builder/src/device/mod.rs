@@ -332,6 +332,21 @@ impl Device {
     }
 }
 
+/// One k-means assignment step on `device`: each point's nearest centroid by L2.
+fn l2_assign(
+    device: &Device,
+    dim: usize,
+    points: &[f32],
+    centroids: &[f32],
+) -> Result<(Vec<u32>, Vec<f32>), LinalgError> {
+    let uploaded = device
+        .centroids(centroids.to_vec(), dim, Metric::L2)
+        .map_err(|error| LinalgError::KMeans(error.to_string()))?;
+    device
+        .search(&uploaded, points)
+        .map_err(|error| LinalgError::KMeans(error.to_string()))
+}
+
 /// k-means with every assignment step on `device`: [`KMeans::train`]'s code and seeds, so the CPU
 /// device trains exactly what `KMeans::train` does and a GPU what its assignments lead to.
 pub fn train_kmeans(
@@ -343,14 +358,7 @@ pub fn train_kmeans(
     if !device.is_gpu() {
         return Ok(KMeans::train(data, dim, config)?);
     }
-    let mut assign = |points: &[f32], centroids: &[f32]| {
-        let uploaded = device
-            .centroids(centroids.to_vec(), dim, Metric::L2)
-            .map_err(|error| LinalgError::KMeans(error.to_string()))?;
-        device
-            .search(&uploaded, points)
-            .map_err(|error| LinalgError::KMeans(error.to_string()))
-    };
+    let mut assign = |points: &[f32], centroids: &[f32]| l2_assign(device, dim, points, centroids);
     Ok(KMeans::train_with(data, dim, config, &mut assign)?)
 }
 
@@ -367,14 +375,7 @@ pub fn train_balanced_kmeans(
             data, dim, config,
         )?);
     }
-    let mut assign = |points: &[f32], centroids: &[f32]| {
-        let uploaded = device
-            .centroids(centroids.to_vec(), dim, Metric::L2)
-            .map_err(|error| LinalgError::KMeans(error.to_string()))?;
-        device
-            .search(&uploaded, points)
-            .map_err(|error| LinalgError::KMeans(error.to_string()))
-    };
+    let mut assign = |points: &[f32], centroids: &[f32]| l2_assign(device, dim, points, centroids);
     Ok(clipedge_linalg::balanced::train_balanced_with(
         data,
         dim,
