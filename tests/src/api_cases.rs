@@ -699,6 +699,9 @@ pub async fn build_flagged_index(dir: &std::path::Path) -> Vec<f32> {
             };
             let mut extra = serde_json::Map::new();
             extra.insert("NSFW".to_string(), serde_json::json!(nsfw));
+            // LAION-Aesthetics' column: every third item looks good.
+            let aesthetic = if id % 3 == 0 { 9.0 } else { 1.0 };
+            extra.insert("aesthetic".to_string(), serde_json::json!(aesthetic));
             clipedge_format::ItemRecord {
                 caption: format!("item {id}"),
                 url: String::new(),
@@ -805,6 +808,7 @@ pub async fn check_flagged_index(base: &str, name: &str, item_0: &[f32]) {
         body["deduplicate"] = serde_json::json!(deduplicate);
         body["use_safety_model"] = serde_json::json!(safety);
         body["num_result_ids"] = serde_json::json!(num_result_ids);
+        body["aesthetic_weight"] = serde_json::json!("");
         post_without_content_type(&client, format!("{base}/knn-service"), body.to_string())
     };
     let knn_ids = |answer: &serde_json::Value| -> Vec<u64> {
@@ -853,6 +857,62 @@ pub async fn check_flagged_index(base: &str, name: &str, item_0: &[f32]) {
     let (status, _, all) = knn(false, false, 2_000).await;
     assert_eq!(status, 200, "{all}");
     assert_eq!(knn_ids(&all).len(), FLAGGED_ITEMS);
+
+    // An aesthetic preference re-ranks by the catalog's `aesthetic` column: each result's
+    // similarity is its plain similarity less weight × |aesthetic − wanted| / 9, the answer is
+    // sorted by it, and it is the best 10 of the plain ranking's first 40 by that measure.
+    let mut body = clip_client_body(name, "", 10);
+    body["text"] = serde_json::Value::Null;
+    body["embedding_input"] = serde_json::json!(item_0);
+    body["deduplicate"] = serde_json::json!(false);
+    body["use_safety_model"] = serde_json::json!(false);
+    body["aesthetic_score"] = serde_json::json!(9);
+    body["aesthetic_weight"] = serde_json::json!(0.5);
+    let (status, headers, preferred) =
+        post_without_content_type(&client, format!("{base}/knn-service"), body.to_string()).await;
+    assert_eq!(status, 200, "{preferred}");
+    let not_applied = headers
+        .get("x-clipedge-not-applied")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    assert!(!not_applied.contains("aesthetic"), "{not_applied:?}");
+    let plain_similarity: std::collections::HashMap<u64, f64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|result| {
+            (
+                result["id"].as_u64().unwrap(),
+                result["similarity"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let adjusted = |id: u64| {
+        let aesthetic = if id.is_multiple_of(3) { 9.0 } else { 1.0 };
+        plain_similarity[&id] - 0.5 * (9.0_f64 - aesthetic) / 9.0
+    };
+    let preferred = preferred.as_array().unwrap();
+    assert_eq!(preferred.len(), 10);
+    let mut expected: Vec<u64> = knn_ids(&all)[..40].to_vec();
+    expected.sort_by(|a, b| adjusted(*b).total_cmp(&adjusted(*a)));
+    let preferred_ids: Vec<u64> = preferred
+        .iter()
+        .map(|result| result["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(preferred_ids, expected[..10], "{preferred:?}");
+    for result in preferred {
+        let id = result["id"].as_u64().unwrap();
+        let similarity = result["similarity"].as_f64().unwrap();
+        assert!(
+            (similarity - adjusted(id)).abs() < 1e-4,
+            "{id}: {similarity}"
+        );
+    }
+    assert_ne!(
+        preferred_ids[..3],
+        knn_ids(&all)[..3],
+        "the preference moved nothing"
+    );
 }
 
 /// A unit vector of the index's dimension (from `/v1/health`), to search by embedding.

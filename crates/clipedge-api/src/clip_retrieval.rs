@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    parse_body, ApiError, Dedup, ErrorCode, Item, Query, SearchRequest, ValidSearch,
-    DEFAULT_NPROBE, DEFAULT_RERANK, MAX_BODY_BYTES, MAX_NPROBE,
+    parse_body, AestheticPreference, ApiError, Dedup, ErrorCode, Item, Query, SearchRequest,
+    ValidSearch, DEFAULT_NPROBE, DEFAULT_RERANK, MAX_BODY_BYTES, MAX_NPROBE,
 };
 pub use crate::{MAX_RERANK_CANDIDATES, NOT_APPLIED_HEADER};
 
@@ -352,6 +352,13 @@ impl KnnRequest {
             rerank: DEFAULT_RERANK,
             dedup,
             safety: self.use_safety_model.unwrap_or(false),
+            aesthetic: match (aesthetic_score, aesthetic_weight) {
+                (Some(wanted), Some(weight)) if weight != 0.0 => Some(AestheticPreference {
+                    wanted: wanted as f32,
+                    weight: weight as f32,
+                }),
+                _ => None,
+            },
             records: num_images.min(num_result_ids).min(MAX_NUM_IMAGES),
         };
         let candidates = search.candidates();
@@ -366,9 +373,6 @@ impl KnnRequest {
         }
         if self.use_violence_detector == Some(true) {
             not_applied.push("use_violence_detector");
-        }
-        if aesthetic_score.is_some() && aesthetic_weight.is_some_and(|weight| weight != 0.0) {
-            not_applied.push("aesthetic_score");
         }
         Ok(KnnSearch {
             search,
@@ -464,6 +468,7 @@ pub fn knn_not_applied(asked: &[&str], answered: &[String]) -> Vec<String> {
         .map(|name| match name.as_str() {
             "safety" => "use_safety_model".to_string(),
             "dedup_near" => "deduplicate".to_string(),
+            "aesthetic" => "aesthetic_score".to_string(),
             other => other.to_string(),
         })
         .collect();
@@ -518,9 +523,14 @@ mod tests {
             "applied when the catalog has an NSFW column"
         );
         assert_eq!(knn.index_name, "laion");
+        // Whether the aesthetic preference applies depends on the catalog: the root says.
+        assert_eq!(knn.not_applied, vec!["use_violence_detector"]);
         assert_eq!(
-            knn.not_applied,
-            vec!["use_violence_detector", "aesthetic_score"]
+            knn.search.aesthetic,
+            Some(AestheticPreference {
+                wanted: 9.0,
+                weight: 0.5
+            })
         );
     }
 
@@ -577,11 +587,18 @@ mod tests {
         )
         .unwrap();
         assert!(knn.not_applied.is_empty());
+        assert_eq!(knn.search.aesthetic, None);
         let knn = validate(
             r#"{"indice_name":"laion","num_images":1,"text":"x","aesthetic_score":"5","aesthetic_weight":"0.5","use_mclip":false}"#,
         )
         .unwrap();
-        assert_eq!(knn.not_applied, vec!["aesthetic_score"]);
+        assert_eq!(
+            knn.search.aesthetic,
+            Some(AestheticPreference {
+                wanted: 5.0,
+                weight: 0.5
+            })
+        );
         // The front decides whether it has a multilingual tower (422 if not).
         let knn = validate(r#"{"indice_name":"laion","num_images":1,"text":"x","use_mclip":true}"#)
             .unwrap();

@@ -50,6 +50,18 @@ pub const MAX_FILTERED_RESULTS: usize = 1_000;
 /// [`SAFE_VALUE`] are dropped.
 pub const SAFETY_COLUMN: &str = "NSFW";
 pub const SAFE_VALUE: &str = "UNLIKELY";
+/// Catalog columns an aesthetic preference reads (LAION-Aesthetics' predicted score, 0–10),
+/// the first present wins.
+pub const AESTHETIC_COLUMNS: [&str; 3] = ["aesthetic", "AESTHETIC_SCORE", "aesthetic_score"];
+
+/// clip-retrieval's `aesthetic_score` / `aesthetic_weight`, applied where the catalog has an
+/// aesthetic column: the first [`MAX_FILTERED_RESULTS`] results are re-ranked by
+/// `score − weight × |aesthetic − wanted| / 9` (a result without a value counts as 9 away).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AestheticPreference {
+    pub wanted: f32,
+    pub weight: f32,
+}
 /// Response header naming the filters or modes asked for that this answer did not apply
 /// (e.g. `safety`: the catalog has no `NSFW` column).
 pub const NOT_APPLIED_HEADER: &str = "x-clipedge-not-applied";
@@ -188,6 +200,8 @@ pub struct ValidSearch {
     pub dedup: Dedup,
     /// Drop results whose catalog record is not `NSFW: UNLIKELY` (when the catalog has it).
     pub safety: bool,
+    /// Re-rank toward an aesthetic level (clip-retrieval only; when the catalog has it).
+    pub aesthetic: Option<AestheticPreference>,
     /// How many of the first results get their catalog record (caption and URL); the rest
     /// are answered with empty ones. `k` for `/v1`; clip-retrieval's `num_images`.
     pub records: usize,
@@ -219,6 +233,10 @@ impl ValidSearch {
         };
         if self.safety {
             candidates *= 2;
+        }
+        if self.aesthetic.is_some() {
+            // Re-ranked toward an aesthetic level: results from below the window move up.
+            candidates = candidates.max((4 * window).min(MAX_FILTERED_RESULTS));
         }
         candidates.min(MAX_RERANK_CANDIDATES)
     }
@@ -535,6 +553,7 @@ impl SearchRequest {
             rerank: requested_rerank,
             dedup,
             safety: self.safety.unwrap_or(false),
+            aesthetic: None,
             records: k,
         };
         // Large answers rerank fewer candidates per result: a scanner call reranks at most

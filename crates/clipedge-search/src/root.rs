@@ -2,9 +2,10 @@
 
 use clipedge_api::clip_retrieval::IndexShape;
 use clipedge_api::{
-    generation_error, items_with_records, merge, near_duplicates, ApiError, Dedup, ErrorCode,
-    QueryStats, SearchResponse, Timings, ValidSearch, MAX_FILTERED_RESULTS, MAX_RERANK_CANDIDATES,
-    NEAR_DEDUP_WINDOW, NEAR_DUPLICATE_COSINE, SAFETY_COLUMN, SAFE_VALUE,
+    generation_error, items_with_records, merge, near_duplicates, AestheticPreference, ApiError,
+    Dedup, ErrorCode, QueryStats, SearchResponse, Timings, ValidSearch, AESTHETIC_COLUMNS,
+    MAX_FILTERED_RESULTS, MAX_RERANK_CANDIDATES, NEAR_DEDUP_WINDOW, NEAR_DUPLICATE_COSINE,
+    SAFETY_COLUMN, SAFE_VALUE,
 };
 use clipedge_format::{Hit, ItemRecord};
 use clipedge_index::route::auto_group_probe;
@@ -246,16 +247,118 @@ async fn rank<S: ObjectSource>(
             Err(error) => return Err(generation_error(error)),
         }
     }
-    if !search.safety {
-        pool.truncate(search.window());
-        let records = vec![None; pool.len()];
-        return Ok(Ranked {
-            kept: pool,
-            records,
-            not_applied,
-        });
+    if search.safety {
+        let ranked = safety_filter(generation, source, pool, search, not_applied).await?;
+        return match search.aesthetic {
+            Some(preference) => aesthetic_rerank(generation, source, ranked, preference).await,
+            None => Ok(ranked),
+        };
     }
-    safety_filter(generation, source, pool, search, not_applied).await
+    // An aesthetic preference re-ranks more than the window, so results from below it can
+    // move up; the window is cut after.
+    let keep = match search.aesthetic {
+        Some(_) => search.window().max(MAX_FILTERED_RESULTS),
+        None => search.window(),
+    };
+    pool.truncate(keep);
+    let records = vec![None; pool.len()];
+    let mut ranked = Ranked {
+        kept: pool,
+        records,
+        not_applied,
+    };
+    if let Some(preference) = search.aesthetic {
+        ranked = aesthetic_rerank(generation, source, ranked, preference).await?;
+        ranked.kept.truncate(search.window());
+        ranked.records.truncate(search.window());
+    }
+    Ok(ranked)
+}
+
+/// Reads the catalog records of `ranked`'s hits in `range` that have none yet.
+async fn read_missing_records<S: ObjectSource>(
+    generation: &Generation,
+    source: &S,
+    ranked: &mut Ranked,
+    range: std::ops::Range<usize>,
+) -> Result<(), ApiError> {
+    let unread: Vec<usize> = range
+        .filter(|index| ranked.records[*index].is_none())
+        .collect();
+    if unread.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<u64> = unread
+        .iter()
+        .map(|index| ranked.kept[*index].metadata_ref)
+        .collect();
+    let read = generation
+        .records(source, &refs)
+        .await
+        .map_err(generation_error)?;
+    for (index, record) in unread.into_iter().zip(read) {
+        ranked.records[index] = Some(record);
+    }
+    Ok(())
+}
+
+/// Re-ranks the first [`MAX_FILTERED_RESULTS`] kept hits toward an aesthetic level read from
+/// their catalog records ([`AestheticPreference`]); the adjusted value becomes the score.
+/// Without an aesthetic column in the catalog nothing moves and the answer says `aesthetic`
+/// was not applied.
+async fn aesthetic_rerank<S: ObjectSource>(
+    generation: &Generation,
+    source: &S,
+    mut ranked: Ranked,
+    preference: AestheticPreference,
+) -> Result<Ranked, ApiError> {
+    let reranked = ranked.kept.len().min(MAX_FILTERED_RESULTS);
+    // The first few records tell whether the catalog has the column (clip-retrieval's client
+    // sends a preference with every query, so the common answer is "no", and cheap).
+    let probe = reranked.min(64);
+    read_missing_records(generation, source, &mut ranked, 0..probe).await?;
+    let has_column = ranked.records[..probe].iter().flatten().any(|record| {
+        AESTHETIC_COLUMNS
+            .iter()
+            .any(|column| record.extra.contains_key(*column))
+    });
+    if !has_column {
+        ranked.not_applied.push("aesthetic".to_string());
+        return Ok(ranked);
+    }
+    read_missing_records(generation, source, &mut ranked, probe..reranked).await?;
+    let aesthetic_of = |record: &Option<ItemRecord>| -> Option<f32> {
+        let record = record.as_ref()?;
+        AESTHETIC_COLUMNS.iter().find_map(|column| {
+            let value = record.extra.get(*column)?;
+            value
+                .as_f64()
+                .or_else(|| value.as_str().and_then(|text| text.trim().parse().ok()))
+                .map(|number| number as f32)
+                .filter(|number| number.is_finite())
+        })
+    };
+    let values: Vec<Option<f32>> = ranked.records[..reranked]
+        .iter()
+        .map(aesthetic_of)
+        .collect();
+    let mut order: Vec<(Hit, Option<ItemRecord>)> = ranked
+        .kept
+        .drain(..reranked)
+        .zip(ranked.records.drain(..reranked))
+        .zip(values)
+        .map(|((mut hit, record), value)| {
+            let distance = value.map_or(9.0, |value| (value - preference.wanted).abs().min(9.0));
+            hit.score -= preference.weight * distance / 9.0;
+            (hit, record)
+        })
+        .collect();
+    // Stable: equal adjusted scores keep the similarity order.
+    order.sort_by(|left, right| right.0.score.total_cmp(&left.0.score));
+    let (hits, records): (Vec<Hit>, Vec<Option<ItemRecord>>) = order.into_iter().unzip();
+    ranked.kept.splice(0..0, hits);
+    ranked.records.splice(0..0, records);
+    Ok(ranked)
 }
 
 /// Keeps the pool's hits whose record says `NSFW: UNLIKELY`, reading records in rank order
@@ -540,6 +643,7 @@ mod tests {
             paged: false,
             generation: None,
             safety: false,
+            aesthetic: None,
             nprobe_default: false,
         }
     }
