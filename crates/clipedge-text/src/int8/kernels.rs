@@ -281,6 +281,33 @@ struct Gemm<'a> {
     tokens: usize,
 }
 
+// Unused where no four-row kernel is compiled in (wasm32 with plain simd128).
+#[allow(dead_code)]
+impl Gemm<'_> {
+    /// The last step of a four-row-reduced block: adds the scalar tail (columns `main..`) of
+    /// rows `row..row + 4` against `token` to their SIMD sums and stores the four outputs.
+    #[inline(always)]
+    fn finish_four(
+        &self,
+        mut sums: [i32; 4],
+        row: usize,
+        token: usize,
+        main: usize,
+        out: &mut [i32],
+    ) {
+        let cols = self.cols;
+        if main < cols {
+            let act_tail = &self.acts[token * cols + main..(token + 1) * cols];
+            for (i, sum) in sums.iter_mut().enumerate() {
+                let weight_tail = &self.weights[(row + i) * cols + main..(row + i + 1) * cols];
+                *sum += dot_scalar(weight_tail, act_tail);
+            }
+        }
+        let start = token * self.rows + row;
+        out[start..start + 4].copy_from_slice(&sums);
+    }
+}
+
 fn dot_scalar(weights: &[u8], acts: &[u8]) -> i32 {
     weights
         .iter()
@@ -420,19 +447,13 @@ mod avx2 {
             k += 16;
         }
         if R == 4 {
+            // `j` picks a column of `acc` and names the token.
+            #[allow(clippy::needless_range_loop)]
             for j in 0..T {
                 let mut sums = [0i32; 4];
                 let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
                 _mm_storeu_si128(sums.as_mut_ptr() as *mut __m128i, reduce4_256(four));
-                if main < cols {
-                    let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
-                    for (i, sum) in sums.iter_mut().enumerate() {
-                        let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
-                        *sum += dot_scalar(weight_tail, act_tail);
-                    }
-                }
-                let start = (token + j) * rows + row;
-                out[start..start + 4].copy_from_slice(&sums);
+                g.finish_four(sums, row, token + j, main, out);
             }
             return;
         }
@@ -515,20 +536,13 @@ mod vnni {
                     k += $step;
                 }
                 if R == 4 {
+                    // `j` picks a column of `acc` and names the token.
+                    #[allow(clippy::needless_range_loop)]
                     for j in 0..T {
                         let mut sums = [0i32; 4];
                         let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
                         _mm_storeu_si128(sums.as_mut_ptr() as *mut __m128i, $reduce4(four));
-                        if main < cols {
-                            let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
-                            for (i, sum) in sums.iter_mut().enumerate() {
-                                let weight_tail =
-                                    &weights[(row + i) * cols + main..(row + i + 1) * cols];
-                                *sum += dot_scalar(weight_tail, act_tail);
-                            }
-                        }
-                        let start = (token + j) * rows + row;
-                        out[start..start + 4].copy_from_slice(&sums);
+                        g.finish_four(sums, row, token + j, main, out);
                     }
                     return;
                 }
@@ -718,19 +732,13 @@ mod wasm {
             k += 16;
         }
         if R == 4 {
+            // `j` picks a column of `acc` and names the token.
+            #[allow(clippy::needless_range_loop)]
             for j in 0..T {
                 let mut sums = [0i32; 4];
                 let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
                 v128_store(sums.as_mut_ptr() as *mut v128, reduce4(four));
-                if main < cols {
-                    let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
-                    for (i, sum) in sums.iter_mut().enumerate() {
-                        let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
-                        *sum += dot_scalar(weight_tail, act_tail);
-                    }
-                }
-                let start = (token + j) * rows + row;
-                out[start..start + 4].copy_from_slice(&sums);
+                g.finish_four(sums, row, token + j, main, out);
             }
             return;
         }
