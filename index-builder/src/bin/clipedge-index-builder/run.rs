@@ -267,6 +267,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         .spill_dir
         .clone()
         .unwrap_or_else(std::env::temp_dir);
+    // One runtime for the job's storage I/O: the source mirror, the write, the gate, GC.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let fetch_started = Instant::now();
     let source_path = if clipedge_index_builder::remote::is_remote(&args.source) {
         // One folder per source URL, so the next run finds its mirror and fetches only what
@@ -275,10 +280,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             "clipedge-source-{:016x}",
             xxhash_rust::xxh3::xxh3_64(args.source.as_bytes())
         );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
         let (root, report) = runtime
             .block_on(clipedge_index_builder::remote::mirror_source(
                 &args.source,
@@ -394,10 +395,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     drop(sample);
     let train_s = train_started.elapsed().as_secs_f64();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let mut truth = ExactTopK::new(queries.clone(), dim, 10)?;
     let options = StreamOptions {
         batch_rows: settings.batch_rows.unwrap_or(65_536),
