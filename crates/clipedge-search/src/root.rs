@@ -247,25 +247,22 @@ async fn rank<S: ObjectSource>(
             Err(error) => return Err(generation_error(error)),
         }
     }
-    if search.safety {
-        let ranked = safety_filter(generation, source, pool, search, not_applied).await?;
-        return match search.aesthetic {
-            Some(preference) => aesthetic_rerank(generation, source, ranked, preference).await,
-            None => Ok(ranked),
+    let mut ranked = if search.safety {
+        safety_filter(generation, source, pool, search, not_applied).await?
+    } else {
+        // An aesthetic preference re-ranks more than the window, so results from below it can
+        // move up; the window is cut after.
+        let keep = match search.aesthetic {
+            Some(_) => search.window().max(MAX_FILTERED_RESULTS),
+            None => search.window(),
         };
-    }
-    // An aesthetic preference re-ranks more than the window, so results from below it can
-    // move up; the window is cut after.
-    let keep = match search.aesthetic {
-        Some(_) => search.window().max(MAX_FILTERED_RESULTS),
-        None => search.window(),
-    };
-    pool.truncate(keep);
-    let records = vec![None; pool.len()];
-    let mut ranked = Ranked {
-        kept: pool,
-        records,
-        not_applied,
+        pool.truncate(keep);
+        let records = vec![None; pool.len()];
+        Ranked {
+            kept: pool,
+            records,
+            not_applied,
+        }
     };
     if let Some(preference) = search.aesthetic {
         ranked = aesthetic_rerank(generation, source, ranked, preference).await?;
