@@ -68,7 +68,7 @@ async fn handler_matches_the_reader_and_refuses_before_io() {
             generation: report.generation.clone(),
             query: query.to_vec(),
             targets: ScanTargets::Groups {
-                group_ids: route::auto_group_probe(reader.routing(), query, nprobe),
+                group_ids: route::auto_group_probe(reader.routing(), None, query, nprobe),
                 nprobe: nprobe as u32,
             },
             k: 7,
@@ -131,7 +131,7 @@ async fn handler_matches_the_reader_and_refuses_before_io() {
         generation: report.generation.clone(),
         query: query.to_vec(),
         targets: ScanTargets::Groups {
-            group_ids: route::auto_group_probe(reader.routing(), query, 3),
+            group_ids: route::auto_group_probe(reader.routing(), None, query, 3),
             nprobe: 3,
         },
         k: 5,

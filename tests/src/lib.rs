@@ -176,10 +176,11 @@ pub fn probed_lists(
     query: &[f32],
     nprobe: usize,
 ) -> Vec<u32> {
-    let groups: Vec<Arc<GroupBlob>> = route::auto_group_probe(reader.routing(), query, nprobe)
-        .into_iter()
-        .map(|group| blobs[group as usize].clone())
-        .collect();
+    let groups: Vec<Arc<GroupBlob>> =
+        route::auto_group_probe(reader.routing(), None, query, nprobe)
+            .into_iter()
+            .map(|group| blobs[group as usize].clone())
+            .collect();
     route::rank_lists(query, &groups, nprobe)
         .into_iter()
         .map(|probe| probe.list_id)

@@ -70,7 +70,7 @@ async fn groups_lists_and_read_plans_give_the_hits_of_search() {
     let params = SearchParams::new(K, NPROBE, RERANK);
     for query in data.queries(QueryKind::OutOfDistribution).chunks_exact(DIM) {
         let expected = reader.search(query, &params).await.expect("search");
-        let group_ids = route::auto_group_probe(reader.routing(), query, NPROBE);
+        let group_ids = route::auto_group_probe(reader.routing(), None, query, NPROBE);
         let list_ids = probed_lists(&reader, &blobs, query, NPROBE);
         let plans = [ReadPlan::Coalesced, ReadPlan::OneByOne { concurrency: 3 }];
         for reads in plans {

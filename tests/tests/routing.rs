@@ -163,7 +163,7 @@ async fn an_explicit_group_probe_limits_the_lists_scanned_to_those_groups() {
     let (_dir, grouped) = index(Some(GROUPS)).await;
     let routing = grouped.routing().clone();
     for query in data().out_of_distribution.chunks_exact(DIM).take(10) {
-        let top_group = clipedge_index::route::rank_groups(&routing, query, 1)[0] as usize;
+        let top_group = clipedge_index::route::rank_groups(&routing, None, query, 1)[0] as usize;
         let entry = routing.groups[top_group];
         let lists = entry.first_list..entry.first_list + entry.list_count;
         let result = grouped

@@ -209,7 +209,7 @@ async fn scanner_lambda_over_function_url_and_s3() {
     let queries = data.queries(QueryKind::OutOfDistribution);
     for (query_index, query) in queries.chunks_exact(DIM).take(6).enumerate() {
         let nprobe = [2, 5, 12][query_index % 3];
-        let group_ids = route::auto_group_probe(reader.routing(), query, nprobe);
+        let group_ids = route::auto_group_probe(reader.routing(), None, query, nprobe);
         let params = SearchParams::new(K as usize, nprobe, RERANK as usize);
         let expected = reader
             .search(query, &params)

@@ -120,7 +120,9 @@ impl IndexReader {
             GenerationError::Source { source, .. } => IndexError::Source(source),
             other => IndexError::Generation(other),
         })?;
-        let Generation { manifest, routing } = &opened;
+        let Generation {
+            manifest, routing, ..
+        } = &opened;
         let generation = manifest.generation.clone();
         let codebooks_name = generation_path(&generation, &manifest.codebooks.path);
         let codebook_bytes = storage.get(&codebooks_name).await?;
@@ -267,9 +269,11 @@ impl IndexReader {
             parallel: params.parallel,
         };
         let started = Instant::now();
+        let routing = &self.generation.routing;
+        let screen = self.generation.group_screen.as_deref();
         let group_ids = match params.group_probe {
-            Some(count) => route::rank_groups(&self.generation.routing, query, count),
-            None => route::auto_group_probe(&self.generation.routing, query, params.nprobe),
+            Some(count) => route::rank_groups(routing, screen, query, count),
+            None => route::auto_group_probe(routing, screen, query, params.nprobe),
         };
         let routed = Instant::now();
         let leaf_request = LeafRequest {

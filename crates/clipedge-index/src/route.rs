@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use clipedge_format::{GroupBlob, ListLocation, RoutingTable};
 use clipedge_linalg::dot::{dot, dots_with_rows, top_rows_by_dot};
+use clipedge_linalg::screen::Fp16Screen;
 use clipedge_linalg::TopK;
 
 /// How many lists' worth of groups the automatic group probe gathers per list scanned:
@@ -22,12 +23,20 @@ pub const GROUPS_PER_PROBED_LIST: usize = 1;
 /// rerank 50) this matched flat routing at equal lists scanned (recall@10 0.881 / 0.902 / 0.919 at
 /// nprobe 4 / 8 / 16, flat 0.881 / 0.902 / 0.919); ranking groups by centroid score alone instead
 /// of the radius bound gave 0.17 / 0.82 / 0.92 even with four groups a probed list.
-pub fn auto_group_probe(routing: &RoutingTable, query: &[f32], nprobe: usize) -> Vec<u32> {
+///
+/// `screen`, when given, must be the fp16 screen of `routing.centroids` (see
+/// [`crate::Generation::group_screen`]); the groups are the same with or without it.
+pub fn auto_group_probe(
+    routing: &RoutingTable,
+    screen: Option<&Fp16Screen>,
+    query: &[f32],
+    nprobe: usize,
+) -> Vec<u32> {
     if routing.ngroups() as u32 == routing.nlist {
-        return rank_groups(routing, query, nprobe);
+        return rank_groups(routing, screen, query, nprobe);
     }
     let wanted_lists = nprobe.saturating_mul(GROUP_OVERFETCH);
-    let ranked = rank_groups(routing, query, routing.ngroups());
+    let ranked = rank_groups(routing, screen, query, routing.ngroups());
     let mut chosen = Vec::new();
     let mut gathered_lists = 0usize;
     for group in ranked {
@@ -45,9 +54,23 @@ pub fn auto_group_probe(routing: &RoutingTable, query: &[f32], nprobe: usize) ->
 /// Groups are ranked by an upper bound on their best list, `<q, centroid> + |q| * radius`
 /// (for a flat index every radius is 0 and this is the plain inner product): a group's centroid
 /// is the mean of its lists, and by the mean alone small tight groups outrank wide ones that
-/// hold better lists.
-pub fn rank_groups(routing: &RoutingTable, query: &[f32], count: usize) -> Vec<u32> {
+/// hold better lists. `screen` as in [`auto_group_probe`].
+pub fn rank_groups(
+    routing: &RoutingTable,
+    screen: Option<&Fp16Screen>,
+    query: &[f32],
+    count: usize,
+) -> Vec<u32> {
     let count = count.min(routing.ngroups());
+    if let Some(screen) = screen.filter(|screen| screen.rows() == routing.ngroups()) {
+        let query_norm = dot(query, query).sqrt();
+        let offset = |group: usize| query_norm * routing.groups[group].radius;
+        return screen
+            .top_rows(query, &routing.centroids, count, offset)
+            .into_iter()
+            .map(|(group, _)| group)
+            .collect();
+    }
     if routing.groups.iter().all(|group| group.radius == 0.0) {
         return top_rows_by_dot(query, &routing.centroids, routing.dim, count)
             .into_iter()
@@ -129,8 +152,8 @@ mod tests {
             groups: vec![entry(0, 1, 0.0), entry(1, 4, 0.7)],
         };
         let query = [1.0, 0.0];
-        assert_eq!(rank_groups(&routing, &query, 2), vec![1, 0]);
-        assert_eq!(auto_group_probe(&routing, &query, 1), vec![1]);
+        assert_eq!(rank_groups(&routing, None, &query, 2), vec![1, 0]);
+        assert_eq!(auto_group_probe(&routing, None, &query, 1), vec![1]);
     }
 
     #[test]
@@ -141,7 +164,7 @@ mod tests {
             centroids: vec![0.1, 0.0, 0.9, 0.0, 0.5, 0.0],
             groups: vec![entry(0, 1, 0.0), entry(1, 1, 0.0), entry(2, 1, 0.0)],
         };
-        assert_eq!(rank_groups(&routing, &[1.0, 0.0], 3), vec![1, 2, 0]);
-        assert_eq!(auto_group_probe(&routing, &[1.0, 0.0], 2), vec![1, 2]);
+        assert_eq!(rank_groups(&routing, None, &[1.0, 0.0], 3), vec![1, 2, 0]);
+        assert_eq!(auto_group_probe(&routing, None, &[1.0, 0.0], 2), vec![1, 2]);
     }
 }

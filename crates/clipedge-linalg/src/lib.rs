@@ -14,6 +14,7 @@ mod par;
 pub mod pq;
 pub mod rerank;
 pub mod scan8;
+pub mod screen;
 pub mod topk;
 
 pub use kmeans::{KMeans, KMeansConfig, KMeansInit};

@@ -101,7 +101,12 @@ pub async fn search<S: ObjectSource, L: Leaves>(
     } else {
         search.nprobe
     };
-    let groups = auto_group_probe(&generation.routing, query, nprobe);
+    let groups = auto_group_probe(
+        &generation.routing,
+        generation.group_screen.as_deref(),
+        query,
+        nprobe,
+    );
     let policy = leaves.policy();
     let calls = plan_calls(
         &generation.routing,
@@ -571,7 +576,7 @@ mod tests {
             centroids,
             groups,
         };
-        Generation { manifest, routing }
+        Generation::new(manifest, routing)
     }
 
     /// Answers each call with one hit per list (score = 1 / (list + 1), lists 0 and 1 holding

@@ -1,7 +1,8 @@
 //! Exact rerank: fp16 SIMD/scalar bit-identity and accuracy of the fp16 and int8 copies.
 
 use clipedge_linalg::rerank::{
-    dot_fp16_le, dot_fp16_le_scalar, dot_int8, encode_fp16, encode_int8,
+    dot_fp16_le, dot_fp16_le_scalar, dot_fp16_le_x4, dot_int8, dot_int8_x4, encode_fp16,
+    encode_int8,
 };
 use half::f16;
 use rand::Rng;
@@ -182,4 +183,41 @@ fn dot_int8_ranks_a_near_duplicate_first() {
         }
     }
     assert_eq!(best.1, 17);
+}
+
+#[test]
+fn four_copies_at_once_equal_four_single_calls_bit_for_bit() {
+    let mut rng = seeded(26);
+    for dim in [1, 7, 8, 9, 13, 16, 31, 512, 1027] {
+        for trial in 0..5 {
+            let query = wide_range_vector(&mut rng, dim);
+            let stored: Vec<Vec<f32>> = (0..4).map(|_| wide_range_vector(&mut rng, dim)).collect();
+            let fp16: Vec<Vec<u8>> = stored.iter().map(|v| fp16_le_bytes(v)).collect();
+            let fp16_rows = [&fp16[0][..], &fp16[1][..], &fp16[2][..], &fp16[3][..]];
+            let together = dot_fp16_le_x4(&query, fp16_rows);
+            for (row, bytes) in fp16_rows.iter().enumerate() {
+                assert_eq!(
+                    together[row].to_bits(),
+                    dot_fp16_le_scalar(&query, bytes).to_bits(),
+                    "fp16 dim {dim}, trial {trial}, row {row}"
+                );
+            }
+            let int8: Vec<(f32, Vec<u8>)> = stored
+                .iter()
+                .map(|vector| {
+                    let (scale, values) = encode_int8(vector);
+                    (scale, values.iter().map(|v| *v as u8).collect())
+                })
+                .collect();
+            let copies = [0, 1, 2, 3].map(|row| (int8[row].0, &int8[row].1[..]));
+            let together = dot_int8_x4(&query, copies);
+            for (row, (scale, values)) in copies.iter().enumerate() {
+                assert_eq!(
+                    together[row].to_bits(),
+                    dot_int8(&query, *scale, values).to_bits(),
+                    "int8 dim {dim}, trial {trial}, row {row}"
+                );
+            }
+        }
+    }
 }
