@@ -1,6 +1,8 @@
 //! 4-bit PQ fast-scan: codes packed in blocks of 32 vectors and scored with in-register
-//! table lookups (`pshufb` on AVX2, `i8x16.swizzle` on wasm `simd128`) over an 8-bit
-//! quantized lookup table, accumulated in u16. Integer arithmetic makes every path exact.
+//! table lookups (`pshufb` on AVX2, `i8x16.swizzle` on wasm `simd128`, `tbl` on aarch64 NEON)
+//! over an 8-bit quantized lookup table, accumulated in u16. Integer arithmetic makes every
+//! path exact; sums wrap modulo 2^16 everywhere (the scalar path truncates), though no valid
+//! PQ (m <= 256) reaches that.
 //!
 //! Block layout (`16 * m` bytes): for sub-quantizer `j`, 16 bytes; byte `b` holds the code
 //! of vector `b` in its low nibble and of vector `b + 16` in its high nibble.
@@ -109,12 +111,18 @@ pub fn block_sums(table: &[u8], m: usize, block: &[u8], out: &mut [u16; 32]) {
         unsafe { block_sums_simd128(table, m, block, out) };
         return;
     }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        // SAFETY: NEON is enabled at compile time; the assert above bounds every 16-byte load.
+        unsafe { block_sums_neon(table, m, block, out) };
+        return;
+    }
     #[allow(unreachable_code)]
     block_sums_scalar(table, m, block, out)
 }
 
-/// Sums of two blocks at once: on AVX2 each table register is loaded once for both blocks,
-/// which halves table loads and doubles independent work per iteration. Same sums as two
+/// Sums of two blocks at once: on AVX2 and NEON each table register is loaded once for both
+/// blocks, which halves table loads and doubles independent work per iteration. Same sums as two
 /// [`block_sums`] calls; returns each block's largest sum (over all 32 slots, padding included).
 #[inline]
 pub fn block_pair_sums(
@@ -137,6 +145,12 @@ pub fn block_pair_sums(
             return unsafe { block_pair_sums_avx2(table, m, first, second, out) };
         }
     }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        // SAFETY: NEON is enabled at compile time; the assert above bounds every 16-byte load.
+        return unsafe { block_pair_sums_neon(table, m, first, second, out) };
+    }
+    #[allow(unreachable_code)]
     let [first_out, second_out] = out;
     block_sums(table, m, first, first_out);
     block_sums(table, m, second, second_out);
@@ -300,6 +314,82 @@ unsafe fn block_sums_simd128(table: &[u8], m: usize, block: &[u8], out: &mut [u1
     );
 }
 
+/// Adds one sub-quantizer's table values to the four accumulators of a block (slots 0-7, 8-15,
+/// 16-23, 24-31). `tbl` looks up all 16 bytes at once and the widening adds put the u16 sums in
+/// slot order, so unlike AVX2 no even/odd split and re-interleave is needed.
+///
+/// # Safety
+/// `codes` must point to 16 readable bytes.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+#[inline(always)]
+unsafe fn accumulate_neon(
+    lut: std::arch::aarch64::uint8x16_t,
+    codes: *const u8,
+    acc: &mut [std::arch::aarch64::uint16x8_t; 4],
+) {
+    use std::arch::aarch64::*;
+    let codes = vld1q_u8(codes);
+    let low_values = vqtbl1q_u8(lut, vandq_u8(codes, vdupq_n_u8(0x0f)));
+    let high_values = vqtbl1q_u8(lut, vshrq_n_u8::<4>(codes));
+    acc[0] = vaddw_u8(acc[0], vget_low_u8(low_values));
+    acc[1] = vaddw_high_u8(acc[1], low_values);
+    acc[2] = vaddw_u8(acc[2], vget_low_u8(high_values));
+    acc[3] = vaddw_high_u8(acc[3], high_values);
+}
+
+/// Stores a block's four accumulators in slot order and returns their maximum.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+#[inline(always)]
+unsafe fn store_block_sums_neon(
+    acc: [std::arch::aarch64::uint16x8_t; 4],
+    out: &mut [u16; 32],
+) -> u16 {
+    use std::arch::aarch64::*;
+    for (index, &sums) in acc.iter().enumerate() {
+        vst1q_u16(out.as_mut_ptr().add(8 * index), sums);
+    }
+    vmaxvq_u16(vmaxq_u16(
+        vmaxq_u16(acc[0], acc[1]),
+        vmaxq_u16(acc[2], acc[3]),
+    ))
+}
+
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+unsafe fn block_sums_neon(table: &[u8], m: usize, block: &[u8], out: &mut [u16; 32]) {
+    use std::arch::aarch64::*;
+    let mut acc = [vdupq_n_u16(0); 4];
+    for sub in 0..m {
+        let lut = vld1q_u8(table.as_ptr().add(sub * 16));
+        accumulate_neon(lut, block.as_ptr().add(sub * 16), &mut acc);
+    }
+    store_block_sums_neon(acc, out);
+}
+
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+unsafe fn block_pair_sums_neon(
+    table: &[u8],
+    m: usize,
+    first: &[u8],
+    second: &[u8],
+    out: &mut [[u16; 32]; 2],
+) -> [u16; 2] {
+    use std::arch::aarch64::*;
+    // Eight independent accumulator chains, and one table load for both blocks. No prefetch as
+    // on AVX2: aarch64's is an unstable intrinsic, and the codes are one sequential stream.
+    let mut first_acc = [vdupq_n_u16(0); 4];
+    let mut second_acc = [vdupq_n_u16(0); 4];
+    for sub in 0..m {
+        let lut = vld1q_u8(table.as_ptr().add(sub * 16));
+        accumulate_neon(lut, first.as_ptr().add(sub * 16), &mut first_acc);
+        accumulate_neon(lut, second.as_ptr().add(sub * 16), &mut second_acc);
+    }
+    let [first_out, second_out] = out;
+    [
+        store_block_sums_neon(first_acc, first_out),
+        store_block_sums_neon(second_acc, second_out),
+    ]
+}
+
 /// Scores the first `count` vectors of a packed list as `bias + lut.to_score(sum)` and offers
 /// each to `top` under key `key_base + row`.
 pub fn scan_list(
@@ -373,13 +463,9 @@ mod tests {
     fn dispatching_block_sums_equal_the_scalar_reference() {
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         assert_eq!(crate::simd_level(), "simd128");
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next_byte = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        };
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        assert_eq!(crate::simd_level(), "neon");
+        let mut next_byte = xorshift(0x2545_f491_4f6c_dd1d);
         for m in [2usize, 8, 64, 128, 256] {
             let table: Vec<u8> = (0..16 * m).map(|_| next_byte()).collect();
             let block: Vec<u8> = (0..16 * m).map(|_| next_byte()).collect();
@@ -398,6 +484,90 @@ mod tests {
                 "m = {m}, simd level {}",
                 crate::simd_level()
             );
+        }
+    }
+
+    fn xorshift(seed: u64) -> impl FnMut() -> u8 {
+        let mut state = seed;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        }
+    }
+
+    /// Tables of the given kind: random, all 0, all 255, or 0/255 mixed.
+    fn table_of(kind: usize, m: usize, next_byte: &mut impl FnMut() -> u8) -> Vec<u8> {
+        (0..16 * m)
+            .map(|i| match kind {
+                0 => next_byte(),
+                1 => 0,
+                2 => 255,
+                _ => [0, 255][(i * 7 + i / 16) % 2],
+            })
+            .collect()
+    }
+
+    /// Every SIMD path (AVX2, NEON, simd128) against the reference on sub-quantizer counts that
+    /// are not multiples of 4 or of the register width, extreme tables, and m past 257 where
+    /// 255 * m no longer fits a u16 (every path wraps like the scalar truncation). The pair
+    /// kernel's maxima are checked too: they drive the block prune in `scan_list`.
+    #[test]
+    fn dispatching_kernels_equal_the_scalar_reference_on_awkward_shapes() {
+        let mut next_byte = xorshift(0x9e37_79b9_7f4a_7c15);
+        for m in [2usize, 4, 6, 10, 14, 18, 30, 34, 66, 130, 256, 258, 600] {
+            for kind in 0..4 {
+                for trial in 0..3 {
+                    let table = table_of(kind, m, &mut next_byte);
+                    // Longer than needed, as callers pass whole lists: bytes past 16 * m are ignored.
+                    let first: Vec<u8> = (0..16 * m + 16).map(|_| next_byte()).collect();
+                    let second: Vec<u8> = (0..16 * m).map(|_| next_byte()).collect();
+                    let mut expected = [[0u16; 32]; 2];
+                    block_sums_scalar(&table, m, &first, &mut expected[0]);
+                    block_sums_scalar(&table, m, &second, &mut expected[1]);
+                    let context = format!("m {m}, table kind {kind}, trial {trial}");
+                    let mut single = [0u16; 32];
+                    block_sums(&table, m, &first, &mut single);
+                    assert_eq!(single, expected[0], "{context}");
+                    let mut pair = [[0u16; 32]; 2];
+                    let maxima = block_pair_sums(&table, m, &first, &second, &mut pair);
+                    assert_eq!(pair, expected, "pair, {context}");
+                    assert_eq!(
+                        maxima,
+                        [max_of(&expected[0]), max_of(&expected[1])],
+                        "{context}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The NEON kernels called directly, odd sub-quantizer counts included (the dispatcher
+    /// only takes even ones), so a broken kernel fails even if dispatch changed.
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    #[test]
+    fn neon_kernels_equal_the_scalar_reference() {
+        let mut next_byte = xorshift(0xd1b5_4a32_d192_ed03);
+        for m in (0..=40).chain([63, 255, 256, 257, 259, 1001]) {
+            for kind in 0..4 {
+                let table = table_of(kind, m, &mut next_byte);
+                let first: Vec<u8> = (0..16 * m).map(|_| next_byte()).collect();
+                let second: Vec<u8> = (0..16 * m).map(|_| next_byte()).collect();
+                let mut expected = [[0u16; 32]; 2];
+                block_sums_scalar(&table, m, &first, &mut expected[0]);
+                block_sums_scalar(&table, m, &second, &mut expected[1]);
+                let mut single = [0u16; 32];
+                let mut pair = [[0u16; 32]; 2];
+                // SAFETY: NEON is enabled at compile time and every buffer holds 16 * m bytes.
+                let maxima = unsafe {
+                    block_sums_neon(&table, m, &first, &mut single);
+                    block_pair_sums_neon(&table, m, &first, &second, &mut pair)
+                };
+                assert_eq!(single, expected[0], "m {m}, table kind {kind}");
+                assert_eq!(pair, expected, "pair, m {m}, table kind {kind}");
+                assert_eq!(maxima, [max_of(&expected[0]), max_of(&expected[1])]);
+            }
         }
     }
 }

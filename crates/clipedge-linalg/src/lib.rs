@@ -1,7 +1,8 @@
 //! Hot kernels of clipedge: everything that touches vectors or codes in a loop.
 //!
 //! Each kernel has a portable scalar path that defines the result, and SIMD paths
-//! (x86_64 AVX2 chosen at run time, wasm32 `simd128` chosen at compile time) that
+//! (x86_64 AVX2 chosen at run time, wasm32 `simd128` and aarch64 NEON chosen at compile
+//! time; NEON is part of the aarch64 baseline) that
 //! return bit-identical results: integer kernels are exact, float kernels keep the
 //! scalar path's lane layout and summation order and never fuse multiply-adds.
 
@@ -42,6 +43,10 @@ pub fn simd_level() -> &'static str {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
         return "simd128";
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        return "neon";
     }
     #[allow(unreachable_code)]
     "scalar"

@@ -3,7 +3,9 @@
 //! The kernel stays scalar with eight independent accumulators: an AVX2 gather replaces eight
 //! loads with one microcoded instruction that is not faster on the AMD cores we run on (not
 //! benchmarked here; a gather variant is worth measuring on Intel). Reading codes eight at a time
-//! as one u64 instead of byte loads measured the same (~40 M codes/s, m 64).
+//! as one u64 instead of byte loads measured the same (~40 M codes/s, m 64). aarch64 NEON has no
+//! gather at all, and its `tbl` lookups reach 64 bytes where a sub-quantizer's table is 1 KiB,
+//! so there is no NEON path either.
 
 use crate::dot::reduce_lanes;
 use crate::TopK;

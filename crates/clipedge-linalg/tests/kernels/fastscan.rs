@@ -25,6 +25,9 @@ fn dispatch_uses_avx2_where_the_cpu_has_it() {
     if std::is_x86_feature_detected!("avx2") {
         assert_eq!(clipedge_linalg::simd_level(), "avx2");
     }
+    // Baseline on aarch64 (scripts/test.sh runs these tests under qemu-aarch64).
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(clipedge_linalg::simd_level(), "neon");
 }
 
 #[test]
