@@ -24,6 +24,13 @@ fn scan8_list(c: &mut Criterion) {
             })
         });
     }
+    group.bench_function("scan_list_scalar/m64_10k_top100", |b| {
+        b.iter(|| {
+            let mut top = TopK::new(100);
+            scan8::scan_list_scalar(black_box(&lut), black_box(&codes), 0.0, 0, &mut top);
+            top
+        })
+    });
     group.bench_function("score_all/m64_10k", |b| {
         b.iter(|| scan8::score_all(black_box(&lut), black_box(&codes)))
     });

@@ -36,6 +36,9 @@ pub enum LinalgError {
 pub fn simd_level() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
+        if fastscan::has_avx512bw() {
+            return "avx512";
+        }
         if fastscan::has_avx2() {
             return "avx2";
         }

@@ -22,7 +22,9 @@ fn float_score(lut: &[f32], code: &[u8]) -> f32 {
 fn dispatch_uses_avx2_where_the_cpu_has_it() {
     // Otherwise the equality tests below would compare the scalar path with itself.
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if std::is_x86_feature_detected!("avx512bw") {
+        assert_eq!(clipedge_linalg::simd_level(), "avx512");
+    } else if std::is_x86_feature_detected!("avx2") {
         assert_eq!(clipedge_linalg::simd_level(), "avx2");
     }
     // Baseline on aarch64 (scripts/test.sh runs these tests under qemu-aarch64).
