@@ -19,4 +19,4 @@ pub use io::{
     write_npy, write_npy_f16, Matrix, NpyDtype, NpyLayout, VectorIoError,
 };
 pub use synthetic::{ClipLikeConfig, ClipLikeGenerator, QueryKind};
-pub use truth::{ground_truth, recall_at_k};
+pub use truth::{ground_truth, recall_at_k, TruthAccumulator};

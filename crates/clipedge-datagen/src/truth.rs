@@ -51,6 +51,97 @@ pub fn ground_truth(base: &[f32], queries: &[f32], dim: usize, k: usize) -> Vec<
     chunk_results.concat()
 }
 
+/// [`ground_truth`] over a base that arrives in shards, one after another (rows numbered on
+/// from the previous shard), holding only the queries' top-`k` lists: the ids equal
+/// `ground_truth` on the concatenated base, for sets too large to hold whole.
+pub struct TruthAccumulator {
+    queries: Vec<f32>,
+    dim: usize,
+    k: usize,
+    tops: Vec<TopK>,
+    rows_seen: usize,
+}
+
+impl TruthAccumulator {
+    /// # Panics
+    ///
+    /// If `dim` is zero or the queries' length is not a multiple of it.
+    pub fn new(queries: Vec<f32>, dim: usize, k: usize) -> TruthAccumulator {
+        assert!(dim > 0, "ground truth needs a positive dim");
+        assert!(
+            queries.len().is_multiple_of(dim),
+            "queries length is not a multiple of dim"
+        );
+        let query_count = queries.len() / dim;
+        TruthAccumulator {
+            queries,
+            dim,
+            k,
+            tops: vec![TopK::new(k); query_count],
+            rows_seen: 0,
+        }
+    }
+
+    /// Scores the next shard's rows against every query.
+    pub fn add_shard(&mut self, shard: &[f32]) {
+        let dim = self.dim;
+        assert!(
+            shard.len().is_multiple_of(dim),
+            "shard length is not a multiple of dim"
+        );
+        let first_row = self.rows_seen;
+        let k = self.k;
+        self.queries
+            .par_chunks(QUERIES_PER_CHUNK * dim)
+            .zip(self.tops.par_chunks_mut(QUERIES_PER_CHUNK))
+            .for_each(|(query_chunk, chunk_tops)| {
+                let query_count = query_chunk.len() / dim;
+                let shard_tops = shard
+                    .par_chunks(BASE_ROWS_PER_SEGMENT * dim)
+                    .enumerate()
+                    .map(|(segment_index, segment)| {
+                        let segment_first = first_row + segment_index * BASE_ROWS_PER_SEGMENT;
+                        scan_segment(segment, segment_first, query_chunk, query_count, dim, k)
+                    })
+                    .reduce(
+                        || vec![TopK::new(k); query_count],
+                        |mut left, right| {
+                            for (left_top, right_top) in left.iter_mut().zip(right) {
+                                left_top.extend(right_top.into_sorted());
+                            }
+                            left
+                        },
+                    );
+                for (top, shard_top) in chunk_tops.iter_mut().zip(shard_tops) {
+                    top.extend(shard_top.into_sorted());
+                }
+            });
+        self.rows_seen += shard.len() / dim;
+    }
+
+    /// `nq * k` row ids, row-major, best first.
+    ///
+    /// # Panics
+    ///
+    /// If fewer than `k` rows were added.
+    pub fn finish(self) -> Vec<u32> {
+        assert!(
+            self.k <= self.rows_seen,
+            "cannot take the top {} of {} base rows",
+            self.k,
+            self.rows_seen
+        );
+        self.tops
+            .into_iter()
+            .flat_map(|top| {
+                top.into_sorted()
+                    .into_iter()
+                    .map(|scored| scored.key as u32)
+            })
+            .collect()
+    }
+}
+
 fn top_k_for_query_chunk(base: &[f32], query_chunk: &[f32], dim: usize, k: usize) -> Vec<u32> {
     let query_count = query_chunk.len() / dim;
     let merged = base
@@ -174,6 +265,31 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn shards_added_one_by_one_give_the_whole_base_truth() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let dim = 24;
+        // Shards of uneven sizes, one past a segment boundary, and duplicate rows for ties.
+        let mut base: Vec<f32> = (0..(70_000 * dim))
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let copied = base[..dim * 50].to_vec();
+        base[dim * 69_000..dim * 69_050].copy_from_slice(&copied);
+        let queries: Vec<f32> = (0..(300 * dim))
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let expected = ground_truth(&base, &queries, dim, 10);
+        let mut accumulator = TruthAccumulator::new(queries, dim, 10);
+        for shard in [
+            &base[..dim * 3],
+            &base[dim * 3..dim * 66_000],
+            &base[dim * 66_000..],
+        ] {
+            accumulator.add_shard(shard);
+        }
+        assert_eq!(accumulator.finish(), expected);
+    }
 
     fn naive_top_k(base: &[f32], queries: &[f32], dim: usize, k: usize) -> Vec<u32> {
         let mut ids = Vec::new();
