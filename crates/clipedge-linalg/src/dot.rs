@@ -62,7 +62,75 @@ pub fn dots_with_rows(query: &[f32], matrix: &[f32], dim: usize, out: &mut Vec<f
             return;
         }
     }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        dots_with_rows_simd128(query, matrix, dim, out);
+        return;
+    }
+    #[allow(unreachable_code)]
     dots_with_rows_portable(query, matrix, dim, out)
+}
+
+/// The Worker's routing (every group centroid, per query, billed as CPU time): four rows per
+/// pass, each row's eight lanes in two `f32x4` registers, multiply then add, so the values are
+/// bit for bit [`dot`]'s. LLVM compiles the portable four-row loop for wasm into a splat of one
+/// query value and three shuffles per multiply (the x86_64 mistake again).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn dots_with_rows_simd128(query: &[f32], matrix: &[f32], dim: usize, out: &mut Vec<f32>) {
+    use core::arch::wasm32::*;
+    const ROWS: usize = 4;
+    if dim == 0 {
+        return;
+    }
+    assert_eq!(query.len(), dim);
+    let full = dim / 8 * 8;
+    let quads = matrix.chunks_exact(ROWS * dim);
+    let rest = quads.remainder();
+    out.reserve(matrix.len() / dim);
+    let load = |values: &[f32], at: usize| {
+        // SAFETY: callers pass `at + 4 <= values.len()`; v128_load has no alignment needs.
+        unsafe { v128_load(values.as_ptr().add(at) as *const v128) }
+    };
+    for quad in quads {
+        let mut low = [f32x4_splat(0.0); ROWS];
+        let mut high = [f32x4_splat(0.0); ROWS];
+        let mut index = 0;
+        while index < full {
+            let query_low = load(query, index);
+            let query_high = load(query, index + 4);
+            for row in 0..ROWS {
+                let at = row * dim + index;
+                low[row] = f32x4_add(low[row], f32x4_mul(query_low, load(quad, at)));
+                high[row] = f32x4_add(high[row], f32x4_mul(query_high, load(quad, at + 4)));
+            }
+            index += 8;
+        }
+        for row in 0..ROWS {
+            let mut lanes = [0f32; 8];
+            for lane in 0..4 {
+                lanes[lane] = f32x4_extract_lane_dyn(low[row], lane);
+                lanes[lane + 4] = f32x4_extract_lane_dyn(high[row], lane);
+            }
+            for (lane, column) in (full..dim).enumerate() {
+                lanes[lane] += query[column] * quad[row * dim + column];
+            }
+            out.push(reduce_lanes(lanes));
+        }
+    }
+    dots_with_rows_portable(query, rest, dim, out)
+}
+
+/// `f32x4_extract_lane` wants a constant lane; four constant arms keep it a plain extract.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn f32x4_extract_lane_dyn(vector: core::arch::wasm32::v128, lane: usize) -> f32 {
+    use core::arch::wasm32::f32x4_extract_lane;
+    match lane {
+        0 => f32x4_extract_lane::<0>(vector),
+        1 => f32x4_extract_lane::<1>(vector),
+        2 => f32x4_extract_lane::<2>(vector),
+        _ => f32x4_extract_lane::<3>(vector),
+    }
 }
 
 /// Eight rows per pass in explicit 256-bit registers: LLVM's auto-vectorization of the portable
@@ -107,8 +175,9 @@ unsafe fn dots_with_rows_avx2(query: &[f32], matrix: &[f32], dim: usize, out: &m
     dots_with_rows_portable(query, rest, dim, out)
 }
 
+/// The portable path of [`dots_with_rows`] (what aarch64 runs), public for the benchmarks.
 #[inline(always)]
-fn dots_with_rows_portable(query: &[f32], matrix: &[f32], dim: usize, out: &mut Vec<f32>) {
+pub fn dots_with_rows_portable(query: &[f32], matrix: &[f32], dim: usize, out: &mut Vec<f32>) {
     // Four rows per pass: one query load feeds four independent accumulator chains, where one
     // row at a time waits on the latency of its own adds. Each row still sums in `dot`'s order.
     let quads = matrix.chunks_exact(4 * dim);

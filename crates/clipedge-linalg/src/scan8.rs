@@ -73,6 +73,7 @@ pub fn scan_list_scalar(lut: &[f32], codes: &[u8], bias: f32, key_base: u64, top
 
 /// Codes scored together by the AVX2 kernel: their gathers are independent, so one code's
 /// gather latency (about 20 cycles) overlaps the others' (faiss' PQ code distance does four too).
+#[cfg(target_arch = "x86_64")]
 const GATHER_CODES: usize = 4;
 
 /// Eight sub-quantizers per `vpgatherdd`: lane `j` of a chunk reads table `8c + j` at its code,
