@@ -87,24 +87,56 @@ pub fn run(args: DatagenArgs) -> anyhow::Result<()> {
     } else {
         write_fvecs(&base_path, &base, args.dim)?;
     }
+    let queries = QuerySets {
+        text: (text_queries, text_truth),
+        image: (image_queries, image_truth),
+    };
+    finish(
+        &args,
+        vec![base_name.to_string()],
+        queries,
+        generate_s,
+        truth_s,
+    )
+}
+
+/// Both query sets with their ground truth.
+struct QuerySets {
+    text: (Vec<f32>, Vec<u32>),
+    image: (Vec<f32>, Vec<u32>),
+}
+
+/// Writes the queries and their truth next to the base and prints the summary line.
+fn finish(
+    args: &DatagenArgs,
+    mut files: Vec<String>,
+    queries: QuerySets,
+    generate_s: f64,
+    truth_s: f64,
+) -> anyhow::Result<()> {
     let to_i32 = |truth: Vec<u32>| truth.into_iter().map(|id| id as i32).collect::<Vec<i32>>();
+    let (text_queries, text_truth) = queries.text;
+    let (image_queries, image_truth) = queries.image;
     write_fvecs(&args.out.join("queries.fvecs"), &text_queries, args.dim)?;
     write_ivecs(&args.out.join("gt.ivecs"), &to_i32(text_truth), args.k)?;
     write_fvecs(&args.out.join("queries_in.fvecs"), &image_queries, args.dim)?;
     write_ivecs(&args.out.join("gt_in.ivecs"), &to_i32(image_truth), args.k)?;
+    files.extend(
+        [
+            "queries.fvecs",
+            "gt.ivecs",
+            "queries_in.fvecs",
+            "gt_in.ivecs",
+        ]
+        .map(String::from),
+    );
     let summary = DatagenSummary {
         n: args.n,
         dim: args.dim,
         queries: args.queries,
         k: args.k,
         seed: args.seed,
-        files: vec![
-            base_name.to_string(),
-            "queries.fvecs".to_string(),
-            "gt.ivecs".to_string(),
-            "queries_in.fvecs".to_string(),
-            "gt_in.ivecs".to_string(),
-        ],
+        files,
         generate_s,
         truth_s,
     };
@@ -154,38 +186,9 @@ fn run_sharded(args: &DatagenArgs, base_name: &str) -> anyhow::Result<()> {
         );
         files.push(format!("{base_name}/{name}"));
     }
-    let to_i32 = |truth: Vec<u32>| truth.into_iter().map(|id| id as i32).collect::<Vec<i32>>();
-    write_fvecs(&args.out.join("queries.fvecs"), &text_queries, args.dim)?;
-    write_ivecs(
-        &args.out.join("gt.ivecs"),
-        &to_i32(text_truth.finish()),
-        args.k,
-    )?;
-    write_fvecs(&args.out.join("queries_in.fvecs"), &image_queries, args.dim)?;
-    write_ivecs(
-        &args.out.join("gt_in.ivecs"),
-        &to_i32(image_truth.finish()),
-        args.k,
-    )?;
-    files.extend(
-        [
-            "queries.fvecs",
-            "gt.ivecs",
-            "queries_in.fvecs",
-            "gt_in.ivecs",
-        ]
-        .map(String::from),
-    );
-    let summary = DatagenSummary {
-        n: args.n,
-        dim: args.dim,
-        queries: args.queries,
-        k: args.k,
-        seed: args.seed,
-        files,
-        generate_s,
-        truth_s,
+    let queries = QuerySets {
+        text: (text_queries, text_truth.finish()),
+        image: (image_queries, image_truth.finish()),
     };
-    println!("{}", serde_json::to_string(&summary)?);
-    Ok(())
+    finish(args, files, queries, generate_s, truth_s)
 }

@@ -44,11 +44,9 @@ pub fn ground_truth(base: &[f32], queries: &[f32], dim: usize, k: usize) -> Vec<
     if k == 0 {
         return Vec::new();
     }
-    let chunk_results: Vec<Vec<u32>> = queries
-        .par_chunks(QUERIES_PER_CHUNK * dim)
-        .map(|query_chunk| top_k_for_query_chunk(base, query_chunk, dim, k))
-        .collect();
-    chunk_results.concat()
+    let mut accumulator = TruthAccumulator::new(queries.to_vec(), dim, k);
+    accumulator.add_shard(base);
+    accumulator.finish()
 }
 
 /// [`ground_truth`] over a base that arrives in shards, one after another (rows numbered on
@@ -90,6 +88,10 @@ impl TruthAccumulator {
             "shard length is not a multiple of dim"
         );
         let first_row = self.rows_seen;
+        assert!(
+            first_row + shard.len() / dim <= u32::MAX as usize + 1,
+            "base has more rows than u32 ids can name"
+        );
         let k = self.k;
         self.queries
             .par_chunks(QUERIES_PER_CHUNK * dim)
@@ -140,35 +142,6 @@ impl TruthAccumulator {
             })
             .collect()
     }
-}
-
-fn top_k_for_query_chunk(base: &[f32], query_chunk: &[f32], dim: usize, k: usize) -> Vec<u32> {
-    let query_count = query_chunk.len() / dim;
-    let merged = base
-        .par_chunks(BASE_ROWS_PER_SEGMENT * dim)
-        .enumerate()
-        .map(|(segment_index, segment)| {
-            let first_row = segment_index * BASE_ROWS_PER_SEGMENT;
-            scan_segment(segment, first_row, query_chunk, query_count, dim, k)
-        })
-        .reduce(
-            || vec![TopK::new(k); query_count],
-            |mut left, right| {
-                for (left_top, right_top) in left.iter_mut().zip(right) {
-                    left_top.extend(right_top.into_sorted());
-                }
-                left
-            },
-        );
-    let mut ids = Vec::with_capacity(query_count * k);
-    for top in merged {
-        ids.extend(
-            top.into_sorted()
-                .into_iter()
-                .map(|scored| scored.key as u32),
-        );
-    }
-    ids
 }
 
 fn scan_segment(

@@ -242,26 +242,13 @@ unsafe fn block_pair_sums_avx2(
     out: &mut [[u16; 32]; 2],
 ) -> [u16; 2] {
     use std::arch::x86_64::*;
-    let nibble = _mm256_set1_epi8(0x0f);
-    let low_byte = _mm256_set1_epi16(0x00ff);
     let mut accumulators = [_mm256_setzero_si256(); 8];
     for pair in 0..m / 2 {
         // The next two blocks follow these in memory: fetch one cache line of them per step, so
         // the next call finds its codes in cache (prefetches never fault; wrapping_add keeps the
         // address computation defined past the end of the list).
         _mm_prefetch::<_MM_HINT_T0>(first.as_ptr().wrapping_add(32 * m + pair * 64) as *const i8);
-        let lut = _mm256_loadu_si256(table.as_ptr().add(pair * 32) as *const __m256i);
-        for (block_index, block) in [first, second].into_iter().enumerate() {
-            let codes = _mm256_loadu_si256(block.as_ptr().add(pair * 32) as *const __m256i);
-            let low_values = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, nibble));
-            let high_values =
-                _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(codes, 4), nibble));
-            let acc = &mut accumulators[block_index * 4..block_index * 4 + 4];
-            acc[0] = _mm256_add_epi16(acc[0], _mm256_and_si256(low_values, low_byte));
-            acc[1] = _mm256_add_epi16(acc[1], _mm256_srli_epi16(low_values, 8));
-            acc[2] = _mm256_add_epi16(acc[2], _mm256_and_si256(high_values, low_byte));
-            acc[3] = _mm256_add_epi16(acc[3], _mm256_srli_epi16(high_values, 8));
-        }
+        pair_step_avx2(table, pair, [first, second], &mut accumulators);
     }
     let mut maxima = [0u16; 2];
     for (block_index, block_out) in out.iter_mut().enumerate() {
@@ -269,6 +256,34 @@ unsafe fn block_pair_sums_avx2(
         maxima[block_index] = store_block_sums([acc[0], acc[1], acc[2], acc[3]], block_out);
     }
     maxima
+}
+
+/// One sub-quantizer pair (32 table bytes) of two blocks into their four accumulators each
+/// (low/high nibble × even/odd slot), the step both pair kernels take.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn pair_step_avx2(
+    table: &[u8],
+    pair: usize,
+    blocks: [&[u8]; 2],
+    accumulators: &mut [std::arch::x86_64::__m256i; 8],
+) {
+    use std::arch::x86_64::*;
+    let nibble = _mm256_set1_epi8(0x0f);
+    let low_byte = _mm256_set1_epi16(0x00ff);
+    let lut = _mm256_loadu_si256(table.as_ptr().add(pair * 32) as *const __m256i);
+    for (block_index, block) in blocks.into_iter().enumerate() {
+        let codes = _mm256_loadu_si256(block.as_ptr().add(pair * 32) as *const __m256i);
+        let low_values = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, nibble));
+        let high_values =
+            _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(codes, 4), nibble));
+        let acc = &mut accumulators[block_index * 4..block_index * 4 + 4];
+        acc[0] = _mm256_add_epi16(acc[0], _mm256_and_si256(low_values, low_byte));
+        acc[1] = _mm256_add_epi16(acc[1], _mm256_srli_epi16(low_values, 8));
+        acc[2] = _mm256_add_epi16(acc[2], _mm256_and_si256(high_values, low_byte));
+        acc[3] = _mm256_add_epi16(acc[3], _mm256_srli_epi16(high_values, 8));
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -316,21 +331,7 @@ unsafe fn block_pair_sums_avx512(
         |v: __m512i| _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
     let mut accumulators = wide.map(fold);
     if m % 4 == 2 {
-        let pair = m / 2 - 1;
-        let nibble = _mm256_set1_epi8(0x0f);
-        let low_byte = _mm256_set1_epi16(0x00ff);
-        let lut = _mm256_loadu_si256(table.as_ptr().add(pair * 32) as *const __m256i);
-        for (block_index, block) in [first, second].into_iter().enumerate() {
-            let codes = _mm256_loadu_si256(block.as_ptr().add(pair * 32) as *const __m256i);
-            let low_values = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, nibble));
-            let high_values =
-                _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(codes, 4), nibble));
-            let acc = &mut accumulators[block_index * 4..block_index * 4 + 4];
-            acc[0] = _mm256_add_epi16(acc[0], _mm256_and_si256(low_values, low_byte));
-            acc[1] = _mm256_add_epi16(acc[1], _mm256_srli_epi16(low_values, 8));
-            acc[2] = _mm256_add_epi16(acc[2], _mm256_and_si256(high_values, low_byte));
-            acc[3] = _mm256_add_epi16(acc[3], _mm256_srli_epi16(high_values, 8));
-        }
+        pair_step_avx2(table, m / 2 - 1, [first, second], &mut accumulators);
     }
     let mut maxima = [0u16; 2];
     for (block_index, block_out) in out.iter_mut().enumerate() {
