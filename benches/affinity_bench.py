@@ -38,6 +38,11 @@ from urllib.parse import urlsplit
 from benchlib import (BenchError, check_clipedge, die, dir_bytes, int_list, machine_info,
                       markdown_table, write_json)
 
+
+def int_list_or_none(text: str) -> list[int]:
+    """`--functions ''` or `--calls ''` skips that part."""
+    return int_list(text) if text.strip() else []
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -195,14 +200,18 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=4000, help="distinct query vectors")
     parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--functions", type=int_list, default=[1, 3, 6])
+    parser.add_argument("--functions", type=int_list_or_none, default=[1, 3, 6])
     parser.add_argument("--cache-fraction", type=float, default=0.17,
                         help="each scanner's list cache, as a share of the index's bytes")
     parser.add_argument("--warmup", type=int, default=2000)
     parser.add_argument("--queries", type=int, default=10_000)
-    parser.add_argument("--calls", type=int_list, default=[1, 2, 4, 6],
+    parser.add_argument("--calls", type=int_list_or_none, default=[1, 2, 4, 6],
                         help="CLIPEDGE_MAX_SCANNER_CALLS values (empty part: --calls '')")
     parser.add_argument("--calls-functions", type=int, default=6)
+    parser.add_argument("--min-lists-per-call", type=int, default=4,
+                        help="the Worker's CLIPEDGE_MIN_LISTS_PER_CALL in both parts (4: the fan-out "
+                             "these measurements chose the default 32 against; each call then "
+                             "carries few lists, so --calls sets the count)")
     parser.add_argument("--calls-queries", type=int, default=2000)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
@@ -225,7 +234,8 @@ def main() -> None:
         for functions in args.functions:
             stack = Stack(clipedge_dev, index, args.work / f"stack-f{functions}",
                           ["--scanner-functions", str(functions),
-                           "--scanner-list-cache-bytes", str(cache_bytes)])
+                           "--scanner-list-cache-bytes", str(cache_bytes),
+                           "--min-lists-per-call", str(args.min_lists_per_call)])
             try:
                 worker = Worker(stack.info["worker_url"])
                 measure(worker, vectors, stream[:args.warmup], args)
@@ -243,7 +253,8 @@ def main() -> None:
         for calls in args.calls:
             stack = Stack(clipedge_dev, index, args.work / f"stack-c{calls}",
                           ["--scanner-functions", str(args.calls_functions),
-                           "--max-scanner-calls", str(calls)])
+                           "--max-scanner-calls", str(calls),
+                           "--min-lists-per-call", str(args.min_lists_per_call)])
             try:
                 worker = Worker(stack.info["worker_url"])
                 measure(worker, vectors, warm_set, args)
@@ -277,9 +288,9 @@ def main() -> None:
             print(f"\ncalls per query: {args.calls_functions} functions, caches hold the index "
                   f"(warm), {args.calls_queries} queries")
             print(markdown_table(
-                ["max calls", "calls / query", "hit ratio", "scanner ms / query", "p50 ms",
+                ["max calls", "calls / query", "lists / query", "scanner ms / query", "p50 ms",
                  "p90 ms", "$ / 1M at 10M", "$ / 1M at 1B"],
-                [[r["max_calls"], r["calls_per_query"], r["hit_ratio"], r["scanner_ms_per_query"],
+                [[r["max_calls"], r["calls_per_query"], r["lists_per_query"], r["scanner_ms_per_query"],
                   r["p50_ms"], r["p90_ms"], r["dollars_per_m"]["10M"], r["dollars_per_m"]["1B"]]
                  for r in result["calls"]]))
         if args.json_out:
