@@ -47,6 +47,11 @@ pub const INDEXES_VAR: &str = "CLIPEDGE_INDEXES";
 
 /// A Worker may hold 6 outgoing connections at once: more concurrent calls only queue.
 pub const MAX_CONCURRENT_CALLS: usize = 6;
+/// A scanner call per this many scanned lists: the default nprobe (16) and 32 take one call.
+/// Each call costs a Lambda request ($0.20/M), and from two calls on the planner scans 2 ×
+/// nprobe lists in all; measured on loopback, one call at nprobe 32 was as fast as two and
+/// scanned half the lists (README "Scale and cost", `benches/affinity_bench.py`).
+pub const DEFAULT_MIN_LISTS_PER_CALL: usize = 32;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -244,7 +249,7 @@ impl WorkerConfig {
         let min_lists_per_call = parse_number(
             MIN_LISTS_PER_CALL_VAR,
             get(MIN_LISTS_PER_CALL_VAR),
-            4,
+            DEFAULT_MIN_LISTS_PER_CALL,
             |lists| *lists >= 1,
             "a positive integer",
         )?;
@@ -434,6 +439,7 @@ mod tests {
         assert_eq!(config.model_key("model.toml"), "models/tiny/model.toml");
         assert_eq!(config.scanner_urls, vec!["http://a/scan", "http://b/scan"]);
         assert_eq!(config.max_scanner_calls, MAX_CONCURRENT_CALLS);
+        assert_eq!(config.min_lists_per_call, DEFAULT_MIN_LISTS_PER_CALL);
         assert_eq!(
             config.source,
             ObjectSourceConfig::S3 {

@@ -733,6 +733,12 @@ pub struct QueryStats {
     /// The scanners' own reported milliseconds, summed over calls (0 in-process).
     #[serde(default)]
     pub scanner_ms: f64,
+    /// Fine lists scanned, and how many of them a scanner's list cache held: the warm-hit ratio
+    /// (cache affinity, `benches/affinity_bench.py`) is their quotient.
+    #[serde(default)]
+    pub lists_scanned: u32,
+    #[serde(default)]
+    pub list_cache_hits: u32,
 }
 
 /// The body of a successful `POST /v1/search`.
@@ -1146,6 +1152,8 @@ mod tests {
                 bytes_read: 100,
                 scanner_calls: 3,
                 scanner_ms: 1.5,
+                lists_scanned: 8,
+                list_cache_hits: 6,
             },
         };
         let json: serde_json::Value = serde_json::to_value(&response).unwrap();
@@ -1154,7 +1162,8 @@ mod tests {
         }
         assert_eq!(
             json["stats"],
-            serde_json::json!({"gets": 2, "bytes": 100, "scanner_calls": 3, "scanner_ms": 1.5})
+            serde_json::json!({"gets": 2, "bytes": 100, "scanner_calls": 3, "scanner_ms": 1.5,
+                "lists_scanned": 8, "list_cache_hits": 6})
         );
         for field in ["encode", "probe", "scan", "merge"] {
             assert!(json["timings"].get(field).is_some(), "{field}");

@@ -322,6 +322,10 @@ pub struct FanOut {
     /// Milliseconds the answering scanners report spending (arrival to encoded answer): the
     /// Lambda compute a query is metered by.
     pub scanner_ms: f64,
+    /// Lists the answering scanners scanned, and those they found in their list caches (summed
+    /// over calls: a list retried elsewhere counts twice, as it is read twice).
+    pub lists_scanned_by_calls: u64,
+    pub list_cache_hits: u64,
     /// One line per failed call, group or list, for the error message and the logs.
     pub errors: Vec<String>,
 }
@@ -333,6 +337,8 @@ impl FanOut {
         self.gets += response.stats.gets;
         self.bytes_read += response.stats.bytes_read;
         self.scanner_ms += f64::from(response.stats.total_ms);
+        self.lists_scanned_by_calls += u64::from(response.stats.lists_scanned);
+        self.list_cache_hits += u64::from(response.stats.list_cache_hits);
         self.candidates.extend_from_slice(&response.candidates);
         for group in &response.groups {
             if group.status.is_ok() {

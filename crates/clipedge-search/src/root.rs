@@ -178,6 +178,8 @@ struct FanOutTotals {
     gets: u64,
     bytes_read: u64,
     scanner_ms: f64,
+    lists_scanned_by_calls: u64,
+    list_cache_hits: u64,
 }
 
 impl FanOutTotals {
@@ -186,6 +188,8 @@ impl FanOutTotals {
         self.gets += fan_out.gets;
         self.bytes_read += fan_out.bytes_read;
         self.scanner_ms += fan_out.scanner_ms;
+        self.lists_scanned_by_calls += fan_out.lists_scanned_by_calls;
+        self.list_cache_hits += fan_out.list_cache_hits;
     }
 
     fn fold_into(self, mut fan_out: FanOut) -> FanOut {
@@ -193,6 +197,8 @@ impl FanOutTotals {
         fan_out.gets += self.gets;
         fan_out.bytes_read += self.bytes_read;
         fan_out.scanner_ms += self.scanner_ms;
+        fan_out.lists_scanned_by_calls += self.lists_scanned_by_calls;
+        fan_out.list_cache_hits += self.list_cache_hits;
         fan_out
     }
 }
@@ -500,6 +506,8 @@ async fn answer<S: ObjectSource>(
             bytes_read: fan_out.bytes_read,
             scanner_calls: fan_out.calls,
             scanner_ms: fan_out.scanner_ms,
+            lists_scanned: u32::try_from(fan_out.lists_scanned_by_calls).unwrap_or(u32::MAX),
+            list_cache_hits: u32::try_from(fan_out.list_cache_hits).unwrap_or(u32::MAX),
         },
     })
 }
@@ -626,7 +634,12 @@ mod tests {
                         })
                         .collect(),
                     candidates: lists.iter().map(|&list| hit(list)).collect(),
-                    stats: ScanStats::default(),
+                    // One list of each call found in the scanner's cache.
+                    stats: ScanStats {
+                        lists_scanned: lists.len() as u32,
+                        list_cache_hits: 1,
+                        ..ScanStats::default()
+                    },
                 });
             }
             fan_out
@@ -685,6 +698,9 @@ mod tests {
         assert_eq!(ids, vec![0, 2, 3, 4], "list 1 repeats list 0's image");
         assert!(!response.partial && response.failed_lists.is_empty());
         assert_eq!(response.stats.scanner_calls, calls.len() as u32);
+        // The warm-hit ratio is observable: lists scanned and the cache's share of them.
+        assert_eq!(response.stats.lists_scanned, 8);
+        assert_eq!(response.stats.list_cache_hits, calls.len() as u32);
     }
 
     #[test]

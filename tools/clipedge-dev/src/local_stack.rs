@@ -102,6 +102,21 @@ struct UpArgs {
     /// local R2 with `--r2`) and turn on the Worker's `GET /v1/conformance/object-source`.
     #[arg(long)]
     conformance: bool,
+    /// Scanner functions: each its own scanner process (its own list cache) attached to its own
+    /// Lambda emulator, all named in the Worker's CLIPEDGE_SCANNER_URLS (the Worker spreads
+    /// routing groups over them by rendezvous hashing: cache affinity).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    scanner_functions: u16,
+    /// Each scanner's list cache in bytes (CLIPEDGE_LIST_CACHE_BYTES; default: half of the
+    /// emulated function's 1024 MB).
+    #[arg(long)]
+    scanner_list_cache_bytes: Option<u64>,
+    /// The Worker's CLIPEDGE_MAX_SCANNER_CALLS (scanner calls per query, 1..=6).
+    #[arg(long)]
+    max_scanner_calls: Option<u8>,
+    /// The Worker's CLIPEDGE_MIN_LISTS_PER_CALL (a call per this many scanned lists).
+    #[arg(long)]
+    min_lists_per_call: Option<u32>,
 }
 
 /// `NAME=LIMIT/PERIOD_S` → the `[[ratelimits]]` entry (namespace ids: 1001, 1002, … in order).
@@ -132,7 +147,10 @@ struct DownArgs {
 pub struct StackFile {
     pub worker_url: String,
     pub s3_endpoint: String,
+    /// The first scanner function's URL (all of them: `scanner_urls`).
     pub scanner_url: String,
+    #[serde(default)]
+    pub scanner_urls: Vec<String>,
     /// `s3://bucket/prefix` of the published index.
     pub index: String,
     pub model_prefix: String,
@@ -521,45 +539,61 @@ fn start_and_publish(
         runtime.block_on(publish_conformance_objects())?;
     }
 
-    // Lambda: the emulator, then the prebuilt scanner attached to its runtime API.
-    let lambda_port = free_port()?;
+    // Lambda: an emulator per scanner function, each with the prebuilt scanner attached to its
+    // runtime API. One emulator per function because `cargo lambda watch` only routes to the
+    // names of the project's binaries; the functions differ by their URL's port instead.
     let scanner_secret = random_hex(32)?;
-    let mut command = Command::new(cargo_lambda);
-    command
-        .args(["lambda", "watch", "--only-lambda-apis", "--ignore-changes"])
-        .args(["-A", "127.0.0.1", "-P", &lambda_port.to_string()]);
-    if Path::new("lambda").is_dir() {
-        command.current_dir("lambda");
+    let mut scanner_urls = Vec::new();
+    for position in 0..usize::from(args.scanner_functions) {
+        // The first keeps the single-function names (tests and benches find them by these).
+        let suffix = match position {
+            0 => String::new(),
+            _ => format!("-{position}"),
+        };
+        let lambda_port = free_port()?;
+        let mut command = Command::new(cargo_lambda);
+        command
+            .args(["lambda", "watch", "--only-lambda-apis", "--ignore-changes"])
+            .args(["-A", "127.0.0.1", "-P", &lambda_port.to_string()]);
+        if Path::new("lambda").is_dir() {
+            command.current_dir("lambda");
+        }
+        spawn(
+            command,
+            &format!("cargo lambda watch{suffix}"),
+            "cargo-lambda",
+            &logs.join(format!("emulator{suffix}.log")),
+            started,
+        )?;
+        wait_for_port(lambda_port, "cargo lambda watch", deadline)?;
+        let mut command = Command::new(scanner);
+        command
+            .envs(aws_env.iter().map(|(name, value)| (*name, value.as_str())))
+            .env("CLIPEDGE_SCANNER_SECRET", &scanner_secret)
+            .env("CLIPEDGE_INDEX_ALLOWLIST", allowlist.join(","))
+            .env(
+                "AWS_LAMBDA_RUNTIME_API",
+                format!("http://127.0.0.1:{lambda_port}/.rt/{FUNCTION_NAME}"),
+            )
+            .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION_NAME)
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+            .env("CLIPEDGE_LOG", "info");
+        if let Some(bytes) = args.scanner_list_cache_bytes {
+            command.env("CLIPEDGE_LIST_CACHE_BYTES", bytes.to_string());
+        }
+        spawn(
+            command,
+            &format!("clipedge-scanner{suffix}"),
+            "clipedge-scanner",
+            &logs.join(format!("scanner{suffix}.log")),
+            started,
+        )?;
+        scanner_urls.push(format!(
+            "http://127.0.0.1:{lambda_port}/lambda-url/{FUNCTION_NAME}/scan"
+        ));
     }
-    spawn(
-        command,
-        "cargo lambda watch",
-        "cargo-lambda",
-        &logs.join("emulator.log"),
-        started,
-    )?;
-    wait_for_port(lambda_port, "cargo lambda watch", deadline)?;
-    let mut command = Command::new(scanner);
-    command
-        .envs(aws_env.iter().map(|(name, value)| (*name, value.as_str())))
-        .env("CLIPEDGE_SCANNER_SECRET", &scanner_secret)
-        .env("CLIPEDGE_INDEX_ALLOWLIST", allowlist.join(","))
-        .env(
-            "AWS_LAMBDA_RUNTIME_API",
-            format!("http://127.0.0.1:{lambda_port}/.rt/{FUNCTION_NAME}"),
-        )
-        .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION_NAME)
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-        .env("CLIPEDGE_LOG", "info");
-    spawn(
-        command,
-        "clipedge-scanner",
-        "clipedge-scanner",
-        &logs.join("scanner.log"),
-        started,
-    )?;
-    let scanner_url = format!("http://127.0.0.1:{lambda_port}/lambda-url/{FUNCTION_NAME}/scan");
+    let scanner_url = scanner_urls[0].clone();
 
     // The Worker under wrangler dev (workerd), configured like a deployment.
     let worker_port = if args.port == 0 {
@@ -572,7 +606,7 @@ fn start_and_publish(
         ("CLIPEDGE_INDEX".into(), index.clone()),
         ("CLIPEDGE_MODEL_PREFIX".into(), model_prefix.clone()),
         ("CLIPEDGE_S3_ENDPOINT".into(), s3_endpoint.clone()),
-        ("CLIPEDGE_SCANNER_URLS".into(), scanner_url.clone()),
+        ("CLIPEDGE_SCANNER_URLS".into(), scanner_urls.join(",")),
         ("CLIPEDGE_LABEL".into(), model_label(&encoder.card().name)),
     ];
     if !extra_indexes.is_empty() {
@@ -584,6 +618,12 @@ fn start_and_publish(
     }
     if args.r2 {
         vars.push(("CLIPEDGE_R2_BINDING".into(), R2_BINDING.into()));
+    }
+    if let Some(calls) = args.max_scanner_calls {
+        vars.push(("CLIPEDGE_MAX_SCANNER_CALLS".into(), calls.to_string()));
+    }
+    if let Some(lists) = args.min_lists_per_call {
+        vars.push(("CLIPEDGE_MIN_LISTS_PER_CALL".into(), lists.to_string()));
     }
     if args.conformance {
         vars.push((
@@ -738,6 +778,7 @@ fn start_and_publish(
                     worker_url: format!("http://127.0.0.1:{worker_port}"),
                     s3_endpoint,
                     scanner_url,
+                    scanner_urls,
                     index,
                     model_prefix,
                     generation,
