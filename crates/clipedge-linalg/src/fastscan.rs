@@ -250,6 +250,16 @@ unsafe fn block_pair_sums_avx2(
         _mm_prefetch::<_MM_HINT_T0>(first.as_ptr().wrapping_add(32 * m + pair * 64) as *const i8);
         pair_step_avx2(table, pair, [first, second], &mut accumulators);
     }
+    store_pair_sums(&accumulators, out)
+}
+
+/// Both blocks' sums stored in slot order, and each block's largest.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn store_pair_sums(
+    accumulators: &[std::arch::x86_64::__m256i; 8],
+    out: &mut [[u16; 32]; 2],
+) -> [u16; 2] {
     let mut maxima = [0u16; 2];
     for (block_index, block_out) in out.iter_mut().enumerate() {
         let acc = &accumulators[block_index * 4..block_index * 4 + 4];
@@ -333,12 +343,7 @@ unsafe fn block_pair_sums_avx512(
     if m % 4 == 2 {
         pair_step_avx2(table, m / 2 - 1, [first, second], &mut accumulators);
     }
-    let mut maxima = [0u16; 2];
-    for (block_index, block_out) in out.iter_mut().enumerate() {
-        let acc = &accumulators[block_index * 4..block_index * 4 + 4];
-        maxima[block_index] = store_block_sums([acc[0], acc[1], acc[2], acc[3]], block_out);
-    }
-    maxima
+    store_pair_sums(&accumulators, out)
 }
 
 /// Largest of eight u16 lanes: `minpos` finds the smallest, so search the complement.
