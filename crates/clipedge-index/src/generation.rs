@@ -14,7 +14,7 @@ use clipedge_format::{
 };
 use clipedge_io::{ObjectSource, SourceError};
 use clipedge_linalg::screen::Fp16Screen;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 
 /// Why a generation, or an item in it, could not be read.
@@ -86,23 +86,30 @@ pub const GROUP_SCREEN_MIN_GROUPS: usize = 512;
 pub struct Generation {
     pub manifest: Manifest,
     pub routing: RoutingTable,
-    /// The routing centroids in fp16 for [`crate::route::rank_groups`], on machines that convert
-    /// fp16 in hardware and for tables of [`GROUP_SCREEN_MIN_GROUPS`] groups or more.
-    pub group_screen: Option<Arc<Fp16Screen>>,
+    /// Built on the first ranking (a scanner opens generations but never ranks groups).
+    group_screen: Arc<OnceLock<Option<Fp16Screen>>>,
 }
 
 impl Generation {
     /// A generation from its verified parts.
     pub fn new(manifest: Manifest, routing: RoutingTable) -> Generation {
-        let group_screen = (routing.ngroups() >= GROUP_SCREEN_MIN_GROUPS)
-            .then(|| Fp16Screen::new(&routing.centroids, routing.dim))
-            .flatten()
-            .map(Arc::new);
         Generation {
             manifest,
             routing,
-            group_screen,
+            group_screen: Arc::default(),
         }
+    }
+
+    /// The routing centroids in fp16 for [`crate::route::rank_groups`], on machines that convert
+    /// fp16 in hardware and for tables of [`GROUP_SCREEN_MIN_GROUPS`] groups or more.
+    pub fn group_screen(&self) -> Option<&Fp16Screen> {
+        self.group_screen
+            .get_or_init(|| {
+                (self.routing.ngroups() >= GROUP_SCREEN_MIN_GROUPS)
+                    .then(|| Fp16Screen::new(&self.routing.centroids, self.routing.dim))
+                    .flatten()
+            })
+            .as_ref()
     }
 
     /// Opens the generation `CURRENT` names.

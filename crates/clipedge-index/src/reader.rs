@@ -270,7 +270,7 @@ impl IndexReader {
         };
         let started = Instant::now();
         let routing = &self.generation.routing;
-        let screen = self.generation.group_screen.as_deref();
+        let screen = self.generation.group_screen();
         let group_ids = match params.group_probe {
             Some(count) => route::rank_groups(routing, screen, query, count),
             None => route::auto_group_probe(routing, screen, query, params.nprobe),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clipedge_format::{GroupBlob, ListLocation, RoutingTable};
-use clipedge_linalg::dot::{dot, dots_with_rows, top_rows_by_dot};
+use clipedge_linalg::dot::{dot, dots_with_rows, top_rows_by_dot, top_rows_by_dot_plus};
 use clipedge_linalg::screen::Fp16Screen;
 use clipedge_linalg::TopK;
 
@@ -62,32 +62,16 @@ pub fn rank_groups(
     count: usize,
 ) -> Vec<u32> {
     let count = count.min(routing.ngroups());
-    if let Some(screen) = screen.filter(|screen| screen.rows() == routing.ngroups()) {
-        let query_norm = dot(query, query).sqrt();
-        let offset = |group: usize| query_norm * routing.groups[group].radius;
-        return screen
-            .top_rows(query, &routing.centroids, count, offset)
-            .into_iter()
-            .map(|(group, _)| group)
-            .collect();
-    }
-    if routing.groups.iter().all(|group| group.radius == 0.0) {
-        return top_rows_by_dot(query, &routing.centroids, routing.dim, count)
-            .into_iter()
-            .map(|(group, _)| group)
-            .collect();
-    }
     let query_norm = dot(query, query).sqrt();
-    let mut centroid_scores = Vec::with_capacity(routing.ngroups());
-    dots_with_rows(query, &routing.centroids, routing.dim, &mut centroid_scores);
-    let mut top = TopK::new(count);
-    for (group, (entry, score)) in routing.groups.iter().zip(centroid_scores).enumerate() {
-        top.push(score + query_norm * entry.radius, group as u64);
-    }
-    top.into_sorted()
-        .into_iter()
-        .map(|scored| scored.key as u32)
-        .collect()
+    let offset = |group: usize| query_norm * routing.groups[group].radius;
+    let ranked = match screen.filter(|screen| screen.rows() == routing.ngroups()) {
+        Some(screen) => screen.top_rows(query, &routing.centroids, count, offset),
+        None if routing.groups.iter().all(|group| group.radius == 0.0) => {
+            top_rows_by_dot(query, &routing.centroids, routing.dim, count)
+        }
+        None => top_rows_by_dot_plus(query, &routing.centroids, routing.dim, count, offset),
+    };
+    ranked.into_iter().map(|(group, _)| group).collect()
 }
 
 /// A fine list chosen for scanning, with the query's inner product with its centroid

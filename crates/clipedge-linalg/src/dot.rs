@@ -252,6 +252,28 @@ pub fn top_rows_by_dot(query: &[f32], matrix: &[f32], dim: usize, count: usize) 
         .collect()
 }
 
+/// The `count` rows with the highest `<query, row> + offset(row)`, best first, ties to the
+/// lower row (the routing bound `<q, c> + |q| × radius`; [`crate::screen::Fp16Screen`] must
+/// return exactly this).
+pub fn top_rows_by_dot_plus(
+    query: &[f32],
+    matrix: &[f32],
+    dim: usize,
+    count: usize,
+    offset: impl Fn(usize) -> f32,
+) -> Vec<(u32, f32)> {
+    let mut scores = Vec::with_capacity(matrix.len() / dim.max(1));
+    dots_with_rows(query, matrix, dim, &mut scores);
+    let mut top = crate::TopK::new(count);
+    for (row, score) in scores.into_iter().enumerate() {
+        top.push(score + offset(row), row as u64);
+    }
+    top.into_sorted()
+        .into_iter()
+        .map(|scored| (scored.key as u32, scored.score))
+        .collect()
+}
+
 /// Index and value of the smallest entry; ties go to the first. Eight lanes each track their
 /// own minimum and where it was (vectorizes into compares and blends); a plain running argmin is
 /// a serial dependency chain and dominated small-dimension k-means.

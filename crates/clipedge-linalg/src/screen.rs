@@ -14,7 +14,7 @@
 
 use half::f16;
 
-use crate::dot::{dot, dots_with_rows};
+use crate::dot::{dot, top_rows_by_dot_plus};
 use crate::TopK;
 
 /// Largest magnitude stored: fp16 overflows at 65,504.
@@ -76,9 +76,7 @@ impl Fp16Screen {
         2 * self.bits.len()
     }
 
-    /// The `count` rows with the highest `<query, row> + offset(row)`, best first, ties to the
-    /// lower row: exactly what scoring every row of `matrix` (the matrix this screen was built
-    /// from) with [`dots_with_rows`] and a [`TopK`] returns.
+    /// Exactly [`top_rows_by_dot_plus`] over `matrix` (the matrix this screen was built from).
     pub fn top_rows(
         &self,
         query: &[f32],
@@ -96,7 +94,7 @@ impl Fp16Screen {
         // Past a quarter of the rows, rescoring the rows near the cut in f32 reads about as
         // much as the exact pass saves (nprobe 256 of 1,024 lists was slower screened).
         if count == 0 || 4 * count > self.rows || query.len() != self.dim || !query_is_finite {
-            return exact_top_rows(query, matrix, self.dim, count, offset);
+            return top_rows_by_dot_plus(query, matrix, self.dim, count, offset);
         }
         let mut approximate = Vec::with_capacity(self.rows);
         approximate_dots(query, &self.bits, self.dim, &mut approximate);
@@ -116,7 +114,7 @@ impl Fp16Screen {
         }
         let cutoff = approximate_top.threshold() - 2.0 * bound;
         if !cutoff.is_finite() {
-            return exact_top_rows(query, matrix, self.dim, count, offset);
+            return top_rows_by_dot_plus(query, matrix, self.dim, count, offset);
         }
         let mut exact = TopK::new(count);
         for (row, score) in approximate.iter().enumerate() {
@@ -127,23 +125,6 @@ impl Fp16Screen {
         }
         sorted_rows(exact)
     }
-}
-
-/// Every row scored exactly: what the screen must equal.
-fn exact_top_rows(
-    query: &[f32],
-    matrix: &[f32],
-    dim: usize,
-    count: usize,
-    offset: impl Fn(usize) -> f32,
-) -> Vec<(u32, f32)> {
-    let mut scores = Vec::with_capacity(matrix.len() / dim.max(1));
-    dots_with_rows(query, matrix, dim, &mut scores);
-    let mut top = TopK::new(count);
-    for (row, score) in scores.into_iter().enumerate() {
-        top.push(score + offset(row), row as u64);
-    }
-    sorted_rows(top)
 }
 
 fn sorted_rows(top: TopK) -> Vec<(u32, f32)> {
@@ -313,7 +294,7 @@ mod tests {
             for count in [1, 16, 100] {
                 assert_eq!(
                     screen.top_rows(&query, &matrix, count, offset),
-                    exact_top_rows(&query, &matrix, dim, count, offset)
+                    top_rows_by_dot_plus(&query, &matrix, dim, count, offset)
                 );
             }
         }

@@ -103,7 +103,7 @@ pub async fn search<S: ObjectSource, L: Leaves>(
     };
     let groups = auto_group_probe(
         &generation.routing,
-        generation.group_screen.as_deref(),
+        generation.group_screen(),
         query,
         nprobe,
     );
