@@ -24,109 +24,19 @@ Stdlib only. `bash benches/affinity_bench.sh` builds everything and runs this.
 from __future__ import annotations
 
 import argparse
-import bisect
-import http.client
 import json
-import random
-import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from benchlib import (BenchError, check_clipedge, die, dir_bytes, int_list, machine_info,
                       markdown_table, write_json)
+from stacklib import REPO, Stack, Worker, percentile, read_fvecs, run, zipf_stream
 
 
 def int_list_or_none(text: str) -> list[int]:
     """`--functions ''` or `--calls ''` skips that part."""
     return int_list(text) if text.strip() else []
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run(command: list[str], **kwargs) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    if result.returncode != 0:
-        raise BenchError(f"{' '.join(map(str, command[:3]))} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
-
-
-def read_fvecs(path: Path) -> list[list[float]]:
-    data = path.read_bytes()
-    (dim,) = struct.unpack_from("<i", data, 0)
-    row = 4 + 4 * dim
-    return [list(struct.unpack_from(f"<{dim}f", data, offset + 4))
-            for offset in range(0, len(data), row)]
-
-
-def zipf_stream(distinct: int, length: int, seed: int) -> list[int]:
-    """`length` draws of Zipf(1.0) over `distinct` queries; popularity ranks are shuffled onto
-    query indices so the popular queries are not the first rows of the file."""
-    rng = random.Random(seed)
-    cumulative, total = [], 0.0
-    for rank in range(1, distinct + 1):
-        total += 1.0 / rank
-        cumulative.append(total)
-    by_rank = list(range(distinct))
-    rng.shuffle(by_rank)
-    return [by_rank[min(bisect.bisect_left(cumulative, rng.random() * total), distinct - 1)]
-            for _ in range(length)]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-class Worker:
-    """One keep-alive connection to the Worker's /v1/search."""
-
-    def __init__(self, url: str):
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname, parts.port
-        self.connection = http.client.HTTPConnection(self.host, self.port, timeout=120)
-
-    def search(self, body: dict) -> tuple[dict, float]:
-        payload = json.dumps(body)
-        for attempt in range(2):
-            started = time.perf_counter()
-            try:
-                self.connection.request("POST", "/v1/search", payload,
-                                        {"content-type": "application/json"})
-                response = self.connection.getresponse()
-                data = response.read()
-            except (http.client.HTTPException, OSError):
-                # wrangler dev may close an idle keep-alive connection: reconnect once.
-                self.connection.close()
-                self.connection = http.client.HTTPConnection(self.host, self.port, timeout=120)
-                if attempt:
-                    raise
-                continue
-            wall_ms = (time.perf_counter() - started) * 1e3
-            if response.status != 200:
-                raise BenchError(f"HTTP {response.status}: {data[:500]!r}")
-            return json.loads(data), wall_ms
-        raise AssertionError("unreachable")
-
-
-class Stack:
-    def __init__(self, clipedge_dev: str, index: Path, state: Path, options: list[str]):
-        self.clipedge_dev, self.state = clipedge_dev, state
-        subprocess.run([clipedge_dev, "local-stack", "down", "--state", str(state)],
-                       capture_output=True, cwd=REPO)
-        self.info = json.loads(run([clipedge_dev, "local-stack", "up", "--port", "0", "--index",
-                                    str(index), "--state", str(state), *options],
-                                   cwd=REPO).strip().splitlines()[-1])
-
-    def scanner_logs(self) -> list[Path]:
-        return [Path(p["log"]) for p in self.info["processes"] if p["command_word"] == "clipedge-scanner"]
-
-    def down(self) -> None:
-        subprocess.run([self.clipedge_dev, "local-stack", "down", "--state", str(self.state)],
-                       capture_output=True, cwd=REPO)
-
 
 def measure(worker: Worker, vectors, stream: list[int], args) -> dict:
     totals = {"gets": 0, "bytes": 0, "scanner_calls": 0, "scanner_ms": 0.0, "lists_scanned": 0,

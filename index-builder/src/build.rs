@@ -10,7 +10,7 @@ use clipedge_format::{
 use clipedge_linalg::balanced::BalancedConfig;
 use clipedge_linalg::fastscan::pack_block_codes;
 use clipedge_linalg::kmeans::sample_rows;
-use clipedge_linalg::{rerank, KMeans, KMeansConfig, KMeansInit, LinalgError, ProductQuantizer};
+use clipedge_linalg::{rerank, KMeansConfig, KMeansInit, LinalgError, ProductQuantizer};
 use clipedge_storage::{Storage, StorageError};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -31,6 +31,10 @@ pub(crate) const LIST_ALIGN: u64 = 64;
 const FLAT_ROUTING_MAX_LISTS: usize = 4096;
 /// Average lists per group when routing is two-level.
 const LISTS_PER_GROUP: usize = 64;
+/// Largest routing group, in percent of the mean group size.
+const GROUP_CAPACITY_PERCENT: usize = 150;
+/// Capped assignment + mean update rounds after the groups' Lloyd iterations.
+const GROUP_CAPPED_ITERATIONS: u32 = 10;
 /// Flat Lloyd's work grows with nlist² (its sample grows with nlist too); at 65,536 lists a
 /// 4.2M-point sample costs ~2.8·10¹⁵ multiply-adds per iteration, the hierarchical scheme
 /// ~1/250 of that per fine iteration plus three full passes.
@@ -368,18 +372,20 @@ pub fn train_on(
         let first: Vec<u32> = (0..=config.nlist as u32).collect();
         (coarse.centroids.clone(), coarse.centroids.clone(), first)
     } else {
-        let groups = KMeans::train(
+        // Capped so no group holds more than 1.5× the mean: plain k-means over the lists made
+        // giant groups that every query opened and no scanner's cache could hold.
+        let capacity = (config.nlist * GROUP_CAPACITY_PERCENT).div_ceil(ngroups * 100);
+        let capped = clipedge_linalg::capped::train_capped(
             &coarse.centroids,
             dim,
-            &KMeansConfig {
-                k: ngroups,
-                iterations: config.kmeans_iterations,
-                seed: derive_seed(config.seed, 3),
-                max_points_per_centroid: usize::MAX,
-                init: KMeansInit::PlusPlus,
-            },
+            ngroups,
+            capacity,
+            config.kmeans_iterations,
+            GROUP_CAPPED_ITERATIONS,
+            derive_seed(config.seed, 3),
         )?;
-        let labels = groups.assign(&coarse.centroids);
+        let groups = capped.kmeans;
+        let labels = capped.labels;
         // Stable bucket sort: lists of group 0 first, in their k-means order, then group 1...
         let mut order: Vec<usize> = (0..config.nlist).collect();
         order.sort_by_key(|list| (labels[*list], *list));

@@ -242,6 +242,13 @@ impl EmbeddingSource {
         self.rows == 0
     }
 
+    /// Each embedding file with its row count, in build order.
+    pub fn files(&self) -> impl Iterator<Item = (&Path, u64)> {
+        self.files
+            .iter()
+            .map(|file| (file.path.as_path(), file.rows))
+    }
+
     pub fn file_count(&self) -> usize {
         self.files.len()
     }

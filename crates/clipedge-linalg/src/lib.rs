@@ -7,6 +7,7 @@
 //! scalar path's lane layout and summation order and never fuse multiply-adds.
 
 pub mod balanced;
+pub mod capped;
 pub mod dot;
 pub mod fastscan;
 pub mod gemm;
