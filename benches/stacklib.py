@@ -10,6 +10,7 @@ import json
 import random
 import struct
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 

@@ -480,16 +480,31 @@ fn file_ref(path: &str, bytes: &[u8]) -> FileRef {
     }
 }
 
-pub(crate) fn list_blob_len(count: usize, dim: usize, config: &BuildConfig) -> u64 {
+/// A list blob's length; `record_bytes`: the records column's bytes when the list has one.
+pub(crate) fn list_blob_len(
+    count: usize,
+    dim: usize,
+    config: &BuildConfig,
+    record_bytes: Option<u64>,
+) -> u64 {
     let codes = code_bytes(count, config.pq_m, config.pq_bits);
+    let records = record_bytes.map_or(0, |bytes| 4 * (count as u64 + 1) + bytes);
     (32 + 24 * count + codes.next_multiple_of(8) + config.rerank.bytes_per_vector(dim) * count)
         as u64
+        + records
+}
+
+/// Bytes of the stored record a metadata reference points at.
+pub(crate) fn stored_record_len(metadata_ref: u64) -> u64 {
+    let range = clipedge_format::record_range(metadata_ref);
+    range.end - range.start
 }
 
 fn encode_list(
     list_id: u32,
     rows: &[u32],
     vectors: &VectorSet<'_>,
+    catalog: Option<&CatalogBuilder>,
     trained: &TrainedIndex,
     config: &BuildConfig,
 ) -> Vec<u8> {
@@ -531,12 +546,18 @@ fn encode_list(
         }
     }
     let rerank_data = rerank_data(config.rerank, fp16, int8_scales, int8_values);
+    let records: Option<Vec<&[u8]>> = catalog.map(|catalog| {
+        rows.iter()
+            .map(|row| catalog.stored_record(*row as usize))
+            .collect()
+    });
     let columns = ListColumns {
         ids: &ids,
         content_hashes: &hashes,
         metadata_refs: &metas,
         codes,
         rerank: &rerank_data,
+        records: records.as_deref(),
     };
     assemble_list_blob(list_id, dim, config, columns)
 }
@@ -562,6 +583,8 @@ pub(crate) struct ListColumns<'a> {
     pub metadata_refs: &'a [u64],
     pub codes: Vec<u8>,
     pub rerank: &'a RerankData,
+    /// Each row's stored catalog record, when the generation has a catalog.
+    pub records: Option<&'a [&'a [u8]]>,
 }
 
 /// One list blob (docs/format.md), the same bytes whichever path computed its columns.
@@ -587,6 +610,7 @@ pub(crate) fn assemble_list_blob(
         metadata_refs: columns.metadata_refs,
         codes: &stored_codes,
         rerank: columns.rerank,
+        records: columns.records,
     }
     .encode()
 }
@@ -661,13 +685,28 @@ pub async fn write_generation(
         let mut planned_bytes = 0u64;
         while next_list < nlist && (next_list == first || planned_bytes < config.shard_target_bytes)
         {
-            planned_bytes +=
-                list_blob_len(lists[next_list].len(), dim, config).next_multiple_of(LIST_ALIGN);
+            let record_bytes = catalog.as_ref().map(|catalog| {
+                lists[next_list]
+                    .iter()
+                    .map(|row| stored_record_len(catalog.metadata_refs()[*row as usize]))
+                    .sum()
+            });
+            planned_bytes += list_blob_len(lists[next_list].len(), dim, config, record_bytes)
+                .next_multiple_of(LIST_ALIGN);
             next_list += 1;
         }
         let blobs: Vec<Vec<u8>> = (first..next_list)
             .into_par_iter()
-            .map(|list_id| encode_list(list_id as u32, &lists[list_id], vectors, trained, config))
+            .map(|list_id| {
+                encode_list(
+                    list_id as u32,
+                    &lists[list_id],
+                    vectors,
+                    catalog.as_ref(),
+                    trained,
+                    config,
+                )
+            })
             .collect();
         let shard_index = shards.len() as u32;
         let mut shard = Vec::with_capacity(planned_bytes as usize);

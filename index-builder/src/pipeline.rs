@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::build::{
     assemble_list_blob, content_hash, finish_generation, list_blob_len, new_generation_name,
-    rerank_data, ListColumns, LIST_ALIGN,
+    rerank_data, stored_record_len, ListColumns, LIST_ALIGN,
 };
 use crate::device::{Device, Metric};
 use crate::metadata::MetadataReader;
@@ -244,6 +244,11 @@ pub async fn write_generation_streamed(
     drop(encoder);
     drop(coarse);
 
+    // Lists carry their vectors' records, read back from the catalog's spill file.
+    let records_file = match catalog.as_mut() {
+        Some(catalog) => Some(catalog.records_for_lists()?),
+        None => None,
+    };
     progress.stage("write shards", n);
     let write_started = Instant::now();
     let mut shards_writer = ShardWriter::new(storage, &generation, config.shard_target_bytes);
@@ -266,9 +271,16 @@ pub async fn write_generation_streamed(
             .par_iter()
             .enumerate()
             .map(|(offset, entries)| {
-                list_blob_from_entries((first_list + offset) as u32, entries, dim, config, &layout)
+                list_blob_from_entries(
+                    (first_list + offset) as u32,
+                    entries,
+                    records_file.as_ref(),
+                    dim,
+                    config,
+                    &layout,
+                )
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         for (entries, blob) in by_list.iter().zip(blobs) {
             shards_writer.add(blob, entries.len()).await?;
             progress.advance(entries.len() as u64);
@@ -348,10 +360,11 @@ fn encode_entries(
 fn list_blob_from_entries(
     list_id: u32,
     entries: &[&[u8]],
+    records_file: Option<&RecordsFile>,
     dim: usize,
     config: &BuildConfig,
     layout: &EntryLayout,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, BuildError> {
     let m = layout.m;
     let count = entries.len();
     let mut ids = Vec::with_capacity(count);
@@ -389,16 +402,69 @@ fn list_blob_from_entries(
         }
     }
     let rerank_data = rerank_data(config.rerank, fp16, scales, values);
+    let record_bytes = match records_file {
+        Some(file) => Some(file.read_records(&metas)?),
+        None => None,
+    };
+    let records: Option<Vec<&[u8]>> = record_bytes.as_ref().map(|(bytes, ends)| {
+        let mut start = 0;
+        ends.iter()
+            .map(|end| {
+                let record = &bytes[start..*end];
+                start = *end;
+                record
+            })
+            .collect()
+    });
     let columns = ListColumns {
         ids: &ids,
         content_hashes: &hashes,
         metadata_refs: &metas,
         codes,
         rerank: &rerank_data,
+        records: records.as_deref(),
     };
     let blob = assemble_list_blob(list_id, dim, config, columns);
-    debug_assert_eq!(blob.len() as u64, list_blob_len(count, dim, config));
-    blob
+    debug_assert_eq!(
+        blob.len() as u64,
+        list_blob_len(
+            count,
+            dim,
+            config,
+            record_bytes.as_ref().map(|(bytes, _)| bytes.len() as u64)
+        )
+    );
+    Ok(blob)
+}
+
+/// The spilled catalog records, read back by metadata reference (positioned reads: the lists
+/// are assembled in parallel). Their bytes are in the page cache while a build of ~10M rows
+/// runs; at a billion rows the reads are random over the whole file.
+struct RecordsFile {
+    file: File,
+    path: PathBuf,
+    records_offset: u64,
+}
+
+impl RecordsFile {
+    /// The stored records behind `metadata_refs`, back to back, with each one's end offset.
+    fn read_records(&self, metadata_refs: &[u64]) -> Result<(Vec<u8>, Vec<usize>), BuildError> {
+        use std::os::unix::fs::FileExt;
+        let total: u64 = metadata_refs.iter().map(|r| stored_record_len(*r)).sum();
+        let mut bytes = vec![0u8; total as usize];
+        let mut ends = Vec::with_capacity(metadata_refs.len());
+        let mut start = 0usize;
+        for metadata_ref in metadata_refs {
+            let range = clipedge_format::record_range(*metadata_ref);
+            let end = start + (range.end - range.start) as usize;
+            self.file
+                .read_exact_at(&mut bytes[start..end], range.start - self.records_offset)
+                .map_err(|error| spill_error(&self.path, error))?;
+            ends.push(end);
+            start = end;
+        }
+        Ok((bytes, ends))
+    }
 }
 
 /// The catalog of a streamed build: records appended to a local file as rows stream past, each
@@ -458,6 +524,20 @@ impl CatalogSpill {
         self.lists.extend_from_slice(labels);
         self.refs.extend_from_slice(&refs);
         Ok(refs)
+    }
+
+    /// Flushes the records written so far and opens them for the lists' records columns.
+    fn records_for_lists(&mut self) -> Result<RecordsFile, BuildError> {
+        self.records
+            .flush()
+            .map_err(|error| spill_error(&self.records_path, error))?;
+        let file = File::open(&self.records_path)
+            .map_err(|error| spill_error(&self.records_path, error))?;
+        Ok(RecordsFile {
+            file,
+            path: self.records_path.clone(),
+            records_offset: self.records_offset,
+        })
     }
 
     /// Writes `catalog.bin` (header, id table, then the spilled records) into the generation.

@@ -385,6 +385,10 @@ fn metadata_parquet_files_become_the_catalog_and_search_results_carry_them() {
         assert_eq!(record.url, format!("https://img.example/{id}.jpg"));
         // The other columns reach the fronts as the record's extra fields.
         assert_eq!(record.extra["width"], id as u64);
+        // The hit's list carries the same record: the scanner returns it with the hit, so a
+        // front shows the result without reading the catalog.
+        let from_list: Value = serde_json::from_str(&result.records[0]).unwrap();
+        assert_eq!(from_list, catalog_record(&catalog, id));
     }
 
     // Metadata that does not match its embeddings stops the run, naming the file.

@@ -263,6 +263,7 @@ fn all_timed_out(request: &ScanRequest, stats: ScanStats) -> ScanResponse {
         groups,
         lists,
         candidates: Vec::new(),
+        records: Vec::new(),
         stats,
     }
 }

@@ -267,6 +267,14 @@ impl CatalogBuilder {
         &self.refs
     }
 
+    /// The stored bytes (JSON, then CRC-32) of id `row`'s record: what a list blob's records
+    /// column holds for it.
+    pub fn stored_record(&self, row: usize) -> &[u8] {
+        let range = record_range(self.refs[row]);
+        let start = (range.start - self.records_offset) as usize;
+        &self.records[start..start + (range.end - range.start) as usize]
+    }
+
     /// The whole `catalog.bin`, given the list each id was filed into.
     pub fn finish(
         &self,

@@ -4,6 +4,9 @@ use crate::{code_bytes, FormatError, RerankKind};
 /// First four bytes of every list blob.
 pub const LIST_MAGIC: &[u8; 4] = b"CELS";
 const HEADER_BYTES: usize = 32;
+/// Header byte 26: flags. Bit 0: the list ends with its vectors' catalog records.
+const FLAGS_OFFSET: usize = 26;
+const FLAG_RECORDS: u8 = 1;
 
 fn pad8(len: usize) -> usize {
     len.next_multiple_of(8)
@@ -53,6 +56,9 @@ pub struct ListBlobBuilder<'a> {
     /// Codes already in their storage layout (row-major bytes for 8-bit, fast-scan blocks for 4-bit).
     pub codes: &'a [u8],
     pub rerank: &'a RerankData,
+    /// Each vector's catalog record (the JSON the catalog holds), so a scanner can return the
+    /// records of its candidates and the front reads no catalog; `None`: no records column.
+    pub records: Option<&'a [&'a [u8]]>,
 }
 
 impl ListBlobBuilder<'_> {
@@ -89,7 +95,12 @@ impl ListBlobBuilder<'_> {
         out.extend_from_slice(&(self.m as u32).to_le_bytes());
         out.push(self.bits);
         out.push(rerank_tag(kind));
-        out.extend_from_slice(&[0u8; 6]);
+        out.push(if self.records.is_some() {
+            FLAG_RECORDS
+        } else {
+            0
+        });
+        out.extend_from_slice(&[0u8; 5]);
         for column in [self.ids, self.content_hashes, self.metadata_refs] {
             for value in column {
                 out.extend_from_slice(&value.to_le_bytes());
@@ -114,6 +125,21 @@ impl ListBlobBuilder<'_> {
                 out.extend(values.iter().map(|value| *value as u8));
             }
         }
+        if let Some(records) = self.records {
+            assert_eq!(records.len(), count, "one record per vector");
+            // `count + 1` u32 end offsets from the start of the record bytes (the first is 0).
+            let mut end = 0u32;
+            out.extend_from_slice(&end.to_le_bytes());
+            for record in records {
+                end = end
+                    .checked_add(u32::try_from(record.len()).expect("a record under 4 GiB"))
+                    .expect("a list's records under 4 GiB");
+                out.extend_from_slice(&end.to_le_bytes());
+            }
+            for record in records {
+                out.extend_from_slice(record);
+            }
+        }
         out
     }
 }
@@ -133,6 +159,9 @@ pub struct ListView<'a> {
     codes: &'a [u8],
     rerank_scales: &'a [u8],
     rerank_values: &'a [u8],
+    /// `count + 1` little-endian u32 offsets, then the record bytes (both empty: no records).
+    record_offsets: &'a [u8],
+    record_bytes: &'a [u8],
 }
 
 /// What the reader expects of a list, from the manifest and the group blob.
@@ -170,7 +199,10 @@ impl<'a> ListView<'a> {
         let dim = reader.u32()? as usize;
         let m = reader.u32()? as usize;
         let tags = reader.take(8)?;
-        let (bits, rerank_byte) = (tags[0], tags[1]);
+        let (bits, rerank_byte, flags) = (tags[0], tags[1], tags[FLAGS_OFFSET - 24]);
+        if flags & !FLAG_RECORDS != 0 {
+            return Err(FormatError::invalid(&what, "unknown header flags"));
+        }
         let header_matches = list_id == expected.list_id
             && count == expected.count as usize
             && dim == expected.dim
@@ -214,6 +246,38 @@ impl<'a> ListView<'a> {
                 reader.take(values)?,
             ),
         };
+        let (record_offsets, record_bytes) = if flags & FLAG_RECORDS != 0 {
+            let offsets_len = count
+                .checked_add(1)
+                .and_then(|entries| entries.checked_mul(4))
+                .ok_or_else(overflows)?;
+            let offsets = reader.take(offsets_len)?;
+            let record_bytes = &bytes[reader.position()..];
+            // Monotonic from 0 to the end of the blob: every record() slice is then in bounds.
+            let mut previous = 0u32;
+            for (index, chunk) in offsets.chunks_exact(4).enumerate() {
+                let offset = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+                let in_order = if index == 0 {
+                    offset == 0
+                } else {
+                    offset >= previous
+                };
+                if !in_order {
+                    return Err(FormatError::invalid(&what, "record offsets out of order"));
+                }
+                previous = offset;
+            }
+            if previous as usize != record_bytes.len() {
+                return Err(FormatError::invalid(
+                    &what,
+                    "record offsets disagree with the blob's length",
+                ));
+            }
+            reader.take(record_bytes.len())?;
+            (offsets, record_bytes)
+        } else {
+            (&[][..], &[][..])
+        };
         if reader.position() != bytes.len() {
             return Err(FormatError::invalid(&what, "trailing bytes"));
         }
@@ -230,7 +294,34 @@ impl<'a> ListView<'a> {
             codes,
             rerank_scales,
             rerank_values,
+            record_offsets,
+            record_bytes,
         })
+    }
+
+    /// Whether the list carries its vectors' catalog records.
+    pub fn has_records(&self) -> bool {
+        !self.record_offsets.is_empty()
+    }
+
+    /// The catalog record (JSON bytes) of the vector in `row`, when the list carries records.
+    pub fn record(&self, row: usize) -> Option<&'a [u8]> {
+        if !self.has_records() || row >= self.count {
+            return None;
+        }
+        let offset = |index: usize| {
+            u32::from_le_bytes(
+                self.record_offsets[index * 4..index * 4 + 4]
+                    .try_into()
+                    .expect("4 bytes"),
+            ) as usize
+        };
+        Some(&self.record_bytes[offset(row)..offset(row + 1)])
+    }
+
+    /// The row holding `id`, if any (a linear pass over the ids column).
+    pub fn row_of(&self, id: u64) -> Option<usize> {
+        (0..self.count).find(|row| self.id(*row) == id)
     }
 
     pub fn id(&self, row: usize) -> u64 {
@@ -258,7 +349,7 @@ impl<'a> ListView<'a> {
     /// The stored (rerank) copy of the vector with `id`, decoded to f32: what "more like this"
     /// searches with. `None` when the list does not hold the id or stores no copies.
     pub fn stored_vector(&self, id: u64) -> Option<Vec<f32>> {
-        let row = (0..self.count).find(|row| self.id(*row) == id)?;
+        let row = self.row_of(id)?;
         match self.rerank {
             RerankKind::Fp16 => Some(
                 self.rerank_fp16(row)
@@ -316,5 +407,84 @@ mod tests {
         };
         let error = ListView::parse(&bytes, &expected).unwrap_err();
         assert!(matches!(error, FormatError::Truncated { .. }), "{error}");
+    }
+
+    fn list_with_records(records: Option<&[&[u8]]>) -> (Vec<u8>, ListExpectation) {
+        let rerank = RerankData::Fp16(vec![0x3c00; 3 * 4]);
+        let bytes = ListBlobBuilder {
+            list_id: 7,
+            dim: 4,
+            m: 2,
+            bits: 8,
+            ids: &[10, 11, 12],
+            content_hashes: &[1, 2, 3],
+            metadata_refs: &[0, 1, 2],
+            codes: &[0u8; 6],
+            rerank: &rerank,
+            records,
+        }
+        .encode();
+        let expected = ListExpectation {
+            list_id: 7,
+            count: 3,
+            crc32: crate::checksum(&bytes),
+            dim: 4,
+            m: 2,
+            bits: 8,
+            rerank: RerankKind::Fp16,
+        };
+        (bytes, expected)
+    }
+
+    #[test]
+    fn records_ride_at_the_end_of_a_list_and_are_found_by_row_and_id() {
+        let records: [&[u8]; 3] = [br#"{"caption":"a"}"#, b"", br#"{"url":"u"}"#];
+        let (bytes, expected) = list_with_records(Some(&records));
+        let view = ListView::parse(&bytes, &expected).unwrap();
+        assert!(view.has_records());
+        for (row, record) in records.iter().enumerate() {
+            assert_eq!(view.record(row), Some(*record));
+        }
+        assert_eq!(view.record(3), None);
+        assert_eq!(view.row_of(12), Some(2));
+        assert_eq!(view.row_of(99), None);
+
+        let (plain, expected) = list_with_records(None);
+        let view = ListView::parse(&plain, &expected).unwrap();
+        assert!(!view.has_records());
+        assert_eq!(view.record(0), None);
+        // The records column is all a list with records adds.
+        assert_eq!(bytes.len() - plain.len(), 4 * 4 + 26);
+    }
+
+    #[test]
+    fn bad_record_offsets_and_unknown_flags_are_refused() {
+        let records: [&[u8]; 3] = [b"ab", b"cd", b"ef"];
+        let (bytes, expected) = list_with_records(Some(&records));
+        let offsets_start = bytes.len() - 6 - 16;
+        let reparse = |bytes: &[u8]| {
+            let expected = ListExpectation {
+                crc32: crate::checksum(bytes),
+                ..expected
+            };
+            ListView::parse(bytes, &expected).map(|_| ())
+        };
+        // Second offset (end of record 0) past the third: out of order.
+        let mut out_of_order = bytes.clone();
+        out_of_order[offsets_start + 4..offsets_start + 8].copy_from_slice(&5u32.to_le_bytes());
+        let error = reparse(&out_of_order).unwrap_err().to_string();
+        assert!(error.contains("out of order"), "{error}");
+        // A last offset short of the blob's end.
+        let mut short = bytes.clone();
+        short[offsets_start + 12..offsets_start + 16].copy_from_slice(&5u32.to_le_bytes());
+        let error = reparse(&short).unwrap_err().to_string();
+        assert!(error.contains("disagree"), "{error}");
+        // A flag this reader does not know.
+        let mut flagged = bytes.clone();
+        flagged[FLAGS_OFFSET] |= 0x80;
+        let error = reparse(&flagged).unwrap_err().to_string();
+        assert!(error.contains("flags"), "{error}");
+        // Truncated inside the offsets.
+        assert!(reparse(&bytes[..offsets_start + 6]).is_err());
     }
 }

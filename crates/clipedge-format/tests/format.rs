@@ -215,6 +215,7 @@ impl ListFixture {
             metadata_refs: &self.metas,
             codes: &self.codes,
             rerank: &self.rerank,
+            records: None,
         }
         .encode()
     }

@@ -213,6 +213,7 @@ fn list_blob(count: usize, dim: usize, m: usize, bits: u8, kind: RerankKind) -> 
         metadata_refs: &refs,
         codes: &codes,
         rerank: &rerank,
+        records: None,
     }
     .encode()
 }
@@ -322,6 +323,9 @@ fn scan_response() -> ScanResponse {
                 metadata_ref: 17 << 24 | 40,
                 list_id: 5,
             })
+            .collect(),
+        records: (0..3)
+            .map(|i| format!(r#"{{"caption":"image {i}","url":"https://img.example/{i}.jpg"}}"#))
             .collect(),
         stats: ScanStats {
             gets: 3,

@@ -437,6 +437,7 @@ fn encode_view(view: &ListView) -> Vec<u8> {
     let ids: Vec<u64> = (0..view.count).map(|row| view.id(row)).collect();
     let hashes: Vec<u64> = (0..view.count).map(|row| view.content_hash(row)).collect();
     let refs: Vec<u64> = (0..view.count).map(|row| view.metadata_ref(row)).collect();
+    let records: Vec<&[u8]> = (0..view.count).filter_map(|row| view.record(row)).collect();
     ListBlobBuilder {
         list_id: view.list_id,
         dim: view.dim,
@@ -447,6 +448,7 @@ fn encode_view(view: &ListView) -> Vec<u8> {
         metadata_refs: &refs,
         codes: view.codes(),
         rerank: &rerank_data(view),
+        records: view.has_records().then_some(&records[..]),
     }
     .encode()
 }
@@ -476,6 +478,7 @@ pub fn list_blob(data: &[u8]) {
                 RerankKind::Int8 => assert_eq!(view.rerank_int8(row).1.len(), view.dim),
                 RerankKind::None => {}
             }
+            assert_eq!(view.record(row).is_some(), view.has_records());
         }
         if view.count > 0 {
             let stored = view.stored_vector(view.id(0));
@@ -522,6 +525,14 @@ pub fn list_blob(data: &[u8]) {
             },
         };
         let list_id = u.arbitrary()?;
+        let record_bytes: Vec<Vec<u8>> = if u.arbitrary()? {
+            (0..count)
+                .map(|_| u.arbitrary())
+                .collect::<arbitrary::Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        let records: Vec<&[u8]> = record_bytes.iter().map(Vec::as_slice).collect();
         let builder = ListBlobBuilder {
             list_id,
             dim,
@@ -532,6 +543,7 @@ pub fn list_blob(data: &[u8]) {
             metadata_refs: &refs,
             codes: &codes,
             rerank: &rerank,
+            records: (!record_bytes.is_empty()).then_some(&records[..]),
         };
         let bytes = builder.encode();
         let expected = ListExpectation {
@@ -551,6 +563,11 @@ pub fn list_blob(data: &[u8]) {
         assert_eq!((0..count).map(|row| view.id(row)).collect::<Vec<_>>(), ids);
         assert_eq!(view.codes(), &codes[..]);
         assert_eq!(rerank_data(&view), rerank);
+        if !record_bytes.is_empty() {
+            for (row, record) in record_bytes.iter().enumerate() {
+                assert_eq!(view.record(row), Some(&record[..]));
+            }
+        }
         assert_eq!(encode_view(&view), bytes);
         Ok(())
     });
@@ -803,6 +820,7 @@ pub fn scan_response(data: &[u8]) {
             groups,
             lists,
             candidates,
+            records: u.arbitrary()?,
             stats: clipedge_protocol::ScanStats {
                 gets: u.arbitrary()?,
                 bytes_read: u.arbitrary()?,

@@ -88,6 +88,9 @@ pub struct LeafResponse {
     pub lists: Vec<ListResult>,
     /// The best `k` over the lists scanned, best first.
     pub hits: Vec<Hit>,
+    /// Each hit's catalog record (JSON) from its list, aligned with `hits`, when the lists
+    /// carry records; empty otherwise.
+    pub records: Vec<String>,
     pub stats: SearchStats,
     /// The first group or list that failed for a reason other than the deadline, as an error:
     /// what a caller that needs every list answers with.
@@ -105,6 +108,7 @@ impl LeafResponse {
             groups: self.groups,
             lists: self.lists,
             candidates: self.hits,
+            records: self.records,
             stats: ScanStats {
                 gets: stats.gets,
                 bytes_read: stats.bytes_read,
@@ -119,6 +123,28 @@ impl LeafResponse {
             },
         }
     }
+}
+
+/// The stored catalog record of each hit, read from its list (JSON without the CRC-32 the list's
+/// own checksum already covers), or nothing when no scanned list carries records: the front then
+/// shows the hits without a catalog read.
+fn hit_records(hits: &[Hit], lists: &[(ListView<'_>, f32)]) -> Vec<String> {
+    if !lists.iter().any(|(view, _)| view.has_records()) {
+        return Vec::new();
+    }
+    let view_of: std::collections::HashMap<u32, &ListView<'_>> =
+        lists.iter().map(|(view, _)| (view.list_id, view)).collect();
+    hits.iter()
+        .map(|hit| {
+            view_of
+                .get(&hit.list_id)
+                .and_then(|view| view.record(view.row_of(hit.id)?))
+                .and_then(|stored| stored.len().checked_sub(4).map(|len| &stored[..len]))
+                .and_then(|json| std::str::from_utf8(json).ok())
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
 }
 
 /// Verified list bytes kept across searches, bounded in bytes. One cache can serve several
@@ -367,6 +393,7 @@ impl IndexReader {
         let scan_finished = Instant::now();
 
         let hits = scan::finish(request.query, &scanned_lists, &candidates, k, rerank);
+        let records = hit_records(&hits, &scanned_lists);
         let finished = Instant::now();
         state.stats.route_us = (routed - started).as_micros() as u64;
         state.stats.fetch_us = (fetch_finished - routed).as_micros() as u64;
@@ -377,6 +404,7 @@ impl IndexReader {
             groups,
             lists,
             hits,
+            records,
             stats: state.stats,
             first_error: state.first_error,
         })

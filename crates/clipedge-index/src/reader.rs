@@ -82,6 +82,9 @@ pub struct SearchStats {
 #[derive(Debug, Clone)]
 pub struct SearchResult {
     pub hits: Vec<Hit>,
+    /// Each hit's catalog record (JSON) from its list, aligned with `hits`, when the lists carry
+    /// records; empty otherwise.
+    pub records: Vec<String>,
     pub stats: SearchStats,
 }
 
@@ -298,6 +301,7 @@ impl IndexReader {
         stats.route_us += (routed - started).as_micros() as u64;
         Ok(SearchResult {
             hits: leaf.hits,
+            records: leaf.records,
             stats,
         })
     }

@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::{ScanRequest, ScanResponse};
 
 /// Bumped on any change to the messages' fields or the frame.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// A request is a query vector and a batch of ids: 1 MiB is far more than enough.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// Below the 6 MB Lambda response cap even after base64 (×4/3) in the function-URL envelope.
@@ -250,6 +250,7 @@ mod tests {
                 metadata_ref: 17,
                 list_id: 3,
             }],
+            records: vec![r#"{"caption":"a dog","url":"https://img.example/1.jpg"}"#.to_string()],
             stats: ScanStats {
                 gets: 3,
                 bytes_read: 1 << 40,
@@ -266,14 +267,15 @@ mod tests {
         let hex: String = binary.iter().map(|byte| format!("{byte:02x}")).collect();
         assert_eq!(
             hex,
-            "4345535201000000057265712d31016700010402001b636865636b73756d206d69736d61746368\
-             20696e206c697374203401fdffffffffffffffffead6fcbdfd0df0fecaefbeadde110303fd0000\
-             0000000100000000000000000000000000000000000000000000"
+            "4345535202000000057265712d31016700010402001b636865636b73756d206d69736d6174636820\
+             696e206c697374203401fdffffffffffffffffead6fcbdfd0df0fecaefbeadde110301357b226361\
+             7074696f6e223a226120646f67222c2275726c223a2268747470733a2f2f696d672e6578616d706c\
+             652f312e6a7067227d03fd00000000000100000000000000000000000000000000000000000000"
         );
         let json = encode_response(&sample_response(), Encoding::Json).unwrap();
         assert_eq!(
             String::from_utf8(json).unwrap(),
-            r#"{"request_id":"req-1","generation":"g","groups":[],"lists":[{"list_id":4,"status":"Corrupt","cached":false,"detail":"checksum mismatch in list 4"}],"candidates":[{"id":18446744073709551615,"score":-0.12345679,"content_hash":16045690984503111693,"metadata_ref":17,"list_id":3}],"stats":{"gets":3,"bytes_read":1099511627776,"list_cache_hits":0,"lists_scanned":0,"codes_scanned":0,"generation_cached":false,"fetch_ms":0.0,"scan_ms":0.0,"rerank_ms":0.0,"total_ms":0.0}}"#
+            r#"{"request_id":"req-1","generation":"g","groups":[],"lists":[{"list_id":4,"status":"Corrupt","cached":false,"detail":"checksum mismatch in list 4"}],"candidates":[{"id":18446744073709551615,"score":-0.12345679,"content_hash":16045690984503111693,"metadata_ref":17,"list_id":3}],"records":["{\"caption\":\"a dog\",\"url\":\"https://img.example/1.jpg\"}"],"stats":{"gets":3,"bytes_read":1099511627776,"list_cache_hits":0,"lists_scanned":0,"codes_scanned":0,"generation_cached":false,"fetch_ms":0.0,"scan_ms":0.0,"rerank_ms":0.0,"total_ms":0.0}}"#
         );
     }
 
@@ -313,10 +315,10 @@ mod tests {
         assert!(error.to_string().contains("bad magic"), "{error}");
 
         let mut future = good.clone();
-        future[4] = 2;
+        future[4] = 3;
         let error = decode_request(&future, Encoding::Binary).unwrap_err();
         assert!(
-            matches!(error, ProtocolError::Version { found: 2, .. }),
+            matches!(error, ProtocolError::Version { found: 3, .. }),
             "{error}"
         );
 

@@ -163,6 +163,10 @@ pub struct ScanResponse {
     pub lists: Vec<ListResult>,
     /// The top `k` over the lists that were scanned, best first.
     pub candidates: Vec<Hit>,
+    /// The catalog record (JSON) of each candidate, aligned with `candidates`, when the lists
+    /// carry their records (an empty string for one that does not); empty otherwise. The front
+    /// then shows results without reading the catalog.
+    pub records: Vec<String>,
     pub stats: ScanStats,
 }
 

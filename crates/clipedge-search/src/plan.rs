@@ -2,7 +2,7 @@
 //! (with their failures) back into one candidate set. No I/O: the front's [`crate::Leaves`]
 //! makes the calls.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use clipedge_format::{Hit, RoutingTable};
 use clipedge_protocol::{ScanResponse, ScanStatus, ScanTargets};
@@ -312,6 +312,9 @@ pub fn retry_targets(batch: &Batch, response: &ScanResponse) -> Vec<ScanTargets>
 #[derive(Debug, Default)]
 pub struct FanOut {
     pub candidates: Vec<Hit>,
+    /// Catalog records (JSON) the scanners returned with their candidates, by metadata
+    /// reference: the root reads from the catalog only the records missing here.
+    pub records: HashMap<u64, String>,
     failed_groups: BTreeSet<u32>,
     scanned_groups: BTreeSet<u32>,
     failed_lists: BTreeSet<u32>,
@@ -340,6 +343,13 @@ impl FanOut {
         self.lists_scanned_by_calls += u64::from(response.stats.lists_scanned);
         self.list_cache_hits += u64::from(response.stats.list_cache_hits);
         self.candidates.extend_from_slice(&response.candidates);
+        if response.records.len() == response.candidates.len() {
+            for (hit, record) in response.candidates.iter().zip(&response.records) {
+                if !record.is_empty() {
+                    self.records.insert(hit.metadata_ref, record.clone());
+                }
+            }
+        }
         for group in &response.groups {
             if group.status.is_ok() {
                 self.scanned_groups.insert(group.group_id);
@@ -587,6 +597,7 @@ mod tests {
             groups,
             lists,
             candidates: vec![],
+            records: vec![],
             stats: ScanStats {
                 gets: 2,
                 bytes_read: 100,

@@ -259,7 +259,7 @@ async fn rank<S: ObjectSource>(
         }
     }
     let mut ranked = if search.safety {
-        safety_filter(generation, source, pool, search, not_applied).await?
+        safety_filter(generation, source, fan_out, pool, search, not_applied).await?
     } else {
         // An aesthetic preference re-ranks more than the window, so results from below it can
         // move up; the window is cut after.
@@ -276,17 +276,50 @@ async fn rank<S: ObjectSource>(
         }
     };
     if let Some(preference) = search.aesthetic {
-        ranked = aesthetic_rerank(generation, source, ranked, preference).await?;
+        ranked = aesthetic_rerank(generation, source, fan_out, ranked, preference).await?;
         ranked.kept.truncate(search.window());
         ranked.records.truncate(search.window());
     }
     Ok(ranked)
 }
 
+/// The records behind `refs`, in order: those the scanners returned with their candidates
+/// (lists that carry their records), the rest read from the catalog in one coalesced read.
+async fn records_of<S: ObjectSource>(
+    generation: &Generation,
+    source: &S,
+    fan_out: &FanOut,
+    refs: &[u64],
+) -> Result<Vec<ItemRecord>, ApiError> {
+    let known: Vec<Option<ItemRecord>> = refs
+        .iter()
+        .map(|metadata_ref| {
+            let json = fan_out.records.get(metadata_ref)?;
+            serde_json::from_str(json).ok()
+        })
+        .collect();
+    let missing: Vec<u64> = refs
+        .iter()
+        .zip(&known)
+        .filter(|(_, record)| record.is_none())
+        .map(|(metadata_ref, _)| *metadata_ref)
+        .collect();
+    let mut read = generation
+        .records(source, &missing)
+        .await
+        .map_err(generation_error)?
+        .into_iter();
+    Ok(known
+        .into_iter()
+        .map(|record| record.unwrap_or_else(|| read.next().unwrap_or_default()))
+        .collect())
+}
+
 /// Reads the catalog records of `ranked`'s hits in `range` that have none yet.
 async fn read_missing_records<S: ObjectSource>(
     generation: &Generation,
     source: &S,
+    fan_out: &FanOut,
     ranked: &mut Ranked,
     range: std::ops::Range<usize>,
 ) -> Result<(), ApiError> {
@@ -300,10 +333,7 @@ async fn read_missing_records<S: ObjectSource>(
         .iter()
         .map(|index| ranked.kept[*index].metadata_ref)
         .collect();
-    let read = generation
-        .records(source, &refs)
-        .await
-        .map_err(generation_error)?;
+    let read = records_of(generation, source, fan_out, &refs).await?;
     for (index, record) in unread.into_iter().zip(read) {
         ranked.records[index] = Some(record);
     }
@@ -317,6 +347,7 @@ async fn read_missing_records<S: ObjectSource>(
 async fn aesthetic_rerank<S: ObjectSource>(
     generation: &Generation,
     source: &S,
+    fan_out: &FanOut,
     mut ranked: Ranked,
     preference: AestheticPreference,
 ) -> Result<Ranked, ApiError> {
@@ -324,7 +355,7 @@ async fn aesthetic_rerank<S: ObjectSource>(
     // The first few records tell whether the catalog has the column (clip-retrieval's client
     // sends a preference with every query, so the common answer is "no", and cheap).
     let probe = reranked.min(64);
-    read_missing_records(generation, source, &mut ranked, 0..probe).await?;
+    read_missing_records(generation, source, fan_out, &mut ranked, 0..probe).await?;
     let has_column = ranked.records[..probe].iter().flatten().any(|record| {
         AESTHETIC_COLUMNS
             .iter()
@@ -334,7 +365,7 @@ async fn aesthetic_rerank<S: ObjectSource>(
         ranked.not_applied.push("aesthetic".to_string());
         return Ok(ranked);
     }
-    read_missing_records(generation, source, &mut ranked, probe..reranked).await?;
+    read_missing_records(generation, source, fan_out, &mut ranked, probe..reranked).await?;
     let aesthetic_of = |record: &Option<ItemRecord>| -> Option<f32> {
         let record = record.as_ref()?;
         AESTHETIC_COLUMNS.iter().find_map(|column| {
@@ -375,6 +406,7 @@ async fn aesthetic_rerank<S: ObjectSource>(
 async fn safety_filter<S: ObjectSource>(
     generation: &Generation,
     source: &S,
+    fan_out: &FanOut,
     pool: Vec<Hit>,
     search: &ValidSearch,
     mut not_applied: Vec<String>,
@@ -397,10 +429,7 @@ async fn safety_filter<S: ObjectSource>(
             .iter()
             .map(|hit| hit.metadata_ref)
             .collect();
-        let batch = generation
-            .records(source, &refs)
-            .await
-            .map_err(generation_error)?;
+        let batch = records_of(generation, source, fan_out, &refs).await?;
         let first_batch = read == 0;
         if first_batch {
             column_seen = batch
@@ -478,10 +507,8 @@ async fn answer<S: ObjectSource>(
         .filter(|(_, record)| record.is_none())
         .map(|(hit, _)| hit.metadata_ref)
         .collect();
-    let mut read = generation
-        .records(source, &unread)
-        .await
-        .map_err(generation_error)?
+    let mut read = records_of(generation, source, fan_out, &unread)
+        .await?
         .into_iter();
     let page_records: Vec<ItemRecord> = known_records[..with_records]
         .iter()
@@ -593,6 +620,8 @@ mod tests {
         max_calls: usize,
         failing: Vec<u32>,
         seen_calls: RefCell<Vec<Vec<u32>>>,
+        /// Answer with each candidate's catalog record, as lists that carry records do.
+        records: bool,
     }
 
     impl Leaves for ScriptedLeaves {
@@ -617,7 +646,7 @@ mod tests {
                     id: u64::from(list),
                     score: 1.0 / (list as f32 + 1.0),
                     content_hash: u64::from(list.max(1)),
-                    metadata_ref: 0,
+                    metadata_ref: u64::from(list),
                     list_id: list,
                 };
                 fan_out.add_response(&ScanResponse {
@@ -634,6 +663,16 @@ mod tests {
                         })
                         .collect(),
                     candidates: lists.iter().map(|&list| hit(list)).collect(),
+                    records: if self.records {
+                        lists
+                            .iter()
+                            .map(|list| {
+                                format!(r#"{{"caption":"list {list}","url":"media/{list}.webp"}}"#)
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                     // One list of each call found in the scanner's cache.
                     stats: ScanStats {
                         lists_scanned: lists.len() as u32,
@@ -682,6 +721,7 @@ mod tests {
             max_calls: 3,
             failing: Vec::new(),
             seen_calls: RefCell::default(),
+            records: false,
         };
         let answer = run(&leaves, &valid_search(4, 8));
         let response = answer.result.unwrap();
@@ -704,11 +744,38 @@ mod tests {
     }
 
     #[test]
+    fn records_returned_by_the_scanners_are_the_results_captions() {
+        let leaves = ScriptedLeaves {
+            max_calls: 3,
+            failing: Vec::new(),
+            seen_calls: RefCell::default(),
+            records: true,
+        };
+        let response = run(&leaves, &valid_search(4, 8)).result.unwrap();
+        // The generation has no catalog: without the scanners' records the captions are empty.
+        let shown: Vec<(u64, &str, &str)> = response
+            .results
+            .iter()
+            .map(|item| (item.id, item.caption.as_str(), item.url.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (0, "list 0", "/media/0.webp"),
+                (2, "list 2", "/media/2.webp"),
+                (3, "list 3", "/media/3.webp"),
+                (4, "list 4", "/media/4.webp"),
+            ]
+        );
+    }
+
+    #[test]
     fn pages_cut_one_ranking_and_name_the_generation() {
         let leaves = ScriptedLeaves {
             max_calls: 3,
             failing: Vec::new(),
             seen_calls: RefCell::default(),
+            records: false,
         };
         let page = |offset: usize, generation: Option<&str>| {
             let search = ValidSearch {
@@ -747,6 +814,7 @@ mod tests {
             max_calls: 8,
             failing: vec![0],
             seen_calls: RefCell::default(),
+            records: false,
         };
         let response = run(&leaves, &valid_search(3, 8)).result.unwrap();
         assert!(response.partial);
@@ -761,6 +829,7 @@ mod tests {
             max_calls: 2,
             failing: (0..8).collect(),
             seen_calls: RefCell::default(),
+            records: false,
         };
         let answer = run(&leaves, &valid_search(3, 8));
         let error = answer.result.unwrap_err();
