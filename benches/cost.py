@@ -9,7 +9,9 @@ The model (every figure it prints is one of these lines, with its arithmetic):
   billed duration, rounded up to 1 ms; a call lasts its share of the scan plus a fixed per-call
   cost and, when it has cold lists, one object GET's latency plus the transfer).
 - Object reads: one GET per list a scanner does not hold warm, plus the Worker's catalog reads
-  (the top k's records, coalesced into a few range GETs). S3 or R2 prices.
+  (`--catalog-gets`: 0 since lists carry their records and the scanner returns them with the
+  candidates; before, one range GET per result: 10 a query at k 10, measured at 10M by
+  benches/scale_bench.py). S3 or R2 prices.
 - Storage: the generation's bytes (codes + ids/hashes/refs + rerank copies + catalog) per month.
 - Idle: $0 beyond storage (the Workers paid plan's $5 base is listed apart).
 
@@ -53,7 +55,8 @@ def list_bytes_per_vector(args) -> float:
     codes = args.pq_m * args.pq_bits / 8
     refs = 24  # id, content hash, metadata reference: u64 each
     rerank = {"none": 0, "int8": args.dim + 4, "fp16": 2 * args.dim}[args.rerank_vectors]
-    return codes + refs + rerank
+    records = 4 + args.record_bytes  # the list's records column: an offset and the record
+    return codes + refs + rerank + records
 
 
 def bytes_per_vector(args) -> float:
@@ -110,7 +113,8 @@ def main() -> None:
     parser.add_argument("--rerank-vectors", choices=["none", "int8", "fp16"], default="int8")
     parser.add_argument("--record-bytes", type=int, default=160, help="catalog record (caption + URL) per vector")
     parser.add_argument("--nprobe", type=int, default=32)
-    parser.add_argument("--calls", type=int, default=2, help="scanner calls per query")
+    parser.add_argument("--calls", type=int, default=1,
+                        help="scanner calls per query (one per 32 lists, the Worker's default)")
     parser.add_argument("--warm-hit", type=float, default=1.0, help="share of probed lists a scanner holds warm")
     parser.add_argument("--embed-hit", type=float, default=0.0, help="share of queries an embedding cache answers")
     # Measured defaults: scanner_bench (README "The scanner Lambda": ~90M codes/s warm scan;
@@ -122,7 +126,8 @@ def main() -> None:
     parser.add_argument("--call-mb-s", type=float, default=300.0, help="one call's object read bandwidth, MB/s")
     parser.add_argument("--encode-ms", type=float, default=30.0, help="Worker CPU for the text tower")
     parser.add_argument("--worker-overhead-ms", type=float, default=3.0)
-    parser.add_argument("--catalog-gets", type=float, default=2.0, help="Worker record GETs per query")
+    parser.add_argument("--catalog-gets", type=float, default=0.0,
+                        help="Worker record GETs per query (0: lists carry the records; k before)")
     parser.add_argument("--lambda-mb", type=int, default=2048)
     parser.add_argument("--arch", choices=["x86_64", "arm64"], default="x86_64")
     parser.add_argument("--store", choices=["s3", "r2"], default="s3")

@@ -125,24 +125,38 @@ impl LeafResponse {
     }
 }
 
+/// Records returned with the best hits at most: a page shows at most 1,000 results, and the
+/// rest of a deep candidate list (up to 100,000) would not fit the protocol's 4 MiB answer.
+const MAX_RECORDS_RETURNED: usize = 1024;
+/// ... and at most this many record bytes (records are ~100 bytes; a few are much longer).
+const MAX_RECORD_BYTES_RETURNED: usize = 1 << 20;
+
 /// The stored catalog record of each hit, read from its list (JSON without the CRC-32 the list's
 /// own checksum already covers), or nothing when no scanned list carries records: the front then
-/// shows the hits without a catalog read.
+/// shows the hits without a catalog read. Past the caps, and for a hit whose list has no
+/// records, the entry is empty and the front reads that record from the catalog.
 fn hit_records(hits: &[Hit], lists: &[(ListView<'_>, f32)]) -> Vec<String> {
     if !lists.iter().any(|(view, _)| view.has_records()) {
         return Vec::new();
     }
     let view_of: std::collections::HashMap<u32, &ListView<'_>> =
         lists.iter().map(|(view, _)| (view.list_id, view)).collect();
+    let mut budget = MAX_RECORD_BYTES_RETURNED;
     hits.iter()
-        .map(|hit| {
-            view_of
+        .enumerate()
+        .map(|(rank, hit)| {
+            if rank >= MAX_RECORDS_RETURNED {
+                return String::new();
+            }
+            let json = view_of
                 .get(&hit.list_id)
                 .and_then(|view| view.record(view.row_of(hit.id)?))
                 .and_then(|stored| stored.len().checked_sub(4).map(|len| &stored[..len]))
                 .and_then(|json| std::str::from_utf8(json).ok())
-                .unwrap_or_default()
-                .to_string()
+                .filter(|json| json.len() <= budget)
+                .unwrap_or_default();
+            budget -= json.len();
+            json.to_string()
         })
         .collect()
 }
