@@ -26,12 +26,17 @@ def run(command: list[str], **kwargs) -> str:
     return result.stdout
 
 
-def read_fvecs(path: Path) -> list[list[float]]:
+def read_vecs(path: Path, kind: str) -> list[list]:
+    """`.fvecs` (`kind` "f") or `.ivecs` ("i"): each row a little-endian i32 width, then the row."""
     data = path.read_bytes()
-    (dim,) = struct.unpack_from("<i", data, 0)
-    row = 4 + 4 * dim
-    return [list(struct.unpack_from(f"<{dim}f", data, offset + 4))
+    (width,) = struct.unpack_from("<i", data, 0)
+    row = 4 + 4 * width
+    return [list(struct.unpack_from(f"<{width}{kind}", data, offset + 4))
             for offset in range(0, len(data), row)]
+
+
+def read_fvecs(path: Path) -> list[list[float]]:
+    return read_vecs(path, "f")
 
 
 def zipf_stream(distinct: int, length: int, seed: int) -> list[int]:
@@ -104,11 +109,7 @@ class Stack:
 
 
 def read_ivecs(path: Path) -> list[list[int]]:
-    data = path.read_bytes()
-    (width,) = struct.unpack_from("<i", data, 0)
-    row = 4 + 4 * width
-    return [list(struct.unpack_from(f"<{width}i", data, offset + 4))
-            for offset in range(0, len(data), row)]
+    return read_vecs(path, "i")
 
 
 def server_timing(header: str) -> dict[str, float]:
