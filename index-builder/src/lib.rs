@@ -39,10 +39,21 @@ pub use lifecycle::{
 pub use pipeline::{write_generation_streamed, StreamOptions, WriteSeconds};
 pub use progress::{NoProgress, Progress};
 
-/// The gate searches with the API's defaults (`clipedge_api::DEFAULT_NPROBE`, `DEFAULT_RERANK`):
-/// a generation is judged as it will be served.
+/// The gate searches with the API's defaults (`clipedge_api::DEFAULT_NPROBE`, and the rerank
+/// factor of the index's size, [`gate_default_rerank`]): a generation is judged as it will be
+/// served.
 pub const GATE_DEFAULT_NPROBE: usize = 16;
-pub const GATE_DEFAULT_RERANK: usize = 10;
+
+/// The rerank factor the API gives a search of `n` vectors that names none
+/// (`clipedge_api::default_rerank`, which a test holds this equal to; the builder does not link
+/// the API crate).
+pub fn gate_default_rerank(n: u64) -> usize {
+    if n >= 1_000_000 {
+        50
+    } else {
+        10
+    }
+}
 pub use metadata::MetadataReader;
 pub use source::EmbeddingSource;
 
@@ -51,6 +62,13 @@ mod tests {
     #[test]
     fn the_gate_searches_with_the_api_defaults() {
         assert_eq!(super::GATE_DEFAULT_NPROBE, clipedge_api::DEFAULT_NPROBE);
-        assert_eq!(super::GATE_DEFAULT_RERANK, clipedge_api::DEFAULT_RERANK);
+        assert_eq!(
+            super::gate_default_rerank(1000),
+            clipedge_api::DEFAULT_RERANK
+        );
+        assert_eq!(
+            super::gate_default_rerank(10_000_000),
+            clipedge_api::LARGE_INDEX_RERANK
+        );
     }
 }

@@ -350,6 +350,8 @@ impl KnnRequest {
             // Widened below, for this index.
             nprobe_default: false,
             rerank: DEFAULT_RERANK,
+            // clip-retrieval has no rerank parameter: the index's default.
+            rerank_default: true,
             dedup,
             safety: self.use_safety_model.unwrap_or(false),
             aesthetic: match (aesthetic_score, aesthetic_weight) {

@@ -2,10 +2,10 @@
 
 use clipedge_api::clip_retrieval::IndexShape;
 use clipedge_api::{
-    generation_error, items_with_records, merge, near_duplicates, AestheticPreference, ApiError,
-    Dedup, ErrorCode, QueryStats, SearchResponse, Timings, ValidSearch, AESTHETIC_COLUMNS,
-    MAX_FILTERED_RESULTS, MAX_RERANK_CANDIDATES, NEAR_DEDUP_WINDOW, NEAR_DUPLICATE_COSINE,
-    SAFETY_COLUMN, SAFE_VALUE,
+    default_rerank, generation_error, items_with_records, merge, near_duplicates,
+    AestheticPreference, ApiError, Dedup, ErrorCode, QueryStats, SearchResponse, Timings,
+    ValidSearch, AESTHETIC_COLUMNS, MAX_FILTERED_RESULTS, MAX_RERANK_CANDIDATES, NEAR_DEDUP_WINDOW,
+    NEAR_DUPLICATE_COSINE, SAFETY_COLUMN, SAFE_VALUE,
 };
 use clipedge_format::{Hit, ItemRecord};
 use clipedge_index::route::auto_group_probe;
@@ -92,6 +92,18 @@ pub async fn search<S: ObjectSource, L: Leaves>(
             };
         }
     }
+    // A default rerank follows the index's size (`clipedge_api::default_rerank`); a large k
+    // lowers it again below (`rerank_for`).
+    let widened;
+    let search = if search.rerank_default && search.rerank > 0 {
+        widened = ValidSearch {
+            rerank: default_rerank(generation.manifest.count).max(search.rerank),
+            ..search.clone()
+        };
+        &widened
+    } else {
+        search
+    };
     let probe_started = now_ms();
     // A default nprobe widens for large answers: the probed lists must hold the candidates.
     let nprobe = if search.nprobe_default {
@@ -555,6 +567,11 @@ mod tests {
 
     /// A flat index of `lists` one-list groups in 2 dimensions, without a catalog.
     fn generation(lists: u32) -> Generation {
+        generation_of(lists, u64::from(lists) * 10)
+    }
+
+    /// [`generation`] claiming `count` vectors.
+    fn generation_of(lists: u32, count: u64) -> Generation {
         let file = |path: &str| FileRef {
             path: path.to_string(),
             bytes: 0,
@@ -570,7 +587,7 @@ mod tests {
             },
             dim: 2,
             metric: Metric::InnerProduct,
-            count: u64::from(lists) * 10,
+            count,
             nlist: lists,
             ngroups: lists,
             pq: PqParams {
@@ -622,6 +639,8 @@ mod tests {
         seen_calls: RefCell<Vec<Vec<u32>>>,
         /// Answer with each candidate's catalog record, as lists that carry records do.
         records: bool,
+        /// The rerank factor of each fan-out.
+        seen_rerank: RefCell<Vec<u32>>,
     }
 
     impl Leaves for ScriptedLeaves {
@@ -634,6 +653,7 @@ mod tests {
         }
 
         async fn scan(&self, job: &LeafJob<'_>, calls: &[Call]) -> FanOut {
+            self.seen_rerank.borrow_mut().push(job.rerank);
             let mut fan_out = FanOut::default();
             for call in calls {
                 let lists = call.batch.lists.clone();
@@ -699,6 +719,7 @@ mod tests {
             safety: false,
             aesthetic: None,
             nprobe_default: false,
+            rerank_default: false,
         }
     }
 
@@ -722,6 +743,7 @@ mod tests {
             failing: Vec::new(),
             seen_calls: RefCell::default(),
             records: false,
+            seen_rerank: RefCell::default(),
         };
         let answer = run(&leaves, &valid_search(4, 8));
         let response = answer.result.unwrap();
@@ -744,12 +766,48 @@ mod tests {
     }
 
     #[test]
+    fn a_default_rerank_follows_the_index_size_and_an_explicit_one_stays() {
+        let rerank_of = |count: u64, rerank: usize, rerank_default: bool| {
+            let leaves = ScriptedLeaves {
+                max_calls: 1,
+                failing: Vec::new(),
+                seen_calls: RefCell::default(),
+                records: false,
+                seen_rerank: RefCell::default(),
+            };
+            let search = ValidSearch {
+                rerank,
+                rerank_default,
+                ..valid_search(4, 8)
+            };
+            futures::executor::block_on(super::search(
+                &generation_of(8, count),
+                &MemorySource::default(),
+                &leaves,
+                &[1.0, 0.0],
+                &search,
+                "/",
+                || 0.0,
+            ))
+            .result
+            .unwrap();
+            let seen = leaves.seen_rerank.borrow()[0];
+            seen
+        };
+        assert_eq!(rerank_of(80, 10, true), 10);
+        assert_eq!(rerank_of(10_000_000, 10, true), 50);
+        assert_eq!(rerank_of(10_000_000, 10, false), 10);
+        assert_eq!(rerank_of(10_000_000, 0, false), 0);
+    }
+
+    #[test]
     fn records_returned_by_the_scanners_are_the_results_captions() {
         let leaves = ScriptedLeaves {
             max_calls: 3,
             failing: Vec::new(),
             seen_calls: RefCell::default(),
             records: true,
+            seen_rerank: RefCell::default(),
         };
         let response = run(&leaves, &valid_search(4, 8)).result.unwrap();
         // The generation has no catalog: without the scanners' records the captions are empty.
@@ -776,6 +834,7 @@ mod tests {
             failing: Vec::new(),
             seen_calls: RefCell::default(),
             records: false,
+            seen_rerank: RefCell::default(),
         };
         let page = |offset: usize, generation: Option<&str>| {
             let search = ValidSearch {
@@ -815,6 +874,7 @@ mod tests {
             failing: vec![0],
             seen_calls: RefCell::default(),
             records: false,
+            seen_rerank: RefCell::default(),
         };
         let response = run(&leaves, &valid_search(3, 8)).result.unwrap();
         assert!(response.partial);
@@ -830,6 +890,7 @@ mod tests {
             failing: (0..8).collect(),
             seen_calls: RefCell::default(),
             records: false,
+            seen_rerank: RefCell::default(),
         };
         let answer = run(&leaves, &valid_search(3, 8));
         let error = answer.result.unwrap_err();

@@ -13,7 +13,7 @@ use clipedge_index_builder::device::{Device, DeviceChoice};
 use clipedge_index_builder::{
     gate_generation, gc, publish, train_on, write_generation_streamed, BuildConfig,
     EmbeddingSource, ExactTopK, GateConfig, GcOptions, StreamOptions, VectorSet,
-    GATE_DEFAULT_NPROBE, GATE_DEFAULT_RERANK,
+    GATE_DEFAULT_NPROBE,
 };
 use clipedge_storage::Storage;
 use serde::{Deserialize, Serialize};
@@ -418,7 +418,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let gate_started = Instant::now();
     let gate_config = GateConfig::new(
         settings.gate_nprobe.unwrap_or(GATE_DEFAULT_NPROBE),
-        settings.gate_rerank.unwrap_or(GATE_DEFAULT_RERANK),
+        settings
+            .gate_rerank
+            .unwrap_or_else(|| clipedge_index_builder::gate_default_rerank(n)),
         min_recall,
         max_regression,
     );
