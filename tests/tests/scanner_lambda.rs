@@ -15,7 +15,7 @@ use clipedge_index::{route, IndexReader, OpenOptions, SearchParams};
 use clipedge_index_builder::BuildConfig;
 use clipedge_protocol::{
     decode_response, sign, Encoding, ScanRequest, ScanResponse, ScanStatus, ScanTargets,
-    SignedRequest, MAX_REQUEST_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    SignedRequest, MAX_REQUEST_BYTES, PROTOCOL_VERSION, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 use clipedge_storage::Storage;
 use clipedge_tests::lambda_harness::{scan_lists_in_process, LambdaEmulator, S3Server};
@@ -338,7 +338,10 @@ async fn scanner_lambda_over_function_url_and_s3() {
         .await;
     assert_eq!(answer.status, 413, "{}", answer.error());
 
-    let garbage = b"CESQ\x01\x00\x00\x00not bincode at all".to_vec();
+    // A well-formed frame header of this protocol version around a body that is not bincode.
+    let mut garbage = b"CESQ".to_vec();
+    garbage.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    garbage.extend_from_slice(b"\x00\x00not bincode at all");
     let garbage_signature = sign(SECRET, now_ms(), &garbage);
     let answer = caller
         .post(
