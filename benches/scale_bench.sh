@@ -4,10 +4,5 @@
 # developer tool, the scanner and the Worker (cached target directory), then runs
 # benches/scale_bench.py; data, index and stack state go under --work (default /tmp/scale10m,
 # ~22 GB at 10M: keep it off the repository).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clipedge/target}"
-# The whole workspace, as scripts/test.sh resolves it (a -p subset would compile tract again).
-cargo build --release --locked --workspace >&2
-bash scripts/build-worker.sh >&2
+source "$(dirname "$0")/build_stack.sh"
 exec python3 benches/scale_bench.py --clipedge "$CARGO_TARGET_DIR/release/clipedge" "$@"
