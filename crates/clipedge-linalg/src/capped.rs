@@ -14,7 +14,8 @@
 
 use std::cmp::Ordering;
 
-use crate::kmeans::training_points;
+use crate::dot::l2_squared;
+use crate::kmeans::{move_to_means, training_points};
 use crate::{KMeans, KMeansConfig, KMeansInit, LinalgError};
 
 /// Nearest centroids remembered per point; a point whose candidates are all full falls back to a
@@ -188,7 +189,7 @@ fn nearest_with_room(point: &[f32], centroids: &[f32], dim: usize, room: &[usize
         .chunks_exact(dim)
         .enumerate()
         .filter(|(cluster, _)| room[*cluster] > 0)
-        .map(|(cluster, centroid)| (squared_distance(point, centroid), cluster))
+        .map(|(cluster, centroid)| (l2_squared(point, centroid), cluster))
         .min_by(|a, b| {
             a.0.partial_cmp(&b.0)
                 .unwrap_or(Ordering::Equal)
@@ -198,43 +199,12 @@ fn nearest_with_room(point: &[f32], centroids: &[f32], dim: usize, room: &[usize
         .expect("capacity × k covers every point, so some cluster has room")
 }
 
-fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
-}
-
-fn move_to_means(data: &[f32], dim: usize, labels: &[u32], centroids: &mut [f32]) {
-    let k = centroids.len() / dim;
-    let mut sums = vec![0f64; k * dim];
-    let mut counts = vec![0u64; k];
-    for (point, &label) in data.chunks_exact(dim).zip(labels) {
-        let cluster = label as usize;
-        counts[cluster] += 1;
-        for (sum, value) in sums[cluster * dim..][..dim].iter_mut().zip(point) {
-            *sum += f64::from(*value);
-        }
-    }
-    for (cluster, &count) in counts.iter().enumerate() {
-        if count == 0 {
-            continue;
-        }
-        for (centroid, sum) in centroids[cluster * dim..][..dim]
-            .iter_mut()
-            .zip(&sums[cluster * dim..][..dim])
-        {
-            *centroid = (*sum / count as f64) as f32;
-        }
-    }
-}
-
 fn mean_squared_distance(data: &[f32], dim: usize, labels: &[u32], centroids: &[f32]) -> f64 {
     let total: f64 = data
         .chunks_exact(dim)
         .zip(labels)
         .map(|(point, &label)| {
-            f64::from(squared_distance(
-                point,
-                &centroids[label as usize * dim..][..dim],
-            ))
+            f64::from(l2_squared(point, &centroids[label as usize * dim..][..dim]))
         })
         .sum();
     total / labels.len().max(1) as f64

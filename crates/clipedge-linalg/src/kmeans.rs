@@ -106,19 +106,7 @@ impl KMeans {
         for _ in 0..config.iterations {
             let (labels, distances) = assign(train, &centroids)?;
             inertia = distances.iter().map(|d| *d as f64).sum::<f64>() / distances.len() as f64;
-            let (sums, counts) = cluster_sums(train, dim, config.k, &labels);
-            for cluster in 0..config.k {
-                if counts[cluster] == 0 {
-                    continue;
-                }
-                let inv = 1.0 / counts[cluster] as f64;
-                for (c, s) in centroids[cluster * dim..(cluster + 1) * dim]
-                    .iter_mut()
-                    .zip(&sums[cluster * dim..(cluster + 1) * dim])
-                {
-                    *c = (*s * inv) as f32;
-                }
-            }
+            let counts = move_to_means(train, dim, &labels, &mut centroids);
             split_empty_clusters(&mut centroids, dim, counts, &mut rng);
         }
         Ok(KMeans {
@@ -226,6 +214,31 @@ fn kmeans_plus_plus(data: &[f32], dim: usize, k: usize, rng: &mut ChaCha8Rng) ->
         centroids.extend_from_slice(&data[chosen * dim..(chosen + 1) * dim]);
     }
     centroids
+}
+
+/// Lloyd's update: every centroid with points moves to their mean (a centroid without points
+/// stays where it is). Returns each cluster's point count.
+pub(crate) fn move_to_means(
+    data: &[f32],
+    dim: usize,
+    labels: &[u32],
+    centroids: &mut [f32],
+) -> Vec<u64> {
+    let k = centroids.len() / dim;
+    let (sums, counts) = cluster_sums(data, dim, k, labels);
+    for cluster in 0..k {
+        if counts[cluster] == 0 {
+            continue;
+        }
+        let inv = 1.0 / counts[cluster] as f64;
+        for (c, s) in centroids[cluster * dim..(cluster + 1) * dim]
+            .iter_mut()
+            .zip(&sums[cluster * dim..(cluster + 1) * dim])
+        {
+            *c = (*s * inv) as f32;
+        }
+    }
+    counts
 }
 
 /// Per-cluster sums (f64) and counts. Rows are bucketed by cluster first (a counting sort that
