@@ -1,7 +1,7 @@
 // The measurements, shared by the workerd and Node hosts: given an instantiated engine-check
 // module, check each compiled-in kernel against the scalar reference, then time encodes by
 // token count and one GEMM shape per kernel. Timings are per call, in order, so tier-up shows.
-const KERNELS = { 1: "scalar", 2: "simd128", 4: "relaxed-simd" };
+const KERNELS = { 1: "scalar", 2: "simd128", 4: "relaxed-simd", 8: "relaxed-2dots" };
 
 function timed(run) {
   const start = performance.now();
@@ -18,7 +18,7 @@ export function runAll(exports, { runs = 30, tokenCounts = [4, 10, 32, 77], chec
   if (setupStatus !== 0) throw new Error(`setup failed: ${setupStatus}`);
   const compiled = exports.kernels();
   const kernels = Object.keys(KERNELS).map(Number).filter((code) => compiled & code);
-  const result = { setup_ms: setupMs, kernels: {} };
+  const result = { setup_ms: setupMs, relaxed_one_dot: exports.relaxed_one_dot(), kernels: {} };
   for (const code of kernels) {
     const name = KERNELS[code];
     const entry = { max_ulps_vs_scalar: {}, encode_ms: {}, first_runs_ms: {} };

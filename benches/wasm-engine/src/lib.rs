@@ -3,10 +3,12 @@
 //!
 //! Exports (all C ABI, no imports): `setup(seed) -> i32` builds the model (0 = ok);
 //! `kernels() -> i32` is a bit set of the kernels compiled in (1 scalar, 2 simd128,
-//! 4 relaxed); `encode(kernel, tokens) -> i32` runs one encode (0 = ok); `max_ulps(kernel,
-//! tokens) -> i32` compares that kernel's embedding with the scalar reference's (0 = equal);
-//! `gemm(kernel, rows, cols, tokens, runs) -> i32` runs one GEMM shape `runs` times;
-//! `memory_bytes()` is the linear memory size.
+//! 4 relaxed, 8 relaxed held to two dots where it would take one); `encode(kernel, tokens)
+//! -> i32` runs one encode (0 = ok); `max_ulps(kernel, tokens) -> i32` compares that kernel's
+//! embedding with the scalar reference's (0 = equal); `gemm(kernel, rows, cols, tokens, runs)
+//! -> i32` runs one GEMM shape `runs` times; `memory_bytes()` is the linear memory size;
+//! `relaxed_one_dot()` is 1 where the relaxed kernel runs one dot per 16 products (the
+//! engine's dot is exact on u8), 0 where two, −1 without relaxed SIMD.
 
 use std::cell::RefCell;
 
@@ -19,14 +21,20 @@ thread_local! {
 const SCALAR: i32 = 1;
 const SIMD128: i32 = 2;
 const RELAXED: i32 = 4;
+/// The relaxed kernel held to its two-dot path: offered only where it would otherwise take the
+/// one-dot path, so a check covers both on one engine.
+const RELAXED_TWO_DOTS: i32 = 8;
 
+/// The kernel a code names; sets or clears the relaxed kernel's two-dot hook to match.
 fn kernel_of(code: i32) -> Option<Kernel> {
     let kernel = match code {
         SCALAR => Kernel::Scalar,
         SIMD128 => Kernel::Simd128,
         RELAXED => Kernel::RelaxedSimd,
+        RELAXED_TWO_DOTS if Kernel::relaxed_one_dot() == Some(true) => Kernel::RelaxedSimd,
         _ => return None,
     };
+    Kernel::force_relaxed_two_dots(code == RELAXED_TWO_DOTS);
     kernel.is_available().then_some(kernel)
 }
 
@@ -59,7 +67,7 @@ pub extern "C" fn setup(seed: u32) -> i32 {
 
 #[no_mangle]
 pub extern "C" fn kernels() -> i32 {
-    [SCALAR, SIMD128, RELAXED]
+    [SCALAR, SIMD128, RELAXED, RELAXED_TWO_DOTS]
         .into_iter()
         .filter(|&code| kernel_of(code).is_some())
         .sum()
@@ -132,5 +140,14 @@ pub extern "C" fn memory_bytes() -> u32 {
     #[cfg(not(target_arch = "wasm32"))]
     {
         0
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn relaxed_one_dot() -> i32 {
+    match Kernel::relaxed_one_dot() {
+        Some(true) => 1,
+        Some(false) => 0,
+        None => -1,
     }
 }

@@ -9,7 +9,10 @@
 //! - simd128: the same widening, `i32x4.dot_i16x8_s`;
 //! - relaxed SIMD: `i32x4.relaxed_dot_i8x16_i7x16_add_s` is deterministic only when its second
 //!   operand has the top bit clear, so `u` is split into `h = u >> 1` and `u − h`, both in
-//!   [0, 127] (this is why `u` stops at 254), and the two dots are added.
+//!   [0, 127] (this is why `u` stops at 254), and the two dots are added. Where the engine
+//!   lowers the dot to an exact u8 × i8 product (V8 on x86_64 with AVX-VNNI emits `vpdpbusd`),
+//!   one dot on `u` itself gives the same integer: each GEMM call probes the lowering in the
+//!   code that runs the loop and takes the one-dot path only when the probe is exact.
 //!
 //! Why 8-bit activations: 7-bit ones (one relaxed dot, `vpmaddubsw` without saturation) cost
 //! all-MiniLM-L6-v2 its accuracy (worst cosine 0.9916 vs fp32 where 8-bit gives 0.997); 7-bit
@@ -24,6 +27,10 @@
 //! block's weights on a block's first pass, and every kernel reduces four rows of a token
 //! together. (Walking tokens in L1-sized chunks, rows inside, was tried on 2026-11-27: no gain
 //! natively or in workerd.)
+
+/// Test hook (see [`Kernel::force_relaxed_two_dots`]).
+static RELAXED_TWO_DOTS_ONLY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Which GEMM implementation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +56,23 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// The relaxed-SIMD kernel's path on this engine and CPU: `Some(true)` when it runs one
+    /// dot per 16 products (the engine's dot is an exact u8 × i8 product), `Some(false)` when
+    /// two on 7-bit halves, `None` where the build has no relaxed SIMD.
+    pub fn relaxed_one_dot() -> Option<bool> {
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        return Some(wasm::one_dot_path());
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+        None
+    }
+
+    /// Makes the relaxed-SIMD kernel take its two-dot path even where one dot is exact, so a
+    /// check can compare both paths on one engine (`benches/wasm_engine.sh`). For checks only.
+    #[doc(hidden)]
+    pub fn force_relaxed_two_dots(on: bool) {
+        RELAXED_TWO_DOTS_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Every kernel this build and CPU can run, the reference first.
     pub fn available() -> Vec<Kernel> {
         let mut kernels = vec![Kernel::Scalar];
@@ -237,30 +261,17 @@ pub(crate) fn gemm_u8i8_with(
         Kernel::RelaxedSimd => {
             #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
             {
-                // Split once per call: V8 has no byte shift (`i8x16.shr_u` is a word shift and
-                // a mask), and the block loop would otherwise redo it for every row block.
-                halves.resize(2 * tokens * cols, 0);
-                for (pair, row) in halves
-                    .chunks_exact_mut(2 * cols)
-                    .zip(acts[..tokens * cols].chunks_exact(cols))
-                {
-                    let (high, low) = pair.split_at_mut(cols);
-                    for ((h, l), &u) in high.iter_mut().zip(low.iter_mut()).zip(row) {
-                        *h = u >> 1;
-                        *l = u - (u >> 1);
-                    }
-                }
                 let gemm = Gemm {
                     weights,
                     rows,
                     cols,
                     acts,
                     wide: &[],
-                    halves,
+                    halves: &[],
                     tokens,
                 };
                 // SAFETY: relaxed-simd is enabled at compile time; slice lengths are checked above.
-                unsafe { wasm::gemm_relaxed(&gemm, out) };
+                unsafe { wasm::gemm_relaxed(&gemm, halves, out) };
             }
             #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
             panic!("the relaxed-simd kernel needs wasm32 with +relaxed-simd");
@@ -621,7 +632,7 @@ mod vnni {
 mod wasm {
     use core::arch::wasm32::*;
 
-    use super::{dot_scalar, Gemm};
+    use super::{dot_scalar, Gemm, RELAXED_TWO_DOTS_ONLY};
 
     #[inline]
     fn hsum(v: v128) -> i32 {
@@ -752,10 +763,121 @@ mod wasm {
         }
     }
 
-    /// 4 rows × 2 tokens.
+    /// One `R × T` block over 16 columns a step with one relaxed dot on `u` itself: only where
+    /// [`dot_is_exact_u8`] holds (the engine's dot is an exact u8 × i8 product), which makes it
+    /// the same integer as [`relaxed_block`]. `R·T + T + 1` live vectors.
     #[cfg(target_feature = "relaxed-simd")]
-    pub unsafe fn gemm_relaxed(g: &Gemm, out: &mut [i32]) {
-        walk_blocks!(relaxed_block, 4, 2, g, out);
+    #[inline(always)]
+    unsafe fn relaxed_u8_block<const R: usize, const T: usize>(
+        g: &Gemm,
+        row: usize,
+        token: usize,
+        out: &mut [i32],
+    ) {
+        let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
+        let main = cols & !15;
+        let weight_ptr: [*const u8; R] =
+            std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
+        let act_ptr: [*const u8; T] =
+            std::array::from_fn(|j| acts.as_ptr().add((token + j) * cols));
+        let mut acc = [[i32x4_splat(0); T]; R];
+        let mut k = 0;
+        while k < main {
+            let u: [v128; T] = std::array::from_fn(|j| v128_load(act_ptr[j].add(k) as *const v128));
+            for i in 0..R {
+                let w = v128_load(weight_ptr[i].add(k) as *const v128);
+                for j in 0..T {
+                    acc[i][j] = i32x4_relaxed_dot_i8x16_i7x16_add(w, u[j], acc[i][j]);
+                }
+            }
+            k += 16;
+        }
+        if R == 4 {
+            #[allow(clippy::needless_range_loop)]
+            for j in 0..T {
+                let mut sums = [0i32; 4];
+                let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
+                v128_store(sums.as_mut_ptr() as *mut v128, reduce4(four));
+                g.finish_four(sums, row, token + j, main, out);
+            }
+            return;
+        }
+        for i in 0..R {
+            let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
+            for j in 0..T {
+                let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
+                out[(token + j) * rows + row + i] =
+                    hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
+            }
+        }
+    }
+
+    /// Whether this engine's relaxed dot multiplies a second operand with its top bit set as an
+    /// unsigned byte, exactly (no 16-bit saturation): true where V8 emits `vpdpbusd` (x86_64
+    /// with AVX-VNNI), false where it emits `pmaddubsw` (saturates pair sums) or a signed dot
+    /// (AVX-VNNI-INT8 `vpdpbssd`, arm64 `sdot`). Operands are opaque to the compilers so the
+    /// answer comes from the instruction the engine chose, in the function that then uses it.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    unsafe fn dot_is_exact_u8() -> bool {
+        // Lane 0: 127 · 255 four times (pmaddubsw saturates each pair at 32,767); lane 1:
+        // −128 · 255 (−32,768 a pair there); lanes 2–3: mixed signs and sizes.
+        const W: [i8; 16] = [
+            127, 127, 127, 127, -128, -128, -128, -128, 1, -1, 90, -3, 0, 64, -64, 5,
+        ];
+        const U: [u8; 16] = [
+            255, 255, 255, 255, 255, 255, 255, 255, 200, 128, 254, 129, 7, 255, 131, 1,
+        ];
+        let w = core::hint::black_box(W);
+        let u = core::hint::black_box(U);
+        let dot = i32x4_relaxed_dot_i8x16_i7x16_add(
+            v128_load(w.as_ptr() as *const v128),
+            v128_load(u.as_ptr() as *const v128),
+            i32x4_splat(0),
+        );
+        let mut expected = [0i32; 4];
+        for (k, (&weight, &unsigned)) in W.iter().zip(&U).enumerate() {
+            expected[k / 4] += weight as i32 * unsigned as i32;
+        }
+        let expected = v128_load(expected.as_ptr() as *const v128);
+        i32x4_all_true(i32x4_eq(dot, expected))
+    }
+
+    /// Whether [`gemm_relaxed`] takes the one-dot path on this engine and CPU (for reports).
+    #[cfg(target_feature = "relaxed-simd")]
+    pub fn one_dot_path() -> bool {
+        // SAFETY: relaxed-simd is enabled at compile time.
+        unsafe { dot_is_exact_u8() }
+    }
+
+    /// 4 rows × 2 tokens. One relaxed dot per 16 products where the engine's dot is exact on
+    /// u8 (probed here, in the function that runs the loop, so the probe sees the same
+    /// lowering), otherwise two, on `u` split into 7-bit halves in `halves` (once per call:
+    /// V8 has no byte shift, and the block loop would otherwise redo it per row block).
+    #[cfg(target_feature = "relaxed-simd")]
+    pub unsafe fn gemm_relaxed(g: &Gemm, halves: &mut Vec<u8>, out: &mut [i32]) {
+        let two_dots_only = RELAXED_TWO_DOTS_ONLY.load(std::sync::atomic::Ordering::Relaxed);
+        if !two_dots_only && dot_is_exact_u8() {
+            walk_blocks!(relaxed_u8_block, 4, 2, g, out);
+            return;
+        }
+        let (tokens, cols) = (g.tokens, g.cols);
+        halves.resize(2 * tokens * cols, 0);
+        for (pair, row) in halves
+            .chunks_exact_mut(2 * cols)
+            .zip(g.acts[..tokens * cols].chunks_exact(cols))
+        {
+            let (high, low) = pair.split_at_mut(cols);
+            for ((h, l), &u) in high.iter_mut().zip(low.iter_mut()).zip(row) {
+                *h = u >> 1;
+                *l = u - (u >> 1);
+            }
+        }
+        let split = Gemm {
+            halves: halves.as_slice(),
+            ..*g
+        };
+        walk_blocks!(relaxed_block, 4, 2, &split, out);
     }
 }
 
