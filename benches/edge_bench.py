@@ -180,6 +180,7 @@ def main() -> None:
               f"query k {args.k} nprobe {args.nprobe}; model {card['name']}")
 
         colds, warm_stages, encode_by_tokens, memory, rss = [], {}, {}, [], []
+        text_kernel = "unknown"
         # The encode stage split: the tower alone (tokenize + forward) and the edge Cache API.
         tower_by_tokens, edge_cache_by_tokens = {}, {}
         cache_hits = 0
@@ -199,7 +200,9 @@ def main() -> None:
                 if status != 200:
                     raise BenchError(f"cold query failed: HTTP {status} {body}")
                 colds.append({**server_timing(headers), "client": wall})
-                memory.append(get(stack["worker_url"] + "/v1/health").get("memory_bytes", 0) / 2**20)
+                health = get(stack["worker_url"] + "/v1/health")
+                memory.append(health.get("memory_bytes", 0) / 2**20)
+                text_kernel = health.get("text_kernel", "unknown")
                 for tokens in TOKEN_COUNTS:
                     for _ in range(args.warm):
                         serial += 1
@@ -260,6 +263,7 @@ def main() -> None:
               f"{max(memory):.1f} MiB at the end")
         if rss:
             print(f"workerd peak RSS (runtime included): {max(rss):.0f} MiB")
+        print(f"text tower GEMM kernel: {text_kernel}")
         result = {
             "model": card["name"],
             "wasm_bytes": len(wasm_bytes),
@@ -276,6 +280,7 @@ def main() -> None:
             "edge_cache_p50_ms": {tokens: f["p50"] for tokens, f in edge_cache_summary.items()},
             "embedding_cache_hits": cache_hits,
             "workerd_peak_rss_mib": round(max(rss), 1) if rss else None,
+            "text_kernel": text_kernel,
         }
         print(json.dumps(result))
     except BenchError as err:

@@ -303,6 +303,7 @@ impl<'a> RequestContext<'a> {
             front: "edge".to_string(),
             memory_bytes: memory_bytes(),
             model_loaded: Some(isolate().encoder.is_ready()),
+            text_kernel: Some(clipedge_text::int8::Kernel::best().describe()),
         })
     }
 

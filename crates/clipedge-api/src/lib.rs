@@ -809,6 +809,10 @@ pub struct HealthResponse {
     /// query).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_loaded: Option<bool>,
+    /// The edge Worker's int8 GEMM kernel, e.g. `relaxed-simd, one dot` (where the engine's
+    /// relaxed dot is exact on u8) or `relaxed-simd, two dots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_kernel: Option<String>,
 }
 
 /// A failed generation or item read as the API answers it: an index that cannot answer id

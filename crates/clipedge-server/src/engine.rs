@@ -199,6 +199,7 @@ impl Engine {
             front: "embedded".to_string(),
             memory_bytes: None,
             model_loaded: Some(self.encoder.is_some()),
+            text_kernel: None,
         }
     }
 

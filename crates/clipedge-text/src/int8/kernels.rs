@@ -73,6 +73,16 @@ impl Kernel {
         RELAXED_TWO_DOTS_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// [`Kernel::name`], and for relaxed SIMD the path this engine takes (`, one dot` or
+    /// `, two dots`): what `/v1/health` reports.
+    pub fn describe(self) -> String {
+        match (self, Kernel::relaxed_one_dot()) {
+            (Kernel::RelaxedSimd, Some(true)) => format!("{}, one dot", self.name()),
+            (Kernel::RelaxedSimd, Some(false)) => format!("{}, two dots", self.name()),
+            _ => self.name().to_string(),
+        }
+    }
+
     /// Every kernel this build and CPU can run, the reference first.
     pub fn available() -> Vec<Kernel> {
         let mut kernels = vec![Kernel::Scalar];
