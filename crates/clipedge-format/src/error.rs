@@ -34,6 +34,19 @@ pub enum FormatError {
 }
 
 impl FormatError {
+    /// The same error about `what` (a parser names its object only when it fails).
+    pub(crate) fn renamed(mut self, name: String) -> Self {
+        match &mut self {
+            FormatError::Checksum { what, .. }
+            | FormatError::BadMagic { what, .. }
+            | FormatError::Version { what, .. }
+            | FormatError::Truncated { what, .. }
+            | FormatError::Invalid { what, .. }
+            | FormatError::Json { what, .. } => *what = name,
+        }
+        self
+    }
+
     pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
         FormatError::Invalid {
             what: what.into(),

@@ -190,10 +190,20 @@ impl<'a> ListView<'a> {
         bytes: &'a [u8],
         expected: &ListExpectation,
     ) -> Result<ListView<'a>, FormatError> {
-        let what = format!("list {}", expected.list_id);
-        let mut reader = Reader::new(&what, bytes);
-        check_magic(&what, reader.take(4)?, LIST_MAGIC)?;
-        check_version(&what, reader.u32()?)?;
+        // Named only on failure: every query re-parses every cached list it scans, and a
+        // formatted name per list was a fixed cost per list.
+        Self::parse_checked(bytes, expected)
+            .map_err(|error| error.renamed(format!("list {}", expected.list_id)))
+    }
+
+    fn parse_checked(
+        bytes: &'a [u8],
+        expected: &ListExpectation,
+    ) -> Result<ListView<'a>, FormatError> {
+        let what = "list";
+        let mut reader = Reader::new(what, bytes);
+        check_magic(what, reader.take(4)?, LIST_MAGIC)?;
+        check_version(what, reader.u32()?)?;
         let list_id = reader.u32()?;
         let count = reader.u32()? as usize;
         let dim = reader.u32()? as usize;
@@ -201,7 +211,7 @@ impl<'a> ListView<'a> {
         let tags = reader.take(8)?;
         let (bits, rerank_byte, flags) = (tags[0], tags[1], tags[FLAGS_OFFSET - 24]);
         if flags & !FLAG_RECORDS != 0 {
-            return Err(FormatError::invalid(&what, "unknown header flags"));
+            return Err(FormatError::invalid(what, "unknown header flags"));
         }
         let header_matches = list_id == expected.list_id
             && count == expected.count as usize
@@ -211,14 +221,14 @@ impl<'a> ListView<'a> {
             && rerank_byte == rerank_tag(expected.rerank);
         if !header_matches {
             return Err(FormatError::invalid(
-                &what,
+                what,
                 "header disagrees with the manifest",
             ));
         }
         // Checked: on wasm32 (the Worker) usize is 32 bits, where a corrupt count or dimension
         // would wrap these products into short slices that the accessors then overrun. A length
         // past usize is more than any buffer holds: truncated, as on 64-bit targets.
-        let overflows = || FormatError::truncated(&what, usize::MAX, bytes.len());
+        let overflows = || FormatError::truncated(what, usize::MAX, bytes.len());
         let column_len = count.checked_mul(8).ok_or_else(overflows)?;
         let ids = reader.take(column_len)?;
         let hashes = reader.take(column_len)?;
@@ -263,13 +273,13 @@ impl<'a> ListView<'a> {
                     offset >= previous
                 };
                 if !in_order {
-                    return Err(FormatError::invalid(&what, "record offsets out of order"));
+                    return Err(FormatError::invalid(what, "record offsets out of order"));
                 }
                 previous = offset;
             }
             if previous as usize != record_bytes.len() {
                 return Err(FormatError::invalid(
-                    &what,
+                    what,
                     "record offsets disagree with the blob's length",
                 ));
             }
@@ -279,7 +289,7 @@ impl<'a> ListView<'a> {
             (&[][..], &[][..])
         };
         if reader.position() != bytes.len() {
-            return Err(FormatError::invalid(&what, "trailing bytes"));
+            return Err(FormatError::invalid(what, "trailing bytes"));
         }
         Ok(ListView {
             list_id,

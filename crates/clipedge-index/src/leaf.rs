@@ -16,7 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use clipedge_format::{FormatError, GroupBlob, Hit, ListView, RerankKind};
 use clipedge_linalg::dot::dots_with_rows;
-use clipedge_linalg::TopK;
+use clipedge_linalg::{prefetch, TopK};
 use clipedge_protocol::{
     GroupResult, ListResult, ScanResponse, ScanStats, ScanStatus, ScanTargets,
 };
@@ -338,8 +338,12 @@ impl IndexReader {
         // candidate slot, so ties break the same way for every caller.
         let mut scannable: Vec<(usize, ListView<'_>, f32)> = Vec::with_capacity(probed.len());
         let mut outcomes: Vec<ListResult> = Vec::with_capacity(probed.len());
-        for (probe, fetched) in probed.iter().zip(&fetched) {
-            let (status, cached, detail) = match fetched {
+        for (index, (probe, result)) in probed.iter().zip(&fetched).enumerate() {
+            // The header check reads each list's first line: fetch the next one's meanwhile.
+            if let Some(Ok(next)) = fetched.get(index + 1) {
+                prefetch::read(&next.bytes, 1);
+            }
+            let (status, cached, detail) = match result {
                 Ok(list) => match ListView::parse_verified(&list.bytes, &self.expectation(probe)) {
                     Ok(view) => {
                         scannable.push((outcomes.len(), view, probe.bias));
@@ -384,7 +388,15 @@ impl IndexReader {
             }
             Some(deadline) => {
                 let mut top = TopK::new(candidate_count);
-                for (outcome_index, view, bias) in scannable {
+                let next_codes: Vec<&[u8]> = scannable
+                    .iter()
+                    .skip(1)
+                    .map(|(_, view, _)| view.codes())
+                    .collect();
+                for (position, (outcome_index, view, bias)) in scannable.into_iter().enumerate() {
+                    if let Some(next) = next_codes.get(position) {
+                        prefetch::read(next, 4);
+                    }
                     // Checked between lists: one list's scan is short.
                     if Instant::now() >= deadline {
                         let outcome = &mut outcomes[outcome_index];

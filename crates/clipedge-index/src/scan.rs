@@ -2,7 +2,7 @@
 
 use clipedge_format::{Hit, ListView, RerankKind};
 use clipedge_linalg::fastscan::{self, QuantizedLut};
-use clipedge_linalg::{rerank, scan8, ProductQuantizer, Scored, TopK};
+use clipedge_linalg::{prefetch, rerank, scan8, ProductQuantizer, Scored, TopK};
 
 /// The query's lookup tables, built once and shared by every list (by-residual inner-product
 /// tables do not depend on the list: the list's part is the bias `<query, centroid>`).
@@ -70,6 +70,9 @@ fn scan_lists_serial(
 ) -> Vec<Scored> {
     let mut top = TopK::new(candidates);
     for (slot, (list, bias)) in lists.iter().enumerate() {
+        if let Some((next, _)) = lists.get(slot + 1) {
+            prefetch::read(next.codes(), 4);
+        }
         scan_list(tables, list, *bias, slot, &mut top);
     }
     top.into_sorted()

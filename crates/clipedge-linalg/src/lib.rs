@@ -14,6 +14,7 @@ pub mod gemm;
 pub mod kmeans;
 mod par;
 pub mod pq;
+pub mod prefetch;
 pub mod rerank;
 pub mod scan8;
 pub mod screen;
