@@ -4,7 +4,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use clipedge_index::{IndexReader, OpenOptions, SearchParams, SearchResult};
+use clipedge_index::route::auto_group_probe;
+use clipedge_index::{
+    IndexReader, LeafRequest, LeafTargets, OpenOptions, ReadPlan, SearchParams, SearchResult,
+    SearchStats,
+};
+use clipedge_search::plan::{plan_calls_with_margin, CALL_SHARE_MARGIN};
 use clipedge_storage::Storage;
 use serde::Serialize;
 
@@ -52,6 +57,84 @@ pub struct SearchArgs {
     /// Search this generation instead of the one CURRENT names.
     #[arg(long)]
     generation: Option<String>,
+    /// Run each query as the edge Worker plans it: its routing groups spread over at most this
+    /// many scanner calls (each an in-process leaf search, run one after another), their hits
+    /// merged. Measures what the fan-out's planning costs in recall and lists scanned.
+    #[arg(long)]
+    edge_calls: Option<usize>,
+    /// With --edge-calls: scanner functions the groups go to by rendezvous hashing.
+    #[arg(long, default_value_t = 1)]
+    edge_functions: usize,
+    /// With --edge-calls: a call is worth making for this many lists (the Worker's
+    /// CLIPEDGE_MIN_LISTS_PER_CALL default).
+    #[arg(long, default_value_t = 32)]
+    min_lists_per_call: usize,
+    /// With --edge-calls: how many times its share of nprobe a call may scan.
+    #[arg(long, default_value_t = CALL_SHARE_MARGIN)]
+    call_margin: f64,
+}
+
+/// One query as the edge plans it (`--edge-calls`): the Worker's planner, one leaf search per
+/// call, hits merged by score.
+async fn edge_search(
+    reader: &IndexReader,
+    query: &[f32],
+    params: &SearchParams,
+    args: &SearchArgs,
+    scanner_urls: &[String],
+) -> anyhow::Result<SearchResult> {
+    let generation = reader.generation();
+    let groups = auto_group_probe(
+        &generation.routing,
+        generation.group_screen(),
+        query,
+        params.nprobe,
+    );
+    let calls = plan_calls_with_margin(
+        &generation.routing,
+        &groups,
+        params.nprobe,
+        args.edge_calls.unwrap_or(1),
+        args.min_lists_per_call,
+        scanner_urls,
+        args.call_margin,
+    );
+    let mut hits = Vec::new();
+    let mut stats = SearchStats {
+        groups_probed: groups.len(),
+        ..SearchStats::default()
+    };
+    for call in &calls {
+        let request = LeafRequest {
+            query,
+            targets: LeafTargets::Groups {
+                group_ids: &call.batch.group_ids,
+                nprobe: call.batch.nprobe as usize,
+            },
+            k: params.k,
+            rerank: params.rerank,
+            deadline: None,
+            reads: ReadPlan::Coalesced,
+            parallel: params.parallel,
+        };
+        let leaf = reader.leaf_search(&request).await?;
+        if let Some(error) = leaf.first_error {
+            return Err(error.into());
+        }
+        stats.lists_scanned += leaf.stats.lists_scanned;
+        stats.codes_scanned += leaf.stats.codes_scanned;
+        stats.gets += leaf.stats.gets;
+        stats.bytes_read += leaf.stats.bytes_read;
+        hits.extend(leaf.hits);
+    }
+    // Lists are disjoint across calls: no hit comes twice.
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+    hits.truncate(params.k);
+    Ok(SearchResult {
+        hits,
+        records: Vec::new(),
+        stats,
+    })
 }
 
 #[derive(Serialize)]
@@ -82,6 +165,13 @@ struct SearchSummary {
     nprobe: usize,
     rerank: usize,
     group_probe: Option<usize>,
+    /// `--edge-calls`, `--edge-functions`, `--call-margin` when the Worker's plan ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edge_calls: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edge_functions: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call_margin: Option<f64>,
     threads: usize,
     repeats: usize,
     open_s: f64,
@@ -107,6 +197,22 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     if args.k == 0 || args.nprobe == 0 || args.repeats == 0 || args.threads == 0 {
         bail!("--k, --nprobe, --repeats and --threads must be at least 1");
     }
+    if args.edge_calls == Some(0) || args.edge_functions == 0 {
+        bail!("--edge-calls and --edge-functions must be at least 1");
+    }
+    if !(args.call_margin >= 1.0 && args.call_margin.is_finite()) {
+        bail!(
+            "--call-margin must be a number of at least 1, not {}",
+            args.call_margin
+        );
+    }
+    if args.edge_calls.is_some() && args.group_probe.is_some() {
+        bail!("--edge-calls plans its own groups: leave out --group-probe");
+    }
+    // Names only: rendezvous hashing needs distinct URLs, nothing is called.
+    let scanner_urls: Vec<String> = (0..args.edge_functions)
+        .map(|function| format!("https://scanner-{function}.invalid/"))
+        .collect();
     let queries = clipedge_datagen::read_vectors(&args.queries)?;
     let truth = match &args.truth {
         Some(path) => {
@@ -168,6 +274,13 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     let search_one = |row: usize| -> anyhow::Result<SearchResult> {
         let query = queries.row(row);
         // One thread scans on the calling thread: a hop into a pool costs two wake-ups a query.
+        if args.edge_calls.is_some() {
+            let edge = edge_search(&reader, query, &params, &args, &scanner_urls);
+            return match &pool {
+                Some(pool) => pool.install(|| runtime.block_on(edge)),
+                None => runtime.block_on(edge),
+            };
+        }
         let result = match &pool {
             Some(pool) => pool.install(|| runtime.block_on(reader.search(query, &params))),
             None => runtime.block_on(reader.search(query, &params)),
@@ -233,6 +346,9 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
         nprobe: args.nprobe,
         rerank: args.rerank,
         group_probe: args.group_probe,
+        edge_calls: args.edge_calls,
+        edge_functions: args.edge_calls.map(|_| args.edge_functions),
+        call_margin: args.edge_calls.map(|_| args.call_margin),
         threads: args.threads,
         repeats: args.repeats,
         open_s,
