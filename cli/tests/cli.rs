@@ -276,6 +276,60 @@ fn datagen_build_and_search_round_trip_for_8_and_4_bit_codes() {
     assert_eq!(number(&uncached, "/lists_per_query"), 4.0);
     assert!(uncached["recall_at_k"].is_null(), "no --truth, no recall");
 
+    // The Worker's plan in process: on this flat index the calls together scan exactly the
+    // nprobe lists the reader scans, and each call reranks its own candidates, so recall is
+    // at least the reader's.
+    let search_4bit = |extra: &[&str]| {
+        let mut args = vec![
+            "search".to_string(),
+            "--index".to_string(),
+            work.arg("index4"),
+            "--queries".to_string(),
+            work.arg("queries.fvecs"),
+            "--truth".to_string(),
+            work.arg("gt.ivecs"),
+            "--nprobe".to_string(),
+            "8".to_string(),
+            "--rerank".to_string(),
+            "2".to_string(),
+        ];
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_json(&args)
+    };
+    let reader = search_4bit(&[]);
+    for functions in ["1", "3"] {
+        let edge = search_4bit(&[
+            "--edge-calls",
+            "3",
+            "--min-lists-per-call",
+            "1",
+            "--edge-functions",
+            functions,
+        ]);
+        assert_eq!(edge["edge_calls"], 3, "{edge}");
+        assert_eq!(number(&edge, "/lists_per_query"), 8.0, "{edge}");
+        assert!(
+            number(&edge, "/recall_at_k") >= number(&reader, "/recall_at_k"),
+            "edge plan {edge} against the reader {reader}"
+        );
+    }
+    assert!(reader.get("edge_calls").is_none(), "{reader}");
+    assert_fails_with(
+        &[
+            "search",
+            "--index",
+            &work.arg("index4"),
+            "--queries",
+            &work.arg("queries.fvecs"),
+            "--edge-calls",
+            "2",
+            "--call-margin",
+            "0.5",
+        ],
+        &["--call-margin must be a number of at least 1", "0.5"],
+    );
+
     // Queries of another dimension than the index.
     let narrow: Vec<Vec<[u8; 4]>> = (0..3).map(|_| vec![0.25f32.to_le_bytes(); 32]).collect();
     write_vecs(&work.path("narrow.fvecs"), &narrow);

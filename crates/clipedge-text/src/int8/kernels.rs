@@ -715,6 +715,40 @@ mod wasm {
         i32x4_add(i64x2_shuffle::<0, 2>(ab, cd), i64x2_shuffle::<1, 3>(ab, cd))
     }
 
+    /// A relaxed block's last step: the lanes of `acc` summed (four rows of a token at once
+    /// when `R` is 4), the scalar tail (columns `main..`) added, the outputs stored.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    unsafe fn finish_block<const R: usize, const T: usize>(
+        g: &Gemm,
+        acc: &[[v128; T]; R],
+        row: usize,
+        token: usize,
+        main: usize,
+        out: &mut [i32],
+    ) {
+        let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
+        if R == 4 {
+            // `j` picks a column of `acc` and names the token.
+            #[allow(clippy::needless_range_loop)]
+            for j in 0..T {
+                let mut sums = [0i32; 4];
+                let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
+                v128_store(sums.as_mut_ptr() as *mut v128, reduce4(four));
+                g.finish_four(sums, row, token + j, main, out);
+            }
+            return;
+        }
+        for i in 0..R {
+            let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
+            for j in 0..T {
+                let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
+                out[(token + j) * rows + row + i] =
+                    hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
+            }
+        }
+    }
+
     /// One `R × T` block over 16 columns a step: `acc + Σ w·u` as the relaxed dot twice, on the
     /// pre-split halves `h = u >> 1` and `u − h` (both in [0, 127], where the relaxed dot is
     /// exact everywhere). `R·T + 2T + 1` live vectors (13 at 4 × 2).
@@ -726,7 +760,7 @@ mod wasm {
         token: usize,
         out: &mut [i32],
     ) {
-        let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
+        let (weights, cols) = (g.weights, g.cols);
         let main = cols & !15;
         debug_assert!((token + T) * 2 * cols <= g.halves.len());
         let weight_ptr: [*const u8; R] =
@@ -752,25 +786,7 @@ mod wasm {
             }
             k += 16;
         }
-        if R == 4 {
-            // `j` picks a column of `acc` and names the token.
-            #[allow(clippy::needless_range_loop)]
-            for j in 0..T {
-                let mut sums = [0i32; 4];
-                let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
-                v128_store(sums.as_mut_ptr() as *mut v128, reduce4(four));
-                g.finish_four(sums, row, token + j, main, out);
-            }
-            return;
-        }
-        for i in 0..R {
-            let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
-            for j in 0..T {
-                let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
-                out[(token + j) * rows + row + i] =
-                    hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
-            }
-        }
+        finish_block(g, &acc, row, token, main, out);
     }
 
     /// One `R × T` block over 16 columns a step with one relaxed dot on `u` itself: only where
@@ -784,7 +800,7 @@ mod wasm {
         token: usize,
         out: &mut [i32],
     ) {
-        let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
+        let (weights, cols, acts) = (g.weights, g.cols, g.acts);
         let main = cols & !15;
         let weight_ptr: [*const u8; R] =
             std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
@@ -802,24 +818,7 @@ mod wasm {
             }
             k += 16;
         }
-        if R == 4 {
-            #[allow(clippy::needless_range_loop)]
-            for j in 0..T {
-                let mut sums = [0i32; 4];
-                let four = [acc[0][j], acc[1][j], acc[2][j], acc[3][j]];
-                v128_store(sums.as_mut_ptr() as *mut v128, reduce4(four));
-                g.finish_four(sums, row, token + j, main, out);
-            }
-            return;
-        }
-        for i in 0..R {
-            let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
-            for j in 0..T {
-                let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
-                out[(token + j) * rows + row + i] =
-                    hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
-            }
-        }
+        finish_block(g, &acc, row, token, main, out);
     }
 
     /// Whether this engine's relaxed dot multiplies a second operand with its top bit set as an
