@@ -182,7 +182,7 @@ def main() -> None:
         colds, warm_stages, encode_by_tokens, memory, rss = [], {}, {}, [], []
         text_kernel = "unknown"
         # The encode stage split: the tower alone (tokenize + forward) and the edge Cache API.
-        tower_by_tokens, edge_cache_by_tokens = {}, {}
+        tower_by_tokens, edge_cache_by_tokens, tokenize_by_tokens = {}, {}, {}
         cache_hits = 0
         serial = 0
         for cold_round in range(args.colds):
@@ -214,6 +214,7 @@ def main() -> None:
                         ran = int(stages.get("tokens", 0)) or tokens
                         encode_by_tokens.setdefault(ran, []).append(stages.get("encode", 0.0))
                         tower_by_tokens.setdefault(ran, []).append(stages.get("tower", 0.0))
+                        tokenize_by_tokens.setdefault(ran, []).append(stages.get("tokenize", 0.0))
                         edge_cache_by_tokens.setdefault(ran, []).append(stages.get("edge-cache", 0.0))
                         for stage, ms in stages.items():
                             warm_stages.setdefault(stage, []).append(ms)
@@ -278,6 +279,8 @@ def main() -> None:
             "tower_p50_ms": {tokens: figures["p50"] for tokens, figures in tower_summary.items()},
             "tower_p90_ms": {tokens: figures["p90"] for tokens, figures in tower_summary.items()},
             "edge_cache_p50_ms": {tokens: f["p50"] for tokens, f in edge_cache_summary.items()},
+            "tokenize_p50_ms": {str(tokens): summary(values)["p50"]
+                                for tokens, values in sorted(tokenize_by_tokens.items())},
             "embedding_cache_hits": cache_hits,
             "workerd_peak_rss_mib": round(max(rss), 1) if rss else None,
             "text_kernel": text_kernel,

@@ -107,6 +107,8 @@ pub struct RequestContext<'a> {
     /// Cache API round trips (lookup and store). Reported apart because only the first is
     /// compute: the Cache API is I/O whose cost depends on the runtime, not on the model.
     pub tower_ms: Option<f64>,
+    /// Of the tower: the tokenizer alone.
+    pub tokenize_ms: Option<f64>,
     pub edge_cache_ms: f64,
     /// When the request must be answered by ([`monotonic_ms`] time; `CLIPEDGE_REQUEST_DEADLINE_MS`
     /// from the context's creation).
@@ -128,6 +130,7 @@ impl<'a> RequestContext<'a> {
             embedding_cache_hit: None,
             encoded_tokens: None,
             tower_ms: None,
+            tokenize_ms: None,
             edge_cache_ms: 0.0,
             deadline_ms,
             fan_out_usage: FanOutUsage::default(),
@@ -390,7 +393,10 @@ impl<'a> RequestContext<'a> {
                     ));
                 }
                 let tower_started = monotonic_ms();
-                let encoded = encoder.encode(&text);
+                let encoded = encoder.tokenize(&text).and_then(|tokens| {
+                    self.tokenize_ms = Some(since(tower_started));
+                    encoder.encode_tokens(&tokens)
+                });
                 self.tower_ms = Some(since(tower_started));
                 match encoded {
                     Ok(encoding) => {

@@ -491,6 +491,9 @@ fn set_search_headers(
     if let Some(tower_ms) = context.tower_ms {
         timing.push_str(&format!(", tower;dur={tower_ms:.2}"));
     }
+    if let Some(tokenize_ms) = context.tokenize_ms {
+        timing.push_str(&format!(", tokenize;dur={tokenize_ms:.2}"));
+    }
     if context.edge_cache_ms > 0.0 {
         timing.push_str(&format!(", edge-cache;dur={:.2}", context.edge_cache_ms));
     }
