@@ -334,4 +334,7 @@ pub async fn scan_lists_in_process(
     let tables = QueryTables::new(reader.pq(), query);
     let candidates = scan::scan_lists(&tables, &lists, candidate_count, false);
     scan::finish(query, &lists, &candidates, k, rerank_on)
+        .into_iter()
+        .map(|(hit, _, _)| hit)
+        .collect()
 }

@@ -131,26 +131,26 @@ const MAX_RECORDS_RETURNED: usize = 1024;
 /// ... and at most this many record bytes (records are ~100 bytes; a few are much longer).
 const MAX_RECORD_BYTES_RETURNED: usize = 1 << 20;
 
-/// The stored catalog record of each hit, read from its list (JSON without the CRC-32 the list's
-/// own checksum already covers), or nothing when no scanned list carries records: the front then
-/// shows the hits without a catalog read. Past the caps, and for a hit whose list has no
-/// records, the entry is empty and the front reads that record from the catalog.
-fn hit_records(hits: &[Hit], lists: &[(ListView<'_>, f32)]) -> Vec<String> {
+/// The stored catalog record of each hit, read from its list at the hit's row (JSON without
+/// the CRC-32 the list's own checksum already covers), or nothing when no scanned list carries
+/// records: the front then shows the hits without a catalog read. Past the caps, and for a hit
+/// whose list has no records, the entry is empty and the front reads that record from the
+/// catalog.
+fn hit_records(located: &[(Hit, usize, usize)], lists: &[(ListView<'_>, f32)]) -> Vec<String> {
     if !lists.iter().any(|(view, _)| view.has_records()) {
         return Vec::new();
     }
-    let view_of: std::collections::HashMap<u32, &ListView<'_>> =
-        lists.iter().map(|(view, _)| (view.list_id, view)).collect();
     let mut budget = MAX_RECORD_BYTES_RETURNED;
-    hits.iter()
+    located
+        .iter()
         .enumerate()
-        .map(|(rank, hit)| {
+        .map(|(rank, (_, slot, row))| {
             if rank >= MAX_RECORDS_RETURNED {
                 return String::new();
             }
-            let json = view_of
-                .get(&hit.list_id)
-                .and_then(|view| view.record(view.row_of(hit.id)?))
+            let json = lists[*slot]
+                .0
+                .record(*row)
                 .and_then(|stored| stored.len().checked_sub(4).map(|len| &stored[..len]))
                 .and_then(|json| std::str::from_utf8(json).ok())
                 .filter(|json| json.len() <= budget)
@@ -388,14 +388,10 @@ impl IndexReader {
             }
             Some(deadline) => {
                 let mut top = TopK::new(candidate_count);
-                let next_codes: Vec<&[u8]> = scannable
-                    .iter()
-                    .skip(1)
-                    .map(|(_, view, _)| view.codes())
-                    .collect();
-                for (position, (outcome_index, view, bias)) in scannable.into_iter().enumerate() {
-                    if let Some(next) = next_codes.get(position) {
-                        prefetch::read(next, 4);
+                let mut remaining = scannable.into_iter().peekable();
+                while let Some((outcome_index, view, bias)) = remaining.next() {
+                    if let Some((_, next, _)) = remaining.peek() {
+                        prefetch::read(next.codes(), 4);
                     }
                     // Checked between lists: one list's scan is short.
                     if Instant::now() >= deadline {
@@ -418,8 +414,9 @@ impl IndexReader {
         state.stats.candidates = candidates.len();
         let scan_finished = Instant::now();
 
-        let hits = scan::finish(request.query, &scanned_lists, &candidates, k, rerank);
-        let records = hit_records(&hits, &scanned_lists);
+        let located = scan::finish(request.query, &scanned_lists, &candidates, k, rerank);
+        let records = hit_records(&located, &scanned_lists);
+        let hits = located.into_iter().map(|(hit, _, _)| hit).collect();
         let finished = Instant::now();
         state.stats.route_us = (routed - started).as_micros() as u64;
         state.stats.fetch_us = (fetch_finished - routed).as_micros() as u64;

@@ -158,14 +158,15 @@ pub fn exact_scores(
 }
 
 /// Turns candidates into the final `k` hits: rescored exactly when `rerank` is set and the
-/// lists carry rerank copies, else in PQ order.
+/// lists carry rerank copies, else in PQ order. Each hit comes with where it lies: its list's
+/// slot in `lists` and its row there.
 pub fn finish(
     query: &[f32],
     lists: &[(ListView<'_>, f32)],
     candidates: &[Scored],
     k: usize,
     rerank: bool,
-) -> Vec<Hit> {
+) -> Vec<(Hit, usize, usize)> {
     let mut top = TopK::new(k);
     if rerank {
         let exact = exact_scores(query, lists, candidates);
@@ -182,13 +183,14 @@ pub fn finish(
         .map(|scored| {
             let (slot, row) = split_key(scored.key);
             let list = &lists[slot].0;
-            Hit {
+            let hit = Hit {
                 id: list.id(row),
                 score: scored.score,
                 content_hash: list.content_hash(row),
                 metadata_ref: list.metadata_ref(row),
                 list_id: list.list_id,
-            }
+            };
+            (hit, slot, row)
         })
         .collect()
 }
