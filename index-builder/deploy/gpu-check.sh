@@ -4,7 +4,8 @@
 #      assign/encode throughput at 65,536 lists, balanced k-means at 65,536 lists timed;
 #   2. a whole `run` on seeded 10M × 512 float16 embeddings (synth), nightly settings.
 # Usage: gpu-check.sh BINARY OUT_DIR [N_RUN]. Each step has its own time limit
-# (CHECK_TIMEOUT_S, RUN_TIMEOUT_S); results land in OUT_DIR as JSON plus stderr logs.
+# (CHECK_TIMEOUT_S, RUN_TIMEOUT_S); BALANCED_K=0 skips the timed 65,536-list balanced k-means
+# (about a minute). Results land in OUT_DIR as JSON plus stderr logs.
 set -uo pipefail
 bin=$1
 out=$2
@@ -19,7 +20,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 nproc | tee -a "$out/gpu.txt"
 
 timeout "${CHECK_TIMEOUT_S:-240}" "$bin" device-check --n 4194304 --compare 20000 --nlist 65536 \
-  --train-k 1024 --balanced-compare-k 1024 --balanced-k 65536 \
+  --train-k 1024 --balanced-compare-k 1024 --balanced-k "${BALANCED_K:-65536}" \
   > "$out/device-check.json" 2> >(tee "$out/device-check.err" >&2)
 echo "device-check exit $?"
 cat "$out/device-check.json"

@@ -37,6 +37,14 @@ const MAX_BATCH_ROWS: usize = 16384;
 const MAX_DSUB: usize = 64;
 /// Rows per parallel task when staging a batch in pinned memory.
 const STAGE_ROWS: usize = 256;
+/// The most neighbours a query keeps in the GPU's exact top-k (`TRUTH_K` in the kernels).
+pub const MAX_TRUTH_K: usize = 16;
+/// fp32 scores of one (queries × vector chunk) GEMM of the exact top-k.
+const TRUTH_SCORE_FLOATS: usize = 64 << 20;
+/// Vectors per exact top-k chunk (their fp32 copy on the device: 128 MiB at d 512).
+const TRUTH_CHUNK_ROWS: usize = 65_536;
+/// `NO_ID` in the kernels: an empty slot.
+const NO_ID: i64 = i64::MAX;
 
 const KERNELS: &str = r#"
 #define CANDIDATES 8
@@ -169,6 +177,69 @@ extern "C" __global__ void rescore(const float* __restrict__ x, int rows, int di
     if (lane == 0) { labels[row] = best_index; dots[row] = best_dot; }
 }
 
+// The gate's exact top-k: TRUTH_K best kept per query; ids are 64-bit (a billion-row input).
+#define TRUTH_K 16
+#define NO_ID 0x7fffffffffffffffLL
+
+__device__ __forceinline__ bool better_id(float a, long long ai, float b, long long bi) {
+    return a > b || (a == b && ai < bi);
+}
+
+__device__ __forceinline__ void insert_id(float* vals, long long* ids, float value, long long id) {
+    if (!better_id(value, id, vals[TRUTH_K - 1], ids[TRUTH_K - 1])) return;
+    bool placed = false;
+#pragma unroll
+    for (int slot = TRUTH_K - 1; slot > 0; slot--) {
+        if (!placed) {
+            if (better_id(value, id, vals[slot - 1], ids[slot - 1])) {
+                vals[slot] = vals[slot - 1];
+                ids[slot] = ids[slot - 1];
+            } else {
+                vals[slot] = value;
+                ids[slot] = id;
+                placed = true;
+            }
+        }
+    }
+    if (!placed) { vals[0] = value; ids[0] = id; }
+}
+
+// One warp per query: the best TRUTH_K of its fp32 scores over `cols` vectors (ids first_id,
+// first_id + 1, ...), merged with what earlier chunks kept. Same order as the CPU heaps: the
+// higher score, then the lower id.
+extern "C" __global__ void top_k_rows(const float* __restrict__ scores, int rows, int cols,
+                                      long long first_id, float* best_vals, long long* best_ids,
+                                      int first_chunk) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float vals[TRUTH_K];
+    long long ids[TRUTH_K];
+#pragma unroll
+    for (int r = 0; r < TRUTH_K; r++) { vals[r] = NEG_INF; ids[r] = NO_ID; }
+    if (!first_chunk && lane < TRUTH_K) {
+        insert_id(vals, ids, best_vals[row * TRUTH_K + lane], best_ids[row * TRUTH_K + lane]);
+    }
+    const float* line = scores + (size_t)row * cols;
+    for (int c = lane; c < cols; c += 32) insert_id(vals, ids, line[c], first_id + c);
+    for (int r = 0; r < TRUTH_K; r++) {
+        float head = vals[0];
+        long long head_id = ids[0];
+        for (int step = 16; step > 0; step >>= 1) {
+            float other = __shfl_xor_sync(0xffffffff, head, step);
+            long long other_id = __shfl_xor_sync(0xffffffff, head_id, step);
+            if (better_id(other, other_id, head, head_id)) { head = other; head_id = other_id; }
+        }
+        if (ids[0] == head_id && head_id != NO_ID) {
+#pragma unroll
+            for (int s = 0; s + 1 < TRUTH_K; s++) { vals[s] = vals[s + 1]; ids[s] = ids[s + 1]; }
+            vals[TRUTH_K - 1] = NEG_INF;
+            ids[TRUTH_K - 1] = NO_ID;
+        }
+        if (lane == 0) { best_vals[row * TRUTH_K + r] = head; best_ids[row * TRUTH_K + r] = head_id; }
+    }
+}
+
 // Block (rows tile, sub-quantizer): the codebook of one sub-quantizer in shared memory, one
 // thread per row. Compiled without FMA contraction and fed the host's norms, so distances round
 // exactly like the CPU encoder's `norm - 2 * (0 + x0*c0 + x1*c1 + ...)`.
@@ -219,6 +290,7 @@ pub struct CudaBackend {
     top_candidates: CudaFunction,
     rescore: CudaFunction,
     pq_encode: CudaFunction,
+    top_k_rows: CudaFunction,
     /// Pinned staging is slow to allocate (page locking): slots are kept for the next pass,
     /// which matters for k-means' many small assignment calls.
     slot_pool: Mutex<Vec<Slot>>,
@@ -245,6 +317,21 @@ pub struct DeviceCodebook {
     dsub: usize,
     centroids: CudaSlice<f32>,
     norms: CudaSlice<f32>,
+}
+
+/// Exact top-k by inner product for a fixed query set, kept on the device between batches.
+pub struct DeviceTopK {
+    dim: usize,
+    query_count: usize,
+    queries: CudaSlice<f32>,
+    /// Per query, [`MAX_TRUTH_K`] best so far, best first.
+    best_vals: CudaSlice<f32>,
+    best_ids: CudaSlice<i64>,
+    /// One chunk of vectors and its scores against every query.
+    chunk: CudaSlice<f32>,
+    scores: CudaSlice<f32>,
+    chunk_rows: usize,
+    started: bool,
 }
 
 /// One in-flight batch: its pinned staging and result buffers and its rows on the device.
@@ -351,6 +438,7 @@ impl CudaBackend {
             top_candidates: function("top_candidates")?,
             rescore: function("rescore")?,
             pq_encode: function("pq_encode")?,
+            top_k_rows: function("top_k_rows")?,
             slot_pool: Mutex::new(Vec::new()),
             context,
             stream,
@@ -478,6 +566,136 @@ impl CudaBackend {
             codes.extend_from_slice(batch.codes);
         })?;
         Ok((labels, codes))
+    }
+
+    /// Starts an exact top-[`MAX_TRUTH_K`] over `queries` (row-major, `dim` wide).
+    pub fn top_k_start(&self, queries: &[f32], dim: usize) -> Result<DeviceTopK, DeviceError> {
+        let query_count = queries.len() / dim;
+        let chunk_rows = TRUTH_CHUNK_ROWS.min((TRUTH_SCORE_FLOATS / query_count.max(1)).max(1));
+        let allocate = |error| cuda_error("allocate exact top-k", error);
+        Ok(DeviceTopK {
+            dim,
+            query_count,
+            queries: self.upload(queries)?,
+            best_vals: self
+                .stream
+                .alloc_zeros::<f32>(query_count * MAX_TRUTH_K)
+                .map_err(allocate)?,
+            best_ids: self
+                .stream
+                .alloc_zeros::<i64>(query_count * MAX_TRUTH_K)
+                .map_err(allocate)?,
+            chunk: self
+                .stream
+                .alloc_zeros::<f32>(chunk_rows * dim)
+                .map_err(allocate)?,
+            scores: self
+                .stream
+                .alloc_zeros::<f32>(chunk_rows * query_count)
+                .map_err(allocate)?,
+            chunk_rows,
+            started: false,
+        })
+    }
+
+    /// Scores `vectors` (ids `first_id, first_id + 1, ...`) against every query in fp32 and
+    /// keeps each query's best: one SGEMM and one selection kernel per chunk.
+    pub fn top_k_add(
+        &self,
+        state: &mut DeviceTopK,
+        vectors: &[f32],
+        first_id: u64,
+    ) -> Result<(), DeviceError> {
+        let dim = state.dim;
+        let warps_config = LaunchConfig {
+            grid_dim: ((state.query_count * 32).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        for (index, chunk) in vectors.chunks(state.chunk_rows * dim).enumerate() {
+            let rows = chunk.len() / dim;
+            let chunk_first_id = first_id + (index * state.chunk_rows) as u64;
+            self.stream
+                .memcpy_htod(chunk, &mut state.chunk.slice_mut(..chunk.len()))
+                .map_err(|error| cuda_error("copy to device", error))?;
+            self.truth_gemm(state, rows)?;
+            let (rows_i, cols_i, first_id_i, first) = (
+                state.query_count as i32,
+                rows as i32,
+                chunk_first_id as i64,
+                i32::from(!state.started),
+            );
+            let mut launch = self.stream.launch_builder(&self.top_k_rows);
+            launch
+                .arg(&state.scores)
+                .arg(&rows_i)
+                .arg(&cols_i)
+                .arg(&first_id_i)
+                .arg(&mut state.best_vals)
+                .arg(&mut state.best_ids)
+                .arg(&first);
+            // SAFETY: scores hold query_count × rows floats of this chunk, the best buffers
+            // query_count × MAX_TRUTH_K.
+            unsafe { launch.launch(warps_config) }
+                .map_err(|error| cuda_error("launch top_k_rows", error))?;
+            state.started = true;
+        }
+        Ok(())
+    }
+
+    /// `scores[query][row] = query · chunk[row]` in fp32 (no TF32: this is the ground truth).
+    fn truth_gemm(&self, state: &mut DeviceTopK, rows: usize) -> Result<(), DeviceError> {
+        let dim = state.dim;
+        let (a, _read_a) = state.chunk.device_ptr(&self.stream);
+        let (b, _read_b) = state.queries.device_ptr(&self.stream);
+        let (c, _write_c) = state.scores.device_ptr_mut(&self.stream);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Column-major view: scoresᵀ (rows × queries) = chunk (stored dim × rows, transposed)
+        // · queriesᵀ (dim × queries) — i.e. row-major scores[queries][rows].
+        // SAFETY: the pointers cover rows × dim, queries × dim and queries × rows floats.
+        unsafe {
+            blas_result::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                rows as i32,
+                state.query_count as i32,
+                dim as i32,
+                (&alpha as *const f32).cast(),
+                a as *const _,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                dim as i32,
+                b as *const _,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                dim as i32,
+                (&beta as *const f32).cast(),
+                c as *mut _,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                rows as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|error| cuda_error("cublas sgemm", error))
+    }
+
+    /// Each query's best `k` ids, best first (fewer when fewer vectors were added).
+    pub fn top_k_finish(&self, state: DeviceTopK, k: usize) -> Result<Vec<Vec<u64>>, DeviceError> {
+        let download = |error| cuda_error("copy to host", error);
+        let ids = self.stream.clone_dtoh(&state.best_ids).map_err(download)?;
+        if !state.started {
+            return Ok(vec![Vec::new(); state.query_count]);
+        }
+        Ok(ids
+            .chunks_exact(MAX_TRUTH_K)
+            .map(|best| {
+                best.iter()
+                    .take(k)
+                    .filter(|id| **id != NO_ID)
+                    .map(|id| *id as u64)
+                    .collect()
+            })
+            .collect())
     }
 
     fn new_slot(

@@ -120,6 +120,52 @@ pub struct Encoder<'a> {
     device: Option<cuda::DeviceCodebook>,
 }
 
+/// Exact top-k by inner product of a fixed query set, computed on a GPU (fp32 SGEMM, no
+/// reduced precision): the recall gate's ground truth. The CPU keeps its own heaps instead
+/// (`ExactTopK` in the gate), so this exists only on a GPU device.
+pub struct DeviceTopK<'d> {
+    k: usize,
+    #[cfg(feature = "cuda")]
+    backend: &'d cuda::CudaBackend,
+    #[cfg(feature = "cuda")]
+    state: cuda::DeviceTopK,
+    #[cfg(not(feature = "cuda"))]
+    _device: std::marker::PhantomData<&'d Device>,
+}
+
+impl fmt::Debug for DeviceTopK<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "DeviceTopK(k {})", self.k)
+    }
+}
+
+impl DeviceTopK<'_> {
+    /// Adds `vectors` (row-major, the queries' dimension) with ids `first_id, first_id + 1, ...`.
+    pub fn add_batch(&mut self, vectors: &[f32], first_id: u64) -> Result<(), DeviceError> {
+        #[cfg(feature = "cuda")]
+        return self.backend.top_k_add(&mut self.state, vectors, first_id);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (vectors, first_id);
+            unreachable!("a DeviceTopK exists only on a cuda device")
+        }
+    }
+
+    /// Each query's best `k` ids, best first.
+    pub fn finish(self) -> Result<Vec<Vec<u64>>, DeviceError> {
+        #[cfg(feature = "cuda")]
+        return self.backend.top_k_finish(self.state, self.k);
+        #[cfg(not(feature = "cuda"))]
+        unreachable!("a DeviceTopK exists only on a cuda device")
+    }
+}
+
+/// The most neighbours per query the GPU's exact top-k keeps; larger `k` stays on the CPU.
+#[cfg(feature = "cuda")]
+pub const MAX_DEVICE_TOP_K: usize = cuda::MAX_TRUTH_K;
+#[cfg(not(feature = "cuda"))]
+pub const MAX_DEVICE_TOP_K: usize = 0;
+
 impl Device {
     pub fn cpu() -> Device {
         Device {
@@ -169,6 +215,34 @@ impl Device {
             Backend::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
             #[cfg(feature = "cuda")]
             Backend::Cuda(cuda) => cuda.name(),
+        }
+    }
+
+    /// An exact top-`k` over `queries` (row-major, `dim` wide) on this device, or `None` where
+    /// the CPU computes it (a CPU device, or `k` above [`MAX_DEVICE_TOP_K`]).
+    pub fn exact_top_k(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        k: usize,
+    ) -> Result<Option<DeviceTopK<'_>>, DeviceError> {
+        if dim == 0 || queries.is_empty() || !queries.len().is_multiple_of(dim) {
+            return Err(DeviceError::Input(format!(
+                "{} query floats do not form rows of dimension {dim}",
+                queries.len()
+            )));
+        }
+        if k == 0 || k > MAX_DEVICE_TOP_K {
+            return Ok(None);
+        }
+        match &self.backend {
+            Backend::Cpu => Ok(None),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(cuda) => Ok(Some(DeviceTopK {
+                k,
+                state: cuda.top_k_start(queries, dim)?,
+                backend: cuda,
+            })),
         }
     }
 

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use clipedge_datagen::{ClipLikeConfig, ClipLikeGenerator};
+use clipedge_datagen::{ClipLikeConfig, ClipLikeGenerator, QueryKind};
 use clipedge_index_builder::device::{train_balanced_kmeans, Device, DeviceChoice, Metric};
+use clipedge_index_builder::ExactTopK;
 use clipedge_linalg::balanced::BalancedConfig;
 use clipedge_linalg::kmeans::{sample_rows, seeded_rng};
 use clipedge_linalg::ProductQuantizer;
@@ -47,6 +48,13 @@ pub struct DeviceCheckArgs {
     /// The device to check against the CPU: cuda (default) or cpu (checks the harness itself).
     #[arg(long, default_value = "cuda")]
     device: String,
+    /// Queries of the exact top-10 comparison (the recall gate's ground truth), half
+    /// image-like, half text-like; 0 skips it. The device scores all `--n` vectors (timed), the
+    /// CPU the first `--truth-compare-n`.
+    #[arg(long, default_value_t = 200)]
+    truth_queries: usize,
+    #[arg(long, default_value_t = 1_000_000)]
+    truth_compare_n: usize,
     /// Fail (exit 1) below these agreement ratios.
     #[arg(long, default_value_t = 0.999)]
     min_label_agreement: f64,
@@ -81,7 +89,42 @@ struct DeviceCheckReport {
     /// One pass of [`Device::assign_and_encode`] (what the build runs).
     fused_s: f64,
     fused_vectors_per_s: f64,
+    truth: Option<TruthComparison>,
     passed: bool,
+}
+
+/// Exact top-10 on the device against the CPU's heaps, same queries and vectors.
+#[derive(Serialize)]
+struct TruthComparison {
+    queries: usize,
+    /// Vectors both sides scored.
+    compared_n: usize,
+    /// Mean |device ∩ cpu| / 10 over the queries (1.0 but for fp32 summation-order ties).
+    overlap: f64,
+    cpu_s: f64,
+    device_s: f64,
+    /// The device over all `--n` vectors.
+    device_full_s: f64,
+    device_vectors_per_s: f64,
+    /// Whether the device computed it (false: the device fell back to the CPU heaps).
+    on_device: bool,
+}
+
+fn exact_top_10(
+    device: &Device,
+    queries: &[f32],
+    data: &[f32],
+    dim: usize,
+) -> anyhow::Result<(Vec<Vec<u64>>, f64, bool)> {
+    let started = Instant::now();
+    let mut top = ExactTopK::on_device(device, queries.to_vec(), dim, 10)?;
+    let on_device = top.is_on_device();
+    // The build feeds 65,536-row batches.
+    for (index, batch) in data.chunks(65_536 * dim).enumerate() {
+        top.add_batch(batch, (index * 65_536) as u64)?;
+    }
+    let truth = top.finish()?;
+    Ok((truth, started.elapsed().as_secs_f64(), on_device))
 }
 
 /// Hierarchical balanced k-means, device against CPU on one sample.
@@ -295,6 +338,47 @@ pub fn run(args: DeviceCheckArgs) -> anyhow::Result<bool> {
         None
     };
 
+    let truth = if args.truth_queries > 0 {
+        let image_like = args.truth_queries / 2;
+        let mut queries = generator.queries(image_like, QueryKind::InDistribution);
+        queries.extend(generator.queries(
+            args.truth_queries - image_like,
+            QueryKind::OutOfDistribution,
+        ));
+        // Warm-up: kernel load and cuBLAS heuristics outside the timing.
+        exact_top_10(&device, &queries, &data[..dim * 1024.min(args.n)], dim)?;
+        let (_, device_full_s, on_device) = exact_top_10(&device, &queries, &data, dim)?;
+        let compared_n = args.truth_compare_n.min(args.n);
+        let prefix = &data[..compared_n * dim];
+        let (device_truth, device_s, _) = exact_top_10(&device, &queries, prefix, dim)?;
+        let (cpu_truth, cpu_s, _) = exact_top_10(&cpu, &queries, prefix, dim)?;
+        let shared: usize = device_truth
+            .iter()
+            .zip(&cpu_truth)
+            .map(|(a, b)| a.iter().filter(|id| b.contains(id)).count())
+            .sum();
+        let overlap = shared as f64 / (10 * args.truth_queries) as f64;
+        eprintln!(
+            "exact top-10 of {} queries: overlap {overlap:.5}; over {compared_n}: cpu {cpu_s:.2}s, \
+             device {device_s:.2}s; over {}: device {device_full_s:.2}s",
+            args.truth_queries, args.n
+        );
+        Some(TruthComparison {
+            queries: args.truth_queries,
+            compared_n,
+            overlap,
+            cpu_s,
+            device_s,
+            device_full_s,
+            device_vectors_per_s: args.n as f64 / device_full_s.max(1e-9),
+            on_device,
+        })
+    } else {
+        None
+    };
+    // fp32 either side; only summation order differs, so a swap at the 10th place is rare.
+    let truth_close = truth.as_ref().is_none_or(|truth| truth.overlap >= 0.999);
+
     let label_agreement = agree as f64 / args.compare as f64;
     let code_agreement = code_agree as f64 / args.compare as f64;
     let inertia_close = (cpu_kmeans.inertia - device_kmeans.inertia).abs()
@@ -309,7 +393,8 @@ pub fn run(args: DeviceCheckArgs) -> anyhow::Result<bool> {
         >= args.min_label_agreement
         && code_agreement >= args.min_code_agreement
         && inertia_close
-        && balanced_close;
+        && balanced_close
+        && truth_close;
     let report = DeviceCheckReport {
         device: device.name(),
         n: args.n,
@@ -334,6 +419,7 @@ pub fn run(args: DeviceCheckArgs) -> anyhow::Result<bool> {
         assign_encode_vectors_per_s: args.n as f64 / (assign_s + encode_s).max(1e-9),
         fused_s,
         fused_vectors_per_s: args.n as f64 / fused_s.max(1e-9),
+        truth,
         passed,
     };
     println!("{}", serde_json::to_string(&report)?);

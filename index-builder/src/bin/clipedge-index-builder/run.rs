@@ -193,6 +193,8 @@ struct RunReport {
     rerank: String,
     train_size: usize,
     device: String,
+    /// Where the gate's exact ground truth was computed: `gpu` or `cpu`.
+    truth_device: &'static str,
     seconds: Stages,
     total_s: f64,
     vectors_per_s: f64,
@@ -395,7 +397,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     drop(sample);
     let train_s = train_started.elapsed().as_secs_f64();
 
-    let mut truth = ExactTopK::new(queries.clone(), dim, 10)?;
+    let mut truth = ExactTopK::on_device(&device, queries.clone(), dim, 10)?;
+    let truth_device = if truth.is_on_device() { "gpu" } else { "cpu" };
     let options = StreamOptions {
         batch_rows: settings.batch_rows.unwrap_or(65_536),
         spill_dir,
@@ -413,7 +416,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         ))
         .context("writing the generation")?;
     progress.finish();
-    let truth = truth.finish();
+    let truth = truth.finish()?;
 
     let gate_started = Instant::now();
     let gate_config = GateConfig::new(
@@ -488,6 +491,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         rerank: manifest.rerank.as_str().to_string(),
         train_size: trained.train_size,
         device: device.name(),
+        truth_device,
         seconds: Stages {
             fetch_s,
             ingest_s,
