@@ -177,6 +177,38 @@ impl<'d> ExactTopK<'d> {
 
     /// Adds `vectors` (row-major, `dim` wide) with ids `first_id, first_id + 1, ...`.
     pub fn add_batch(&mut self, vectors: &[f32], first_id: u64) -> Result<(), GateError> {
+        self.check_batch(vectors, first_id)?;
+        let rows = (vectors.len() / self.dim) as u64;
+        if let Some(device) = self.device.as_mut() {
+            device
+                .add_batch(vectors, first_id)
+                .map_err(|error| GateError::Device(error.to_string()))?;
+            self.vectors_seen += rows;
+            return Ok(());
+        }
+        self.add_batch_on_cpu(vectors, first_id);
+        self.vectors_seen += rows;
+        Ok(())
+    }
+
+    /// For a GPU top-k: checks and counts `vectors` as [`ExactTopK::add_batch`] does and hands
+    /// back the device top-k for the build's own pass over the batch to feed
+    /// ([`crate::device::Device::assign_encode_and_truth`]). `None` on the CPU: call
+    /// `add_batch` instead.
+    pub fn device_feed(
+        &mut self,
+        vectors: &[f32],
+        first_id: u64,
+    ) -> Result<Option<&mut DeviceTopK<'d>>, GateError> {
+        if self.device.is_none() {
+            return Ok(None);
+        }
+        self.check_batch(vectors, first_id)?;
+        self.vectors_seen += (vectors.len() / self.dim) as u64;
+        Ok(self.device.as_mut())
+    }
+
+    fn check_batch(&self, vectors: &[f32], first_id: u64) -> Result<(), GateError> {
         let dim = self.dim;
         if !vectors.len().is_multiple_of(dim) {
             return Err(GateError::Input(format!(
@@ -204,13 +236,11 @@ impl<'d> ExactTopK<'d> {
                 "ids from {first_id} overflow for a batch of {rows} vectors"
             )));
         }
-        if let Some(device) = self.device.as_mut() {
-            device
-                .add_batch(vectors, first_id)
-                .map_err(|error| GateError::Device(error.to_string()))?;
-            self.vectors_seen += rows;
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    fn add_batch_on_cpu(&mut self, vectors: &[f32], first_id: u64) {
+        let dim = self.dim;
         let k = self.k;
         // Each task takes one cache-sized tile of the batch and scores every query against it
         // with one SGEMM, so the batch is read from memory once (tasks over queries read it
@@ -263,8 +293,6 @@ impl<'d> ExactTopK<'d> {
                     }
                 }
             });
-        self.vectors_seen += rows;
-        Ok(())
     }
 
     /// Whether a GPU computes this top-k.

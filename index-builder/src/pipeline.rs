@@ -198,7 +198,18 @@ pub async fn write_generation_streamed(
             seconds.read_s += read_s;
 
             let assign_started = Instant::now();
-            let (labels, codes) = device.assign_and_encode(&encoder, &batch)?;
+            // A GPU truth is fed by the assignment's own pass (the batch crosses the bus once).
+            let device_truth = match truth.as_deref_mut() {
+                Some(truth) => truth
+                    .device_feed(&batch, start)
+                    .map_err(|error| BuildError::Input(error.to_string()))?,
+                None => None,
+            };
+            let truth_fused = device_truth.is_some();
+            let (labels, codes) = match device_truth {
+                Some(top) => device.assign_encode_and_truth(&encoder, &batch, top, start)?,
+                None => device.assign_and_encode(&encoder, &batch)?,
+            };
             seconds.assign_s += assign_started.elapsed().as_secs_f64();
             let encode_started = Instant::now();
             let batch_refs = match catalog.as_mut() {
@@ -217,7 +228,7 @@ pub async fn write_generation_streamed(
             );
             seconds.encode_s += encode_started.elapsed().as_secs_f64();
 
-            if let Some(truth) = truth.as_deref_mut() {
+            if let Some(truth) = truth.as_deref_mut().filter(|_| !truth_fused) {
                 let truth_started = Instant::now();
                 truth
                     .add_batch(&batch, start)

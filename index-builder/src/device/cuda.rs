@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use clipedge_linalg::ProductQuantizer;
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
-    PinnedHostSlice, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut,
+    LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use rayon::prelude::*;
@@ -327,8 +327,9 @@ pub struct DeviceTopK {
     /// Per query, [`MAX_TRUTH_K`] best so far, best first.
     best_vals: CudaSlice<f32>,
     best_ids: CudaSlice<i64>,
-    /// One chunk of vectors and its scores against every query.
-    chunk: CudaSlice<f32>,
+    /// One chunk of host vectors (allocated on the first host batch) and the scores of a
+    /// chunk against every query.
+    chunk: Option<CudaSlice<f32>>,
     scores: CudaSlice<f32>,
     chunk_rows: usize,
     started: bool,
@@ -530,7 +531,7 @@ impl CudaBackend {
         let rows_total = data.len() / dim;
         let mut labels = Vec::with_capacity(rows_total);
         let mut values = Vec::with_capacity(rows_total);
-        self.pipelined(centroids, None, data, |batch| {
+        self.pipelined(centroids, None, data, None, |batch| {
             for (row, (label, product)) in batch
                 .rows
                 .chunks_exact(dim)
@@ -552,16 +553,19 @@ impl CudaBackend {
 
     /// List assignment and residual PQ codes in one pass: each batch crosses the bus once and
     /// its labels never leave the device before the encoder reads them.
+    /// With `truth`, each batch is also scored against the gate's queries while it is on the
+    /// device (its ids start at the given first id).
     pub fn search_and_encode(
         &self,
         coarse: &DeviceCentroids,
         codebook: &DeviceCodebook,
         data: &[f32],
+        truth: Option<(&mut DeviceTopK, u64)>,
     ) -> Result<(Vec<u32>, Vec<u8>), DeviceError> {
         let rows_total = data.len() / coarse.dim;
         let mut labels = Vec::with_capacity(rows_total);
         let mut codes = Vec::with_capacity(rows_total * codebook.m);
-        self.pipelined(coarse, Some(codebook), data, |batch| {
+        self.pipelined(coarse, Some(codebook), data, truth, |batch| {
             labels.extend(batch.labels.iter().map(|label| *label as u32));
             codes.extend_from_slice(batch.codes);
         })?;
@@ -585,10 +589,7 @@ impl CudaBackend {
                 .stream
                 .alloc_zeros::<i64>(query_count * MAX_TRUTH_K)
                 .map_err(allocate)?,
-            chunk: self
-                .stream
-                .alloc_zeros::<f32>(chunk_rows * dim)
-                .map_err(allocate)?,
+            chunk: None,
             scores: self
                 .stream
                 .alloc_zeros::<f32>(chunk_rows * query_count)
@@ -599,11 +600,46 @@ impl CudaBackend {
     }
 
     /// Scores `vectors` (ids `first_id, first_id + 1, ...`) against every query in fp32 and
-    /// keeps each query's best: one SGEMM and one selection kernel per chunk.
+    /// keeps each query's best, uploading them chunk by chunk.
     pub fn top_k_add(
         &self,
         state: &mut DeviceTopK,
         vectors: &[f32],
+        first_id: u64,
+    ) -> Result<(), DeviceError> {
+        let dim = state.dim;
+        let mut chunk = match state.chunk.take() {
+            Some(chunk) => chunk,
+            None => self
+                .stream
+                .alloc_zeros::<f32>(state.chunk_rows * dim)
+                .map_err(|error| cuda_error("allocate exact top-k", error))?,
+        };
+        let mut result = Ok(());
+        for (index, part) in vectors.chunks(state.chunk_rows * dim).enumerate() {
+            let part_first_id = first_id + (index * state.chunk_rows) as u64;
+            result = self
+                .stream
+                .memcpy_htod(part, &mut chunk.slice_mut(..part.len()))
+                .map_err(|error| cuda_error("copy to device", error))
+                .and_then(|()| {
+                    self.top_k_device_rows(state, &chunk, part.len() / dim, part_first_id)
+                });
+            if result.is_err() {
+                break;
+            }
+        }
+        state.chunk = Some(chunk);
+        result
+    }
+
+    /// [`CudaBackend::top_k_add`] for `rows` vectors already on the device (the build's batch
+    /// buffer: the batch crosses the bus once for assignment, encoding and the truth).
+    fn top_k_device_rows(
+        &self,
+        state: &mut DeviceTopK,
+        x: &CudaSlice<f32>,
+        rows: usize,
         first_id: u64,
     ) -> Result<(), DeviceError> {
         let dim = state.dim;
@@ -612,17 +648,15 @@ impl CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        for (index, chunk) in vectors.chunks(state.chunk_rows * dim).enumerate() {
-            let rows = chunk.len() / dim;
-            let chunk_first_id = first_id + (index * state.chunk_rows) as u64;
-            self.stream
-                .memcpy_htod(chunk, &mut state.chunk.slice_mut(..chunk.len()))
-                .map_err(|error| cuda_error("copy to device", error))?;
-            self.truth_gemm(state, rows)?;
+        let mut done = 0usize;
+        while done < rows {
+            let part_rows = state.chunk_rows.min(rows - done);
+            let part = x.slice(done * dim..(done + part_rows) * dim);
+            self.truth_gemm(state, &part, part_rows)?;
             let (rows_i, cols_i, first_id_i, first) = (
                 state.query_count as i32,
-                rows as i32,
-                chunk_first_id as i64,
+                part_rows as i32,
+                (first_id + done as u64) as i64,
                 i32::from(!state.started),
             );
             let mut launch = self.stream.launch_builder(&self.top_k_rows);
@@ -634,23 +668,29 @@ impl CudaBackend {
                 .arg(&mut state.best_vals)
                 .arg(&mut state.best_ids)
                 .arg(&first);
-            // SAFETY: scores hold query_count × rows floats of this chunk, the best buffers
+            // SAFETY: scores hold query_count × part_rows floats of this part, the best buffers
             // query_count × MAX_TRUTH_K.
             unsafe { launch.launch(warps_config) }
                 .map_err(|error| cuda_error("launch top_k_rows", error))?;
             state.started = true;
+            done += part_rows;
         }
         Ok(())
     }
 
-    /// `scores[query][row] = query · chunk[row]` in fp32 (no TF32: this is the ground truth).
-    fn truth_gemm(&self, state: &mut DeviceTopK, rows: usize) -> Result<(), DeviceError> {
+    /// `scores[query][row] = query · x[row]` in fp32 (no TF32: this is the ground truth).
+    fn truth_gemm(
+        &self,
+        state: &mut DeviceTopK,
+        x: &CudaView<'_, f32>,
+        rows: usize,
+    ) -> Result<(), DeviceError> {
         let dim = state.dim;
-        let (a, _read_a) = state.chunk.device_ptr(&self.stream);
+        let (a, _read_a) = x.device_ptr(&self.stream);
         let (b, _read_b) = state.queries.device_ptr(&self.stream);
         let (c, _write_c) = state.scores.device_ptr_mut(&self.stream);
         let (alpha, beta) = (1.0f32, 0.0f32);
-        // Column-major view: scoresᵀ (rows × queries) = chunk (stored dim × rows, transposed)
+        // Column-major view: scoresᵀ (rows × queries) = x (stored dim × rows, transposed)
         // · queriesᵀ (dim × queries) — i.e. row-major scores[queries][rows].
         // SAFETY: the pointers cover rows × dim, queries × dim and queries × rows floats.
         unsafe {
@@ -747,6 +787,7 @@ impl CudaBackend {
         centroids: &DeviceCentroids,
         codebook: Option<&DeviceCodebook>,
         data: &[f32],
+        mut truth: Option<(&mut DeviceTopK, u64)>,
         mut sink: impl FnMut(BatchResult<'_>),
     ) -> Result<(), DeviceError> {
         let dim = centroids.dim;
@@ -758,6 +799,10 @@ impl CudaBackend {
             if let Some(batch) = batches.get(step) {
                 let slot = &mut slots[step % 2];
                 self.enqueue(slot, batch, centroids, codebook, &mut scores, chunk_cols)?;
+                if let Some((top, first_id)) = truth.as_mut() {
+                    let batch_first_id = *first_id + (step * batch_rows) as u64;
+                    self.top_k_device_rows(top, &slot.x32, slot.rows, batch_first_id)?;
+                }
             }
             let Some(finished) = step.checked_sub(1) else {
                 continue;

@@ -333,6 +333,28 @@ impl Device {
         encoder: &Encoder<'_>,
         data: &[f32],
     ) -> Result<(Vec<u32>, Vec<u8>), DeviceError> {
+        self.assign_encode_inner(encoder, data, None)
+    }
+
+    /// [`Device::assign_and_encode`] that also feeds `truth` (ids from `first_id`) each batch
+    /// while it is on the GPU: the batch crosses the bus once, where a separate
+    /// [`DeviceTopK::add_batch`] uploads it again (at 1B × 512 that is ~2 TB more).
+    pub fn assign_encode_and_truth(
+        &self,
+        encoder: &Encoder<'_>,
+        data: &[f32],
+        truth: &mut DeviceTopK<'_>,
+        first_id: u64,
+    ) -> Result<(Vec<u32>, Vec<u8>), DeviceError> {
+        self.assign_encode_inner(encoder, data, Some((truth, first_id)))
+    }
+
+    fn assign_encode_inner(
+        &self,
+        encoder: &Encoder<'_>,
+        data: &[f32],
+        truth: Option<(&mut DeviceTopK<'_>, u64)>,
+    ) -> Result<(Vec<u32>, Vec<u8>), DeviceError> {
         if encoder.coarse.metric != Metric::InnerProduct {
             return Err(DeviceError::Input(
                 "lists are assigned by inner product".to_string(),
@@ -340,6 +362,11 @@ impl Device {
         }
         match &self.backend {
             Backend::Cpu => {
+                if truth.is_some() {
+                    return Err(DeviceError::Input(
+                        "a device top-k was handed to the cpu".to_string(),
+                    ));
+                }
                 let (labels, _) = self.search(encoder.coarse, data)?;
                 let codes = self.encode_residuals(encoder, data, &labels)?;
                 Ok((labels, codes))
@@ -360,7 +387,8 @@ impl Device {
                         "the encoder was prepared on another device".to_string(),
                     ));
                 };
-                cuda.search_and_encode(coarse, codebook, data)
+                let truth = truth.map(|(top, first_id)| (&mut top.state, first_id));
+                cuda.search_and_encode(coarse, codebook, data, truth)
             }
         }
     }

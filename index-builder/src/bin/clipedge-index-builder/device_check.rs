@@ -106,8 +106,23 @@ struct TruthComparison {
     /// The device over all `--n` vectors.
     device_full_s: f64,
     device_vectors_per_s: f64,
+    /// Assign + encode + this truth in one pass over all `--n` (what `run` does on a GPU),
+    /// against `fused_s` without the truth; and its top-10's overlap with the separate pass's.
+    fused_with_truth_s: f64,
+    fused_overlap: f64,
     /// Whether the device computed it (false: the device fell back to the CPU heaps).
     on_device: bool,
+}
+
+/// Mean share of each query's ids in `a` that are also in `b`'s.
+fn overlap(a: &[Vec<u64>], b: &[Vec<u64>]) -> f64 {
+    let shared: usize = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| a.iter().filter(|id| b.contains(id)).count())
+        .sum();
+    let total: usize = a.iter().map(Vec::len).sum();
+    shared as f64 / total.max(1) as f64
 }
 
 fn exact_top_10(
@@ -347,20 +362,32 @@ pub fn run(args: DeviceCheckArgs) -> anyhow::Result<bool> {
         ));
         // Warm-up: kernel load and cuBLAS heuristics outside the timing.
         exact_top_10(&device, &queries, &data[..dim * 1024.min(args.n)], dim)?;
-        let (_, device_full_s, on_device) = exact_top_10(&device, &queries, &data, dim)?;
+        let (device_full, device_full_s, on_device) = exact_top_10(&device, &queries, &data, dim)?;
+        // The build's way on a GPU: the truth fed by the assign + encode pass itself.
+        let fused_started = Instant::now();
+        let mut fused_top = ExactTopK::on_device(&device, queries.clone(), dim, 10)?;
+        let (fused_truth_labels, fused_truth_codes) = match fused_top.device_feed(&data, 0)? {
+            Some(top) => device.assign_encode_and_truth(&encoder, &data, top, 0)?,
+            None => {
+                fused_top.add_batch(&data, 0)?;
+                device.assign_and_encode(&encoder, &data)?
+            }
+        };
+        let fused_truth = fused_top.finish()?;
+        let fused_with_truth_s = fused_started.elapsed().as_secs_f64();
+        if fused_truth_labels != fused_labels || fused_truth_codes != fused_codes {
+            bail!("assign_encode_and_truth disagrees with assign_and_encode on the same device");
+        }
+        let fused_overlap = overlap(&fused_truth, &device_full);
         let compared_n = args.truth_compare_n.min(args.n);
         let prefix = &data[..compared_n * dim];
         let (device_truth, device_s, _) = exact_top_10(&device, &queries, prefix, dim)?;
         let (cpu_truth, cpu_s, _) = exact_top_10(&cpu, &queries, prefix, dim)?;
-        let shared: usize = device_truth
-            .iter()
-            .zip(&cpu_truth)
-            .map(|(a, b)| a.iter().filter(|id| b.contains(id)).count())
-            .sum();
-        let overlap = shared as f64 / (10 * args.truth_queries) as f64;
+        let overlap = overlap(&device_truth, &cpu_truth);
         eprintln!(
             "exact top-10 of {} queries: overlap {overlap:.5}; over {compared_n}: cpu {cpu_s:.2}s, \
-             device {device_s:.2}s; over {}: device {device_full_s:.2}s",
+             device {device_s:.2}s; over {}: device {device_full_s:.2}s, in the assign + encode \
+             pass {fused_with_truth_s:.2}s (overlap {fused_overlap:.5})",
             args.truth_queries, args.n
         );
         Some(TruthComparison {
@@ -371,13 +398,17 @@ pub fn run(args: DeviceCheckArgs) -> anyhow::Result<bool> {
             device_s,
             device_full_s,
             device_vectors_per_s: args.n as f64 / device_full_s.max(1e-9),
+            fused_with_truth_s,
+            fused_overlap,
             on_device,
         })
     } else {
         None
     };
     // fp32 either side; only summation order differs, so a swap at the 10th place is rare.
-    let truth_close = truth.as_ref().is_none_or(|truth| truth.overlap >= 0.999);
+    let truth_close = truth
+        .as_ref()
+        .is_none_or(|truth| truth.overlap >= 0.999 && truth.fused_overlap >= 0.999);
 
     let label_agreement = agree as f64 / args.compare as f64;
     let code_agreement = code_agree as f64 / args.compare as f64;
