@@ -31,6 +31,9 @@ pub struct BuildArgs {
     /// Routing groups (two-level IVF); default: flat up to 4096 lists, else ~64 lists a group.
     #[arg(long)]
     groups: Option<usize>,
+    /// Largest routing group in percent of the mean (even scanner shares); 0: plain k-means.
+    #[arg(long, default_value_t = clipedge_index_builder::GROUP_CAPACITY_PERCENT)]
+    group_cap_percent: usize,
     /// Vectors sampled for coarse k-means; default min(n, max(100000, 64 * nlist)).
     #[arg(long)]
     train_size: Option<usize>,
@@ -70,6 +73,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     let storage = Storage::open_or_create(&args.out)?;
     let config = BuildConfig {
         ngroups: args.groups,
+        group_cap_percent: args.group_cap_percent,
         rerank,
         train_size: args.train_size,
         seed: args.seed,

@@ -181,6 +181,8 @@ struct SearchSummary {
     gets_per_query: f64,
     bytes_per_query: f64,
     lists_per_query: f64,
+    /// Routing groups opened (whose lists were ranked).
+    groups_per_query: f64,
     codes_per_query: f64,
     index: IndexSummary,
 }
@@ -295,6 +297,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     let mut latencies_ms = Vec::with_capacity(queries.rows * args.repeats);
     let mut last_results: Vec<SearchResult> = Vec::with_capacity(queries.rows);
     let (mut gets, mut bytes, mut lists, mut codes) = (0u64, 0u64, 0u64, 0u64);
+    let mut groups = 0u64;
     let timed_started = Instant::now();
     for repeat in 0..args.repeats {
         for row in 0..queries.rows {
@@ -304,6 +307,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             gets += result.stats.gets;
             bytes += result.stats.bytes_read;
             lists += result.stats.lists_scanned as u64;
+            groups += result.stats.groups_probed as u64;
             codes += result.stats.codes_scanned;
             if repeat + 1 == args.repeats {
                 last_results.push(result);
@@ -364,6 +368,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
         gets_per_query: gets as f64 / runs,
         bytes_per_query: bytes as f64 / runs,
         lists_per_query: lists as f64 / runs,
+        groups_per_query: groups as f64 / runs,
         codes_per_query: codes as f64 / runs,
         index: IndexSummary {
             generation: manifest.generation.clone(),

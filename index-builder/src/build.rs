@@ -31,8 +31,9 @@ pub(crate) const LIST_ALIGN: u64 = 64;
 const FLAT_ROUTING_MAX_LISTS: usize = 4096;
 /// Average lists per group when routing is two-level.
 const LISTS_PER_GROUP: usize = 64;
-/// Largest routing group, in percent of the mean group size.
-const GROUP_CAPACITY_PERCENT: usize = 150;
+/// Largest routing group, in percent of the mean group size (the default of
+/// [`BuildConfig::group_cap_percent`]).
+pub const GROUP_CAPACITY_PERCENT: usize = 150;
 /// Capped assignment + mean update rounds after the groups' Lloyd iterations.
 const GROUP_CAPPED_ITERATIONS: u32 = 10;
 /// Flat Lloyd's work grows with nlist² (its sample grows with nlist too); at 65,536 lists a
@@ -69,6 +70,10 @@ pub struct BuildConfig {
     pub nlist: usize,
     /// Routing groups; `None`: flat up to 4096 lists, else about 64 lists a group.
     pub ngroups: Option<usize>,
+    /// Largest routing group in percent of the mean (default 150); 0 trains the groups by
+    /// plain k-means, uncapped. Capped groups give scanners even shares of the lists (cache
+    /// affinity); plain ones follow the data more closely.
+    pub group_cap_percent: usize,
     pub pq_m: usize,
     pub pq_bits: u8,
     pub rerank: RerankKind,
@@ -91,6 +96,7 @@ impl BuildConfig {
         BuildConfig {
             nlist,
             ngroups: None,
+            group_cap_percent: GROUP_CAPACITY_PERCENT,
             pq_m,
             pq_bits,
             rerank: RerankKind::Fp16,
@@ -258,6 +264,12 @@ pub(crate) fn validate(vectors: &VectorSet<'_>, config: &BuildConfig) -> Result<
             config.nlist
         )));
     }
+    if (1..100).contains(&config.group_cap_percent) {
+        return Err(BuildError::Config(format!(
+            "the group cap must be 0 (uncapped) or at least 100 % of the mean, got {} %",
+            config.group_cap_percent
+        )));
+    }
     ProductQuantizer::validate_shape(dim, config.pq_m, config.pq_bits)?;
     let ksub = 1usize << config.pq_bits;
     if config.resolved_train_size(n) < ksub.max(config.nlist) {
@@ -373,8 +385,12 @@ pub fn train_on(
         (coarse.centroids.clone(), coarse.centroids.clone(), first)
     } else {
         // Capped so no group holds more than 1.5× the mean: plain k-means over the lists made
-        // giant groups that every query opened and no scanner's cache could hold.
-        let capacity = (config.nlist * GROUP_CAPACITY_PERCENT).div_ceil(ngroups * 100);
+        // giant groups that every query opened and no scanner's cache could hold. A cap of 0
+        // (a capacity of every list) keeps plain k-means' groups.
+        let capacity = match config.group_cap_percent {
+            0 => config.nlist,
+            percent => (config.nlist * percent).div_ceil(ngroups * 100),
+        };
         let capped = clipedge_linalg::capped::train_capped(
             &coarse.centroids,
             dim,

@@ -26,7 +26,7 @@ mod test_support;
 
 pub use build::{
     build_index, content_hash, publish, train, train_on, write_generation, BuildConfig, BuildError,
-    BuildReport, TrainedIndex, VectorSet, BALANCED_KMEANS_FROM,
+    BuildReport, TrainedIndex, VectorSet, BALANCED_KMEANS_FROM, GROUP_CAPACITY_PERCENT,
 };
 pub use gate::{
     decide, evaluate_recall, gate_generation, live_recall, read_gate_record, write_gate_record,

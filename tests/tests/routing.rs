@@ -13,7 +13,7 @@ const N: usize = 6_000;
 const DIM: usize = 32;
 const QUERIES: usize = 60;
 const NLIST: usize = 64;
-const GROUPS: usize = 8;
+const GROUPS: usize = 16;
 const K: usize = 10;
 
 fn data() -> &'static Dataset {
@@ -138,12 +138,13 @@ async fn automatic_group_probe_prunes_groups_and_keeps_reasonable_recall() {
     let ngroups = grouped.manifest().ngroups as f64;
     for kind in [QueryKind::InDistribution, QueryKind::OutOfDistribution] {
         let truth = data().truth(kind, K);
-        // The automatic probe opens at least one group per probed list (route::auto_group_probe),
-        // and at nprobe 2 must still leave at least half the groups shut.
-        let (_, groups_at_2) = recall_and_groups(&grouped, kind, &truth, &params(2, None)).await;
+        // The automatic probe opens GROUPS_PER_PROBED_LIST groups per probed list
+        // (route::auto_group_probe), and at nprobe 1 must still leave at least half shut.
+        let (_, groups_at_1) = recall_and_groups(&grouped, kind, &truth, &params(1, None)).await;
+        let per_list = clipedge_index::route::GROUPS_PER_PROBED_LIST as f64;
         assert!(
-            (2.0..=ngroups / 2.0).contains(&groups_at_2),
-            "{kind:?}: {groups_at_2} of {ngroups} groups opened for nprobe 2"
+            (per_list..=ngroups / 2.0).contains(&groups_at_1),
+            "{kind:?}: {groups_at_1} of {ngroups} groups opened for nprobe 1"
         );
         for (nprobe, slack) in [(8, 0.15), (16, 0.02)] {
             let (flat_recall, _) =

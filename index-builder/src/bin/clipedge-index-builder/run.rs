@@ -50,6 +50,10 @@ pub struct Settings {
     /// Routing groups (two-level IVF); default: flat up to 4096 lists, else ~64 lists a group.
     #[arg(long)]
     groups: Option<usize>,
+    /// Largest routing group in percent of the mean (default 150: even scanner shares);
+    /// 0: plain k-means.
+    #[arg(long)]
+    group_cap_percent: Option<usize>,
     /// PQ sub-quantizers (must divide the dimension); default dim / 8.
     #[arg(long)]
     pq_m: Option<usize>,
@@ -115,6 +119,7 @@ impl Settings {
         Settings {
             nlist: self.nlist.or(file.nlist),
             groups: self.groups.or(file.groups),
+            group_cap_percent: self.group_cap_percent.or(file.group_cap_percent),
             pq_m: self.pq_m.or(file.pq_m),
             pq_bits: self.pq_bits.or(file.pq_bits),
             rerank_vectors: self.rerank_vectors.or(file.rerank_vectors),
@@ -316,6 +321,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let pq_m = settings.pq_m.unwrap_or((dim / 8).max(1));
     let config = BuildConfig {
         ngroups: settings.groups,
+        group_cap_percent: settings
+            .group_cap_percent
+            .unwrap_or(clipedge_index_builder::GROUP_CAPACITY_PERCENT),
         rerank,
         train_size: None,
         seed: settings.seed.unwrap_or(1234),
