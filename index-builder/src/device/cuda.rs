@@ -689,34 +689,55 @@ impl CudaBackend {
         let (a, _read_a) = x.device_ptr(&self.stream);
         let (b, _read_b) = state.queries.device_ptr(&self.stream);
         let (c, _write_c) = state.scores.device_ptr_mut(&self.stream);
-        let (alpha, beta) = (1.0f32, 0.0f32);
         // Column-major view: scoresᵀ (rows × queries) = x (stored dim × rows, transposed)
         // · queriesᵀ (dim × queries) — i.e. row-major scores[queries][rows].
         // SAFETY: the pointers cover rows × dim, queries × dim and queries × rows floats.
         unsafe {
-            blas_result::gemm_ex(
-                *self.blas.handle(),
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                rows as i32,
-                state.query_count as i32,
-                dim as i32,
-                (&alpha as *const f32).cast(),
-                a as *const _,
+            self.gemm_transposed_a(
+                (rows, state.query_count, dim),
+                1.0,
+                (a, b, c),
                 blas_sys::cudaDataType::CUDA_R_32F,
-                dim as i32,
-                b as *const _,
-                blas_sys::cudaDataType::CUDA_R_32F,
-                dim as i32,
-                (&beta as *const f32).cast(),
-                c as *mut _,
-                blas_sys::cudaDataType::CUDA_R_32F,
-                rows as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
         .map_err(|error| cuda_error("cublas sgemm", error))
+    }
+
+    /// `C = alpha · Aᵀ · B` in cuBLAS' column-major terms, fp32 accumulate, where `A` is
+    /// `k × m`, `B` is `k × n` and `C` is `m × n` (all packed), elements of `data_type`:
+    /// row-major, `C[n][m]` holds the dot products of `B`'s and `A`'s `k`-long rows.
+    ///
+    /// # Safety
+    /// The pointers must address device buffers of at least `k·m`, `k·n` and `m·n` elements.
+    unsafe fn gemm_transposed_a(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (a, b, c): (u64, u64, u64),
+        data_type: blas_sys::cudaDataType,
+    ) -> Result<(), cudarc::cublas::result::CublasError> {
+        let beta = 0.0f32;
+        blas_result::gemm_ex(
+            *self.blas.handle(),
+            blas_sys::cublasOperation_t::CUBLAS_OP_T,
+            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            m as i32,
+            n as i32,
+            k as i32,
+            (&alpha as *const f32).cast(),
+            a as *const _,
+            data_type,
+            k as i32,
+            b as *const _,
+            data_type,
+            k as i32,
+            (&beta as *const f32).cast(),
+            c as *mut _,
+            data_type,
+            m as i32,
+            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
     }
 
     /// Each query's best `k` ids, best first (fewer when fewer vectors were added).
@@ -1041,31 +1062,15 @@ impl CudaBackend {
         let (a, _read_a) = chunk.device_ptr(&self.stream);
         let (b, _read_b) = x16.device_ptr(&self.stream);
         let (c, _write_c) = scores.device_ptr_mut(&self.stream);
-        let (alpha, beta) = (scale, 0.0f32);
         // Column-major view: scoresᵀ (cols × rows) = chunk (cols × dim, stored as dim × cols,
         // hence transposed) · xᵀ (dim × rows) — i.e. row-major scores[rows][cols].
         // SAFETY: the pointers cover cols × dim, rows × dim and rows × cols elements.
         unsafe {
-            blas_result::gemm_ex(
-                *self.blas.handle(),
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                cols as i32,
-                rows as i32,
-                dim as i32,
-                (&alpha as *const f32).cast(),
-                a as *const _,
+            self.gemm_transposed_a(
+                (cols, rows, dim),
+                scale,
+                (a, b, c),
                 blas_sys::cudaDataType::CUDA_R_16F,
-                dim as i32,
-                b as *const _,
-                blas_sys::cudaDataType::CUDA_R_16F,
-                dim as i32,
-                (&beta as *const f32).cast(),
-                c as *mut _,
-                blas_sys::cudaDataType::CUDA_R_16F,
-                cols as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
         .map_err(|error| cuda_error("cublas gemm", error))
