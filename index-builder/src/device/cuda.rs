@@ -54,7 +54,10 @@ const KERNELS: &str = r#"
 #define POS_INF __int_as_float(0x7f800000)
 #define NEG_INF __int_as_float(0xff800000)
 
-__device__ __forceinline__ bool better(float a, int ai, float b, int bi) {
+// The better of two (score, index) pairs: the higher score, then the lower index (the CPU's
+// order, so ties break the same way).
+template <typename Id>
+__device__ __forceinline__ bool better(float a, Id ai, float b, Id bi) {
     return a > b || (a == b && ai < bi);
 }
 
@@ -64,14 +67,15 @@ __device__ __forceinline__ float half_to_float(unsigned short h) {
     return f;
 }
 
-// Inserts (value, index) into a list sorted best first, dropping the worst. Fully unrolled with
-// constant indices, so the list stays in registers (a data-dependent index would put it in
+// Inserts (value, index) into a list of N sorted best first, dropping the worst. Fully unrolled
+// with constant indices, so the list stays in registers (a data-dependent index would put it in
 // local memory).
-__device__ __forceinline__ void insert(float* vals, int* idx, float value, int index) {
-    if (!better(value, index, vals[CANDIDATES - 1], idx[CANDIDATES - 1])) return;
+template <int N, typename Id>
+__device__ __forceinline__ void insert(float* vals, Id* idx, float value, Id index) {
+    if (!better(value, index, vals[N - 1], idx[N - 1])) return;
     bool placed = false;
 #pragma unroll
-    for (int slot = CANDIDATES - 1; slot > 0; slot--) {
+    for (int slot = N - 1; slot > 0; slot--) {
         if (!placed) {
             if (better(value, index, vals[slot - 1], idx[slot - 1])) {
                 vals[slot] = vals[slot - 1];
@@ -84,6 +88,29 @@ __device__ __forceinline__ void insert(float* vals, int* idx, float value, int i
         }
     }
     if (!placed) { vals[0] = value; idx[0] = index; }
+}
+
+// Merges the warp's 32 sorted lists of N: lane 0 writes the best N of them to out_vals/out_idx,
+// best first (`none` marks an empty slot).
+template <int N, typename Id>
+__device__ __forceinline__ void warp_merge(float* vals, Id* idx, Id none, int lane,
+                                           float* out_vals, Id* out_idx) {
+    for (int r = 0; r < N; r++) {
+        float head = vals[0];
+        Id head_index = idx[0];
+        for (int step = 16; step > 0; step >>= 1) {
+            float other = __shfl_xor_sync(0xffffffff, head, step);
+            Id other_index = __shfl_xor_sync(0xffffffff, head_index, step);
+            if (better(other, other_index, head, head_index)) { head = other; head_index = other_index; }
+        }
+        if (idx[0] == head_index && head_index != none) {
+#pragma unroll
+            for (int s = 0; s + 1 < N; s++) { vals[s] = vals[s + 1]; idx[s] = idx[s + 1]; }
+            vals[N - 1] = NEG_INF;
+            idx[N - 1] = none;
+        }
+        if (lane == 0) { out_vals[r] = head; out_idx[r] = head_index; }
+    }
 }
 
 extern "C" __global__ void to_half(const float* __restrict__ x, unsigned short* __restrict__ y,
@@ -110,7 +137,7 @@ extern "C" __global__ void top_candidates(const unsigned short* __restrict__ sco
 #pragma unroll
     for (int r = 0; r < CANDIDATES; r++) { vals[r] = NEG_INF; idx[r] = NO_INDEX; }
     if (!first_chunk && lane < CANDIDATES) {
-        insert(vals, idx, best_vals[row * CANDIDATES + lane], best_idx[row * CANDIDATES + lane]);
+        insert<CANDIDATES>(vals, idx, best_vals[row * CANDIDATES + lane], best_idx[row * CANDIDATES + lane]);
     }
     const unsigned short* line = scores + (size_t)row * cols;
     if ((cols & 1) == 0) {
@@ -125,32 +152,18 @@ extern "C" __global__ void top_candidates(const unsigned short* __restrict__ sco
                 low += bias_scale * bias[offset + c];
                 high += bias_scale * bias[offset + c + 1];
             }
-            insert(vals, idx, low, offset + c);
-            insert(vals, idx, high, offset + c + 1);
+            insert<CANDIDATES>(vals, idx, low, offset + c);
+            insert<CANDIDATES>(vals, idx, high, offset + c + 1);
         }
     } else {
         for (int c = lane; c < cols; c += 32) {
             float value = half_to_float(line[c]);
             if (has_bias) value += bias_scale * bias[offset + c];
-            insert(vals, idx, value, offset + c);
+            insert<CANDIDATES>(vals, idx, value, offset + c);
         }
     }
-    for (int r = 0; r < CANDIDATES; r++) {
-        float head = vals[0];
-        int head_index = idx[0];
-        for (int step = 16; step > 0; step >>= 1) {
-            float other = __shfl_xor_sync(0xffffffff, head, step);
-            int other_index = __shfl_xor_sync(0xffffffff, head_index, step);
-            if (better(other, other_index, head, head_index)) { head = other; head_index = other_index; }
-        }
-        if (idx[0] == head_index && head_index != NO_INDEX) {
-#pragma unroll
-            for (int s = 0; s + 1 < CANDIDATES; s++) { vals[s] = vals[s + 1]; idx[s] = idx[s + 1]; }
-            vals[CANDIDATES - 1] = NEG_INF;
-            idx[CANDIDATES - 1] = NO_INDEX;
-        }
-        if (lane == 0) { best_vals[row * CANDIDATES + r] = head; best_idx[row * CANDIDATES + r] = head_index; }
-    }
+    warp_merge<CANDIDATES>(vals, idx, (int)NO_INDEX, lane, best_vals + row * CANDIDATES,
+                           best_idx + row * CANDIDATES);
 }
 
 // One warp per row: exact fp32 scores of the candidates; the best wins (ties to the lower index).
@@ -181,29 +194,6 @@ extern "C" __global__ void rescore(const float* __restrict__ x, int rows, int di
 #define TRUTH_K 16
 #define NO_ID 0x7fffffffffffffffLL
 
-__device__ __forceinline__ bool better_id(float a, long long ai, float b, long long bi) {
-    return a > b || (a == b && ai < bi);
-}
-
-__device__ __forceinline__ void insert_id(float* vals, long long* ids, float value, long long id) {
-    if (!better_id(value, id, vals[TRUTH_K - 1], ids[TRUTH_K - 1])) return;
-    bool placed = false;
-#pragma unroll
-    for (int slot = TRUTH_K - 1; slot > 0; slot--) {
-        if (!placed) {
-            if (better_id(value, id, vals[slot - 1], ids[slot - 1])) {
-                vals[slot] = vals[slot - 1];
-                ids[slot] = ids[slot - 1];
-            } else {
-                vals[slot] = value;
-                ids[slot] = id;
-                placed = true;
-            }
-        }
-    }
-    if (!placed) { vals[0] = value; ids[0] = id; }
-}
-
 // One warp per query: the best TRUTH_K of its fp32 scores over `cols` vectors (ids first_id,
 // first_id + 1, ...), merged with what earlier chunks kept. Same order as the CPU heaps: the
 // higher score, then the lower id.
@@ -218,26 +208,12 @@ extern "C" __global__ void top_k_rows(const float* __restrict__ scores, int rows
 #pragma unroll
     for (int r = 0; r < TRUTH_K; r++) { vals[r] = NEG_INF; ids[r] = NO_ID; }
     if (!first_chunk && lane < TRUTH_K) {
-        insert_id(vals, ids, best_vals[row * TRUTH_K + lane], best_ids[row * TRUTH_K + lane]);
+        insert<TRUTH_K>(vals, ids, best_vals[row * TRUTH_K + lane], best_ids[row * TRUTH_K + lane]);
     }
     const float* line = scores + (size_t)row * cols;
-    for (int c = lane; c < cols; c += 32) insert_id(vals, ids, line[c], first_id + c);
-    for (int r = 0; r < TRUTH_K; r++) {
-        float head = vals[0];
-        long long head_id = ids[0];
-        for (int step = 16; step > 0; step >>= 1) {
-            float other = __shfl_xor_sync(0xffffffff, head, step);
-            long long other_id = __shfl_xor_sync(0xffffffff, head_id, step);
-            if (better_id(other, other_id, head, head_id)) { head = other; head_id = other_id; }
-        }
-        if (ids[0] == head_id && head_id != NO_ID) {
-#pragma unroll
-            for (int s = 0; s + 1 < TRUTH_K; s++) { vals[s] = vals[s + 1]; ids[s] = ids[s + 1]; }
-            vals[TRUTH_K - 1] = NEG_INF;
-            ids[TRUTH_K - 1] = NO_ID;
-        }
-        if (lane == 0) { best_vals[row * TRUTH_K + r] = head; best_ids[row * TRUTH_K + r] = head_id; }
-    }
+    for (int c = lane; c < cols; c += 32) insert<TRUTH_K>(vals, ids, line[c], first_id + c);
+    warp_merge<TRUTH_K>(vals, ids, (long long)NO_ID, lane, best_vals + row * TRUTH_K,
+                        best_ids + row * TRUTH_K);
 }
 
 // Block (rows tile, sub-quantizer): the codebook of one sub-quantizer in shared memory, one
