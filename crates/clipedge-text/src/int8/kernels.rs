@@ -327,6 +327,16 @@ impl Gemm<'_> {
         let start = token * self.rows + row;
         out[start..start + 4].copy_from_slice(&sums);
     }
+
+    /// [`Gemm::finish_four`] for one output: `sum` (the SIMD part of `row` against `token`)
+    /// plus the scalar tail, stored.
+    #[inline(always)]
+    fn finish_one(&self, sum: i32, row: usize, token: usize, main: usize, out: &mut [i32]) {
+        let cols = self.cols;
+        let weight_tail = &self.weights[row * cols + main..(row + 1) * cols];
+        let act_tail = &self.acts[token * cols + main..(token + 1) * cols];
+        out[token * self.rows + row] = sum + dot_scalar(weight_tail, act_tail);
+    }
 }
 
 fn dot_scalar(weights: &[u8], acts: &[u8]) -> i32 {
@@ -393,7 +403,7 @@ macro_rules! walk_blocks {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{dot_scalar, Gemm};
+    use super::Gemm;
 
     #[target_feature(enable = "avx2")]
     #[inline]
@@ -434,7 +444,7 @@ mod avx2 {
         token: usize,
         out: &mut [i32],
     ) {
-        let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
+        let (weights, cols, acts) = (g.weights, g.cols, g.acts);
         let main = cols & !15;
         let weight_ptr: [*const u8; R] =
             std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
@@ -478,12 +488,9 @@ mod avx2 {
             }
             return;
         }
-        for i in 0..R {
-            let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
-            for j in 0..T {
-                let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
-                out[(token + j) * rows + row + i] =
-                    hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
+        for (i, row_acc) in acc.iter().enumerate() {
+            for (j, sum) in row_acc.iter().enumerate() {
+                g.finish_one(hsum(*sum), row + i, token + j, main, out);
             }
         }
     }
@@ -503,7 +510,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     use super::avx2::{hsum as hsum_256, reduce4_256};
-    use super::{dot_scalar, Gemm};
+    use super::Gemm;
 
     /// One `R × T` register block of `vpdpbusd` over `$step` columns a step: the 256- and
     /// 512-bit kernels differ only in the register type and its intrinsics.
@@ -527,7 +534,7 @@ mod vnni {
                 token: usize,
                 out: &mut [i32],
             ) {
-                let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
+                let (weights, cols, acts) = (g.weights, g.cols, g.acts);
                 let main = cols & !($step - 1);
                 let weight_ptr: [*const u8; R] =
                     std::array::from_fn(|i| weights.as_ptr().add((row + i) * cols));
@@ -567,12 +574,9 @@ mod vnni {
                     }
                     return;
                 }
-                for i in 0..R {
-                    let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
-                    for j in 0..T {
-                        let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
-                        out[(token + j) * rows + row + i] =
-                            $hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
+                for (i, row_acc) in acc.iter().enumerate() {
+                    for (j, sum) in row_acc.iter().enumerate() {
+                        g.finish_one($hsum(*sum), row + i, token + j, main, out);
                     }
                 }
             }
@@ -642,7 +646,9 @@ mod vnni {
 mod wasm {
     use core::arch::wasm32::*;
 
-    use super::{dot_scalar, Gemm, RELAXED_TWO_DOTS_ONLY};
+    use super::Gemm;
+    #[cfg(target_feature = "relaxed-simd")]
+    use super::RELAXED_TWO_DOTS_ONLY;
 
     #[inline]
     fn hsum(v: v128) -> i32 {
@@ -684,12 +690,9 @@ mod wasm {
             }
             k += 8;
         }
-        for i in 0..R {
-            let weight_tail = &g.weights[(row + i) * cols + main..(row + i + 1) * cols];
-            for j in 0..T {
-                let act_tail = &g.acts[(token + j) * cols + main..(token + j + 1) * cols];
-                out[(token + j) * g.rows + row + i] =
-                    hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
+        for (i, row_acc) in acc.iter().enumerate() {
+            for (j, sum) in row_acc.iter().enumerate() {
+                g.finish_one(hsum(*sum), row + i, token + j, main, out);
             }
         }
     }
@@ -727,7 +730,6 @@ mod wasm {
         main: usize,
         out: &mut [i32],
     ) {
-        let (weights, rows, cols, acts) = (g.weights, g.rows, g.cols, g.acts);
         if R == 4 {
             // `j` picks a column of `acc` and names the token.
             #[allow(clippy::needless_range_loop)]
@@ -739,12 +741,9 @@ mod wasm {
             }
             return;
         }
-        for i in 0..R {
-            let weight_tail = &weights[(row + i) * cols + main..(row + i + 1) * cols];
-            for j in 0..T {
-                let act_tail = &acts[(token + j) * cols + main..(token + j + 1) * cols];
-                out[(token + j) * rows + row + i] =
-                    hsum(acc[i][j]) + dot_scalar(weight_tail, act_tail);
+        for (i, row_acc) in acc.iter().enumerate() {
+            for (j, sum) in row_acc.iter().enumerate() {
+                g.finish_one(hsum(*sum), row + i, token + j, main, out);
             }
         }
     }
