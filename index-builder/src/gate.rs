@@ -15,12 +15,12 @@ use bytes::Bytes;
 use clipedge_format::generation_path;
 use clipedge_index::{IndexError, IndexReader, OpenOptions, SearchParams};
 use clipedge_storage::{Storage, StorageError};
-
-use crate::device::{Device, DeviceTopK};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::info;
+
+use crate::device::{Device, DeviceTopK};
 
 /// The object a generation's gate outcome is stored in.
 pub const GATE_FILE: &str = "gate.json";
@@ -177,17 +177,14 @@ impl<'d> ExactTopK<'d> {
 
     /// Adds `vectors` (row-major, `dim` wide) with ids `first_id, first_id + 1, ...`.
     pub fn add_batch(&mut self, vectors: &[f32], first_id: u64) -> Result<(), GateError> {
-        self.check_batch(vectors, first_id)?;
-        let rows = (vectors.len() / self.dim) as u64;
-        if let Some(device) = self.device.as_mut() {
-            device
+        if let Some(device) = self.device_feed(vectors, first_id)? {
+            return device
                 .add_batch(vectors, first_id)
-                .map_err(|error| GateError::Device(error.to_string()))?;
-            self.vectors_seen += rows;
-            return Ok(());
+                .map_err(|error| GateError::Device(error.to_string()));
         }
+        self.check_batch(vectors, first_id)?;
         self.add_batch_on_cpu(vectors, first_id);
-        self.vectors_seen += rows;
+        self.vectors_seen += (vectors.len() / self.dim) as u64;
         Ok(())
     }
 
