@@ -5,7 +5,8 @@
 #   2. a whole `run` on seeded 10M × 512 float16 embeddings (synth), nightly settings.
 # Usage: gpu-check.sh BINARY OUT_DIR [N_RUN]. Each step has its own time limit
 # (CHECK_TIMEOUT_S, RUN_TIMEOUT_S); BALANCED_K=0 skips the timed 65,536-list balanced k-means
-# (about a minute). Results land in OUT_DIR as JSON plus stderr logs.
+# (about a minute); PQ_M sets the run's sub-quantizers (64). Results land in OUT_DIR as JSON
+# plus stderr logs.
 set -uo pipefail
 bin=$1
 out=$2
@@ -31,7 +32,7 @@ started=$(date +%s)
 "$bin" synth --out "$work/emb" --n "$n_run" --text 100 > "$out/synth.json" 2> "$out/synth.err"
 echo "synth exit $? in $(( $(date +%s) - started ))s"
 timeout "${RUN_TIMEOUT_S:-300}" "$bin" run --source "$work/emb" --out "$work/index" --device cuda \
-  --nlist 65536 --pq-m 64 --pq-bits 4 --rerank-vectors int8 --gate-sample 100 \
+  --nlist 65536 --pq-m "${PQ_M:-64}" --pq-bits 4 --rerank-vectors int8 --gate-sample 100 \
   --spill-dir "$work/spill" \
   > "$out/run.json" 2> >(tee "$out/run.err" >&2)
 echo "run exit $?"

@@ -794,11 +794,12 @@ pub async fn write_generation(
         catalog,
     )
     .await?;
+    write_manifest(storage, &manifest).await?;
     Ok((manifest, assign_seconds, encode_seconds))
 }
 
-/// Writes the group blobs, routing table, codebooks and, last, the manifest of a generation
-/// whose shards are written: from then on it is complete (not yet published).
+/// Writes the group blobs, routing table and codebooks of a generation whose shards are
+/// written, and returns its manifest; [`write_manifest`] then completes it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn finish_generation(
     storage: &Storage,
@@ -883,6 +884,7 @@ pub(crate) async fn finish_generation(
             builder: format!("clipedge-index-builder {}", env!("CARGO_PKG_VERSION")),
         },
         catalog,
+        search_defaults: None,
     };
     for (name, bytes) in [
         ("groups.bin", groups_file),
@@ -893,14 +895,22 @@ pub(crate) async fn finish_generation(
             .put_new(&generation_path(generation, name), Bytes::from(bytes))
             .await?;
     }
-    // The manifest goes last: a generation without one is an unfinished build, never read.
+    Ok(manifest)
+}
+
+/// Writes `manifest.json`, last of a generation's objects: a generation without one is an
+/// unfinished build, never read (create-only, so a generation is finished once).
+pub async fn write_manifest(storage: &Storage, manifest: &Manifest) -> Result<(), BuildError> {
+    manifest.validate().map_err(|error| {
+        BuildError::Config(format!("the manifest to write is invalid: {error}"))
+    })?;
     storage
         .put_new(
-            &generation_path(generation, "manifest.json"),
+            &generation_path(&manifest.generation, "manifest.json"),
             Bytes::from(manifest.to_json()),
         )
         .await?;
-    Ok(manifest)
+    Ok(())
 }
 
 /// Moves `CURRENT` to `generation` if nobody moved it since it was read.

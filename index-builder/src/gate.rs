@@ -12,7 +12,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashSet};
 
 use bytes::Bytes;
-use clipedge_format::generation_path;
+use clipedge_format::{generation_path, Manifest, SearchDefaults};
 use clipedge_index::{IndexError, IndexReader, OpenOptions, SearchParams};
 use clipedge_storage::{Storage, StorageError};
 use rayon::prelude::*;
@@ -322,6 +322,141 @@ impl<'d> ExactTopK<'d> {
     }
 }
 
+/// The generation a gate measures: one whose manifest is written, or one whose manifest is
+/// still in hand (the builder writes it after the gate, with the measured search defaults).
+#[derive(Debug, Clone, Copy)]
+pub enum Candidate<'a> {
+    Written(&'a str),
+    Unfinished(&'a Manifest),
+}
+
+impl Candidate<'_> {
+    pub fn name(&self) -> &str {
+        match self {
+            Candidate::Written(name) => name,
+            Candidate::Unfinished(manifest) => &manifest.generation,
+        }
+    }
+}
+
+/// A generation opened for measuring, its queries checked against its dimension.
+struct Measured<'a> {
+    reader: IndexReader,
+    generation: &'a str,
+    queries: &'a [f32],
+    truth: &'a [Vec<u64>],
+    /// Neighbours a query can find at best (fewer than k when the index holds fewer).
+    expected: usize,
+    k: usize,
+}
+
+impl<'a> Measured<'a> {
+    async fn open(
+        storage: &Storage,
+        candidate: Candidate<'a>,
+        queries: &'a [f32],
+        truth: &'a [Vec<u64>],
+        k: usize,
+    ) -> Result<Measured<'a>, GateError> {
+        let generation = match candidate {
+            Candidate::Written(name) => name,
+            Candidate::Unfinished(manifest) => manifest.generation.as_str(),
+        };
+        if k == 0 {
+            return Err(GateError::Input("k must be at least 1, got 0".to_string()));
+        }
+        let options = match candidate {
+            Candidate::Written(name) => OpenOptions {
+                generation: Some(name.to_string()),
+                ..OpenOptions::default()
+            },
+            Candidate::Unfinished(manifest) => OpenOptions {
+                manifest: Some(manifest.clone()),
+                ..OpenOptions::default()
+            },
+        };
+        let reader = IndexReader::open(storage.clone(), options)
+            .await
+            .map_err(|source| GateError::Index {
+                generation: generation.to_string(),
+                source: Box::new(source),
+            })?;
+        let dim = reader.manifest().dim as usize;
+        if queries.is_empty() || !queries.len().is_multiple_of(dim) {
+            return Err(GateError::Input(format!(
+                "{} query floats do not form rows of the index's dimension {dim}",
+                queries.len()
+            )));
+        }
+        let query_count = queries.len() / dim;
+        if truth.len() != query_count {
+            return Err(GateError::Input(format!(
+                "{} ground-truth rows for {query_count} queries",
+                truth.len()
+            )));
+        }
+        let expected = k.min(usize::try_from(reader.manifest().count).unwrap_or(usize::MAX));
+        if let Some(short) = truth.iter().find(|true_ids| true_ids.len() < expected) {
+            return Err(GateError::Input(format!(
+                "ground truth has {} neighbours for a query, recall@{k} needs {expected}",
+                short.len()
+            )));
+        }
+        Ok(Measured {
+            reader,
+            generation,
+            queries,
+            truth,
+            expected,
+            k,
+        })
+    }
+
+    /// Mean recall@k at `nprobe` and `rerank`.
+    async fn recall(&self, nprobe: usize, rerank: usize) -> Result<f64, GateError> {
+        if nprobe == 0 {
+            return Err(GateError::Input(
+                "nprobe must be at least 1, got 0".to_string(),
+            ));
+        }
+        let dim = self.reader.manifest().dim as usize;
+        let params = SearchParams {
+            parallel: true,
+            ..SearchParams::new(self.k, nprobe, rerank)
+        };
+        let mut recall_sum = 0f64;
+        for (query, true_ids) in self.queries.chunks_exact(dim).zip(self.truth) {
+            let relevant: HashSet<u64> = true_ids[..self.expected].iter().copied().collect();
+            let result =
+                self.reader
+                    .search(query, &params)
+                    .await
+                    .map_err(|source| GateError::Index {
+                        generation: self.generation.to_string(),
+                        source: Box::new(source),
+                    })?;
+            let found = result
+                .hits
+                .iter()
+                .take(self.k)
+                .filter(|hit| relevant.contains(&hit.id))
+                .count();
+            recall_sum += found as f64 / self.expected.max(1) as f64;
+        }
+        let recall = recall_sum / self.truth.len() as f64;
+        info!(
+            generation = self.generation,
+            queries = self.truth.len(),
+            k = self.k,
+            nprobe,
+            rerank,
+            recall,
+            "measured recall"
+        );
+        Ok(recall)
+    }
+}
+
 /// Mean recall@k of `generation` over `queries` (row-major, the index's dimension):
 /// `|found ∩ truth| / k` per query, where `truth` holds each query's exact neighbours, best
 /// first (at least `k` of them unless the index holds fewer vectors).
@@ -334,71 +469,29 @@ pub async fn evaluate_recall(
     nprobe: usize,
     rerank: usize,
 ) -> Result<f64, GateError> {
-    if k == 0 || nprobe == 0 {
-        return Err(GateError::Input(format!(
-            "k and nprobe must be at least 1, got k {k} and nprobe {nprobe}"
-        )));
+    let measured =
+        Measured::open(storage, Candidate::Written(generation), queries, truth, k).await?;
+    measured.recall(nprobe, rerank).await
+}
+
+/// The nprobe values a calibrating gate tries, in order: `from`, then about 1.5× each step
+/// (16, 24, 32, 48, 64, 96, …), ending at `max` (which is always tried).
+pub fn nprobe_ladder(from: usize, max: usize) -> Vec<usize> {
+    let from = from.max(1);
+    let max = max.max(from);
+    let mut ladder = vec![from];
+    let mut nprobe = from;
+    while nprobe < max {
+        // Steps alternate ×1.5 and ×4/3 on powers of two (16 → 24 → 32), at least one list.
+        let next = if nprobe.is_power_of_two() {
+            nprobe + (nprobe / 2).max(1)
+        } else {
+            nprobe.next_power_of_two()
+        };
+        nprobe = next.min(max);
+        ladder.push(nprobe);
     }
-    let index_error = |source| GateError::Index {
-        generation: generation.to_string(),
-        source: Box::new(source),
-    };
-    let options = OpenOptions {
-        generation: Some(generation.to_string()),
-        ..OpenOptions::default()
-    };
-    let reader = IndexReader::open(storage.clone(), options)
-        .await
-        .map_err(index_error)?;
-    let dim = reader.manifest().dim as usize;
-    if queries.is_empty() || !queries.len().is_multiple_of(dim) {
-        return Err(GateError::Input(format!(
-            "{} query floats do not form rows of the index's dimension {dim}",
-            queries.len()
-        )));
-    }
-    let query_count = queries.len() / dim;
-    if truth.len() != query_count {
-        return Err(GateError::Input(format!(
-            "{} ground-truth rows for {query_count} queries",
-            truth.len()
-        )));
-    }
-    // Fewer vectors than k: the best possible answer is all of them.
-    let expected = k.min(usize::try_from(reader.manifest().count).unwrap_or(usize::MAX));
-    let params = SearchParams {
-        parallel: true,
-        ..SearchParams::new(k, nprobe, rerank)
-    };
-    let mut recall_sum = 0f64;
-    for (query, true_ids) in queries.chunks_exact(dim).zip(truth) {
-        if true_ids.len() < expected {
-            return Err(GateError::Input(format!(
-                "ground truth has {} neighbours for a query, recall@{k} needs {expected}",
-                true_ids.len()
-            )));
-        }
-        let relevant: HashSet<u64> = true_ids[..expected].iter().copied().collect();
-        let result = reader.search(query, &params).await.map_err(index_error)?;
-        let found = result
-            .hits
-            .iter()
-            .take(k)
-            .filter(|hit| relevant.contains(&hit.id))
-            .count();
-        recall_sum += found as f64 / expected.max(1) as f64;
-    }
-    let recall = recall_sum / query_count as f64;
-    info!(
-        generation,
-        queries = query_count,
-        k,
-        nprobe,
-        rerank,
-        recall,
-        "measured recall"
-    );
-    Ok(recall)
+    ladder
 }
 
 /// The gate's verdict on a new generation.
@@ -470,11 +563,23 @@ pub struct GateRecord {
     pub generation: String,
     /// Queries recall was measured on.
     pub queries: u64,
+    /// The nprobe judged: the generation's default (`search_defaults` in its manifest).
     pub nprobe: u32,
     pub rerank: u32,
     pub measured_unix_ms: u64,
+    /// Recall at each nprobe a calibrating gate tried, smallest first (empty for a fixed
+    /// nprobe).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calibration: Vec<ProbeRecall>,
     #[serde(flatten)]
     pub decision: GateDecision,
+}
+
+/// One measurement of a calibrating gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRecall {
+    pub nprobe: u32,
+    pub recall_at_10: f64,
 }
 
 /// Stores `record` as its generation's `gate.json` (create-only: a generation is gated once).
@@ -529,47 +634,60 @@ pub async fn live_recall(storage: &Storage) -> Result<Option<f64>, GateError> {
 pub struct GateConfig {
     /// Neighbours compared per query (10: the gate's figure is recall@10).
     pub k: usize,
-    /// Search parameters the generation will be served with.
+    /// Lists probed: the generation is judged at the first nprobe of
+    /// [`nprobe_ladder`]`(nprobe, max_nprobe)` that meets the target (the minimum recall, or
+    /// the live generation's recall less the allowed regression if that is higher), and served
+    /// with it by default. `max_nprobe == nprobe` judges at one fixed nprobe.
     pub nprobe: usize,
+    pub max_nprobe: usize,
     pub rerank: usize,
     pub min_recall: f64,
     pub max_regression: f64,
 }
 
 impl GateConfig {
+    /// Judged at one fixed `nprobe`.
     pub fn new(nprobe: usize, rerank: usize, min_recall: f64, max_regression: f64) -> Self {
         GateConfig {
             k: 10,
             nprobe,
+            max_nprobe: nprobe,
             rerank,
             min_recall,
             max_regression,
         }
     }
+
+    /// Judged at the smallest nprobe from `from` up to `max` that meets the target.
+    pub fn calibrating(
+        from: usize,
+        max: usize,
+        rerank: usize,
+        min_recall: f64,
+        max_regression: f64,
+    ) -> Self {
+        GateConfig {
+            max_nprobe: max.max(from),
+            ..GateConfig::new(from, rerank, min_recall, max_regression)
+        }
+    }
 }
 
-/// The whole gate for an unpublished `generation`: measures its recall, compares it with the
-/// live generation's recorded recall, and stores the outcome as the generation's `gate.json`
-/// whether it passed or not (a failed generation is kept for inspection). Publishing, or not,
-/// is the caller's move.
+/// The whole gate for an unpublished generation: measures its recall (calibrating nprobe when
+/// the config asks), compares it with the live generation's recorded recall, and stores the
+/// outcome as the generation's `gate.json` whether it passed or not (a failed generation is
+/// kept for inspection). Publishing, or not, is the caller's move; so is writing an
+/// unfinished candidate's manifest with [`GateRecord::search_defaults`].
 pub async fn gate_generation(
     storage: &Storage,
-    generation: &str,
+    candidate: Candidate<'_>,
     queries: &[f32],
     truth: &[Vec<u64>],
     config: &GateConfig,
     now_unix_ms: u64,
 ) -> Result<GateRecord, GateError> {
-    let recall = evaluate_recall(
-        storage,
-        generation,
-        queries,
-        truth,
-        config.k,
-        config.nprobe,
-        config.rerank,
-    )
-    .await?;
+    let generation = candidate.name();
+    let measured = Measured::open(storage, candidate, queries, truth, config.k).await?;
     // A generation is never its own baseline (a gate run again after publishing).
     let live = crate::lifecycle::current_generation(storage).await?;
     let previous = match live {
@@ -578,13 +696,45 @@ pub async fn gate_generation(
             .map(|record| record.decision.recall_at_10),
         _ => None,
     };
-    let decision = decide(recall, previous, config.min_recall, config.max_regression);
+    let target = previous
+        .filter(|previous| previous.is_finite())
+        .map_or(config.min_recall, |previous| {
+            config.min_recall.max(previous - config.max_regression)
+        });
+    let nlist = measured.reader.manifest().nlist as usize;
+    let ladder = nprobe_ladder(config.nprobe, config.max_nprobe.min(nlist).max(1));
+    let fixed = ladder.len() == 1;
+    let mut calibration = Vec::with_capacity(ladder.len());
+    let mut judged = (ladder[0], f64::NAN);
+    for nprobe in ladder {
+        let recall = measured.recall(nprobe, config.rerank).await?;
+        calibration.push(ProbeRecall {
+            nprobe: u32::try_from(nprobe).unwrap_or(u32::MAX),
+            recall_at_10: recall,
+        });
+        judged = (nprobe, recall);
+        if recall >= target {
+            break;
+        }
+    }
+    let (nprobe, recall) = judged;
+    let mut decision = decide(recall, previous, config.min_recall, config.max_regression);
+    if !fixed {
+        decision.reason = format!("at nprobe {nprobe} (calibrated): {}", decision.reason);
+        if !decision.passed && nprobe >= config.max_nprobe.min(nlist) {
+            decision.reason.push_str(&format!(
+                "; nprobe {nprobe} is the most the gate may try (raise the gate's max nprobe, \
+                 rerank or PQ size)"
+            ));
+        }
+    }
     let record = GateRecord {
         generation: generation.to_string(),
         queries: truth.len() as u64,
-        nprobe: u32::try_from(config.nprobe).unwrap_or(u32::MAX),
+        nprobe: u32::try_from(nprobe).unwrap_or(u32::MAX),
         rerank: u32::try_from(config.rerank).unwrap_or(u32::MAX),
         measured_unix_ms: now_unix_ms,
+        calibration: if fixed { Vec::new() } else { calibration },
         decision,
     };
     write_gate_record(storage, &record).await?;
@@ -592,11 +742,24 @@ pub async fn gate_generation(
         generation,
         passed = record.decision.passed,
         recall = record.decision.recall_at_10,
+        nprobe = record.nprobe,
         previous = ?record.decision.previous_recall_at_10,
         reason = %record.decision.reason,
         "recall gate"
     );
     Ok(record)
+}
+
+impl GateRecord {
+    /// What the generation's manifest carries as its measured search defaults.
+    pub fn search_defaults(&self) -> SearchDefaults {
+        SearchDefaults {
+            nprobe: self.nprobe,
+            rerank: self.rerank,
+            recall_at_10: self.decision.recall_at_10,
+            queries: self.queries,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -874,9 +1037,16 @@ mod tests {
         top.add_batch(&base, 0).unwrap();
         let truth = top.finish().unwrap();
         let serving = GateConfig::new(NLIST, 50, 0.9, 0.02);
-        let first = gate_generation(&storage, &live, &queries, &truth, &serving, now_unix_ms())
-            .await
-            .unwrap();
+        let first = gate_generation(
+            &storage,
+            Candidate::Written(&live),
+            &queries,
+            &truth,
+            &serving,
+            now_unix_ms(),
+        )
+        .await
+        .unwrap();
         assert!(first.decision.passed, "{}", first.decision.reason);
         assert_eq!(
             first.decision.previous_recall_at_10, None,
@@ -901,7 +1071,7 @@ mod tests {
         };
         let second = gate_generation(
             &storage,
-            &manifest.generation,
+            Candidate::Written(&manifest.generation),
             &queries,
             &truth,
             &narrow,
@@ -928,6 +1098,166 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_nprobe_ladder_steps_about_one_and_a_half_times_up_to_its_end() {
+        assert_eq!(
+            nprobe_ladder(16, 512),
+            vec![16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+        );
+        assert_eq!(nprobe_ladder(1, 8), vec![1, 2, 3, 4, 6, 8]);
+        assert_eq!(nprobe_ladder(10, 40), vec![10, 16, 24, 32, 40]);
+        assert_eq!(nprobe_ladder(16, 16), vec![16]);
+        assert_eq!(
+            nprobe_ladder(16, 4),
+            vec![16],
+            "a max below the start is the start"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_calibrating_gate_judges_an_unwritten_generation_at_the_first_nprobe_that_meets_the_target(
+    ) {
+        let (dir, storage) = temp_storage();
+        let (base, queries) = dataset(3_000, 30, 16);
+        let mut top = ExactTopK::new(queries.clone(), DIM, 10).unwrap();
+        top.add_batch(&base, 0).unwrap();
+        let truth = top.finish().unwrap();
+        let manifest = unfinished_generation(&storage, dir.path(), &base).await;
+        let manifest_object = generation_path(&manifest.generation, "manifest.json");
+        assert!(
+            storage
+                .get_if_exists(&manifest_object)
+                .await
+                .unwrap()
+                .is_none(),
+            "deferred: the generation is unfinished"
+        );
+
+        // The recall at each rung, measured on the same unwritten generation.
+        let measured = Measured::open(
+            &storage,
+            Candidate::Unfinished(&manifest),
+            &queries,
+            &truth,
+            10,
+        )
+        .await
+        .unwrap();
+        let mut by_nprobe = Vec::new();
+        for nprobe in nprobe_ladder(1, NLIST) {
+            by_nprobe.push((nprobe, measured.recall(nprobe, 4).await.unwrap()));
+        }
+        let (lowest, highest) = (by_nprobe[0].1, by_nprobe.last().unwrap().1);
+        assert!(lowest < highest, "recall rises with nprobe: {by_nprobe:?}");
+        let target = (lowest + highest) / 2.0;
+        let expected = by_nprobe
+            .iter()
+            .find(|(_, recall)| *recall >= target)
+            .copied()
+            .unwrap();
+
+        let config = GateConfig::calibrating(1, NLIST, 4, target, 0.01);
+        let record = gate_generation(
+            &storage,
+            Candidate::Unfinished(&manifest),
+            &queries,
+            &truth,
+            &config,
+            now_unix_ms(),
+        )
+        .await
+        .unwrap();
+        assert!(record.decision.passed, "{}", record.decision.reason);
+        assert_eq!(record.nprobe as usize, expected.0, "{by_nprobe:?}");
+        assert_eq!(record.decision.recall_at_10, expected.1);
+        assert!(record.decision.reason.contains("calibrated"));
+        let tried: Vec<usize> = record
+            .calibration
+            .iter()
+            .map(|rung| rung.nprobe as usize)
+            .collect();
+        assert_eq!(
+            tried,
+            nprobe_ladder(1, expected.0),
+            "stops at the first that meets it"
+        );
+        assert!(record.calibration[..tried.len() - 1]
+            .iter()
+            .all(|rung| rung.recall_at_10 < target));
+
+        // Finished with the measured default, the generation opens with it.
+        let finished = clipedge_format::Manifest {
+            search_defaults: Some(record.search_defaults()),
+            ..manifest.clone()
+        };
+        crate::write_manifest(&storage, &finished).await.unwrap();
+        let reader = IndexReader::open(
+            storage.clone(),
+            OpenOptions {
+                generation: Some(manifest.generation.clone()),
+                ..OpenOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(reader.manifest().default_nprobe(), Some(expected.0));
+
+        // A target no rung meets: judged at the last one, failed, and the reason names the cap.
+        let another = unfinished_generation(&storage, dir.path(), &base).await;
+        let failed = gate_generation(
+            &storage,
+            Candidate::Unfinished(&another),
+            &queries,
+            &truth,
+            &GateConfig::calibrating(1, 4, 4, 1.0 + 1e-9, 0.01),
+            now_unix_ms(),
+        )
+        .await
+        .unwrap();
+        assert!(!failed.decision.passed);
+        assert_eq!(failed.nprobe, 4);
+        assert_eq!(failed.calibration.len(), nprobe_ladder(1, 4).len());
+        assert!(
+            failed.decision.reason.contains("the most the gate may try"),
+            "{}",
+            failed.decision.reason
+        );
+    }
+
+    /// A generation of `base` written up to its manifest, which is left unwritten.
+    async fn unfinished_generation(
+        storage: &Storage,
+        dir: &std::path::Path,
+        base: &[f32],
+    ) -> clipedge_format::Manifest {
+        use crate::device::Device;
+        use crate::pipeline::{write_generation_streamed, StreamOptions};
+        use crate::EmbeddingSource;
+
+        let file = dir.join("base.npy");
+        clipedge_datagen::write_npy(&file, base, DIM).unwrap();
+        let source = EmbeddingSource::open(&file).unwrap();
+        let vectors = crate::VectorSet::new(base, DIM);
+        let trained = crate::train(&vectors, &quick_config(), &crate::NoProgress).unwrap();
+        let (manifest, _) = write_generation_streamed(
+            storage,
+            &source,
+            &trained,
+            &quick_config(),
+            &Device::cpu(),
+            &StreamOptions {
+                defer_manifest: true,
+                spill_dir: dir.to_path_buf(),
+                ..StreamOptions::default()
+            },
+            None,
+            &crate::NoProgress,
+        )
+        .await
+        .unwrap();
+        manifest
+    }
+
     #[tokio::test]
     async fn gate_records_are_written_once_and_the_live_one_is_the_baseline() {
         let (_dir, storage) = temp_storage();
@@ -947,6 +1277,7 @@ mod tests {
             nprobe: 8,
             rerank: 10,
             measured_unix_ms: now_unix_ms(),
+            calibration: Vec::new(),
             decision: decide(0.97, None, 0.95, 0.01),
         };
         write_gate_record(&storage, &record).await.unwrap();

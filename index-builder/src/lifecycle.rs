@@ -766,6 +766,7 @@ mod tests {
                 nprobe: 4,
                 rerank: 4,
                 measured_unix_ms: now,
+                calibration: Vec::new(),
                 decision: decide(0.5, None, 0.9, 0.01),
             },
         )

@@ -62,6 +62,10 @@ pub struct StreamOptions {
     pub batch_rows: usize,
     /// Directory for the spill buckets (a fresh subdirectory is made and removed).
     pub spill_dir: PathBuf,
+    /// Leave `manifest.json` unwritten: the caller measures the generation first (the recall
+    /// gate, through [`clipedge_index::OpenOptions::manifest`]) and finishes it with
+    /// [`crate::write_manifest`] and the measured search defaults.
+    pub defer_manifest: bool,
 }
 
 impl Default for StreamOptions {
@@ -69,6 +73,7 @@ impl Default for StreamOptions {
         StreamOptions {
             batch_rows: 65_536,
             spill_dir: std::env::temp_dir(),
+            defer_manifest: false,
         }
     }
 }
@@ -320,6 +325,9 @@ pub async fn write_generation_streamed(
         catalog_ref,
     )
     .await?;
+    if !options.defer_manifest {
+        crate::build::write_manifest(storage, &manifest).await?;
+    }
     seconds.write_s += write_started.elapsed().as_secs_f64();
     Ok((manifest, seconds))
 }
@@ -734,6 +742,7 @@ mod tests {
                 // Batches that do not divide the rows, and several buckets' worth of lists.
                 batch_rows: 777,
                 spill_dir: dir.path().to_path_buf(),
+                defer_manifest: false,
             };
             let mut truth = ExactTopK::new(data[..dim * 4].to_vec(), dim, 10).unwrap();
             let (streamed, _) = write_generation_streamed(

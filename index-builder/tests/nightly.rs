@@ -156,12 +156,33 @@ fn the_nightly_job_publishes_gates_collects_and_rolls_back() {
     assert!(report["previous_recall_at_10"].as_f64().is_some());
     assert_eq!(current(&index).as_deref(), Some(first_generation.as_str()));
 
-    // A third, passing run publishes; the GC keeps two complete generations.
-    let third_generation = run_ok(&run_args(&source, &index))["generation"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // A third, passing run publishes; the GC keeps two complete generations. Its gate
+    // calibrates the default nprobe from 1 up: judged at the first nprobe that meets the
+    // target, which the manifest then carries.
+    let mut calibrating = run_args_with(&source, &index, "1");
+    calibrating.extend(["--gate-max-nprobe", "32"].map(String::from));
+    let report = run_ok(&calibrating);
+    let third_generation = report["generation"].as_str().unwrap().to_string();
     assert_eq!(current(&index).as_deref(), Some(third_generation.as_str()));
+    let default_nprobe = report["default_nprobe"].as_u64().unwrap();
+    let tried = report["recall_by_nprobe"].as_array().unwrap();
+    let (last, before) = tried.split_last().unwrap();
+    assert_eq!(last["nprobe"].as_u64(), Some(default_nprobe), "{report}");
+    assert_eq!(last["recall_at_10"], report["recall_at_10"]);
+    let target = report["previous_recall_at_10"].as_f64().unwrap() - 0.01;
+    assert!(last["recall_at_10"].as_f64().unwrap() >= target.max(0.95));
+    assert!(
+        before
+            .iter()
+            .all(|rung| rung["recall_at_10"].as_f64().unwrap() < target.max(0.95)),
+        "stops at the first nprobe that meets the target: {report}"
+    );
+    let (_runtime, reader) = open_reader(&index);
+    assert_eq!(
+        reader.manifest().default_nprobe(),
+        Some(default_nprobe as usize)
+    );
+    drop(reader);
 
     // Rollback goes to the newest older generation that passed its gate: the first.
     let rollback = builder()

@@ -209,6 +209,7 @@ impl Scanner {
             preload_groups_max_bytes: PRELOAD_GROUPS_MAX_BYTES,
             group_cache_bytes: self.config.group_cache_bytes,
             generation: Some(generation.to_string()),
+            manifest: None,
         };
         let opened = IndexReader::open(storage.clone(), options).await;
         let io = storage.stats().snapshot();

@@ -303,6 +303,7 @@ impl<'a> RequestContext<'a> {
             model: manifest.model.id.clone(),
             label: self.config.label.clone(),
             id_search: manifest.catalog.is_some(),
+            default_nprobe: clipedge_api::clip_retrieval::IndexShape::of(manifest).default_nprobe,
             front: "edge".to_string(),
             memory_bytes: memory_bytes(),
             model_loaded: Some(isolate().encoder.is_ready()),

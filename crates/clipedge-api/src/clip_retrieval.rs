@@ -39,6 +39,10 @@ pub struct IndexShape {
     pub count: u64,
     /// Fine lists in the generation.
     pub nlist: u32,
+    /// Lists a search that names no nprobe probes at least: the generation's measured default
+    /// (`search_defaults` in its manifest, calibrated by the builder's recall gate), else
+    /// [`DEFAULT_NPROBE`].
+    pub default_nprobe: usize,
 }
 
 impl IndexShape {
@@ -47,17 +51,21 @@ impl IndexShape {
             dim: manifest.dim as usize,
             count: manifest.count,
             nlist: manifest.nlist,
+            default_nprobe: manifest
+                .default_nprobe()
+                .unwrap_or(DEFAULT_NPROBE)
+                .clamp(1, MAX_NPROBE),
         }
     }
 
-    /// Lists to probe for `candidates`: the `/v1` default, widened for large answers until
-    /// the probed lists hold about twice the candidates on average (clip_back widens faiss'
-    /// nprobe the same way for large `num_result_ids`).
+    /// Lists to probe for `candidates`: the generation's default, widened for large answers
+    /// until the probed lists hold about twice the candidates on average (clip_back widens
+    /// faiss' nprobe the same way for large `num_result_ids`).
     pub fn nprobe_for(&self, candidates: usize) -> usize {
         let mean_list_len = (self.count / u64::from(self.nlist.max(1))).max(1);
         let wanted_lists = (2 * candidates as u64).div_ceil(mean_list_len);
         let nprobe = usize::try_from(wanted_lists).unwrap_or(MAX_NPROBE);
-        nprobe.clamp(DEFAULT_NPROBE, MAX_NPROBE)
+        nprobe.clamp(self.default_nprobe.min(MAX_NPROBE), MAX_NPROBE)
     }
 }
 
@@ -493,6 +501,7 @@ mod tests {
         dim: 4,
         count: 1_000_000,
         nlist: 1_000,
+        default_nprobe: DEFAULT_NPROBE,
     };
 
     fn validate(json: &str) -> Result<KnnSearch, ApiError> {
@@ -764,14 +773,26 @@ mod tests {
             dim: 4,
             count: 10,
             nlist: 10,
+            default_nprobe: DEFAULT_NPROBE,
         };
         assert_eq!(tiny_lists.nprobe_for(10_000), MAX_NPROBE);
         let no_lists = IndexShape {
             dim: 4,
             count: 10,
             nlist: 0,
+            default_nprobe: DEFAULT_NPROBE,
         };
         assert_eq!(no_lists.nprobe_for(10_000), 2_000, "counted as one list");
+        let calibrated = IndexShape {
+            default_nprobe: 96,
+            ..SHAPE
+        };
+        assert_eq!(
+            calibrated.nprobe_for(40),
+            96,
+            "the generation's measured default"
+        );
+        assert_eq!(calibrated.nprobe_for(100_000), 200, "widened beyond it");
         let knn =
             validate(r#"{"indice_name":"laion","num_images":3,"num_result_ids":10000,"text":"x"}"#)
                 .unwrap();

@@ -66,6 +66,10 @@ pub struct AestheticPreference {
 /// (e.g. `safety`: the catalog has no `NSFW` column).
 pub const NOT_APPLIED_HEADER: &str = "x-clipedge-not-applied";
 pub const DEFAULT_NPROBE: usize = 16;
+
+fn default_nprobe() -> usize {
+    DEFAULT_NPROBE
+}
 pub const MAX_NPROBE: usize = 4096;
 /// Candidates reranked exactly = `k * rerank`.
 pub const DEFAULT_RERANK: usize = 10;
@@ -799,6 +803,10 @@ pub struct HealthResponse {
     pub label: String,
     /// Items searchable by id ("more like this").
     pub id_search: bool,
+    /// Lists a search that names no `nprobe` probes at least: the generation's measured default
+    /// (the builder's recall gate), else [`DEFAULT_NPROBE`].
+    #[serde(default = "default_nprobe")]
+    pub default_nprobe: usize,
     /// Where the answering process runs: `"embedded"` (`clipedge serve`) or `"edge"` (the Worker).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub front: String,

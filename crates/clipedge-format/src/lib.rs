@@ -27,7 +27,8 @@ pub use group::{GroupBlob, ListLocation, LIST_LOCATION_BYTES};
 pub use hit::Hit;
 pub use list::{ListBlobBuilder, ListExpectation, ListView, RerankData, LIST_MAGIC};
 pub use manifest::{
-    BuildInfo, FileRef, Manifest, Metric, ModelInfo, PqParams, RerankKind, ShardRef, FORMAT_VERSION,
+    BuildInfo, FileRef, Manifest, Metric, ModelInfo, PqParams, RerankKind, SearchDefaults,
+    ShardRef, FORMAT_VERSION,
 };
 pub use pointer::{validate_generation_name, CurrentPointer, CURRENT_OBJECT};
 pub use routing::{GroupEntry, RoutingTable, GROUP_ENTRY_BYTES};

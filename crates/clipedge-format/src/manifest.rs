@@ -103,6 +103,22 @@ pub struct BuildInfo {
     pub builder: String,
 }
 
+/// How the generation is searched when a request leaves the choice to the server, measured by
+/// the builder's recall gate on held-out queries against exact ground truth (optional; added
+/// within version 1: a manifest without it is served with the API's fixed defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchDefaults {
+    /// Lists probed when a request names no `nprobe`: the smallest the gate tried that met its
+    /// recall target (never below the API's fixed default).
+    pub nprobe: u32,
+    /// The rerank factor the gate measured with.
+    pub rerank: u32,
+    /// Recall@10 the gate measured at `nprobe` and `rerank`.
+    pub recall_at_10: f64,
+    /// Queries it was measured on.
+    pub queries: u64,
+}
+
 /// `manifest.json` of one generation: everything needed to open it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -128,9 +144,20 @@ pub struct Manifest {
     /// Captions, image URLs and the id table (optional; added within version 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog: Option<crate::CatalogRef>,
+    /// Measured search defaults (optional; added within version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_defaults: Option<SearchDefaults>,
 }
 
 impl Manifest {
+    /// Lists to probe when a request names none, as the builder measured it for this
+    /// generation; `None` for a generation built without the gate.
+    pub fn default_nprobe(&self) -> Option<usize> {
+        self.search_defaults
+            .as_ref()
+            .map(|defaults| defaults.nprobe as usize)
+    }
+
     /// What the list `list_id` at `location` must be when read: the header and checksum
     /// checks every reader of a list applies.
     pub fn list_expectation(
@@ -196,6 +223,17 @@ impl Manifest {
         }
         if self.pq.bits == 4 && !self.pq.m.is_multiple_of(2) {
             return Err(FormatError::invalid(what, "4-bit codes need an even pq.m"));
+        }
+        if let Some(defaults) = &self.search_defaults {
+            if defaults.nprobe == 0 || defaults.nprobe > self.nlist {
+                return Err(FormatError::invalid(
+                    what,
+                    format!(
+                        "search_defaults.nprobe {} must be within 1..={}",
+                        defaults.nprobe, self.nlist
+                    ),
+                ));
+            }
         }
         if let Some(catalog) = &self.catalog {
             if catalog.block_items == 0 || catalog.records_offset > catalog.bytes {

@@ -85,6 +85,7 @@ fn sample_manifest() -> Manifest {
             builder: "test".to_string(),
         },
         catalog: None,
+        search_defaults: None,
     }
 }
 

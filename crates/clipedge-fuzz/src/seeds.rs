@@ -5,7 +5,7 @@
 use clipedge_format::{
     encode_codebooks, BuildInfo, CatalogBuilder, CatalogRef, Codebooks, CurrentPointer, FileRef,
     GroupBlob, GroupEntry, ItemRecord, ListBlobBuilder, ListLocation, Manifest, Metric, ModelInfo,
-    PqParams, RerankData, RerankKind, RoutingTable, ShardRef,
+    PqParams, RerankData, RerankKind, RoutingTable, SearchDefaults, ShardRef,
 };
 use clipedge_protocol::{
     encode_request, encode_response, sign, Encoding, GroupResult, ListResult, ScanRequest,
@@ -110,6 +110,13 @@ fn manifest(catalog: bool, bits: u8, rerank: RerankKind) -> Manifest {
             items: 10_000,
             block_items: 256,
             records_offset: clipedge_format::catalog_records_offset(10_000),
+        }),
+        // The gate's measured defaults ride with the catalog seeds.
+        search_defaults: catalog.then_some(SearchDefaults {
+            nprobe: 24,
+            rerank: 50,
+            recall_at_10: 0.953,
+            queries: 200,
         }),
     }
 }

@@ -15,7 +15,7 @@ use clipedge_format::{
     record_range, validate_generation_name, BuildInfo, CatalogBuilder, CatalogEntry, CatalogRef,
     Codebooks, CurrentPointer, FileRef, GroupBlob, GroupEntry, ItemRecord, ListBlobBuilder,
     ListExpectation, ListLocation, ListView, Manifest, Metric, ModelInfo, PqParams, RerankData,
-    RerankKind, RoutingTable, ShardRef,
+    RerankKind, RoutingTable, SearchDefaults, ShardRef,
 };
 use clipedge_protocol::{
     decode_request, decode_response, encode_request, encode_response, sign, verify, AuthError,
@@ -189,6 +189,16 @@ fn arbitrary_manifest(u: &mut Unstructured) -> arbitrary::Result<Manifest> {
             builder: u.arbitrary()?,
         },
         catalog,
+        search_defaults: if u.arbitrary()? {
+            Some(SearchDefaults {
+                nprobe: mostly_in(u, 1..=nlist.max(1))?,
+                rerank: u.arbitrary()?,
+                recall_at_10: u.arbitrary()?,
+                queries: u.arbitrary()?,
+            })
+        } else {
+            None
+        },
     })
 }
 
@@ -1011,7 +1021,8 @@ fn check_search_request(request: SearchRequest, dim: usize) {
 const KNOWN_INDEXES: [&str; 2] = ["laion", "default"];
 
 /// `POST /knn-service` and `POST /metadata`. Input fields: the index shape (dimension u16,
-/// count u64, lists u32), the body (read as both requests).
+/// count u64, lists u32, measured default nprobe u16; a shorter shape has the fixed one), the body
+/// (read as both requests).
 pub fn knn_service(data: &[u8]) {
     let fields = split_fields(data, 2);
     let shape = fields[0];
@@ -1019,6 +1030,12 @@ pub fn knn_service(data: &[u8]) {
         dim: le_u64(shape.get(..2).unwrap_or(shape)) as usize,
         count: le_u64(shape.get(2..10).unwrap_or_default()),
         nlist: le_u64(shape.get(10..14).unwrap_or_default()) as u32,
+        // A manifest's measured default, as `IndexShape::of` clamps it.
+        default_nprobe: shape
+            .get(14..16)
+            .map_or(clipedge_api::DEFAULT_NPROBE, |bytes| {
+                (le_u64(bytes) as usize).clamp(1, clipedge_api::MAX_NPROBE)
+            }),
     };
     let body = fields[1];
     let known: Vec<String> = KNOWN_INDEXES.iter().map(|name| name.to_string()).collect();
@@ -1039,7 +1056,7 @@ pub fn knn_service(data: &[u8]) {
     }
     for candidates in [1, 20, MAX_NUM_RESULT_IDS * 2, usize::MAX / 2] {
         let nprobe = index.nprobe_for(candidates);
-        assert!((clipedge_api::DEFAULT_NPROBE..=clipedge_api::MAX_NPROBE).contains(&nprobe));
+        assert!((index.default_nprobe..=clipedge_api::MAX_NPROBE).contains(&nprobe));
     }
     structured(data, |u| {
         let number = |u: &mut Unstructured| -> arbitrary::Result<Option<serde_json::Value>> {

@@ -146,6 +146,22 @@ impl Generation {
                 manifest.generation
             )));
         }
+        Generation::from_manifest(source, manifest).await
+    }
+
+    /// Reads and verifies the routing table of the generation `manifest` describes, with a
+    /// manifest that is not (yet) in storage: the builder measures a generation before its
+    /// manifest finishes it.
+    pub async fn from_manifest<S: ObjectSource>(
+        source: &S,
+        manifest: Manifest,
+    ) -> Result<Generation, GenerationError> {
+        manifest
+            .validate()
+            .map_err(GenerationError::format("manifest"))?;
+        let name = manifest.generation.as_str();
+        clipedge_format::validate_generation_name(name)
+            .map_err(GenerationError::format("generation name"))?;
         let routing_bytes = source
             .get(&generation_path(name, &manifest.routing.path), None)
             .await

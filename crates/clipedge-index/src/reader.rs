@@ -25,6 +25,9 @@ pub struct OpenOptions {
     pub group_cache_bytes: u64,
     /// Open this generation instead of the one `CURRENT` names.
     pub generation: Option<String>,
+    /// Open the generation this manifest describes, before its `manifest.json` is written
+    /// (the builder's recall gate); overrides `generation`.
+    pub manifest: Option<clipedge_format::Manifest>,
 }
 
 impl Default for OpenOptions {
@@ -34,6 +37,7 @@ impl Default for OpenOptions {
             preload_groups_max_bytes: 64 << 20,
             group_cache_bytes: 256 << 20,
             generation: None,
+            manifest: None,
         }
     }
 }
@@ -109,9 +113,10 @@ impl IndexReader {
     /// Resolves `CURRENT` (unless a generation is given), then reads the manifest, the routing
     /// table and the codebooks, each verified against its checksum.
     pub async fn open(storage: Storage, options: OpenOptions) -> Result<IndexReader, IndexError> {
-        let opened = match &options.generation {
-            Some(name) => Generation::open(&storage, name).await,
-            None => Generation::open_current(&storage).await,
+        let opened = match (&options.manifest, &options.generation) {
+            (Some(manifest), _) => Generation::from_manifest(&storage, manifest.clone()).await,
+            (None, Some(name)) => Generation::open(&storage, name).await,
+            (None, None) => Generation::open_current(&storage).await,
         };
         let opened = opened.map_err(|error| match error {
             GenerationError::NoIndex { object } => IndexError::NoIndex {

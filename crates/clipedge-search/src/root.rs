@@ -608,6 +608,7 @@ mod tests {
                 builder: "test".to_string(),
             },
             catalog: None,
+            search_defaults: None,
         };
         let groups = (0..lists)
             .map(|list| GroupEntry {
@@ -798,6 +799,52 @@ mod tests {
         assert_eq!(rerank_of(10_000_000, 10, true), 50);
         assert_eq!(rerank_of(10_000_000, 10, false), 10);
         assert_eq!(rerank_of(10_000_000, 0, false), 0);
+    }
+
+    #[test]
+    fn a_default_nprobe_is_the_generations_measured_one_and_an_explicit_one_stays() {
+        let lists_scanned = |measured: Option<u32>, nprobe: usize, nprobe_default: bool| {
+            let leaves = ScriptedLeaves {
+                max_calls: 1,
+                failing: Vec::new(),
+                seen_calls: RefCell::default(),
+                records: false,
+                seen_rerank: RefCell::default(),
+            };
+            let mut generation = generation_of(64, 64_000);
+            generation.manifest.search_defaults =
+                measured.map(|nprobe| clipedge_format::SearchDefaults {
+                    nprobe,
+                    rerank: 10,
+                    recall_at_10: 0.95,
+                    queries: 100,
+                });
+            let search = ValidSearch {
+                nprobe,
+                nprobe_default,
+                ..valid_search(4, nprobe)
+            };
+            futures::executor::block_on(super::search(
+                &generation,
+                &MemorySource::default(),
+                &leaves,
+                &[1.0, 0.0],
+                &search,
+                "/",
+                || 0.0,
+            ))
+            .result
+            .unwrap()
+            .stats
+            .lists_scanned
+        };
+        assert_eq!(lists_scanned(None, 16, true), 16, "the API's fixed default");
+        assert_eq!(
+            lists_scanned(Some(24), 16, true),
+            24,
+            "the gate's measured one"
+        );
+        assert_eq!(lists_scanned(Some(24), 8, false), 8, "named by the request");
     }
 
     #[test]

@@ -196,6 +196,7 @@ impl Engine {
             model: manifest.model.id.clone(),
             label: self.label.clone(),
             id_search: manifest.catalog.is_some(),
+            default_nprobe: clipedge_api::clip_retrieval::IndexShape::of(manifest).default_nprobe,
             front: "embedded".to_string(),
             memory_bytes: None,
             model_loaded: Some(self.encoder.is_some()),

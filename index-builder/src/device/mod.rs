@@ -477,13 +477,27 @@ pub fn train_balanced_kmeans(
             data, dim, config,
         )?);
     }
-    let mut assign = |points: &[f32], centroids: &[f32]| l2_assign(device, dim, points, centroids);
-    Ok(clipedge_linalg::balanced::train_balanced_with(
-        data,
-        dim,
-        config,
-        &mut assign,
-    )?)
+    // Where the time goes (device assignments against the host's sums and gathers), for the
+    // GPU check's log: thousands of small fine k-means assignments are the suspect.
+    let started = std::time::Instant::now();
+    let (mut calls, mut assign_s) = (0u64, 0f64);
+    let mut assign = |points: &[f32], centroids: &[f32]| {
+        let assign_started = std::time::Instant::now();
+        let assigned = l2_assign(device, dim, points, centroids);
+        calls += 1;
+        assign_s += assign_started.elapsed().as_secs_f64();
+        assigned
+    };
+    let trained = clipedge_linalg::balanced::train_balanced_with(data, dim, config, &mut assign)?;
+    tracing::info!(
+        k = config.k,
+        points = data.len() / dim.max(1),
+        assign_calls = calls,
+        assign_s,
+        total_s = started.elapsed().as_secs_f64(),
+        "balanced k-means on the device"
+    );
+    Ok(trained)
 }
 
 fn cpu_search(centroids: &Centroids, data: &[f32]) -> (Vec<u32>, Vec<f32>) {

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use clipedge_format::{ModelInfo, RerankKind};
+use clipedge_format::{Manifest, ModelInfo, RerankKind};
 use clipedge_index_builder::device::{Device, DeviceChoice};
 use clipedge_index_builder::{
-    gate_generation, gc, publish, train_on, write_generation_streamed, BuildConfig,
-    EmbeddingSource, ExactTopK, GateConfig, GcOptions, StreamOptions, VectorSet,
-    GATE_DEFAULT_NPROBE,
+    gate_generation, gc, publish, train_on, write_generation_streamed, write_manifest, BuildConfig,
+    Candidate, EmbeddingSource, ExactTopK, GateConfig, GcOptions, ProbeRecall, StreamOptions,
+    VectorSet, GATE_DEFAULT_MAX_NPROBE, GATE_DEFAULT_NPROBE,
 };
 use clipedge_storage::Storage;
 use serde::{Deserialize, Serialize};
@@ -95,9 +95,15 @@ pub struct Settings {
     /// Extra gate queries (text embeddings, say): a .npy or .fvecs file.
     #[arg(long)]
     gate_queries: Option<PathBuf>,
-    /// nprobe and rerank factor the gate searches with (default: the API's defaults).
+    /// The gate judges the generation at the smallest nprobe from this one (default 16, the
+    /// API's) up to --gate-max-nprobe that meets the recall target, and the manifest records it
+    /// as the generation's default nprobe. Given alone: judged and served at exactly this one.
     #[arg(long)]
     gate_nprobe: Option<usize>,
+    /// The most lists the gate may calibrate the default nprobe to (default 512).
+    #[arg(long)]
+    gate_max_nprobe: Option<usize>,
+    /// The rerank factor the gate searches with (default: the API's for the index's size).
     #[arg(long)]
     gate_rerank: Option<usize>,
     /// Complete generations kept by the GC after a publish (default 3).
@@ -135,6 +141,7 @@ impl Settings {
             gate_sample: self.gate_sample.or(file.gate_sample),
             gate_queries: self.gate_queries.or(file.gate_queries),
             gate_nprobe: self.gate_nprobe.or(file.gate_nprobe),
+            gate_max_nprobe: self.gate_max_nprobe.or(file.gate_max_nprobe),
             gate_rerank: self.gate_rerank.or(file.gate_rerank),
             keep: self.keep.or(file.keep),
             grace: self.grace.or(file.grace),
@@ -200,6 +207,10 @@ struct RunReport {
     device: String,
     /// Where the gate's exact ground truth was computed: `gpu` or `cpu`.
     truth_device: &'static str,
+    /// The nprobe the gate judged at, the generation's default (manifest `search_defaults`).
+    default_nprobe: u32,
+    /// Recall@10 at each nprobe the gate tried (empty for a fixed --gate-nprobe).
+    recall_by_nprobe: Vec<ProbeRecall>,
     seconds: Stages,
     total_s: f64,
     vectors_per_s: f64,
@@ -410,6 +421,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let options = StreamOptions {
         batch_rows: settings.batch_rows.unwrap_or(65_536),
         spill_dir,
+        // Written after the gate, with the default nprobe it measured.
+        defer_manifest: true,
     };
     let (manifest, write_seconds) = runtime
         .block_on(write_generation_streamed(
@@ -427,24 +440,37 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let truth = truth.finish()?;
 
     let gate_started = Instant::now();
-    let gate_config = GateConfig::new(
-        settings.gate_nprobe.unwrap_or(GATE_DEFAULT_NPROBE),
-        settings
-            .gate_rerank
-            .unwrap_or_else(|| clipedge_index_builder::gate_default_rerank(n)),
-        min_recall,
-        max_regression,
-    );
+    let gate_rerank = settings
+        .gate_rerank
+        .unwrap_or_else(|| clipedge_index_builder::gate_default_rerank(n));
+    let gate_config = match (settings.gate_nprobe, settings.gate_max_nprobe) {
+        (Some(nprobe), None) => GateConfig::new(nprobe, gate_rerank, min_recall, max_regression),
+        (from, max) => GateConfig::calibrating(
+            from.unwrap_or(GATE_DEFAULT_NPROBE),
+            max.unwrap_or(GATE_DEFAULT_MAX_NPROBE),
+            gate_rerank,
+            min_recall,
+            max_regression,
+        ),
+    };
     let record = runtime
         .block_on(gate_generation(
             &storage,
-            &manifest.generation,
+            Candidate::Unfinished(&manifest),
             &queries,
             &truth,
             &gate_config,
             now_unix_ms(),
         ))
         .context("running the recall gate")?;
+    // The manifest goes last and finishes the generation, failed or not (kept for inspection).
+    let manifest = Manifest {
+        search_defaults: Some(record.search_defaults()),
+        ..manifest
+    };
+    runtime
+        .block_on(write_manifest(&storage, &manifest))
+        .context("writing the manifest")?;
     let gate_s = gate_started.elapsed().as_secs_f64();
     let decision = &record.decision;
     eprintln!(
@@ -500,6 +526,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         train_size: trained.train_size,
         device: device.name(),
         truth_device,
+        default_nprobe: record.nprobe,
+        recall_by_nprobe: record.calibration.clone(),
         seconds: Stages {
             fetch_s,
             ingest_s,
