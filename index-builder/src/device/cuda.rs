@@ -321,12 +321,15 @@ struct Slot {
     labels: PinnedHostSlice<i32>,
     dots: PinnedHostSlice<f32>,
     codes: PinnedHostSlice<u8>,
+    /// `|x|²` of each staged row, computed while staging (the L2 sink needs them).
+    norms: Vec<f32>,
     rows: usize,
 }
 
 /// What a pipelined pass hands back per batch.
 struct BatchResult<'a> {
-    rows: &'a [f32],
+    /// `|x|²` of each row.
+    norms: &'a [f32],
     labels: &'a [i32],
     dots: &'a [f32],
     codes: &'a [u8],
@@ -508,17 +511,16 @@ impl CudaBackend {
         let mut labels = Vec::with_capacity(rows_total);
         let mut values = Vec::with_capacity(rows_total);
         self.pipelined(centroids, None, data, None, |batch| {
-            for (row, (label, product)) in batch
-                .rows
-                .chunks_exact(dim)
-                .zip(batch.labels.iter().zip(batch.dots))
+            for (row_norm, (label, product)) in
+                batch.norms.iter().zip(batch.labels.iter().zip(batch.dots))
             {
                 let label = *label as u32;
+                // `|x|²` from staging: the same dot as before, not recomputed on one thread.
                 let value = match centroids.metric {
                     Metric::InnerProduct => *product,
-                    Metric::L2 => (clipedge_linalg::dot::dot(row, row) - 2.0 * product
-                        + centroids.norms[label as usize])
-                        .max(0.0),
+                    Metric::L2 => {
+                        (row_norm - 2.0 * product + centroids.norms[label as usize]).max(0.0)
+                    }
                 };
                 labels.push(label);
                 values.push(value);
@@ -773,6 +775,7 @@ impl CudaBackend {
             labels,
             dots,
             codes,
+            norms: Vec::with_capacity(batch_rows),
             rows: 0,
         })
     }
@@ -811,7 +814,7 @@ impl CudaBackend {
             let dots = slot.dots.as_slice().map_err(synced)?;
             let codes = slot.codes.as_slice().map_err(synced)?;
             sink(BatchResult {
-                rows: batches[finished],
+                norms: &slot.norms[..rows],
                 labels: &labels[..rows],
                 dots: &dots[..rows],
                 codes: &codes[..rows * code_bytes],
@@ -880,14 +883,20 @@ impl CudaBackend {
             .input
             .as_mut_slice()
             .map_err(|error| cuda_error("wait for an upload", error))?;
+        slot.norms.clear();
+        slot.norms.resize(rows, 0.0);
         let max_row_norm = staging[..batch.len()]
             .par_chunks_mut(STAGE_ROWS * dim)
             .zip(batch.par_chunks(STAGE_ROWS * dim))
-            .map(|(staged, rows)| {
+            .zip(slot.norms.par_chunks_mut(STAGE_ROWS))
+            .map(|((staged, rows), norms)| {
                 staged.copy_from_slice(rows);
-                rows.chunks_exact(dim)
-                    .map(|row| clipedge_linalg::dot::dot(row, row))
-                    .fold(0.0f32, f32::max)
+                let mut max = 0.0f32;
+                for (norm, row) in norms.iter_mut().zip(rows.chunks_exact(dim)) {
+                    *norm = clipedge_linalg::dot::dot(row, row);
+                    max = max.max(*norm);
+                }
+                max
             })
             .reduce(|| 0.0, f32::max)
             .sqrt();
