@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use clipedge_api::DEFAULT_NPROBE;
 use clipedge_index::route::auto_group_probe;
 use clipedge_index::{
     IndexReader, LeafRequest, LeafTargets, OpenOptions, ReadPlan, SearchParams, SearchResult,
@@ -24,9 +25,10 @@ pub struct SearchArgs {
     /// Results per query.
     #[arg(long, default_value_t = 10)]
     k: usize,
-    /// Fine lists scanned per query.
-    #[arg(long, default_value_t = 16)]
-    nprobe: usize,
+    /// Fine lists scanned per query (default: the generation's measured default, its manifest's
+    /// `search_defaults`, else 16).
+    #[arg(long)]
+    nprobe: Option<usize>,
     /// Rerank `k * rerank` PQ candidates exactly (0: PQ scores only).
     #[arg(long, default_value_t = 10)]
     rerank: usize,
@@ -196,7 +198,7 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
 }
 
 pub fn run(args: SearchArgs) -> anyhow::Result<()> {
-    if args.k == 0 || args.nprobe == 0 || args.repeats == 0 || args.threads == 0 {
+    if args.k == 0 || args.nprobe == Some(0) || args.repeats == 0 || args.threads == 0 {
         bail!("--k, --nprobe, --repeats and --threads must be at least 1");
     }
     if args.edge_calls == Some(0) || args.edge_functions == 0 {
@@ -268,10 +270,13 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             manifest.dim
         );
     }
+    let nprobe = args
+        .nprobe
+        .unwrap_or_else(|| manifest.default_nprobe().unwrap_or(DEFAULT_NPROBE));
     let params = SearchParams {
         group_probe: args.group_probe,
         parallel: args.threads > 1,
-        ..SearchParams::new(args.k, args.nprobe, args.rerank)
+        ..SearchParams::new(args.k, nprobe, args.rerank)
     };
     let search_one = |row: usize| -> anyhow::Result<SearchResult> {
         let query = queries.row(row);
@@ -347,7 +352,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     let summary = SearchSummary {
         queries: queries.rows,
         k: args.k,
-        nprobe: args.nprobe,
+        nprobe,
         rerank: args.rerank,
         group_probe: args.group_probe,
         edge_calls: args.edge_calls,

@@ -18,7 +18,7 @@ export function runAll(exports, { runs = 30, tokenCounts = [4, 10, 32, 77], chec
   if (setupStatus !== 0) throw new Error(`setup failed: ${setupStatus}`);
   const compiled = exports.kernels();
   const kernels = Object.keys(KERNELS).map(Number).filter((code) => compiled & code);
-  const result = { setup_ms: setupMs, relaxed_one_dot: exports.relaxed_one_dot(), kernels: {} };
+  const result = { setup_ms: setupMs, relaxed_one_dot: exports.relaxed_one_dot(), best_kernel: exports.best_kernel(), kernels: {} };
   for (const code of kernels) {
     const name = KERNELS[code];
     const entry = { max_ulps_vs_scalar: {}, encode_ms: {}, first_runs_ms: {} };

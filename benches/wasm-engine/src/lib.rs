@@ -7,6 +7,8 @@
 //! -> i32` runs one encode (0 = ok); `max_ulps(kernel, tokens) -> i32` compares that kernel's
 //! embedding with the scalar reference's (0 = equal); `gemm(kernel, rows, cols, tokens, runs)
 //! -> i32` runs one GEMM shape `runs` times; `memory_bytes()` is the linear memory size;
+//! `best_kernel()` is the code of the kernel an encoder picks here ([`Kernel::best`]: simd128
+//! where the engine's relaxed dot saturates);
 //! `relaxed_one_dot()` is 1 where the relaxed kernel runs one dot per 16 products (the
 //! engine's dot is exact on u8), 0 where two, −1 without relaxed SIMD.
 
@@ -149,5 +151,16 @@ pub extern "C" fn relaxed_one_dot() -> i32 {
         Some(true) => 1,
         Some(false) => 0,
         None => -1,
+    }
+}
+
+/// The kernel an encoder on this engine uses ([`Kernel::best`]): 1 scalar, 2 simd128,
+/// 4 relaxed SIMD (the codes of `kernels()`).
+#[no_mangle]
+pub extern "C" fn best_kernel() -> i32 {
+    match Kernel::best() {
+        Kernel::RelaxedSimd => RELAXED,
+        Kernel::Simd128 => SIMD128,
+        _ => SCALAR,
     }
 }

@@ -55,7 +55,34 @@ pub enum Kernel {
     RelaxedSimd,
 }
 
+/// How the engine under a wasm module lowers `i32x4.relaxed_dot_i8x16_i7x16_add_s` when the
+/// second operand has its top bit set (probed once per call, [`Kernel::relaxed_dot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelaxedDot {
+    /// An exact u8 × i8 product (V8 on x86_64 with AVX-VNNI: `vpdpbusd`): one dot per 16
+    /// products, the fastest wasm kernel.
+    ExactU8,
+    /// u8 × i8 with pair sums saturated to i16 (V8 on x86_64 without AVX-VNNI: `pmaddubsw`,
+    /// `pmaddwd`, add). Three instructions a dot and two dots a step: slower than simd128's
+    /// i16 dot (B/32 in workerd on a 2-core AMD EPYC with AVX2 only, 2026-11-27: 47 against
+    /// 30 ms p50 at 10 tokens, 336 against 210 ms at 77), so [`Kernel::best`] takes simd128.
+    SaturatingPairs,
+    /// A signed i8 × i8 product (arm64 `sdot`, AVX-VNNI-INT8 `vpdpbssd`): two dots a step,
+    /// one instruction each.
+    Signed,
+    /// Anything else (the kernel stays exact: both halves lie in [0, 127]).
+    Other,
+}
+
 impl Kernel {
+    /// How this engine lowers the relaxed dot, `None` where the build has no relaxed SIMD.
+    pub fn relaxed_dot() -> Option<RelaxedDot> {
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        return Some(wasm::relaxed_dot_lowering());
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+        None
+    }
+
     /// The relaxed-SIMD kernel's path on this engine and CPU: `Some(true)` when it runs one
     /// dot per 16 products (the engine's dot is an exact u8 × i8 product), `Some(false)` when
     /// two on 7-bit halves, `None` where the build has no relaxed SIMD.
@@ -79,6 +106,14 @@ impl Kernel {
         match (self, Kernel::relaxed_one_dot()) {
             (Kernel::RelaxedSimd, Some(true)) => format!("{}, one dot", self.name()),
             (Kernel::RelaxedSimd, Some(false)) => format!("{}, two dots", self.name()),
+            (Kernel::Simd128, Some(_))
+                if Kernel::relaxed_dot() == Some(RelaxedDot::SaturatingPairs) =>
+            {
+                format!(
+                    "{} (the relaxed dot saturates on this CPU: slower than simd128)",
+                    self.name()
+                )
+            }
             _ => self.name().to_string(),
         }
     }
@@ -109,10 +144,15 @@ impl Kernel {
     /// The fastest available kernel. On x86_64: AVX-512 VNNI, then AVX-VNNI, then AVX2 (B/32 at
     /// 10 tokens, `examples/int8_bench.rs` on a loaded 2-core Xeon: best runs 10.3, 15.6 and
     /// 29.4 ms; the embeddings are bit-identical; `benches/kernels/int8_gemm.rs` per shape).
-    /// On wasm32: relaxed SIMD when the module was built with it (in workerd it ran the B/32
-    /// tower at 77 tokens about twice as fast as simd128), else simd128.
+    /// On wasm32: relaxed SIMD when the module was built with it (in workerd on a CPU with
+    /// AVX-VNNI it ran the B/32 tower at 77 tokens about twice as fast as simd128), except
+    /// where the engine's relaxed dot saturates ([`RelaxedDot::SaturatingPairs`]: x86_64
+    /// without AVX-VNNI, where it is slower than simd128); else simd128.
     pub fn best() -> Kernel {
-        let available = Kernel::available();
+        let mut available = Kernel::available();
+        if Kernel::relaxed_dot() == Some(RelaxedDot::SaturatingPairs) {
+            available.retain(|kernel| *kernel != Kernel::RelaxedSimd);
+        }
         [
             Kernel::Avx512Vnni,
             Kernel::AvxVnni,
@@ -849,6 +889,30 @@ mod wasm {
         }
         let expected = v128_load(expected.as_ptr() as *const v128);
         i32x4_all_true(i32x4_eq(dot, expected))
+    }
+
+    /// How the engine lowers the relaxed dot: lane 0 of `127 · 255` four times is 129,540 as
+    /// an exact u8 product, 65,534 with pair sums saturated at 32,767 (`pmaddubsw`), −508 as
+    /// a signed one (255 read as −1).
+    #[cfg(target_feature = "relaxed-simd")]
+    pub fn relaxed_dot_lowering() -> super::RelaxedDot {
+        use super::RelaxedDot;
+        let w = core::hint::black_box([127i8; 16]);
+        let u = core::hint::black_box([255u8; 16]);
+        // SAFETY: relaxed-simd is enabled at compile time; both loads read 16 bytes.
+        let lane = unsafe {
+            i32x4_extract_lane::<0>(i32x4_relaxed_dot_i8x16_i7x16_add(
+                v128_load(w.as_ptr() as *const v128),
+                v128_load(u.as_ptr() as *const v128),
+                i32x4_splat(0),
+            ))
+        };
+        match lane {
+            129_540 => RelaxedDot::ExactU8,
+            65_534 => RelaxedDot::SaturatingPairs,
+            -508 => RelaxedDot::Signed,
+            _ => RelaxedDot::Other,
+        }
     }
 
     /// Whether [`gemm_relaxed`] takes the one-dot path on this engine and CPU (for reports).

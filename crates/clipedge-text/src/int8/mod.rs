@@ -23,7 +23,7 @@ pub use format::{
     quantize_row, tensor_specs, Activation, Family, Int8Config, Int8Pooling, Int8Writer,
     TensorKind, TensorSpec, FORMAT_VERSION, MAGIC, TENSOR_ALIGN,
 };
-pub use kernels::{gemm_u8i8, Kernel};
+pub use kernels::{gemm_u8i8, Kernel, RelaxedDot};
 pub use synthetic::synthetic_model;
 
 use format::{load_error, TensorKind as Kind};
