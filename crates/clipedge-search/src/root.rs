@@ -725,9 +725,16 @@ mod tests {
     }
 
     fn run(leaves: &ScriptedLeaves, search: &ValidSearch) -> RootAnswer {
-        let generation = generation(8);
+        run_on(&generation(8), leaves, search)
+    }
+
+    fn run_on(
+        generation: &Generation,
+        leaves: &ScriptedLeaves,
+        search: &ValidSearch,
+    ) -> RootAnswer {
         futures::executor::block_on(super::search(
-            &generation,
+            generation,
             &MemorySource::default(),
             leaves,
             &[1.0, 0.0],
@@ -737,15 +744,20 @@ mod tests {
         ))
     }
 
-    #[test]
-    fn calls_follow_the_policy_and_duplicates_are_merged_away() {
-        let leaves = ScriptedLeaves {
-            max_calls: 3,
+    /// Leaves that answer every call, at most `max_calls` a search.
+    fn answering(max_calls: usize) -> ScriptedLeaves {
+        ScriptedLeaves {
+            max_calls,
             failing: Vec::new(),
             seen_calls: RefCell::default(),
             records: false,
             seen_rerank: RefCell::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn calls_follow_the_policy_and_duplicates_are_merged_away() {
+        let leaves = answering(3);
         let answer = run(&leaves, &valid_search(4, 8));
         let response = answer.result.unwrap();
         let calls = leaves.seen_calls.borrow();
@@ -769,29 +781,15 @@ mod tests {
     #[test]
     fn a_default_rerank_follows_the_index_size_and_an_explicit_one_stays() {
         let rerank_of = |count: u64, rerank: usize, rerank_default: bool| {
-            let leaves = ScriptedLeaves {
-                max_calls: 1,
-                failing: Vec::new(),
-                seen_calls: RefCell::default(),
-                records: false,
-                seen_rerank: RefCell::default(),
-            };
+            let leaves = answering(1);
             let search = ValidSearch {
                 rerank,
                 rerank_default,
                 ..valid_search(4, 8)
             };
-            futures::executor::block_on(super::search(
-                &generation_of(8, count),
-                &MemorySource::default(),
-                &leaves,
-                &[1.0, 0.0],
-                &search,
-                "/",
-                || 0.0,
-            ))
-            .result
-            .unwrap();
+            run_on(&generation_of(8, count), &leaves, &search)
+                .result
+                .unwrap();
             let seen = leaves.seen_rerank.borrow()[0];
             seen
         };
@@ -804,13 +802,6 @@ mod tests {
     #[test]
     fn a_default_nprobe_is_the_generations_measured_one_and_an_explicit_one_stays() {
         let lists_scanned = |measured: Option<u32>, nprobe: usize, nprobe_default: bool| {
-            let leaves = ScriptedLeaves {
-                max_calls: 1,
-                failing: Vec::new(),
-                seen_calls: RefCell::default(),
-                records: false,
-                seen_rerank: RefCell::default(),
-            };
             let mut generation = generation_of(64, 64_000);
             generation.manifest.search_defaults =
                 measured.map(|nprobe| clipedge_format::SearchDefaults {
@@ -824,19 +815,11 @@ mod tests {
                 nprobe_default,
                 ..valid_search(4, nprobe)
             };
-            futures::executor::block_on(super::search(
-                &generation,
-                &MemorySource::default(),
-                &leaves,
-                &[1.0, 0.0],
-                &search,
-                "/",
-                || 0.0,
-            ))
-            .result
-            .unwrap()
-            .stats
-            .lists_scanned
+            run_on(&generation, &answering(1), &search)
+                .result
+                .unwrap()
+                .stats
+                .lists_scanned
         };
         assert_eq!(lists_scanned(None, 16, true), 16, "the API's fixed default");
         assert_eq!(
@@ -850,11 +833,8 @@ mod tests {
     #[test]
     fn records_returned_by_the_scanners_are_the_results_captions() {
         let leaves = ScriptedLeaves {
-            max_calls: 3,
-            failing: Vec::new(),
-            seen_calls: RefCell::default(),
             records: true,
-            seen_rerank: RefCell::default(),
+            ..answering(3)
         };
         let response = run(&leaves, &valid_search(4, 8)).result.unwrap();
         // The generation has no catalog: without the scanners' records the captions are empty.
@@ -876,13 +856,7 @@ mod tests {
 
     #[test]
     fn pages_cut_one_ranking_and_name_the_generation() {
-        let leaves = ScriptedLeaves {
-            max_calls: 3,
-            failing: Vec::new(),
-            seen_calls: RefCell::default(),
-            records: false,
-            seen_rerank: RefCell::default(),
-        };
+        let leaves = answering(3);
         let page = |offset: usize, generation: Option<&str>| {
             let search = ValidSearch {
                 offset,
@@ -917,11 +891,8 @@ mod tests {
     #[test]
     fn a_failed_call_makes_the_answer_partial_and_names_its_lists() {
         let leaves = ScriptedLeaves {
-            max_calls: 8,
             failing: vec![0],
-            seen_calls: RefCell::default(),
-            records: false,
-            seen_rerank: RefCell::default(),
+            ..answering(8)
         };
         let response = run(&leaves, &valid_search(3, 8)).result.unwrap();
         assert!(response.partial);
@@ -933,11 +904,8 @@ mod tests {
     #[test]
     fn when_every_call_fails_the_search_fails_and_the_calls_are_still_counted() {
         let leaves = ScriptedLeaves {
-            max_calls: 2,
             failing: (0..8).collect(),
-            seen_calls: RefCell::default(),
-            records: false,
-            seen_rerank: RefCell::default(),
+            ..answering(2)
         };
         let answer = run(&leaves, &valid_search(3, 8));
         let error = answer.result.unwrap_err();
