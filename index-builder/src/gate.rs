@@ -330,8 +330,8 @@ pub enum Candidate<'a> {
     Unfinished(&'a Manifest),
 }
 
-impl Candidate<'_> {
-    pub fn name(&self) -> &str {
+impl<'a> Candidate<'a> {
+    pub fn name(self) -> &'a str {
         match self {
             Candidate::Written(name) => name,
             Candidate::Unfinished(manifest) => &manifest.generation,
@@ -358,10 +358,7 @@ impl<'a> Measured<'a> {
         truth: &'a [Vec<u64>],
         k: usize,
     ) -> Result<Measured<'a>, GateError> {
-        let generation = match candidate {
-            Candidate::Written(name) => name,
-            Candidate::Unfinished(manifest) => manifest.generation.as_str(),
-        };
+        let generation = candidate.name();
         if k == 0 {
             return Err(GateError::Input("k must be at least 1, got 0".to_string()));
         }
@@ -702,26 +699,30 @@ pub async fn gate_generation(
             config.min_recall.max(previous - config.max_regression)
         });
     let nlist = measured.reader.manifest().nlist as usize;
-    let ladder = nprobe_ladder(config.nprobe, config.max_nprobe.min(nlist).max(1));
+    let max_nprobe = config.max_nprobe.min(nlist).max(1);
+    let ladder = nprobe_ladder(config.nprobe, max_nprobe);
     let fixed = ladder.len() == 1;
     let mut calibration = Vec::with_capacity(ladder.len());
-    let mut judged = (ladder[0], f64::NAN);
     for nprobe in ladder {
         let recall = measured.recall(nprobe, config.rerank).await?;
         calibration.push(ProbeRecall {
             nprobe: u32::try_from(nprobe).unwrap_or(u32::MAX),
             recall_at_10: recall,
         });
-        judged = (nprobe, recall);
         if recall >= target {
             break;
         }
     }
-    let (nprobe, recall) = judged;
+    // The generation is judged at the last nprobe measured: the first to meet the target, or
+    // the ladder's end.
+    let judged = calibration
+        .last()
+        .expect("the ladder has at least one nprobe");
+    let (nprobe, recall) = (judged.nprobe, judged.recall_at_10);
     let mut decision = decide(recall, previous, config.min_recall, config.max_regression);
     if !fixed {
         decision.reason = format!("at nprobe {nprobe} (calibrated): {}", decision.reason);
-        if !decision.passed && nprobe >= config.max_nprobe.min(nlist) {
+        if !decision.passed && nprobe as usize >= max_nprobe {
             decision.reason.push_str(&format!(
                 "; nprobe {nprobe} is the most the gate may try (raise the gate's max nprobe, \
                  rerank or PQ size)"
@@ -731,7 +732,7 @@ pub async fn gate_generation(
     let record = GateRecord {
         generation: generation.to_string(),
         queries: truth.len() as u64,
-        nprobe: u32::try_from(nprobe).unwrap_or(u32::MAX),
+        nprobe,
         rerank: u32::try_from(config.rerank).unwrap_or(u32::MAX),
         measured_unix_ms: now_unix_ms,
         calibration: if fixed { Vec::new() } else { calibration },

@@ -109,7 +109,8 @@ pub struct BuildInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchDefaults {
     /// Lists probed when a request names no `nprobe`: the smallest the gate tried that met its
-    /// recall target (never below the API's fixed default).
+    /// recall target (the ladder starts at the API's fixed default unless the operator gives
+    /// another start).
     pub nprobe: u32,
     /// The rerank factor the gate measured with.
     pub rerank: u32,

@@ -56,7 +56,7 @@ pub enum Kernel {
 }
 
 /// How the engine under a wasm module lowers `i32x4.relaxed_dot_i8x16_i7x16_add_s` when the
-/// second operand has its top bit set (probed once per call, [`Kernel::relaxed_dot`]).
+/// second operand has its top bit set (probed on each call of [`Kernel::relaxed_dot`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelaxedDot {
     /// An exact u8 × i8 product (V8 on x86_64 with AVX-VNNI: `vpdpbusd`): one dot per 16
@@ -106,9 +106,7 @@ impl Kernel {
         match (self, Kernel::relaxed_one_dot()) {
             (Kernel::RelaxedSimd, Some(true)) => format!("{}, one dot", self.name()),
             (Kernel::RelaxedSimd, Some(false)) => format!("{}, two dots", self.name()),
-            (Kernel::Simd128, Some(_))
-                if Kernel::relaxed_dot() == Some(RelaxedDot::SaturatingPairs) =>
-            {
+            (Kernel::Simd128, _) if Kernel::relaxed_dot() == Some(RelaxedDot::SaturatingPairs) => {
                 format!(
                     "{} (the relaxed dot saturates on this CPU: slower than simd128)",
                     self.name()
